@@ -1,0 +1,99 @@
+"""Settings: ``pipeline.yaml`` holds the defaults, a user's config overrides them, flags override
+both. Loaded and validated here, in one place; errors name the file and the key."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULTS_FILE = Path(__file__).resolve().parent.parent / "pipeline.yaml"
+
+#: Keys whose default is null, with the types they may take.
+NULLABLE = {
+    ("dataset", "source"): (str,),
+    ("render", "staff_offset"): (int,),
+}
+
+
+class ConfigError(ValueError):
+    """A config file with an unknown key, a wrong type or a bad value."""
+
+
+def _read(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config is a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _type_ok(value: Any, default: Any, key: tuple[str, ...]) -> bool:
+    if value is None:
+        return default is None or key in NULLABLE
+    if key in NULLABLE:
+        return isinstance(value, NULLABLE[key])
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, list):  # a list, or one item of the list's kind
+        return isinstance(value, (list, int, str, float))
+    return isinstance(value, type(default))
+
+
+def _merge(base: dict, over: dict, path: Path, prefix: tuple[str, ...] = ()) -> None:
+    for k, v in over.items():
+        key = (*prefix, str(k))
+        dotted = ".".join(key)
+        if k not in base:
+            known = ", ".join(sorted(base))
+            raise ConfigError(f"{path}: unknown key '{dotted}' (known here: {known})")
+        if isinstance(base[k], dict):
+            if not isinstance(v, dict):
+                raise ConfigError(f"{path}: '{dotted}' must be a mapping, got {v!r}")
+            _merge(base[k], v, path, key)
+        elif not _type_ok(v, base[k], key):
+            want = type(base[k]).__name__ if base[k] is not None else "/".join(
+                t.__name__ for t in NULLABLE.get(key, ()))
+            raise ConfigError(f"{path}: '{dotted}' must be {want}, got {v!r}")
+        else:
+            base[k] = v
+
+
+def load(path: str | Path | None = None) -> dict:
+    """The defaults, overridden by ``path`` when given (a missing ``./pipeline.yaml`` is fine)."""
+    defaults = _read(DEFAULTS_FILE)
+    cfg = copy.deepcopy(defaults)
+    if path is not None:
+        path = Path(path)
+        if path.resolve() != DEFAULTS_FILE:
+            _merge(cfg, _read(path), path)
+    return cfg
+
+
+def as_list(value: Any) -> list:
+    """``3``, ``"1,2,3"`` or ``[1, 2, 3]`` -> a list."""
+    if isinstance(value, list):
+        return value
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [value]
+
+
+def parse_size(value: Any) -> tuple[int, int]:
+    """``96`` or ``"96"`` -> (96, 96); ``"128x64"`` -> (128, 64)."""
+    text = str(value).lower().strip()
+    try:
+        if "x" in text:
+            w, h = text.split("x")
+            return int(w), int(h)
+        return int(text), int(text)
+    except ValueError:
+        raise ConfigError(f"size {value!r}: expected a number like 96 or WxH like 128x64") from None

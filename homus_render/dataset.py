@@ -1,0 +1,75 @@
+"""The raw dataset on disk: which stroke files there are, in what order, and their identity."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+from .strokes import sample_identity
+
+#: Written by ``homus fetch`` into the raw folder: version, content hash and counts.
+DATASET_INFO = "homus.json"
+_NUM = re.compile(r"(\d+)")
+
+
+def natural_key(text: str) -> list:
+    """Sort ``2-10`` after ``2-9`` and writer ``10`` after ``9``."""
+    return [int(t) if t.isdigit() else t for t in _NUM.split(text)]
+
+
+def list_stroke_files(raw_dir: str | Path) -> list[str]:
+    """Stroke files under ``raw_dir`` as paths relative to it, ``<writer>/<writer>-<n>.txt``,
+    in natural order (writer, then number)."""
+    raw_dir = Path(raw_dir)
+    if not raw_dir.is_dir():
+        raise FileNotFoundError(f"{raw_dir}: no such folder (run `homus fetch` first)")
+    found = []
+    for entry in os.scandir(raw_dir):
+        if entry.is_dir() and not entry.name.startswith("."):
+            found.extend(f"{entry.name}/{f.name}" for f in os.scandir(entry.path)
+                         if f.name.endswith(".txt") and f.is_file() and not f.name.startswith("."))
+    return sorted(found, key=natural_key)
+
+
+def fingerprint(raw_dir: str | Path, files: list[str]) -> str:
+    """A cheap change detector (names, sizes, modification times): equal means nothing changed."""
+    h = hashlib.sha256()
+    for rel in files:
+        st = os.stat(os.path.join(raw_dir, rel))
+        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def content_hash(file_digests: dict[str, str]) -> str:
+    """The dataset's identity: sha256 over (relative path, sha256 of bytes) in natural order."""
+    h = hashlib.sha256()
+    for rel in sorted(file_digests, key=natural_key):
+        h.update(f"{rel}\0{file_digests[rel]}\n".encode())
+    return h.hexdigest()
+
+
+def file_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def hash_folder(raw_dir: str | Path, files: list[str]) -> str:
+    """:func:`content_hash` of the files on disk."""
+    return content_hash({rel: file_digest(Path(raw_dir, rel).read_bytes()) for rel in files})
+
+
+def read_info(raw_dir: str | Path) -> dict:
+    """What ``homus fetch`` recorded about this folder; ``{}`` for a folder it did not make."""
+    path = Path(raw_dir) / DATASET_INFO
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def sample_ids(files: list[str]) -> list[str]:
+    return [sample_identity(f)[0] for f in files]

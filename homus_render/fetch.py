@@ -1,0 +1,233 @@
+"""Get the raw HOMUS dataset: download or copy it, unpack it safely, check it, put it in place.
+
+Result: ``<raw_dir>/<writer>/<writer>-<n>.txt`` plus ``homus.json`` (version, source, content
+hash, counts), written last: a raw folder with ``homus.json`` is complete.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import tempfile
+import urllib.request
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from .atomic import write_json
+from .dataset import DATASET_INFO, hash_folder, list_stroke_files, read_info
+from .labels import LABELS
+from .strokes import StrokeFileError, parse_file
+
+OFFICIAL = {
+    "v2": "https://github.com/apacha/OMR-Datasets/releases/download/datasets/HOMUS-2.0.zip",
+    "v1": "http://grfia.dlsi.ua.es/homus/HOMUS.zip",
+}
+EXPECTED = {"samples": 15_200, "writers": 100, "labels": len(LABELS)}
+ENV_SOURCE = "HOMUS_SOURCE"
+# Limits that no genuine HOMUS archive comes near (it holds 15,200 files of about 1 KB).
+MAX_MEMBERS = 100_000
+MAX_MEMBER_BYTES = 10 * 2**20
+MAX_TOTAL_BYTES = 1 * 2**30
+MAX_RATIO = 200
+_SAMPLE_PATH = re.compile(r"^(\d+)/\1-\d+\.txt$")
+_IN_PROGRESS = ".fetch-in-progress"
+
+
+class FetchError(RuntimeError):
+    """The dataset could not be fetched; nothing was put in place."""
+
+
+@dataclass
+class FetchReport:
+    raw_dir: Path
+    version: str
+    source: str
+    samples: int
+    writers: int
+    labels: int
+    invalid: list[str]
+    sha256: str
+    already_there: bool = False
+
+    def summary(self) -> str:
+        what = (f"HOMUS {self.version}: {self.samples:,} samples, {self.writers} writers, "
+                f"{self.labels} labels in {self.raw_dir}")
+        if self.already_there:
+            return f"{what}: already there, nothing to do"
+        lines = [f"{what} (from {self.source})", f"content sha256 {self.sha256}"]
+        for key, want in EXPECTED.items():
+            got = getattr(self, key)
+            if got != want:
+                lines.append(f"warning: expected {want:,} {key} for the full dataset, found {got:,}")
+        if self.invalid:
+            lines.append(f"warning: {len(self.invalid)} file(s) will not parse, e.g. {self.invalid[0]}")
+        return "\n".join(lines)
+
+
+def resolve_source(source: str | None, version: str) -> str:
+    """``--source`` first, then ``$HOMUS_SOURCE``, then the official address of ``version``."""
+    if version not in OFFICIAL:
+        raise FetchError(f"unknown dataset version {version!r}: choose {' or '.join(OFFICIAL)}")
+    return source or os.environ.get(ENV_SOURCE) or OFFICIAL[version]
+
+
+def fetch(raw_dir: str | Path, version: str = "v2", source: str | None = None,
+          progress: Callable[[int, int | None], None] | None = None) -> FetchReport:
+    """Put HOMUS ``version`` into ``raw_dir`` from ``source`` (zip, folder or URL); see module doc.
+
+    ``progress(done_bytes, total_bytes)`` follows a download.
+    """
+    raw_dir = Path(raw_dir)
+    src = resolve_source(source, version)
+    info = read_info(raw_dir)
+    if info and not (raw_dir / _IN_PROGRESS).exists():
+        if info.get("version") != version:
+            raise FetchError(f"{raw_dir} already holds HOMUS {info.get('version')}; remove it or "
+                             f"choose another --raw-dir for {version}")
+        return FetchReport(raw_dir, version, info.get("source", "?"), info["samples"], info["writers"],
+                           info["labels"], [], info["sha256"], already_there=True)
+    _refuse_foreign_content(raw_dir)
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".fetch-", dir=raw_dir) as tmp:
+        tmp = Path(tmp)
+        staging = tmp / "data"
+        staging.mkdir()
+        if re.match(r"^https?://", src):
+            archive = tmp / "download.zip"
+            _download(src, archive, progress)
+            _extract_zip(archive, staging)
+        elif Path(src).is_dir():
+            _copy_folder(Path(src), staging)
+        elif Path(src).is_file():
+            _extract_zip(Path(src), staging)
+        else:
+            raise FetchError(f"source {src}: no such file, folder or http(s) URL")
+        report = _check(staging, version, src)
+        _move_into_place(staging, raw_dir, report)
+    report.raw_dir = raw_dir
+    return report
+
+
+def _refuse_foreign_content(raw_dir: Path) -> None:
+    """Never mix a fetch with data that homus did not put there (a killed fetch is cleaned)."""
+    if not raw_dir.is_dir():
+        return
+    if (raw_dir / _IN_PROGRESS).exists():
+        for p in raw_dir.iterdir():
+            if p.is_dir() and (p.name.isdigit() or p.name.startswith(".fetch-")):
+                shutil.rmtree(p)
+        (raw_dir / DATASET_INFO).unlink(missing_ok=True)
+        (raw_dir / _IN_PROGRESS).unlink()
+        return
+    foreign = [p.name for p in raw_dir.iterdir() if p.name != "README.md" and not p.name.startswith(".")]
+    if foreign:
+        raise FetchError(f"{raw_dir} is not empty ({', '.join(sorted(foreign)[:3])}, ...) and was not "
+                         "made by `homus fetch`; remove it or choose another --raw-dir")
+
+
+def _download(url: str, dest: Path, progress) -> None:
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r, open(dest, "wb") as f:
+            total = int(r.headers.get("Content-Length") or 0) or None
+            if total and total > MAX_TOTAL_BYTES:
+                raise FetchError(f"{url}: {total:,} bytes is far larger than HOMUS; refusing")
+            done = 0
+            while block := r.read(1 << 16):
+                done += len(block)
+                if done > MAX_TOTAL_BYTES:
+                    raise FetchError(f"{url}: more than {MAX_TOTAL_BYTES:,} bytes; refusing")
+                f.write(block)
+                if progress:
+                    progress(done, total)
+    except OSError as e:  # URLError, timeouts, refused connections
+        raise FetchError(f"could not download {url}: {e}. Without network access, download the zip "
+                         f"elsewhere and pass it with --source FILE or ${ENV_SOURCE}") from e
+
+
+def _member_target(name: str) -> str | None:
+    """``<writer>/<writer>-<n>.txt`` for a sample member (any top folder), else None."""
+    parts = PurePosixPath(name).parts
+    rel = "/".join(parts[-2:])
+    return rel if _SAMPLE_PATH.match(rel) else None
+
+
+def _extract_zip(archive: Path, dest: Path) -> None:
+    """Extract the sample files only, refusing anything that could escape or explode."""
+    try:
+        with zipfile.ZipFile(archive) as z:
+            members = z.infolist()
+            if len(members) > MAX_MEMBERS:
+                raise FetchError(f"{archive}: {len(members):,} members; not a HOMUS archive")
+            total = 0
+            for m in members:
+                name = m.filename
+                if name.startswith(("/", "\\")) or ".." in PurePosixPath(name.replace("\\", "/")).parts \
+                        or re.match(r"^[A-Za-z]:", name):
+                    raise FetchError(f"{archive}: member {name!r} would escape the destination; refusing")
+                if stat.S_ISLNK(m.external_attr >> 16):
+                    raise FetchError(f"{archive}: member {name!r} is a symbolic link; refusing")
+                total += m.file_size
+                if m.file_size > MAX_MEMBER_BYTES or total > MAX_TOTAL_BYTES or (
+                        m.compress_size and m.file_size / m.compress_size > MAX_RATIO and m.file_size > 2**20):
+                    raise FetchError(f"{archive}: member {name!r} is absurdly large ({m.file_size:,} "
+                                     "bytes uncompressed); refusing")
+            for m in members:
+                rel = None if m.is_dir() else _member_target(m.filename)
+                if rel is None:
+                    continue
+                target = dest / rel
+                target.parent.mkdir(exist_ok=True)
+                with z.open(m) as src, open(target, "wb") as out:
+                    data = src.read(MAX_MEMBER_BYTES + 1)
+                    if len(data) > MAX_MEMBER_BYTES:
+                        raise FetchError(f"{archive}: member {m.filename!r} inflates beyond its size")
+                    out.write(data)
+    except (zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as e:
+        raise FetchError(f"{archive}: not a readable zip archive ({e}); truncated download?") from e
+    except (zipfile.error, ValueError, NotImplementedError) as e:  # CRC errors, bad compression
+        raise FetchError(f"{archive}: damaged archive ({e})") from e
+
+
+def _copy_folder(src: Path, dest: Path) -> None:
+    """Copy sample files from a folder laid out as ``[HOMUS/]<writer>/<writer>-<n>.txt``."""
+    found = 0
+    for path in sorted(src.rglob("*.txt")):
+        rel = _member_target(path.relative_to(src).as_posix())
+        if rel is None or path.is_symlink():
+            continue
+        (dest / rel).parent.mkdir(exist_ok=True)
+        shutil.copyfile(path, dest / rel)
+        found += 1
+    if not found:
+        raise FetchError(f"{src}: no HOMUS files <writer>/<writer>-<n>.txt in this folder")
+
+
+def _check(staging: Path, version: str, source: str) -> FetchReport:
+    files = list_stroke_files(staging)
+    if not files:
+        raise FetchError(f"{source}: holds no HOMUS files <writer>/<writer>-<n>.txt")
+    labels, writers, invalid = set(), set(), []
+    for rel in files:
+        writers.add(rel.split("/")[0])
+        try:
+            labels.add(parse_file(staging / rel).label)
+        except StrokeFileError as e:
+            invalid.append(str(e).replace(str(staging) + os.sep, ""))
+    return FetchReport(staging, version, source, len(files), len(writers), len(labels), invalid,
+                       hash_folder(staging, files))
+
+
+def _move_into_place(staging: Path, raw_dir: Path, report: FetchReport) -> None:
+    marker = raw_dir / _IN_PROGRESS
+    marker.touch()
+    for writer in sorted(p for p in staging.iterdir()):
+        os.replace(writer, raw_dir / writer.name)
+    write_json(raw_dir / DATASET_INFO, {
+        "version": report.version, "source": report.source, "sha256": report.sha256,
+        "samples": report.samples, "writers": report.writers, "labels": report.labels,
+        "invalid": report.invalid})
+    marker.unlink()

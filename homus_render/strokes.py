@@ -1,0 +1,132 @@
+"""Parse one HOMUS stroke file into a :class:`Sample`, or say exactly what is wrong with it.
+
+Format: line 1 is the class label; every further non-blank line is one pen stroke, points
+``x,y`` joined by ``;`` (a trailing ``;`` is normal). CRLF, spaces and blank lines are accepted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .labels import LABEL_SET
+
+#: No tablet reports coordinates this large; beyond it a file is corrupt, not a symbol.
+MAX_COORD = 100_000.0
+
+_NAME = re.compile(r"^(\d+)-(\d+)$")
+_COORDS_ONLY = re.compile(r"^[-+\d\s,;.]+$")
+
+
+class StrokeFileError(ValueError):
+    """A stroke file that cannot be read; the message names the file, the line and the reason."""
+
+    def __init__(self, path: str | Path, line: int | None, reason: str) -> None:
+        self.path, self.line, self.reason = str(path), line, reason
+        where = f"{self.path}:{line}" if line else self.path
+        super().__init__(f"{where}: {reason}")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One handwritten symbol: ``id`` is ``<writer>-<n>``, ``strokes`` are float (k, 2) arrays."""
+
+    id: str
+    writer: str
+    label: str
+    strokes: tuple[np.ndarray, ...]
+
+
+def sample_identity(path: str | Path) -> tuple[str, str]:
+    """``(sample id, writer)`` from a file name ``<writer>-<n>.txt``; other names fall back to
+    the stem and the parent folder."""
+    head, name = os.path.split(os.fspath(path))
+    stem = name[:-4] if name.endswith(".txt") else os.path.splitext(name)[0]
+    m = _NAME.match(stem)
+    return stem, (m.group(1) if m else os.path.basename(head))
+
+
+def _parse_stroke(text: str, path: str | Path, lineno: int) -> np.ndarray:
+    points = text.rstrip(";").split(";")
+    flat = text.rstrip(";").replace(";", ",").split(",")
+    if len(flat) != 2 * len(points):
+        for i, p in enumerate(points, 1):
+            n = len(p.split(","))
+            if n != 2:
+                what = "an empty point" if not p.strip() else f"{n} values in point {p.strip()!r}"
+                raise StrokeFileError(path, lineno, f"odd coordinates: {what} (point {i}), expected x,y")
+    try:
+        values = np.array(flat, dtype=np.float64)
+    except ValueError:
+        bad = next(t for t in flat if not _is_number(t))
+        raise StrokeFileError(path, lineno, f"non-numeric coordinate {bad.strip()!r}") from None
+    if not np.isfinite(values).all():
+        bad = flat[int(np.argmin(np.isfinite(values)))]
+        raise StrokeFileError(path, lineno, f"non-numeric coordinate {bad.strip()!r}")
+    big = np.abs(values) > MAX_COORD
+    if big.any():
+        raise StrokeFileError(
+            path, lineno, f"coordinate {flat[int(np.argmax(big))].strip()} is beyond any tablet "
+            f"(|v| > {MAX_COORD:,.0f})")
+    return values.reshape(-1, 2)
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_text(text: str, path: str | Path = "<text>") -> Sample:
+    """Parse the decoded content of a stroke file; ``path`` names it in errors and gives the id."""
+    lines = text.splitlines()
+    if not text.strip():
+        raise StrokeFileError(path, None, "empty file")
+    label = lines[0].strip().lstrip("\ufeff")
+    if not label or _COORDS_ONLY.match(label):
+        raise StrokeFileError(path, 1, "missing label: line 1 must name the symbol class")
+    if label not in LABEL_SET:
+        raise StrokeFileError(path, 1, f"unknown label {label!r}")
+    body = [(n, line.strip().rstrip(";")) for n, line in enumerate(lines[1:], 2) if line.strip()]
+    if not body:
+        raise StrokeFileError(path, None, f"label {label!r} has no strokes")
+    sample_id, writer = sample_identity(path)
+    return Sample(sample_id, writer, label, _parse_strokes(body, path))
+
+
+def _parse_strokes(body: list[tuple[int, str]], path: str | Path) -> tuple[np.ndarray, ...]:
+    """All strokes at once (the fast path for well-formed integer files); on any doubt, line by
+    line, which finds the exact line and reason."""
+    counts = [t.count(";") + 1 for _, t in body]
+    flat = ",".join(t for _, t in body).replace(";", ",").split(",")
+    try:
+        if len(flat) != 2 * sum(counts):
+            raise ValueError
+        values = np.array(list(map(int, flat)), np.float64)
+        if values.max() > MAX_COORD or values.min() < -MAX_COORD:
+            raise ValueError
+    except ValueError:  # odd, non-numeric, fractional or huge: let the careful parser decide
+        return tuple(_parse_stroke(t, path, n) for n, t in body)
+    points, strokes, start = values.reshape(-1, 2), [], 0
+    for n in counts:
+        strokes.append(points[start:start + n])
+        start += n
+    return tuple(strokes)
+
+
+def parse_file(path: str | Path) -> Sample:
+    """Read and parse one stroke file."""
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        lineno = data.count(b"\n", 0, e.start) + 1
+        raise StrokeFileError(path, lineno, f"undecodable bytes at offset {e.start} (not a text file?)")\
+            from None
+    return parse_text(text, path)
