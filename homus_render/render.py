@@ -157,6 +157,10 @@ def _draw(pts: np.ndarray, lengths: list[int], scale: float, ox: float, oy: floa
         img = cv2.resize(img, (img.shape[1] // 2, img.shape[0] // 2), interpolation=cv2.INTER_AREA)
     if not s.antialias:
         img = np.where(img < 128, INK, PAPER).astype(np.uint8)
+        for d in dots:  # a thin dot astride pixel edges is under half ink everywhere: keep its centre
+            x, y = np.rint((d / _ONE - half) / k).astype(int).tolist()
+            if 0 <= x < s.width and 0 <= y < s.height:
+                img[y, x] = INK
     if s.staff_lines:
         for row in staff_rows(s):
             if 0 <= row < s.height:

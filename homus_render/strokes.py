@@ -53,12 +53,11 @@ def sample_identity(path: str | Path) -> tuple[str, str]:
 def _parse_stroke(text: str, path: str | Path, lineno: int) -> np.ndarray:
     points = text.rstrip(";").split(";")
     flat = text.rstrip(";").replace(";", ",").split(",")
-    if len(flat) != 2 * len(points):
-        for i, p in enumerate(points, 1):
-            n = len(p.split(","))
-            if n != 2:
-                what = "an empty point" if not p.strip() else f"{n} values in point {p.strip()!r}"
-                raise StrokeFileError(path, lineno, f"odd coordinates: {what} (point {i}), expected x,y")
+    for i, p in enumerate(points, 1):  # every point, not the total: "1,2,3;4" has 4 values too
+        n = len(p.split(","))
+        if n != 2:
+            what = "an empty point" if not p.strip() else f"{n} values in point {p.strip()!r}"
+            raise StrokeFileError(path, lineno, f"odd coordinates: {what} (point {i}), expected x,y")
     try:
         values = np.array(flat, dtype=np.float64)
     except ValueError:
@@ -104,14 +103,15 @@ def _parse_strokes(body: list[tuple[int, str]], path: str | Path) -> tuple[np.nd
     """All strokes at once (the fast path for well-formed integer files); on any doubt, line by
     line, which finds the exact line and reason."""
     counts = [t.count(";") + 1 for _, t in body]
-    flat = ",".join(t for _, t in body).replace(";", ",").split(",")
+    pieces = ";".join(t for _, t in body).split(";")
+    flat = ",".join(pieces).split(",")
     try:
-        if len(flat) != 2 * sum(counts):
+        if len(flat) != 2 * sum(counts) or any(p.count(",") != 1 for p in pieces):
             raise ValueError
         values = np.array(list(map(int, flat)), np.float64)
         if values.max() > MAX_COORD or values.min() < -MAX_COORD:
             raise ValueError
-    except ValueError:  # odd, non-numeric, fractional or huge: let the careful parser decide
+    except (ValueError, OverflowError):  # odd, non-numeric, fractional or huge: the careful parser decides
         return tuple(_parse_stroke(t, path, n) for n, t in body)
     points, strokes, start = values.reshape(-1, 2), [], 0
     for n in counts:

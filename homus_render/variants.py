@@ -29,7 +29,7 @@ from .render import RenderSettings, render
 from .strokes import StrokeFileError, parse_text
 
 #: Bump when the renderer's pixels change, so that existing variants are rendered again.
-RENDERER_VERSION = 1
+RENDERER_VERSION = 2
 VARIANT_INFO = "variant.json"
 MANIFEST = "manifest.csv"
 SKIPPED = "skipped.csv"
