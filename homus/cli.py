@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from pathlib import Path
 
@@ -138,6 +139,119 @@ def render(cfg, thickness, size, fit, margin, antialias, staff_lines, raw_dir, r
             for _, reason in res.skipped:
                 click.echo(f"  {reason}", err=True)
         click.echo(f"{res.path}  {res.n_images:,} images  ({res.status})")
+
+
+TRAIN_FLAGS = [
+    click.option("--variant", "variants", multiple=True, help="Variant folder; repeat to train on a union."),
+    click.option("--arch", type=click.Choice(["resnet18", "resnet34", "resnet50"])),
+    click.option("--weights", help="none | imagenet | path to a homus checkpoint to fine-tune."),
+    click.option("--split", type=click.Choice(["writer", "random"]), help="Hold out writers, or samples."),
+    click.option("--seed", type=int),
+    click.option("--epochs", type=int),
+    click.option("--batch-size", type=int),
+    click.option("--lr", type=float, help="Peak learning rate."),
+    click.option("--optimizer", type=click.Choice(["sgd", "adamw"])),
+    click.option("--schedule", type=click.Choice(["onecycle", "cosine", "linear", "constant"])),
+    click.option("--weight-decay", type=float),
+    click.option("--label-smoothing", type=float),
+    click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"])),
+    click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA."),
+    click.option("--workers", type=int, help="Data-loader worker processes."),
+    click.option("--threads", type=int, help="Torch CPU threads (0: default)."),
+    click.option("--runs-dir", type=click.Path(file_okay=False)),
+    click.option("--name", help="Run folder name."),
+]
+
+
+def train_flags(f):
+    for option in reversed(TRAIN_FLAGS):
+        f = option(f)
+    return f
+
+
+@main.command()
+@train_flags
+@click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False),
+              help="Continue the run in this folder from its last checkpoint.")
+@with_config
+def train(cfg, resume_dir, **flags) -> None:
+    """Train a ResNet on rendered variants; evaluate once on the test split."""
+    import yaml
+
+    from classifier.checkpoint import CheckpointError
+    from classifier.data import DataError
+    from classifier.models import WeightsError
+    from classifier.splits import SplitError
+    from classifier.train import RunError, TrainConfig
+    from classifier.train import train as do_train
+
+    settings = dict(cfg["train"])
+    if resume_dir:  # the run's own settings, exactly as it started
+        saved = Path(resume_dir) / "config.yaml"
+        if not saved.is_file():
+            fail(f"{resume_dir}: not a homus run folder (no config.yaml)")
+        settings = yaml.safe_load(saved.read_text())
+        settings["runs_dir"], settings["name"] = str(Path(resume_dir).parent), Path(resume_dir).name
+    else:
+        settings.update({k: v for k, v in flags.items() if v is not None and v != ()})
+        settings["variants"] = list(flags["variants"]) or cfgmod.as_list(settings["variants"])
+    try:
+        tc = TrainConfig.from_dict(settings)
+        run = do_train(tc, resume=bool(resume_dir), log=click.echo)
+    except (ValueError, RunError, DataError, SplitError, CheckpointError, WeightsError) as e:
+        fail(str(e))
+    metrics = json.loads((run / "metrics.json").read_text())
+    click.echo(f"{run}: test accuracy {metrics['test_accuracy']:.4f} (macro F1 {metrics['macro_f1']:.4f}, "
+               f"{metrics['n_test']:,} test images, {metrics['split']} split; best val "
+               f"{metrics['val_accuracy']:.4f} at epoch {metrics['best_epoch']})")
+
+
+@main.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.option("--variant", type=click.Path(exists=True, file_okay=False),
+              help="Test on this variant's test split (default: the run's own variants).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto")
+def evaluate(run, variant, device) -> None:
+    """A run's best model on the test split of any variant; prints and saves the metrics."""
+    from classifier.checkpoint import CheckpointError
+    from classifier.data import DataError
+    from classifier.evaluate import evaluate_run
+    from classifier.train import RunError
+
+    try:
+        m = evaluate_run(run, variant, device)
+    except (RunError, DataError, CheckpointError) as e:
+        fail(str(e))
+    click.echo(f"{m['run']} on {m['variant']}: test accuracy {m['test_accuracy']:.4f}, macro F1 "
+               f"{m['macro_f1']:.4f}, {m['n_test']:,} images ({m['split']} split) -> "
+               f"{Path(run) / ('eval-' + m['variant'] + '.json')}")
+
+
+@main.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--top-k", type=int, default=3, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document for machines.")
+def predict(run, inputs, top_k, as_json) -> None:
+    """Classify images (any size) or raw HOMUS .txt stroke files with a run's model."""
+    from classifier.checkpoint import CheckpointError
+    from classifier.predict import predict as do_predict
+
+    try:
+        results = do_predict(run, list(inputs), top_k)
+    except CheckpointError as e:
+        fail(str(e))
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            if "error" in r:
+                click.secho(f"{r['input']}: error: {r['error']}", fg="red", err=True)
+            else:
+                guesses = ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top"])
+                click.echo(f"{r['input']}: {guesses}")
+    if any("error" in r for r in results):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ DEFAULTS_FILE = Path(__file__).resolve().parent.parent / "pipeline.yaml"
 NULLABLE = {
     ("dataset", "source"): (str,),
     ("render", "staff_offset"): (int,),
+    ("train", "name"): (str,),
 }
 
 

@@ -1,0 +1,141 @@
+"""Training benchmarks on the full HOMUS v2 set: accuracy protocols, and whether the data path
+keeps the model busy.
+
+    python benchmarks/train_bench.py loop  --variant rendered/t3-s96          # loop/step ratio
+    python benchmarks/train_bench.py accuracy --protocol seed random writer   # the README's table
+
+``loop`` times the model's own training step on ready tensors and the real training loop
+(loader + step) in the same process; the ratio must be at least 0.9. ``accuracy`` trains each
+protocol as an ordinary run under ``runs/bench/`` (finished runs are reused) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from classifier.data import ImageSet, load_variant, loader
+from classifier.engine import train_one_epoch
+from classifier.models import build_model
+from classifier.train import TrainConfig, make_optimizer, make_scheduler, pick_device, split_for
+from classifier.train import train as train_run
+from homus.config import load as load_config
+
+SEED_ACCURACY = 0.9428  # the published student project (pretrained ResNet, 6,874 images, random split)
+PUBLIC_BEST = 0.9795  # the best public HOMUS trainer, random split
+
+PROTOCOLS = {
+    # the seed project's protocol: random split, 5 epochs, lr 0.01 (our other defaults)
+    "seed": dict(split="random", epochs=5, lr=0.01),
+    "random": dict(split="random"),
+    "writer": dict(split="writer"),
+}
+
+
+def loop_ratio(variant: str, batches: int, batch_size: int, device: str, amp: bool) -> dict:
+    """images/s of the model step alone vs the full loop over the same number of batches."""
+    dev = pick_device(device)
+    v = load_variant(variant)
+    split, _ = split_for([v], "writer", 0)
+    ds = ImageSet([v], set(split["train"]))
+    cfg = TrainConfig(variants=[variant], epochs=1, batch_size=batch_size, amp=amp)
+    torch.manual_seed(0)
+    model = build_model().to(dev)
+    if dev.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    opt = make_optimizer(model, cfg)
+    sched = make_scheduler(opt, cfg, batches * 3)
+    crit = nn.CrossEntropyLoss(label_smoothing=0.1)
+    from classifier.engine import autocast
+
+    ready = [(x.to(dev), y.to(dev)) for x, y in list(loader(ds, batch_size, True, 1))[:batches]]
+
+    def step_only() -> float:
+        start = time.perf_counter()
+        for x, y in ready:
+            with autocast(dev, amp):
+                loss = crit(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return len(ready) * batch_size / (time.perf_counter() - start)
+
+    class Limited:  # the real loader, cut to the same number of batches
+        def __iter__(self):
+            for i, b in enumerate(loader(ds, batch_size, True, 2)):
+                if i == batches:
+                    return
+                yield b
+
+    step_only()  # warm-up: allocator, kernels
+    step_rate = step_only()
+    loop_rate = train_one_epoch(model, Limited(), crit, opt, sched, dev, 1, amp)["images_per_s"]
+    step_rate2 = step_only()
+    step = (step_rate + step_rate2) / 2
+    return {"variant": Path(variant).name, "device": str(dev), "amp": amp and dev.type == "cuda",
+            "batch_size": batch_size, "step_images_per_s": round(step, 1),
+            "loop_images_per_s": round(loop_rate, 1), "ratio": round(loop_rate / step, 3)}
+
+
+def accuracy(protocols: list[str], base: TrainConfig) -> list[dict]:
+    rows = []
+    for name in protocols:
+        cfg = replace(base, name=f"{name}-{Path(base.variants[0]).name}-seed{base.seed}", **PROTOCOLS[name])
+        run = Path(cfg.runs_dir) / cfg.name
+        if not (run / "metrics.json").exists():
+            train_run(cfg, resume=run.exists())
+        m = json.loads((run / "metrics.json").read_text())
+        rows.append({"protocol": name, "split": m["split"], "epochs": m["epochs"], "lr": cfg.lr,
+                     "test_accuracy": m["test_accuracy"], "macro_f1": m["macro_f1"], "n_test": m["n_test"],
+                     "train_minutes": round(m["train_seconds"] / 60, 1), "run": str(run)})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["loop", "accuracy"])
+    ap.add_argument("--variant", default="rendered/t3-s96")
+    ap.add_argument("--protocol", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
+    ap.add_argument("--epochs", type=int, help="override the default epochs (not for 'seed')")
+    ap.add_argument("--batches", type=int, default=20, help="batches timed by 'loop'")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--no-amp", action="store_true")
+    ap.add_argument("--runs-dir", default="runs/bench")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    print(f"# {platform.node()} · {platform.processor() or platform.machine()} · torch {torch.__version__} · "
+          f"{torch.get_num_threads()} threads · {time.strftime('%Y-%m-%d')}")
+    if args.what == "loop":
+        r = loop_ratio(args.variant, args.batches, args.batch_size, args.device, not args.no_amp)
+        print(json.dumps(r))
+        print(f"loop {r['loop_images_per_s']} img/s vs step {r['step_images_per_s']} img/s on {r['device']}: "
+              f"ratio {r['ratio']:.3f} ({'PASS' if r['ratio'] >= 0.9 else 'MISS'}: target >= 0.9)")
+        return
+    defaults = load_config()["train"]  # pipeline.yaml: the same defaults `homus train` uses
+    base = TrainConfig.from_dict({**defaults, "variants": [args.variant], "runs_dir": args.runs_dir,
+                                  "seed": args.seed, "device": args.device, "amp": not args.no_amp,
+                                  "batch_size": args.batch_size})
+    if args.epochs:
+        base = replace(base, epochs=args.epochs)
+    rows = accuracy(args.protocol, base)
+    print("| protocol | split | epochs | lr | test accuracy | macro F1 | test images | train min |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['protocol']} | {r['split']} | {r['epochs']} | {r['lr']} | {r['test_accuracy']:.2%} | "
+              f"{r['macro_f1']:.4f} | {r['n_test']:,} | {r['train_minutes']} |")
+    print(f"seed project: {SEED_ACCURACY:.2%} · public best (random split): {PUBLIC_BEST:.2%}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""One checkpoint dict per file (model, optimizer, scheduler, epoch, classes, render settings, ...),
+written atomically and read without unpickling arbitrary objects."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+FORMAT = "homus-checkpoint-1"
+REQUIRED = ("format", "model", "arch", "classes", "in_channels", "render")
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable homus checkpoint."""
+
+
+def save(path: str | Path, ckpt: dict) -> None:
+    """``torch.save`` to a temporary beside ``path``, fsync, rename: never a torn checkpoint."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save({"format": FORMAT, **ckpt}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load(path: str | Path) -> dict:
+    """Read a homus checkpoint with ``weights_only=True``; anything else is a CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle refused by weights_only, random bytes...
+        raise CheckpointError(f"{path}: not a readable homus checkpoint ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a homus checkpoint (no '{FORMAT}' marker)")
+    missing = [k for k in REQUIRED if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    return ckpt

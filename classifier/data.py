@@ -1,0 +1,106 @@
+"""Rendered variants as tensors: read what ``homus render`` wrote (manifest, PNGs, variant.json)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from homus_render.labels import LABELS
+
+
+class DataError(ValueError):
+    """A variant folder that cannot be used for training."""
+
+
+@dataclass
+class Variant:
+    """One rendered variant folder, loaded: images ``(n, h, w)`` uint8 and their manifest rows."""
+
+    path: Path
+    info: dict  # variant.json
+    images: np.ndarray
+    samples: list[str]
+    writers: list[str]
+    labels: list[str]
+
+    @property
+    def name(self) -> str:
+        return self.info.get("name", self.path.name)
+
+    @property
+    def settings(self) -> dict:
+        return self.info["settings"]
+
+
+def load_variant(path: str | Path, only: set[str] | None = None) -> Variant:
+    """Read a variant folder (all samples, or only the ids in ``only``)."""
+    path = Path(path)
+    info_path, manifest = path / "variant.json", path / "manifest.csv"
+    if not info_path.is_file() or not manifest.is_file():
+        raise DataError(f"{path}: not a rendered variant (no variant.json/manifest.csv); "
+                        f"run `homus render` first")
+    info = json.loads(info_path.read_text())
+    with open(manifest, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if only is None or r["sample"] in only]
+    if not rows:
+        raise DataError(f"{path}: no samples to load")
+    images = np.stack([_read_gray(path / r["path"]) for r in rows])
+    return Variant(path, info, images, [r["sample"] for r in rows], [r["writer"] for r in rows],
+                   [r["label"] for r in rows])
+
+
+def _read_gray(path: Path) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if img is None:
+        raise DataError(f"{path}: missing or unreadable image")
+    return img
+
+
+def to_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 ``(n, h, w)`` black-on-white -> float ``(n, 1, h, w)`` with ink 1 and paper 0."""
+    x = torch.as_tensor(images)
+    return (255 - x.float()).div_(255).unsqueeze(1)
+
+
+class ImageSet(Dataset):
+    """Images of chosen samples from one or more variants, with class indices from LABELS order."""
+
+    def __init__(self, variants: list[Variant], ids: set[str], classes: tuple[str, ...] = LABELS):
+        index = {c: i for i, c in enumerate(classes)}
+        sizes = {v.images.shape[1:] for v in variants}
+        if len(sizes) > 1:
+            raise DataError(f"variants of different sizes {sorted(sizes)} cannot be mixed in one batch; "
+                            "train on variants of one size")
+        keep = [(v, i) for v in variants for i, s in enumerate(v.samples) if s in ids]
+        self.images = torch.from_numpy(np.stack([v.images[i] for v, i in keep])) if keep else \
+            torch.empty((0, *next(iter(sizes))), dtype=torch.uint8)
+        self.targets = torch.tensor([index[v.labels[i]] for v, i in keep], dtype=torch.long)
+        self.samples = [v.samples[i] for v, i in keep]
+        self.variant_of = [v.name for v, _ in keep]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A whole batch at once (used with a BatchSampler): one gather, no per-image collate."""
+        idx = torch.as_tensor(idx)
+        return to_input(self.images[idx]), self.targets[idx]
+
+
+def loader(ds: ImageSet, batch_size: int, shuffle: bool, seed: int = 0, workers: int = 0):
+    """Batches of ``ds``; when shuffling, the order is fixed by ``seed`` (pass seed + epoch)."""
+    from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+
+    if shuffle:
+        sampler = RandomSampler(ds, generator=torch.Generator().manual_seed(seed))
+    else:
+        sampler = SequentialSampler(ds)
+    return DataLoader(ds, sampler=BatchSampler(sampler, batch_size, drop_last=False), batch_size=None,
+                      num_workers=workers, persistent_workers=False)

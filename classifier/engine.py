@@ -1,0 +1,71 @@
+"""One epoch of training, one pass of evaluation: plain functions, read top to bottom."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+
+def autocast(device: torch.device, amp: bool):
+    """bf16 autocast on CUDA when asked (and supported), nothing elsewhere."""
+    if amp and device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def train_one_epoch(model: nn.Module, loader, criterion, optimizer, scheduler, device: torch.device,
+                    epoch: int, amp: bool = False, scaler=None) -> dict:
+    """Train over ``loader`` once, stepping the scheduler every batch. Returns loss, acc, images/s."""
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, unit="batch", disable=None)
+    for x, y in bar:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast(device, amp):
+            out = model(x)
+            loss = criterion(out, y)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        n = len(y)
+        total_loss += loss.item() * n
+        correct += (out.argmax(1) == y).sum().item()
+        seen += n
+        rate = seen / (time.perf_counter() - start)
+        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}", img_s=f"{rate:.0f}")
+    seconds = time.perf_counter() - start
+    return {"train_loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1),
+            "seconds": seconds, "images_per_s": seen / seconds if seconds else 0.0}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, criterion, device: torch.device, amp: bool = False,
+             desc: str = "eval") -> dict:
+    """Loss, accuracy, and every prediction (as numpy arrays) over ``loader``."""
+    model.eval()
+    total_loss, preds, targets = 0.0, [], []
+    for x, y in tqdm(loader, desc=desc, leave=False, unit="batch", disable=None):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast(device, amp):
+            out = model(x)
+        total_loss += criterion(out.float(), y).item() * len(y)
+        preds.append(out.argmax(1).cpu())
+        targets.append(y.cpu())
+    targets_np = torch.cat(targets).numpy() if targets else np.zeros(0, int)
+    preds_np = torch.cat(preds).numpy() if preds else np.zeros(0, int)
+    n = len(targets_np)
+    return {"loss": total_loss / max(n, 1), "acc": float((preds_np == targets_np).mean()) if n else 0.0,
+            "preds": preds_np, "targets": targets_np}

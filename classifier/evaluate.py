@@ -1,0 +1,59 @@
+"""A finished run's model on the test split of any variant (trained on t3, tested on t1, ...)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from torch import nn
+
+from homus_render.atomic import write_json
+
+from . import checkpoint
+from .data import ImageSet, load_variant, loader
+from .engine import evaluate
+from .metrics import summarize
+from .models import build_model
+from .train import RunError, pick_device
+
+
+def load_model(run: str | Path, which: str = "best.pt") -> tuple[nn.Module, dict]:
+    """The run's model (eval mode, on the CPU) and its checkpoint dict."""
+    ckpt = checkpoint.load(Path(run) / which)
+    model = build_model(ckpt["arch"], len(ckpt["classes"]), ckpt["in_channels"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise checkpoint.CheckpointError(f"{run}/{which}: weights do not fit a {ckpt['arch']} ({e})") from None
+    return model.eval(), ckpt
+
+
+def evaluate_run(run: str | Path, variant: str | Path | None = None, device: str = "auto",
+                 batch_size: int = 256) -> dict:
+    """Test-split metrics of ``run``'s best model on ``variant`` (default: the run's own variants),
+    saved as ``<run>/eval-<variant>.json``."""
+    run = Path(run)
+    if not (run / "split.json").is_file():
+        raise RunError(f"{run}: not a homus run folder (no split.json)")
+    split = json.loads((run / "split.json").read_text())
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    model, ckpt = load_model(run)
+    dev = pick_device(device)
+    model.to(dev)
+    paths = [variant] if variant else cfg["variants"]
+    test_ids = set(split["test"])
+    variants = [load_variant(p, only=test_ids) for p in paths]
+    ds = ImageSet(variants, test_ids, tuple(ckpt["classes"]))
+    res = evaluate(model, loader(ds, batch_size, shuffle=False), nn.CrossEntropyLoss(), dev, desc="test")
+    s = summarize(res["targets"], res["preds"], ckpt["classes"])
+    name = "+".join(v.name for v in variants)
+    metrics = {"run": run.name, "variant": name, "trained_on": [Path(p).name for p in cfg["variants"]],
+               "test_accuracy": s["accuracy"], "macro_f1": s["macro_f1"], "n_test": s["n"],
+               "missing_test_samples": len(test_ids - set(ds.samples)), "split": split["kind"],
+               "per_class": s["per_class"]}
+    write_json(run / f"eval-{name}.json", metrics)
+    return metrics
+
+
+

@@ -1,0 +1,78 @@
+"""Pictures of a run: confusion matrix, learning curves, misclassified test images."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from homus_render.atomic import write_bytes  # noqa: E402
+
+from .metrics import confusion  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    write_bytes(path, buf.getvalue())
+
+
+def plot_confusion(targets, preds, classes: list[str], path: Path, title: str = "") -> None:
+    """Row-normalised confusion matrix (each row sums to 1: recall on the diagonal)."""
+    m = confusion(targets, preds, len(classes)).astype(float)
+    m = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(13, 11.5))
+    im = ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=8)
+    ax.set_yticks(range(len(classes)), classes, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i, j in zip(*np.nonzero(m >= 0.005), strict=True):
+        ax.text(j, i, f"{m[i, j]:.2f}".lstrip("0") if m[i, j] < 1 else "1", ha="center", va="center",
+                fontsize=6, color="white" if m[i, j] > 0.5 else "black")
+    ax.set_title(title or "confusion (row-normalised)")
+    fig.colorbar(im, fraction=0.04)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    """Loss and accuracy per epoch, train and validation."""
+    ep = [h["epoch"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    a.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
+    a.plot(ep, [h["val_loss"] for h in history], "o-", label="val")
+    a.set_title("loss")
+    b.plot(ep, [h["train_acc"] for h in history], "o-", label="train")
+    b.plot(ep, [h["val_acc"] for h in history], "o-", label="val")
+    b.set_title("accuracy")
+    for ax in (a, b):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_errors(images: np.ndarray, targets, preds, classes: list[str], path: Path, limit: int = 48) -> None:
+    """A grid of misclassified images captioned ``true -> predicted`` (at most ``limit``)."""
+    wrong = np.nonzero(np.asarray(targets) != np.asarray(preds))[0][:limit]
+    cols = 8
+    rows = max(1, -(-len(wrong) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.7, rows * 1.9), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, wrong, strict=False):
+        ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
+        ax.set_title(f"{classes[targets[i]]}\n-> {classes[preds[i]]}", fontsize=7, color="darkred")
+    if not len(wrong):
+        axes[0, 0].set_title("no test image was misclassified", fontsize=9)
+    fig.suptitle(f"misclassified test images ({len(wrong)} shown)", fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)

@@ -1,0 +1,88 @@
+"""Classify new inputs with a run's model: images of any size, or raw HOMUS stroke files.
+
+Images are framed the way the renderer frames a symbol: polarity detected, ink found, fitted to
+the run's canvas and margin, centred. Stroke files are rendered with the run's own settings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from homus_render.render import RenderSettings, render
+from homus_render.strokes import StrokeFileError, parse_file
+
+from .data import to_input
+from .evaluate import load_model
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+class InputError(ValueError):
+    """An input that is neither a readable image nor a stroke file."""
+
+
+def normalize_image(img: np.ndarray, s: RenderSettings) -> np.ndarray:
+    """Any grayscale or colour image -> black ink on white, ink box fitted to the canvas minus margins."""
+    if img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2GRAY if img.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
+    if img.dtype != np.uint8:
+        img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
+    if np.median(border) < 128:  # light ink on dark paper: flip to the published polarity
+        img = 255 - img
+    _, ink = cv2.threshold(img, 0, 255, cv2.THRESH_BINARY_INV + cv2.THRESH_OTSU)
+    if img.max() - img.min() < 16 or not ink.any():
+        raise InputError("no ink found: the image is blank")
+    ys, xs = np.nonzero(ink)
+    crop = img[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    h, w = crop.shape
+    f = min((s.width - 2 * s.margin) / w, (s.height - 2 * s.margin) / h)
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
+    out = np.full((s.height, s.width), 255, np.uint8)
+    y, x = (s.height - size[1]) // 2, (s.width - size[0]) // 2
+    out[y:y + size[1], x:x + size[0]] = crop
+    return out
+
+
+def prepare(path: str | Path, s: RenderSettings) -> np.ndarray:
+    """The model's view of one input file, as a ``uint8`` image."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    if path.suffix.lower() == ".txt":
+        return render(parse_file(path).strokes, s)
+    img = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise InputError(f"{path}: neither an image (PNG, JPEG, ...) nor a HOMUS .txt stroke file")
+    try:
+        return normalize_image(img, s)
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None
+
+
+def predict(run: str | Path, inputs: list[str | Path], top_k: int = 3) -> list[dict]:
+    """Top-k labels with probabilities per input; a bad input gets ``{"error": ...}``, the rest answer."""
+    model, ckpt = load_model(run)
+    s = RenderSettings.from_dict(ckpt["render"])
+    classes = ckpt["classes"]
+    results, ready = [], []
+    for p in inputs:
+        try:
+            ready.append((len(results), prepare(p, s)))
+            results.append({"input": str(p)})
+        except (InputError, StrokeFileError, OSError) as e:
+            results.append({"input": str(p), "error": str(e)})
+    if ready:
+        with torch.no_grad():
+            probs = model(to_input(np.stack([img for _, img in ready]))).softmax(1)
+        k = min(top_k, len(classes))
+        top = probs.topk(k, dim=1)
+        for (i, _), values, idx in zip(ready, top.values.tolist(), top.indices.tolist(), strict=True):
+            results[i]["top"] = [{"label": classes[j], "probability": round(v, 6)}
+                                 for v, j in zip(values, idx, strict=True)]
+    return results

@@ -1,0 +1,76 @@
+"""Train/val/test splits made on sample ids (``<writer>-<n>``), never on image files, so every
+rendered variant of one sample falls on the same side.
+
+``writer``: whole musicians held out (70/15/15 of the writers), so validation and test measure
+handwriting the model never saw. ``random``: 70/15/15 of the samples, stratified by class, as the
+published HOMUS baselines did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from homus_render.dataset import natural_key
+
+KINDS = ("writer", "random")
+FRACTIONS = (0.70, 0.15, 0.15)
+
+
+class SplitError(ValueError):
+    """The data cannot be split as asked."""
+
+
+def _cut(items: list[str], rng: np.random.Generator, fractions=FRACTIONS) -> tuple[list, list, list]:
+    """Shuffle ``items`` and cut them 70/15/15 (val and test rounded, train gets the rest)."""
+    order = [items[i] for i in rng.permutation(len(items))]
+    n_val = int(round(len(items) * fractions[1]))
+    n_test = int(round(len(items) * fractions[2]))
+    return order[n_val + n_test:], order[:n_val], order[n_val:n_val + n_test]
+
+
+def make_split(samples: Iterable[tuple[str, str, str]], kind: str = "writer", seed: int = 0) -> dict:
+    """Split ``(sample id, writer, label)`` triples; returns ``{"kind", "seed", "train", "val", "test"}``
+    with sorted id lists. The same samples, kind and seed always give the same split."""
+    rows = sorted(set(samples), key=lambda r: natural_key(r[0]))
+    rng = np.random.default_rng(seed)
+    parts: tuple[list, list, list] = ([], [], [])
+    if kind == "writer":
+        writers = sorted({w for _, w, _ in rows}, key=natural_key)
+        if len(writers) < 3:
+            raise SplitError(f"a writer split needs at least 3 writers (one each for train, val and test); "
+                             f"the data has {len(writers)}. Render more writers or use --split random")
+        n_val = max(1, int(round(len(writers) * FRACTIONS[1])))
+        n_test = max(1, int(round(len(writers) * FRACTIONS[2])))
+        order = [writers[i] for i in rng.permutation(len(writers))]
+        side = {w: 1 for w in order[:n_val]} | {w: 2 for w in order[n_val:n_val + n_test]}
+        for sid, w, _ in rows:
+            parts[side.get(w, 0)].append(sid)
+    elif kind == "random":
+        by_label: dict[str, list[str]] = {}
+        for sid, _, label in rows:
+            by_label.setdefault(label, []).append(sid)
+        for label in sorted(by_label):
+            for part, ids in zip(parts, _cut(by_label[label], rng), strict=True):
+                part.extend(ids)
+        if not all(parts):
+            raise SplitError(f"too few samples ({len(rows)}) for a 70/15/15 split")
+    else:
+        raise SplitError(f"unknown split kind {kind!r}: choose {' or '.join(KINDS)}")
+    train, val, test = (sorted(p, key=natural_key) for p in parts)
+    return {"kind": kind, "seed": seed, "train": train, "val": val, "test": test}
+
+
+def check_split(split: dict, writer_of: dict[str, str] | None = None) -> None:
+    """Raise if a sample (or, for a writer split, a writer) sits on two sides."""
+    sides = [set(split[k]) for k in ("train", "val", "test")]
+    for i in range(3):
+        for j in range(i + 1, 3):
+            if sides[i] & sides[j]:
+                raise SplitError(f"split leaks: {len(sides[i] & sides[j])} sample(s) on two sides")
+            if split["kind"] == "writer" and writer_of:
+                wi = {writer_of[s] for s in sides[i] if s in writer_of}
+                wj = {writer_of[s] for s in sides[j] if s in writer_of}
+                if wi & wj:
+                    raise SplitError(f"writer split leaks writers {sorted(wi & wj)[:5]}")

@@ -1,0 +1,277 @@
+"""A training run from start to finish: data, split, model, epochs, checkpoints, one test evaluation.
+
+Run folder ``<runs_dir>/<name>/``: ``config.yaml``, ``split.json``, ``last.pt``, ``best.pt``,
+``history.csv``, ``metrics.json``, ``confusion.png``, ``curves.png``, ``errors.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from homus_render.atomic import write_bytes, write_json, write_text
+from homus_render.labels import LABELS
+
+from . import checkpoint, plots
+from .data import DataError, ImageSet, Variant, load_variant, loader
+from .engine import evaluate, train_one_epoch
+from .metrics import summarize
+from .models import build_model
+from .splits import check_split, make_split
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "onecycle", "linear", "constant")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run; defaults live in pipeline.yaml (section ``train``)."""
+
+    variants: list[str] = field(default_factory=lambda: ["rendered/t3-s96"])
+    arch: str = "resnet18"
+    weights: str = "none"
+    split: str = "writer"
+    seed: int = 0
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"
+    label_smoothing: float = 0.1
+    device: str = "auto"
+    amp: bool = True
+    workers: int = 0
+    threads: int = 0
+    runs_dir: str = "runs"
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        for key in ("epochs", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not self.variants:
+            raise ValueError("at least one --variant is needed")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def run_name(self) -> str:
+        if self.name:
+            return self.name
+        variants = "+".join(Path(v).name for v in self.variants)
+        return f"{variants}-{self.arch}-{self.split}-seed{self.seed}"
+
+
+class RunError(RuntimeError):
+    """A run that cannot start or continue as asked."""
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto``: CUDA, then Apple's MPS, then the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RunError("--device cuda asked for, but no CUDA device is available")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RunError("--device mps asked for, but MPS is not available")
+    return torch.device(name)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig):
+    decay, no_decay = [], []
+    for p in model.parameters():  # no weight decay on norms and biases
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def make_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """Stepped every batch. ``onecycle``: warm up for 20 %, then anneal; ``cosine`` and ``linear``:
+    decay from ``lr`` to 0; ``constant``: keep ``lr``."""
+    total = cfg.epochs * steps_per_epoch
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, pct_start=0.2)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    if cfg.schedule == "linear":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / total))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+def load_variants(paths: list[str]) -> list[Variant]:
+    variants = [load_variant(p) for p in paths]
+    hashes = {v.info.get("dataset", {}).get("sha256") for v in variants}
+    if len(hashes) > 1:
+        raise DataError("the variants were rendered from different raw datasets; a shared split would mix "
+                        "samples that are not the same")
+    return variants
+
+
+def split_for(variants: list[Variant], kind: str, seed: int) -> tuple[dict, dict[str, str]]:
+    triples = {(s, w, lab) for v in variants for s, w, lab in zip(v.samples, v.writers, v.labels, strict=True)}
+    split = make_split(triples, kind, seed)
+    writer_of = {s: w for s, w, _ in triples}
+    check_split(split, writer_of)
+    return split, writer_of
+
+
+def _history_csv(history: list[dict]) -> bytes:
+    cols = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, cols, lineterminator="\n", extrasaction="ignore")
+    w.writeheader()
+    for h in history:
+        w.writerow({k: (f"{h[k]:.6g}" if isinstance(h[k], float) else h[k]) for k in cols})
+    return buf.getvalue().encode()
+
+
+def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
+    """Train (or continue) the run ``cfg`` describes; returns its folder."""
+    run = Path(cfg.runs_dir) / cfg.run_name()
+    if (run / "metrics.json").exists():
+        raise RunError(f"{run} is already complete; choose another --name (or delete it)")
+    if not resume and run.exists() and any(run.iterdir()):
+        raise RunError(f"{run} already exists; continue it with `homus train --resume {run}` or pick --name")
+    run.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    amp = cfg.amp and device.type == "cuda"
+
+    variants = load_variants(cfg.variants)
+    split, _ = split_for(variants, cfg.split, cfg.seed)
+    if resume and (run / "split.json").exists():
+        saved = json.loads((run / "split.json").read_text())
+        if saved != split:
+            raise RunError(f"{run}/split.json differs from the split of the current data; the variants "
+                           "changed since the run started")
+    write_text(run / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
+    write_json(run / "split.json", split)
+    classes = list(LABELS)
+    sets = {k: ImageSet(variants, set(split[k]), classes) for k in ("train", "val", "test")}
+    for k, ds in sets.items():
+        if len(ds) == 0:
+            raise RunError(f"the {k} split is empty: too little data for a {cfg.split} split")
+    log(f"run {run}: {len(sets['train']):,} train / {len(sets['val']):,} val / {len(sets['test']):,} test "
+        f"images from {len(variants)} variant(s), {cfg.split} split, on {device}")
+
+    from_file = cfg.weights not in ("none", "imagenet")
+    model = build_model(cfg.arch, len(classes), 1, "none" if from_file else cfg.weights)
+    if from_file and start_fresh(resume, run):
+        _init_from_checkpoint(model, cfg.weights, cfg.arch, classes)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, cfg)
+    steps = -(-len(sets["train"]) // cfg.batch_size)
+    scheduler = make_scheduler(optimizer, cfg, steps)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    render = variants[0].settings
+    history, start_epoch, best_acc = [], 1, -1.0
+    if not start_fresh(resume, run):
+        ckpt = checkpoint.load(run / "last.pt")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        history, start_epoch = ckpt["history"], ckpt["epoch"] + 1
+        best_acc = max((h["val_acc"] for h in history), default=-1.0)
+        log(f"resuming {run} after epoch {ckpt['epoch']}")
+
+    val_loader = loader(sets["val"], cfg.batch_size * 2, shuffle=False, workers=cfg.workers)
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        lr = optimizer.param_groups[0]["lr"]
+        train_loader = loader(sets["train"], cfg.batch_size, True, seed=cfg.seed * 100_003 + epoch,
+                              workers=cfg.workers)
+        stats = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, device, epoch, amp)
+        val = evaluate(model, val_loader, criterion, device, amp, desc=f"epoch {epoch} val")
+        history.append({"epoch": epoch, **stats, "val_loss": val["loss"], "val_acc": val["acc"], "lr": lr})
+        log(f"epoch {epoch}/{cfg.epochs}: train loss {stats['train_loss']:.4f} acc {stats['train_acc']:.4f} | "
+            f"val loss {val['loss']:.4f} acc {val['acc']:.4f} | {stats['images_per_s']:.0f} img/s")
+        ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history, "arch": cfg.arch,
+                "classes": classes, "in_channels": 1, "render": render, "config": asdict(cfg)}
+        if val["acc"] > best_acc:
+            best_acc = val["acc"]
+            checkpoint.save(run / "best.pt", ckpt)
+        checkpoint.save(run / "last.pt", ckpt)
+        write_bytes(run / "history.csv", _history_csv(history))
+
+    plots.plot_curves(history, run / "curves.png")
+    return finish(run, cfg, sets, criterion, device, amp, history)
+
+
+def finish(run: Path, cfg: TrainConfig, sets: dict, criterion, device, amp: bool, history: list[dict]) -> Path:
+    """The one and only look at the test split: the best model on validation, then the report."""
+    best = checkpoint.load(run / "best.pt")
+    model = build_model(best["arch"], len(best["classes"]), best["in_channels"])
+    model.load_state_dict(best["model"])
+    model.to(device)
+    test = sets["test"]
+    res = evaluate(model, loader(test, cfg.batch_size * 2, False, workers=cfg.workers), criterion, device, amp,
+                   desc="test")
+    classes = best["classes"]
+    summary = summarize(res["targets"], res["preds"], classes)
+    by_variant = {}
+    names = np.array(test.variant_of)
+    for name in sorted(set(test.variant_of)):
+        mask = names == name
+        by_variant[name] = float((res["preds"][mask] == res["targets"][mask]).mean())
+    train_seconds = sum(h["seconds"] for h in history)
+    metrics = {
+        "val_accuracy": max(h["val_acc"] for h in history), "best_epoch": best["epoch"],
+        "test_accuracy": summary["accuracy"], "macro_f1": summary["macro_f1"], "n_test": summary["n"],
+        "test_accuracy_by_variant": by_variant, "split": cfg.split, "seed": cfg.seed,
+        "variants": [Path(v).name for v in cfg.variants], "arch": cfg.arch, "epochs": cfg.epochs,
+        "train_seconds": round(train_seconds, 1),
+        "train_images_per_s": round(float(np.mean([h["images_per_s"] for h in history])), 1),
+        "device": str(device), "per_class": summary["per_class"],
+    }
+    plots.plot_confusion(res["targets"], res["preds"], classes, run / "confusion.png",
+                         f"{run.name}: test accuracy {summary['accuracy']:.4f}")
+    plots.plot_errors(test.images.numpy(), res["targets"], res["preds"], classes, run / "errors.png")
+    write_json(run / "metrics.json", metrics)  # last: a run with metrics.json is complete
+    return run
+
+
+def start_fresh(resume: bool, run: Path) -> bool:
+    return not (resume and (run / "last.pt").exists())
+
+
+def _init_from_checkpoint(model: nn.Module, path: str, arch: str, classes: list[str]) -> None:
+    """Fine-tune from a homus checkpoint of the same arch; its head is kept when the classes match."""
+    ckpt = checkpoint.load(path)
+    if ckpt["arch"] != arch or ckpt["in_channels"] != 1:
+        raise checkpoint.CheckpointError(f"{path}: a {ckpt['arch']} with {ckpt['in_channels']} channel(s) "
+                                         f"cannot start a {arch} run; pass --arch {ckpt['arch']}")
+    state = ckpt["model"]
+    if ckpt["classes"] != classes:
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("fc.") for k in missing):
+        raise checkpoint.CheckpointError(f"{path}: its weights do not fit this model "
+                                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")

@@ -1,0 +1,215 @@
+"""The classifier end to end on tiny data: run folders, splits, resume, evaluate, predict, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from classifier import checkpoint
+from classifier.data import load_variant
+from classifier.train import TrainConfig, split_for, train
+from homus.cli import main
+from homus.config import load as load_config
+from homus_render.render import RenderSettings
+from homus_render.variants import render_variants
+
+WRITERS = ("1", "2", "3", "4", "5")  # 760 samples: 3 writers train, 1 val, 1 test
+RUN_FILES = ("config.yaml", "split.json", "last.pt", "best.pt", "history.csv", "metrics.json",
+             "confusion.png", "curves.png", "errors.png")
+
+
+@pytest.fixture(scope="module")
+def tiny(raw_full, tmp_path_factory):
+    """Five writers rendered at 32 px with thickness 1 and 3."""
+    root = tmp_path_factory.mktemp("tiny")
+    for w in WRITERS:
+        shutil.copytree(raw_full / w, root / "raw" / w)
+    settings = [RenderSettings(thickness=t, width=32, height=32, margin=2) for t in (1, 3)]
+    render_variants(root / "raw", root / "rendered", settings, jobs=1)
+    return root
+
+
+def cfg_for(tiny: Path, **kw) -> TrainConfig:
+    base = {**load_config()["train"], "variants": [str(tiny / "rendered/t3-s32-m2")], "epochs": 1,
+            "batch_size": 64, "lr": 0.02, "runs_dir": str(tiny / "runs"), "device": "cpu"}
+    return TrainConfig.from_dict({**base, **kw})
+
+
+def test_defaults_come_from_pipeline_yaml():
+    """pipeline.yaml is the one source of defaults: the code's fallbacks must not drift from it."""
+    cfg = load_config()
+    assert TrainConfig.from_dict(cfg["train"]) == TrainConfig()
+    r = cfg["render"]
+    d = RenderSettings()
+    assert (r["thickness"], r["size"], r["fit"], r["margin"], r["antialias"]) == (
+        [d.thickness], [d.width], d.fit, d.margin, d.antialias)
+
+
+def test_cli_train_leaves_a_complete_run(tiny):
+    runs = tiny / "runs-cli"
+    result = CliRunner().invoke(main, ["train", "--variant", str(tiny / "rendered/t3-s32-m2"), "--epochs", "1",
+                                       "--batch-size", "64", "--runs-dir", str(runs), "--name", "cli",
+                                       "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    run = runs / "cli"
+    for f in RUN_FILES:
+        assert (run / f).is_file() and (run / f).stat().st_size > 0, f
+    metrics = json.loads((run / "metrics.json").read_text())
+    split = json.loads((run / "split.json").read_text())
+    assert split["kind"] == "writer" and metrics["split"] == "writer"
+    assert metrics["n_test"] == len(split["test"]) == 152  # one writer's 152 samples
+    assert sum(c["support"] for c in metrics["per_class"].values()) == metrics["n_test"]
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0 and 0.0 <= metrics["macro_f1"] <= 1.0
+    with open(run / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1"]
+    assert float(rows[0]["val_acc"]) == pytest.approx(metrics["val_accuracy"], abs=1e-5)
+    assert set(rows[0]) >= {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s"}
+    best = checkpoint.load(run / "best.pt")
+    assert best["render"]["width"] == 32 and len(best["classes"]) == 32 and best["epoch"] == 1
+    assert f"test accuracy {metrics['test_accuracy']:.4f}" in result.output
+
+    # a finished run is never trained again by accident
+    again = CliRunner().invoke(main, ["train", "--variant", str(tiny / "rendered/t3-s32-m2"), "--epochs", "1",
+                                      "--runs-dir", str(runs), "--name", "cli"])
+    assert again.exit_code != 0 and "already complete" in again.output
+
+    # evaluate on another thickness; predict on an image and a stroke file
+    ev = CliRunner().invoke(main, ["evaluate", str(run), "--variant", str(tiny / "rendered/t1-s32-m2"),
+                                   "--device", "cpu"])
+    assert ev.exit_code == 0, ev.output
+    saved = json.loads((run / "eval-t1-s32-m2.json").read_text())
+    assert saved["n_test"] == 152 and saved["trained_on"] == ["t3-s32-m2"]
+
+    png = next((tiny / "rendered/t3-s32-m2/G-Clef").glob("*.png"))
+    big = cv2.resize(cv2.imread(str(png), cv2.IMREAD_GRAYSCALE), (300, 200))  # any size, white on black
+    cv2.imwrite(str(tiny / "query.png"), 255 - big)
+    (tiny / "junk.png").write_bytes(b"not an image at all")
+    stroke = tiny / "raw/5/5-1.txt"
+    pr = CliRunner().invoke(main, ["predict", str(run), str(tiny / "query.png"), str(stroke),
+                                   str(tiny / "junk.png"), "--json", "--top-k", "2"])
+    assert pr.exit_code == 1  # one bad input: reported, the others still answered
+    answers = json.loads(pr.stdout)
+    assert [len(a.get("top", [])) for a in answers] == [2, 2, 0]
+    assert "neither an image" in answers[2]["error"]
+    for a in answers[:2]:
+        probs = [t["probability"] for t in a["top"]]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+
+
+def test_splits_identical_across_variants(tiny):
+    v1 = load_variant(tiny / "rendered/t1-s32-m2")
+    v3 = load_variant(tiny / "rendered/t3-s32-m2")
+    s1, writer_of = split_for([v1], "writer", 0)
+    s3, _ = split_for([v3], "writer", 0)
+    both, _ = split_for([v1, v3], "writer", 0)
+    assert s1 == s3 == both
+    sides = [{writer_of[s] for s in s1[k]} for k in ("train", "val", "test")]
+    assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
+    r1, _ = split_for([v1], "random", 4)
+    r3, _ = split_for([v3], "random", 4)
+    assert r1 == r3 and not set(r1["train"]) & set(r1["test"])
+
+
+def test_union_of_variants_trains_on_both(tiny):
+    run = train(cfg_for(tiny, variants=[str(tiny / "rendered/t1-s32-m2"), str(tiny / "rendered/t3-s32-m2")],
+                        name="union"), log=lambda m: None)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["n_test"] == 2 * 152
+    assert set(metrics["test_accuracy_by_variant"]) == {"t1-s32-m2", "t3-s32-m2"}
+
+
+def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tiny, monkeypatch):
+    whole = train(cfg_for(tiny, epochs=2, name="whole"), log=lambda m: None)
+
+    real_save = checkpoint.save
+
+    def save_then_die(path, ckpt):
+        real_save(path, ckpt)
+        if Path(path).name == "last.pt" and ckpt["epoch"] == 1:
+            raise KeyboardInterrupt  # killed right after the first epoch's checkpoint
+
+    monkeypatch.setattr(checkpoint, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg_for(tiny, epochs=2, name="killed"), log=lambda m: None)
+    monkeypatch.setattr(checkpoint, "save", real_save)
+    killed = tiny / "runs/killed"
+    assert not (killed / "metrics.json").exists() and checkpoint.load(killed / "last.pt")["epoch"] == 1
+
+    result = CliRunner().invoke(main, ["train", "--resume", str(killed)])
+    assert result.exit_code == 0, result.output
+    assert "resuming" in result.output
+    a = json.loads((whole / "metrics.json").read_text())
+    b = json.loads((killed / "metrics.json").read_text())
+    for key in ("val_accuracy", "test_accuracy", "macro_f1", "n_test", "best_epoch"):
+        assert a[key] == b[key], key
+    assert (whole / "split.json").read_text() == (killed / "split.json").read_text()
+    ha = list(csv.DictReader(open(whole / "history.csv")))
+    hb = list(csv.DictReader(open(killed / "history.csv")))
+    assert [(r["train_loss"], r["val_acc"]) for r in ha] == [(r["train_loss"], r["val_acc"]) for r in hb]
+
+
+def test_fine_tune_from_a_checkpoint(tiny):
+    base = tiny / "runs-cli/cli/best.pt"
+    if not base.exists():
+        pytest.skip("needs the CLI run")
+    run = train(cfg_for(tiny, variants=[str(tiny / "rendered/t1-s32-m2")], weights=str(base), name="ft"),
+                log=lambda m: None)
+    assert (run / "metrics.json").exists()
+    with pytest.raises(checkpoint.CheckpointError, match="--arch resnet18"):
+        train(cfg_for(tiny, arch="resnet34", weights=str(base), name="ft34"), log=lambda m: None)
+
+
+def test_train_errors_are_clear(tiny, tmp_path):
+    r = CliRunner().invoke(main, ["train", "--variant", str(tmp_path / "nope"), "--runs-dir", str(tmp_path)])
+    assert r.exit_code == 1 and "not a rendered variant" in r.output
+    # a variant of only two writers cannot give a writer split
+    two = tmp_path / "two"
+    v = tiny / "rendered/t3-s32-m2"
+    shutil.copytree(v, two)
+    rows = list(csv.DictReader(open(v / "manifest.csv")))
+    with open(two / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["path", "label", "writer", "sample"])
+        w.writeheader()
+        w.writerows(r for r in rows if r["writer"] in ("1", "2"))
+    r = CliRunner().invoke(main, ["train", "--variant", str(two), "--runs-dir", str(tmp_path / "runs")])
+    assert r.exit_code == 1 and "at least 3 writers" in r.output
+    r = CliRunner().invoke(main, ["train", "--resume", str(tmp_path)])
+    assert r.exit_code == 1 and "not a homus run folder" in r.output
+
+
+def test_corrupted_checkpoint_is_a_clear_error(tiny, tmp_path):
+    src = tiny / "runs-cli/cli"
+    if not src.exists():
+        pytest.skip("needs the CLI run")
+    run = tmp_path / "copy"
+    shutil.copytree(src, run)
+    data = (run / "best.pt").read_bytes()
+    (run / "best.pt").write_bytes(data[: len(data) // 3])
+    r = CliRunner().invoke(main, ["evaluate", str(run), "--device", "cpu"])
+    assert r.exit_code == 1 and "best.pt: not a readable homus checkpoint" in r.output
+    r = CliRunner().invoke(main, ["predict", str(run), str(tiny / "raw/5/5-1.txt")])
+    assert r.exit_code == 1 and "best.pt" in r.output
+
+
+def test_predict_frames_images_like_the_renderer():
+    from classifier.predict import InputError, normalize_image
+
+    s = RenderSettings(thickness=3, width=48, height=48, margin=4)
+    canvas = np.zeros((120, 300, 3), np.uint8)  # light ink on dark paper, off-centre, colour
+    cv2.line(canvas, (200, 10), (210, 100), (255, 255, 255), 5)
+    out = normalize_image(canvas, s)
+    assert out.shape == (48, 48) and out.dtype == np.uint8
+    ys, xs = np.nonzero(out < 128)
+    assert ys.min() >= 3 and ys.max() <= 44  # fitted to the canvas minus the margin
+    assert abs((ys.min() + ys.max()) / 2 - 23.5) <= 1 and abs((xs.min() + xs.max()) / 2 - 23.5) <= 1
+    assert out[0, 0] == 255  # black on white, as rendered
+    with pytest.raises(InputError, match="blank"):
+        normalize_image(np.full((50, 50), 255, np.uint8), s)
