@@ -109,25 +109,31 @@ def render_settings(cfg: dict, thickness, size, fit, margin, antialias, staff_li
 @click.option("--antialias/--no-antialias", default=None, help="Smooth stroke edges (default on).")
 @click.option("--staff-lines/--no-staff-lines", default=None, help="Draw five staff lines behind.")
 @click.option("--raw-dir", type=click.Path(file_okay=False))
+@click.option("--writers", help="Only these writers, e.g. 1-5,9 (default: all).")
 @click.option("--rendered-dir", type=click.Path(file_okay=False))
 @click.option("--jobs", type=int, help="Worker processes (-1: all cores).")
 @click.option("--force", is_flag=True, help="Render again even when up to date.")
 @click.option("--skip-invalid", is_flag=True, help="Render the good samples, list the bad ones.")
 @with_config
-def render(cfg, thickness, size, fit, margin, antialias, staff_lines, raw_dir, rendered_dir, jobs,
+def render(cfg, thickness, size, fit, margin, antialias, staff_lines, raw_dir, writers, rendered_dir, jobs,
            force, skip_invalid) -> None:
     """Render every raw sample into one variant folder per thickness x size."""
     from tqdm import tqdm
 
+    from homus_render.dataset import parse_writers
     from homus_render.variants import RenderError, render_variants
 
     variants = render_settings(cfg, thickness, size, fit, margin, antialias, staff_lines)
+    try:
+        subset = parse_writers(pick(writers, cfg["dataset"]["writers"]))
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     raw = Path(pick(raw_dir, cfg["dataset"]["raw_dir"]))
     out = Path(pick(rendered_dir, cfg["render"]["rendered_dir"]))
     with tqdm(unit="sample", desc="render", disable=None) as bar:
         try:
             results = render_variants(raw, out, variants, jobs=pick(jobs, cfg["render"]["jobs"]),
-                                      force=force, skip_invalid=skip_invalid, progress=bar.update,
+                                      force=force, skip_invalid=skip_invalid, writers=subset, progress=bar.update,
                                       log=bar.write)
         except (RenderError, FileNotFoundError) as e:
             bar.close()
@@ -252,6 +258,48 @@ def predict(run, inputs, top_k, as_json) -> None:
                 click.echo(f"{r['input']}: {guesses}")
     if any("error" in r for r in results):
         sys.exit(1)
+
+
+@main.command("run")
+@with_config
+def run_cmd(cfg) -> None:
+    """Run the study in the config: fetch, render, train, cross-evaluate, report."""
+    from classifier.checkpoint import CheckpointError
+    from classifier.data import DataError
+    from classifier.splits import SplitError
+    from classifier.train import RunError
+    from homus_render.fetch import FetchError
+    from homus_render.variants import RenderError
+
+    from .study import run_study
+
+    try:
+        out = run_study(cfg, log=click.echo)
+    except (cfgmod.ConfigError, FetchError, RenderError, RunError, DataError, SplitError, CheckpointError,
+            ValueError) as e:
+        fail(str(e))
+    click.echo(f"report: {out / 'report.md'}")
+
+
+@main.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), default="reports/compare", show_default=True,
+              help="Where report.md, results.csv and comparison.png go.")
+@click.option("--title", default="comparison", show_default=True)
+def compare(runs, out, title) -> None:
+    """Table and chart of finished runs, the settings that differ as columns, best first."""
+    from .report import write_report
+
+    try:
+        result = write_report([Path(r) for r in runs], Path(out), title, command="homus compare " + " ".join(runs))
+    except (FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    keys = result["group_by"]
+    click.echo(" | ".join(["test accuracy", *keys, "runs"]))
+    for row in result["rows"]:
+        acc = f"{row['mean']:.4f}" + (f" ± {row['std']:.4f}" if len(row["accuracies"]) > 1 else "")
+        click.echo(" | ".join([acc, *(row["settings"][k] for k in keys), ",".join(row["runs"])]))
+    click.echo(f"report: {Path(out) / 'report.md'}")
 
 
 if __name__ == "__main__":

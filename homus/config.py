@@ -14,9 +14,13 @@ DEFAULTS_FILE = Path(__file__).resolve().parent.parent / "pipeline.yaml"
 #: Keys whose default is null, with the types they may take.
 NULLABLE = {
     ("dataset", "source"): (str,),
+    ("dataset", "writers"): (str, int, list),
     ("render", "staff_offset"): (int,),
     ("train", "name"): (str,),
 }
+
+#: Mappings whose keys are other sections' settings (train settings for the study's runs).
+FREE_FORM = {("study", "train"), ("study", "overrides")}
 
 
 class ConfigError(ValueError):
@@ -56,7 +60,11 @@ def _merge(base: dict, over: dict, path: Path, prefix: tuple[str, ...] = ()) -> 
         if k not in base:
             known = ", ".join(sorted(base))
             raise ConfigError(f"{path}: unknown key '{dotted}' (known here: {known})")
-        if isinstance(base[k], dict):
+        if key in FREE_FORM:  # replaced whole, checked by _check_free_form
+            if not isinstance(v, dict):
+                raise ConfigError(f"{path}: '{dotted}' must be a mapping, got {v!r}")
+            base[k] = v
+        elif isinstance(base[k], dict):
             if not isinstance(v, dict):
                 raise ConfigError(f"{path}: '{dotted}' must be a mapping, got {v!r}")
             _merge(base[k], v, path, key)
@@ -68,6 +76,27 @@ def _merge(base: dict, over: dict, path: Path, prefix: tuple[str, ...] = ()) -> 
             base[k] = v
 
 
+#: Render settings a study variant may set (sizes as in the render section).
+VARIANT_KEYS = ("thickness", "size", "fit", "margin", "antialias", "staff_lines", "staff_spacing", "staff_offset")
+
+
+def _check_free_form(cfg: dict, defaults: dict, path: Path) -> None:
+    """The study's free-form mappings hold train settings and render settings: check those too."""
+    study = cfg["study"]
+    for prefix, mapping in [("study.train", study["train"])] + [
+            (f"study.overrides.{name}", m) for name, m in (study["overrides"] or {}).items()]:
+        if not isinstance(mapping, dict):
+            raise ConfigError(f"{path}: '{prefix}' must be a mapping of train settings, got {mapping!r}")
+        _merge(copy.deepcopy(defaults["train"]), mapping, path, tuple(prefix.split(".")))
+    for i, v in enumerate(study["variants"]):
+        if not isinstance(v, dict):
+            raise ConfigError(f"{path}: 'study.variants[{i}]' must be a mapping of render settings, got {v!r}")
+        unknown = sorted(set(v) - set(VARIANT_KEYS))
+        if unknown:
+            raise ConfigError(f"{path}: unknown key 'study.variants[{i}].{unknown[0]}' "
+                              f"(known here: {', '.join(VARIANT_KEYS)})")
+
+
 def load(path: str | Path | None = None) -> dict:
     """The defaults, overridden by ``path`` when given (a missing ``./pipeline.yaml`` is fine)."""
     defaults = _read(DEFAULTS_FILE)
@@ -76,6 +105,7 @@ def load(path: str | Path | None = None) -> dict:
         path = Path(path)
         if path.resolve() != DEFAULTS_FILE:
             _merge(cfg, _read(path), path)
+    _check_free_form(cfg, defaults, path or DEFAULTS_FILE)
     return cfg
 
 

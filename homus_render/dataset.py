@@ -20,18 +20,36 @@ def natural_key(text: str) -> list:
     return [int(t) if t.isdigit() else t for t in _NUM.split(text)]
 
 
-def list_stroke_files(raw_dir: str | Path) -> list[str]:
+def list_stroke_files(raw_dir: str | Path, writers: set[str] | None = None) -> list[str]:
     """Stroke files under ``raw_dir`` as paths relative to it, ``<writer>/<writer>-<n>.txt``,
-    in natural order (writer, then number)."""
+    in natural order (writer, then number); only those of ``writers`` when given."""
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
         raise FileNotFoundError(f"{raw_dir}: no such folder (run `homus fetch` first)")
     found = []
     for entry in os.scandir(raw_dir):
-        if entry.is_dir() and not entry.name.startswith("."):
+        if entry.is_dir() and not entry.name.startswith(".") and (writers is None or entry.name in writers):
             found.extend(f"{entry.name}/{f.name}" for f in os.scandir(entry.path)
                          if f.name.endswith(".txt") and f.is_file() and not f.name.startswith("."))
     return sorted(found, key=natural_key)
+
+
+def parse_writers(spec: str | int | list | None) -> set[str] | None:
+    """``None`` (all), ``"1-5,9"``, ``7`` or ``[1, 2, "3-4"]`` -> a set of writer ids."""
+    if spec is None or spec == "" or spec == []:
+        return None
+    items = spec if isinstance(spec, list) else str(spec).split(",")
+    out: set[str] = set()
+    for item in items:
+        text = str(item).strip()
+        m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", text)
+        if m:
+            out |= {str(w) for w in range(int(m.group(1)), int(m.group(2)) + 1)}
+        elif text.isdigit():
+            out.add(str(int(text)))
+        else:
+            raise ValueError(f"writers {spec!r}: expected numbers and ranges like 1-5,9")
+    return out
 
 
 def fingerprint(raw_dir: str | Path, files: list[str]) -> str:

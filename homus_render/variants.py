@@ -144,22 +144,23 @@ def _clear_leftovers(rendered_dir: Path, name: str) -> None:
 
 
 def render_variants(raw_dir: str | Path, rendered_dir: str | Path, variants: Sequence[RenderSettings], *,
-                    jobs: int = -1, force: bool = False, skip_invalid: bool = False,
+                    jobs: int = -1, force: bool = False, skip_invalid: bool = False, writers: set[str] | None = None,
                     progress: Callable[[int], None] | None = None,
                     log: Callable[[str], None] = lambda msg: None) -> list[VariantResult]:
     """Render every stroke file of ``raw_dir`` with each of ``variants`` into ``rendered_dir``.
 
     Up-to-date variants are skipped unless ``force``. A bad sample stops the run before any
     variant is put in place (:class:`RenderError` lists every bad file), unless ``skip_invalid``,
-    which renders the rest and records the bad ones in ``skipped.csv``. ``progress(n)`` is called
-    with the number of samples just finished.
+    which renders the rest and records the bad ones in ``skipped.csv``. ``writers`` limits the
+    run to those writers' samples. ``progress(n)`` is called with the number of samples just finished.
     """
     from joblib import Parallel, delayed, effective_n_jobs
 
     raw_dir, rendered_dir = Path(raw_dir), Path(rendered_dir)
-    files = list_stroke_files(raw_dir)
+    files = list_stroke_files(raw_dir, writers)
     if not files:
-        raise RenderError(f"{raw_dir}: no stroke files <writer>/<writer>-<n>.txt (run `homus fetch` first)")
+        which = f" of writers {sorted(writers, key=natural_key)}" if writers else ""
+        raise RenderError(f"{raw_dir}: no stroke files <writer>/<writer>-<n>.txt{which} (run `homus fetch` first)")
     fp = fingerprint(raw_dir, files)
     results, todo = [], []
     for s in dict.fromkeys(variants):  # the same settings twice are rendered once

@@ -1,0 +1,183 @@
+"""Tables and charts over finished runs: the study report and ``homus compare``.
+
+Runs are grouped by the settings that differ between them (seeds aside), so several seeds of
+one setting give a mean and a spread. Writes ``report.md``, ``results.csv``, ``comparison.png``
+and, when runs were evaluated on several variants, ``matrix.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import statistics
+import time
+from pathlib import Path
+
+import yaml
+
+from homus_render.atomic import write_bytes, write_text
+
+IGNORED = {"name", "runs_dir", "seed", "device", "workers", "threads", "amp"}
+
+
+def load_run(run: Path) -> dict:
+    """A finished run's metrics, settings (train settings plus the variants' render settings) and
+    cross evaluations."""
+    if not (run / "metrics.json").is_file():
+        raise FileNotFoundError(f"{run}: not a finished homus run (no metrics.json)")
+    metrics = json.loads((run / "metrics.json").read_text())
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    settings = {k: v for k, v in cfg.items() if k not in IGNORED and k != "variants"}
+    settings["variants"] = "+".join(metrics["variants"])
+    renders = []
+    for v in cfg["variants"]:
+        info = Path(v) / "variant.json"
+        renders.append(json.loads(info.read_text())["settings"] if info.is_file() else {})
+    for key in sorted({k for r in renders for k in r}):
+        values = list(dict.fromkeys(str(r.get(key)) for r in renders))  # one value, or each variant's
+        settings[f"render.{key}"] = "/".join(values)
+    evals = {}
+    for f in sorted(run.glob("eval-*.json")):
+        e = json.loads(f.read_text())
+        evals[e["variant"]] = e["test_accuracy"]
+    return {"run": run, "name": run.name, "seed": cfg.get("seed"), "metrics": metrics, "settings": settings,
+            "evals": evals}
+
+
+def differing(runs: list[dict]) -> list[str]:
+    keys = sorted({k for r in runs for k in r["settings"]}, key=lambda k: (k != "variants", k))
+    return [k for k in keys if len({json.dumps(r["settings"].get(k)) for r in runs}) > 1]
+
+
+def _fmt(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    return f"{mean:.2%} ± {statistics.stdev(values):.2%}" if len(values) > 1 else f"{mean:.2%}"
+
+
+def summarize(runs: list[dict], group_by: list[str]) -> list[dict]:
+    """One row per group of runs with equal ``group_by`` settings, sorted by mean test accuracy."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(tuple(str(r["settings"].get(k)) for k in group_by), []).append(r)
+    rows = []
+    for key, members in groups.items():
+        acc = [m["metrics"]["test_accuracy"] for m in members]
+        rows.append({"group": " · ".join(key) or members[0]["name"], "settings": dict(zip(group_by, key, strict=True)),
+                     "runs": [m["name"] for m in members], "seeds": [m["seed"] for m in members],
+                     "accuracies": acc, "mean": statistics.fmean(acc),
+                     "std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+                     "macro_f1": statistics.fmean(m["metrics"]["macro_f1"] for m in members),
+                     "minutes": statistics.fmean(m["metrics"]["train_seconds"] / 60 for m in members),
+                     "evals": {v: [m["evals"][v] for m in members if v in m["evals"]]
+                               for v in sorted({v for m in members for v in m["evals"]})}})
+    return sorted(rows, key=lambda r: -r["mean"])
+
+
+def _bar_chart(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(rows) + 2), 4.5))
+    names = [r["group"] for r in rows]
+    means = [100 * r["mean"] for r in rows]
+    ax.bar(names, means, yerr=[100 * r["std"] for r in rows], capsize=5, color="#4477aa")
+    for i, mean in enumerate(means):
+        ax.text(i, mean, f"{mean:.2f}", ha="center", va="bottom", fontsize=8)
+    low = min(100 * (r["mean"] - r["std"]) for r in rows)
+    ax.set_ylim(max(0, low - (100 - low) * 0.5 - 1), 100)
+    ax.set_ylabel("test accuracy (%), mean ± std over seeds")
+    ax.set_title(title)
+    plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    write_bytes(path, buf.getvalue())
+
+
+def _matrix_chart(rows: list[dict], tests: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    m = np.array([[100 * statistics.fmean(r["evals"][t]) if r["evals"].get(t) else np.nan for t in tests]
+                  for r in rows])
+    fig, ax = plt.subplots(figsize=(1.3 * len(tests) + 3, 0.6 * len(rows) + 2))
+    im = ax.imshow(m, cmap="viridis")
+    ax.set_xticks(range(len(tests)), tests, rotation=30, ha="right")
+    ax.set_yticks(range(len(rows)), [r["group"] for r in rows])
+    ax.set_xlabel("tested on")
+    ax.set_ylabel("trained on")
+    for i, j in np.ndindex(m.shape):
+        if not np.isnan(m[i, j]):
+            ax.text(j, i, f"{m[i, j]:.1f}", ha="center", va="center", color="w" if m[i, j] < np.nanmax(m) - 5 else "k")
+    fig.colorbar(im, label="test accuracy (%)")
+    ax.set_title("train variant x test variant")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    write_bytes(path, buf.getvalue())
+
+
+def write_report(run_dirs: list[Path], out: Path, title: str, variants: list[str] | None = None,
+                 settings: dict | None = None, command: str = "", group_by: list[str] | None = None) -> dict:
+    """Write ``report.md``, ``results.csv``, ``comparison.png`` (and ``matrix.png``) into ``out``.
+    Runs are grouped by ``group_by`` (default: every setting that differs, seeds aside)."""
+    runs = [load_run(Path(r)) for r in run_dirs]
+    if not runs:
+        raise ValueError("no runs to report on")
+    splits = {json.dumps(json.loads((r["run"] / "split.json").read_text()), sort_keys=True) for r in runs
+              if r["seed"] == runs[0]["seed"]}
+    group_by = group_by or [k for k in differing(runs) if k not in IGNORED]
+    rows = summarize(runs, group_by)
+    tests = variants or sorted({v for r in runs for v in r["evals"]})
+    out.mkdir(parents=True, exist_ok=True)
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["run", "seed", *group_by, "test_variant", "test_accuracy", "macro_f1", "val_accuracy", "n_test",
+                "train_seconds"])
+    for r in sorted(runs, key=lambda r: r["name"]):
+        m = r["metrics"]
+        own = [r["settings"].get(k) for k in group_by]
+        w.writerow([r["name"], r["seed"], *own, "own", f"{m['test_accuracy']:.6f}", f"{m['macro_f1']:.6f}",
+                    f"{m['val_accuracy']:.6f}", m["n_test"], m["train_seconds"]])
+        for v, acc in sorted(r["evals"].items()):
+            w.writerow([r["name"], r["seed"], *own, v, f"{acc:.6f}", "", "", "", ""])
+    write_bytes(out / "results.csv", buf.getvalue().encode())
+    _bar_chart(rows, out / "comparison.png", title)
+    has_matrix = bool(tests) and any(r["evals"] for r in rows)
+    if has_matrix:
+        _matrix_chart(rows, tests, out / "matrix.png")
+
+    md = [f"# {title}", "", f"{len(runs)} runs, {time.strftime('%Y-%m-%d')}." + (f" Command: `{command}`" if command
+                                                                                 else ""), ""]
+    if len(splits) > 1:
+        md += ["**Warning: runs with the same seed have different splits; the figures are not comparable.**", ""]
+    md += ["| " + " | ".join(["rank", "trained on" if group_by == ["variants"] else "setting", "test accuracy",
+                             "macro F1", "seeds", "train min"]) + " |", "|---|---|---|---|---|---|"]
+    for i, r in enumerate(rows, 1):
+        md.append(f"| {i} | {r['group']} | {_fmt(r['accuracies'])} | {r['macro_f1']:.4f} | "
+                  f"{len(r['accuracies'])} | {r['minutes']:.1f} |")
+    md += ["", "![comparison](comparison.png)", ""]
+    if has_matrix:
+        md += ["## Train variant x test variant", "", "Mean test accuracy over seeds; rows: what the model was "
+               "trained on, columns: the variant whose test split it read.", "",
+               "| trained on | " + " | ".join(tests) + " |", "|---|" + "---|" * len(tests)]
+        for r in rows:
+            cells = [f"{statistics.fmean(r['evals'][t]):.2%}" if r["evals"].get(t) else "–" for t in tests]
+            md.append(f"| {r['group']} | " + " | ".join(cells) + " |")
+        md += ["", "![matrix](matrix.png)", ""]
+    split = runs[0]["metrics"]["split"]
+    md += ["## Settings", "", f"Split: `{split}` (the same split for every run of one seed). "
+           f"Settings that differ between runs: {', '.join(f'`{k}`' for k in group_by) or 'none'}.", ""]
+    if settings:
+        md += ["```yaml", yaml.safe_dump(settings, sort_keys=False).rstrip(), "```", ""]
+    write_text(out / "report.md", "\n".join(md))
+    return {"rows": rows, "runs": runs, "group_by": group_by}

@@ -1,0 +1,111 @@
+"""A study: render every variant, train one model per variant and seed (and on their union),
+evaluate every model on every variant's test split, and write the report.
+
+Everything is resumable: up-to-date variants are not rendered again, finished runs are not
+trained again, saved evaluations are not recomputed. So a killed study continues where it
+stopped, and a finished one reruns in seconds.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from classifier.evaluate import evaluate_run
+from classifier.train import TrainConfig, train
+from homus_render.dataset import list_stroke_files, parse_writers
+from homus_render.fetch import fetch
+from homus_render.render import RenderSettings
+from homus_render.variants import render_variants
+
+from . import config as cfgmod
+from .report import write_report
+
+
+@dataclass
+class StudyRun:
+    name: str  # the run's folder name
+    variant: str  # a variant name, or "union"
+    seed: int
+    variants: list[Path]  # what it trains on
+
+
+def study_variants(cfg: dict) -> list[RenderSettings]:
+    """The study's render settings: the explicit list, else the grid; other settings from ``render``."""
+    s, r = cfg["study"], cfg["render"]
+    base = {k: r[k] for k in ("margin", "antialias", "staff_spacing", "staff_offset")}
+    if s["variants"]:
+        items = [dict(v) for v in s["variants"]]
+    else:
+        items = [{"thickness": t, "size": z, "fit": f, "staff_lines": sl} for t, z, f, sl in itertools.product(
+            cfgmod.as_list(s["thickness"]), cfgmod.as_list(s["size"]), cfgmod.as_list(s["fit"]),
+            cfgmod.as_list(s["staff_lines"]))]
+    out = []
+    for i, item in enumerate(items):
+        merged = {"fit": r["fit"], "staff_lines": r["staff_lines"], "thickness": 3, "size": 96, **base, **item}
+        w, h = cfgmod.parse_size(merged.pop("size"))
+        try:
+            out.append(RenderSettings(width=w, height=h, **merged))
+        except (TypeError, ValueError) as e:
+            raise cfgmod.ConfigError(f"study variant {i + 1} ({item}): {e}") from None
+    return list(dict.fromkeys(out))
+
+
+def plan(cfg: dict) -> tuple[list[RenderSettings], list[StudyRun]]:
+    s = cfg["study"]
+    variants = study_variants(cfg)
+    rendered = Path(cfg["render"]["rendered_dir"])
+    runs = []
+    for seed in cfgmod.as_list(s["seeds"]):
+        for v in variants:
+            runs.append(StudyRun(f"{v.name}-seed{seed}", v.name, int(seed), [rendered / v.name]))
+        if s["union"] and len(variants) > 1 and len({v.size for v in variants}) == 1:
+            runs.append(StudyRun(f"union-seed{seed}", "union", int(seed), [rendered / v.name for v in variants]))
+    return variants, runs
+
+
+def run_study(cfg: dict, log=print) -> Path:
+    """Do the whole study ``cfg`` describes; returns the report folder."""
+    s, d = cfg["study"], cfg["dataset"]
+    raw = Path(d["raw_dir"])
+    if not raw.is_dir() or not list_stroke_files(raw):
+        log(f"{raw} is empty: fetching HOMUS {d['version']}")
+        log(fetch(raw, d["version"], d["source"]).summary())
+    variants, runs = plan(cfg)
+    for res in render_variants(raw, cfg["render"]["rendered_dir"], variants, jobs=cfg["render"]["jobs"],
+                               writers=parse_writers(d["writers"]), log=log):
+        log(f"{res.path}: {res.status}")
+    runs_dir = Path(cfg["train"]["runs_dir"]) / s["name"]
+    shared = {**cfg["train"], **s["train"], "runs_dir": str(runs_dir)}
+    for r in runs:
+        folder = runs_dir / r.name
+        if (folder / "metrics.json").exists():
+            log(f"{folder}: finished, not trained again")
+            continue
+        settings = {**shared, **(s["overrides"] or {}).get(r.variant, {}), "seed": r.seed, "name": r.name,
+                    "variants": [str(p) for p in r.variants]}
+        tc = TrainConfig.from_dict(settings)
+        log(f"training {folder} ({'continuing' if folder.exists() else 'new'})")
+        train(tc, resume=folder.exists(), log=log)
+    for r in runs:  # every model on every variant's test split: the cross matrix
+        folder = runs_dir / r.name
+        for v in variants:
+            if not (folder / f"eval-{v.name}.json").exists():
+                m = evaluate_run(folder, Path(cfg["render"]["rendered_dir"]) / v.name, device=shared["device"])
+                log(f"{r.name} on {v.name}: test accuracy {m['test_accuracy']:.4f}")
+    out = Path(s["reports_dir"]) / s["name"]
+    write_report([runs_dir / r.name for r in runs], out, title=f"study {s['name']}",
+                 variants=[v.name for v in variants], settings=cfg, command="homus run", group_by=["variants"])
+    return out
+
+
+def check_shared_splits(run_dirs: list[Path]) -> None:
+    """All runs of a study with one seed must have one split: say so loudly if not."""
+    by_seed: dict[int, str] = {}
+    for run in run_dirs:
+        split = json.loads((run / "split.json").read_text())
+        text = json.dumps(split, sort_keys=True)
+        if by_seed.setdefault(split["seed"], text) != text:
+            raise RuntimeError(f"{run}: its split differs from the other runs with seed {split['seed']}")

@@ -1,0 +1,114 @@
+"""`homus run` end to end on a tiny study, `homus compare`, and config errors that name the key."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from homus.cli import main
+from homus.config import ConfigError, load
+
+
+@pytest.fixture(scope="module")
+def study(raw_full, tmp_path_factory):
+    """A two-variant study (t1, t3 at 32 px) plus their union, 5 writers, 1 epoch, run once."""
+    root = tmp_path_factory.mktemp("study")
+    cfg = {
+        "dataset": {"raw_dir": str(raw_full), "writers": "1-5"},
+        "render": {"rendered_dir": str(root / "rendered"), "margin": 2, "jobs": 1},
+        "train": {"batch_size": 64, "runs_dir": str(root / "runs"), "device": "cpu"},
+        "study": {"name": "tiny", "thickness": [1, 3], "size": [32], "seeds": [0], "union": True,
+                  "train": {"epochs": 1, "lr": 0.02}, "reports_dir": str(root / "reports")},
+    }
+    path = root / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    first = CliRunner().invoke(main, ["run", "--config", str(path)])
+    assert first.exit_code == 0, first.output
+    return root, path, first
+
+
+def test_study_report_agrees_with_runs(study):
+    root, _, first = study
+    report = root / "reports/tiny"
+    for f in ("report.md", "results.csv", "comparison.png", "matrix.png"):
+        assert (report / f).is_file() and (report / f).stat().st_size > 0, f
+    runs = sorted(p.name for p in (root / "runs/tiny").iterdir())
+    assert runs == ["t1-s32-m2-seed0", "t3-s32-m2-seed0", "union-seed0"]
+    with open(report / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    for run in runs:
+        metrics = json.loads((root / "runs/tiny" / run / "metrics.json").read_text())
+        own = [r for r in rows if r["run"] == run and r["test_variant"] == "own"]
+        assert len(own) == 1 and float(own[0]["test_accuracy"]) == pytest.approx(metrics["test_accuracy"], abs=1e-6)
+        cross = {r["test_variant"]: float(r["test_accuracy"]) for r in rows if r["run"] == run and
+                 r["test_variant"] != "own"}
+        assert set(cross) == {"t1-s32-m2", "t3-s32-m2"}  # every model read every variant's test split
+        for v, acc in cross.items():
+            saved = json.loads((root / "runs/tiny" / run / f"eval-{v}.json").read_text())
+            assert saved["test_accuracy"] == pytest.approx(acc, abs=1e-6)
+    md = (report / "report.md").read_text()
+    own_t3 = json.loads((root / "runs/tiny/t3-s32-m2-seed0/metrics.json").read_text())["test_accuracy"]
+    assert f"{own_t3:.2%}" in md and "Train variant x test variant" in md
+    splits = {(root / "runs/tiny" / r / "split.json").read_text() for r in runs}
+    assert len(splits) == 1  # one split per seed for the whole study
+    assert "training" in first.output
+
+
+def test_second_run_trains_nothing(study):
+    root, path, _ = study
+    again = CliRunner().invoke(main, ["run", "--config", str(path)])
+    assert again.exit_code == 0, again.output
+    assert "training" not in again.output
+    assert again.output.count("finished, not trained again") == 3
+    assert "up to date" in again.output
+
+
+def test_compare_sorts_and_names_differing_settings(study, tmp_path):
+    root, _, _ = study
+    runs = sorted(str(p) for p in (root / "runs/tiny").iterdir())
+    r = CliRunner().invoke(main, ["compare", *runs, "--out", str(tmp_path / "cmp")])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert lines[0].startswith("test accuracy | variants")
+    accs = [float(line.split(" | ")[0]) for line in lines[1:4]]
+    assert accs == sorted(accs, reverse=True)
+    assert (tmp_path / "cmp/comparison.png").is_file() and (tmp_path / "cmp/report.md").is_file()
+    bad = CliRunner().invoke(main, ["compare", str(tmp_path)])
+    assert bad.exit_code == 1 and "not a finished homus run" in bad.output
+
+
+@pytest.mark.parametrize("text, key", [
+    ("render:\n  thicknes: 3\n", "render.thicknes"),
+    ("train:\n  epochs: many\n", "train.epochs"),
+    ("study:\n  train: {epochz: 1}\n", "study.train.epochz"),
+    ("study:\n  overrides: {t1-s32: {lr: fast}}\n", "study.overrides.t1-s32.lr"),
+    ("study:\n  variants: [{thickness: 2, colour: red}]\n", "study.variants[0].colour"),
+    ("bogus: 1\n", "bogus"),
+])
+def test_config_errors_name_the_key_and_file(tmp_path, text, key):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load(path)
+    assert f"'{key}'" in str(e.value) and str(path) in str(e.value)
+    r = CliRunner().invoke(main, ["run", "--config", str(path)])
+    assert r.exit_code == 2 and key in r.output
+
+
+def test_bad_values_in_a_study_are_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("study:\n  thickness: [0]\n")
+    r = CliRunner().invoke(main, ["run", "--config", str(path)])
+    assert r.exit_code == 1 and "thickness must be an integer >= 1" in r.output
+
+
+def test_shipped_configs_load():
+    repo = Path(__file__).resolve().parents[1]
+    for path in [repo / "pipeline.yaml", repo / "configs/quick.yaml"]:
+        cfg = load(path)
+        assert cfg["study"]["name"]
