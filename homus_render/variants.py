@@ -94,13 +94,15 @@ def _write_new(path: str, data) -> None:
         os.close(fd)
 
 
-def _is_up_to_date(vdir: Path, settings: RenderSettings, fp: str) -> bool:
+def _is_up_to_date(vdir: Path, settings: RenderSettings, fp: str, skip_invalid: bool) -> bool:
+    """Same settings, raw files and renderer; a variant that skipped bad files counts only when
+    skipping is asked for again (else the run must stop and list them)."""
     try:
         info = json.loads((vdir / VARIANT_INFO).read_text())
     except (OSError, ValueError):
         return False
     return (info.get("settings") == settings.to_dict() and info.get("raw_fingerprint") == fp
-            and info.get("renderer_version") == RENDERER_VERSION)
+            and info.get("renderer_version") == RENDERER_VERSION and (skip_invalid or not info.get("skipped")))
 
 
 def _chunks(files: list[str], jobs: int) -> list[list[str]]:
@@ -137,10 +139,24 @@ def _swap_into_place(staging: Path, final: Path) -> None:
 
 
 def _clear_leftovers(rendered_dir: Path, name: str) -> None:
-    """Staging folders of a run that was killed are never trusted: remove them."""
+    """Staging folders of a run that was killed are never trusted: remove them (but not those of
+    a render still running in another process)."""
     for p in rendered_dir.glob(f".{name}.*"):
-        if p.is_dir():
+        if p.is_dir() and not _owner_alive(p.name):
             shutil.rmtree(p, ignore_errors=True)
+
+
+def _owner_alive(folder: str) -> bool:
+    pid = folder.rsplit("-", 1)[-1]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def render_variants(raw_dir: str | Path, rendered_dir: str | Path, variants: Sequence[RenderSettings], *,
@@ -165,7 +181,7 @@ def render_variants(raw_dir: str | Path, rendered_dir: str | Path, variants: Seq
     results, todo = [], []
     for s in dict.fromkeys(variants):  # the same settings twice are rendered once
         vdir = rendered_dir / s.name
-        if not force and _is_up_to_date(vdir, s, fp):
+        if not force and _is_up_to_date(vdir, s, fp, skip_invalid):
             info_skipped = _read_skipped(vdir)
             n = sum(1 for _ in open(vdir / MANIFEST)) - 1
             results.append(VariantResult(vdir, s, "up to date", n, info_skipped))

@@ -7,6 +7,7 @@ import importlib.metadata
 import json
 import os
 import shutil
+import subprocess
 import zipfile
 from pathlib import Path
 
@@ -299,6 +300,10 @@ def test_skip_invalid_renders_the_rest(bad_raw: Path, tmp_path: Path):
     # a rerun is up to date and still reports what was skipped
     again = ok(*args)
     assert "(up to date)" in again.output and "2-5.txt:3" in again.output
+    # without --skip-invalid the bad file is not hidden behind an up-to-date variant
+    strict = homus(*args[:-1])
+    assert strict.exit_code == 1 and "2-5.txt:3" in strict.output
+    assert (vdir / "variant.json").is_file()  # and what was good stays
 
 
 def test_every_file_bad(tmp_path: Path):
@@ -313,7 +318,9 @@ def test_every_file_bad(tmp_path: Path):
 
 def test_leftover_staging_folder_is_cleaned_not_trusted(raw3: Path, tmp_path: Path):
     out = tmp_path / "out"
-    stale = out / ".t3-s32.partial-999"
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # the pid of a process that has ended: its staging folder is a leftover
+    stale = out / f".t3-s32.partial-{dead.pid}"
     (stale / "Dot").mkdir(parents=True)
     (stale / "Dot" / "1-1.png").write_bytes(b"not a png")
     (stale / "variant.json").write_text("{}")
@@ -416,3 +423,11 @@ def test_render_full_dataset(raw_full: Path, tmp_path: Path):
     info = json.loads((vdir / "variant.json").read_text())
     assert info["dataset"]["sha256"] == HOMUS_V2_SHA256
     assert (info["dataset"]["samples"], info["dataset"]["writers"], info["dataset"]["labels"]) == (15_200, 100, 32)
+
+
+def test_staging_folder_of_a_live_render_is_left_alone(raw3: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    busy = out / f".t3-s32.partial-{os.getppid()}"  # a process that is still running
+    busy.mkdir(parents=True)
+    ok("render", "--raw-dir", raw3, "--rendered-dir", out, "--thickness", "3", "--size", "32", "--jobs", "1")
+    assert busy.is_dir() and (out / "t3-s32" / "variant.json").is_file()
