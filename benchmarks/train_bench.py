@@ -1,7 +1,7 @@
 """Training benchmarks on the full HOMUS v2 set: accuracy protocols, and whether the data path
 keeps the model busy.
 
-    python benchmarks/train_bench.py loop  --variant rendered/t3-s96          # loop/step ratio
+    python benchmarks/train_bench.py loop  --variant rendered/t3-s64          # loop/step ratio
     python benchmarks/train_bench.py accuracy --protocol seed random writer   # the README's table
 
 ``loop`` times the model's own training step on ready tensors and the real training loop
@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from classifier.augment import Affine
 from classifier.data import ImageSet, load_variant, loader
 from classifier.engine import train_one_epoch
 from classifier.models import build_model
@@ -40,22 +41,25 @@ PROTOCOLS = {
 
 
 def loop_ratio(variant: str, batches: int, batch_size: int, device: str, amp: bool) -> dict:
-    """images/s of the model step alone vs the full loop over the same number of batches."""
+    """images/s of the model step alone vs the full loop (loader, augmentation, step) over the same
+    number of batches."""
     dev = pick_device(device)
     v = load_variant(variant)
     split, _ = split_for([v], "writer", 0)
     ds = ImageSet([v], set(split["train"]))
-    cfg = TrainConfig(variants=[variant], epochs=1, batch_size=batch_size, amp=amp)
+    cfg = TrainConfig.from_dict({**load_config()["train"], "variants": [variant], "epochs": 1,
+                                 "batch_size": batch_size, "amp": amp})
+    augment = Affine(cfg.aug_rotate, cfg.aug_shear, cfg.aug_scale, cfg.aug_translate)
+    gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    model = build_model().to(dev)
-    if dev.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    model = build_model().to(dev, memory_format=torch.channels_last)  # as in training
     opt = make_optimizer(model, cfg)
-    sched = make_scheduler(opt, cfg, batches * 3)
+    sched = make_scheduler(opt, cfg, batches * 5)  # warm-up, step, loop, step: 4 passes
     crit = nn.CrossEntropyLoss(label_smoothing=0.1)
     from classifier.engine import autocast
 
-    ready = [(x.to(dev), y.to(dev)) for x, y in list(loader(ds, batch_size, True, 1))[:batches]]
+    ready = [(x.to(dev, memory_format=torch.channels_last), y.to(dev))
+             for x, y in list(loader(ds, batch_size, True, 1))[:batches]]
 
     def step_only() -> float:
         start = time.perf_counter()
@@ -79,7 +83,8 @@ def loop_ratio(variant: str, batches: int, batch_size: int, device: str, amp: bo
 
     step_only()  # warm-up: allocator, kernels
     step_rate = step_only()
-    loop_rate = train_one_epoch(model, Limited(), crit, opt, sched, dev, 1, amp)["images_per_s"]
+    loop_rate = train_one_epoch(model, Limited(), crit, opt, sched, dev, 1, amp,
+                                transform=lambda x: augment(x, gen))["images_per_s"]  # as in training
     step_rate2 = step_only()
     step = (step_rate + step_rate2) / 2
     return {"variant": Path(variant).name, "device": str(dev), "amp": amp and dev.type == "cuda",
@@ -104,7 +109,7 @@ def accuracy(protocols: list[str], base: TrainConfig) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["loop", "accuracy"])
-    ap.add_argument("--variant", default="rendered/t3-s96")
+    ap.add_argument("--variant", default="rendered/t3-s64")
     ap.add_argument("--protocol", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
     ap.add_argument("--epochs", type=int, help="override the default epochs (not for 'seed')")
     ap.add_argument("--batches", type=int, default=20, help="batches timed by 'loop'")

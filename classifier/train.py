@@ -21,6 +21,7 @@ from homus_render.atomic import write_bytes, write_json, write_text
 from homus_render.labels import LABELS
 
 from . import checkpoint, plots
+from .augment import Affine
 from .data import DataError, ImageSet, Variant, load_variant, loader
 from .engine import evaluate, train_one_epoch
 from .metrics import summarize
@@ -35,7 +36,7 @@ SCHEDULES = ("cosine", "onecycle", "linear", "constant")
 class TrainConfig:
     """Every setting of a run; defaults live in pipeline.yaml (section ``train``)."""
 
-    variants: list[str] = field(default_factory=lambda: ["rendered/t3-s96"])
+    variants: list[str] = field(default_factory=lambda: ["rendered/t3-s64"])
     arch: str = "resnet18"
     weights: str = "none"
     split: str = "writer"
@@ -48,6 +49,10 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "onecycle"
     label_smoothing: float = 0.1
+    aug_rotate: float = 8.0
+    aug_shear: float = 8.0
+    aug_scale: float = 0.1
+    aug_translate: float = 0.05
     device: str = "auto"
     amp: bool = True
     workers: int = 0
@@ -184,9 +189,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     model = build_model(cfg.arch, len(classes), 1, "none" if from_file else cfg.weights)
     if from_file and start_fresh(resume, run):
         _init_from_checkpoint(model, cfg.weights, cfg.arch, classes)
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    model.to(device, memory_format=torch.channels_last)  # faster convolutions on CPU (+13 % here) and GPU
     optimizer = make_optimizer(model, cfg)
     steps = -(-len(sets["train"]) // cfg.batch_size)
     scheduler = make_scheduler(optimizer, cfg, steps)
@@ -203,11 +206,14 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
         log(f"resuming {run} after epoch {ckpt['epoch']}")
 
     val_loader = loader(sets["val"], cfg.batch_size * 2, shuffle=False, workers=cfg.workers)
+    augment = Affine(cfg.aug_rotate, cfg.aug_shear, cfg.aug_scale, cfg.aug_translate)
     for epoch in range(start_epoch, cfg.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         train_loader = loader(sets["train"], cfg.batch_size, True, seed=cfg.seed * 100_003 + epoch,
                               workers=cfg.workers)
-        stats = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, device, epoch, amp)
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch + 1_000_000)  # same epoch, same warps
+        stats = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, device, epoch, amp,
+                                transform=(lambda x, g=gen: augment(x, g)) if augment.active else None)
         val = evaluate(model, val_loader, criterion, device, amp, desc=f"epoch {epoch} val")
         history.append({"epoch": epoch, **stats, "val_loss": val["loss"], "val_acc": val["acc"], "lr": lr})
         log(f"epoch {epoch}/{cfg.epochs}: train loss {stats['train_loss']:.4f} acc {stats['train_acc']:.4f} | "

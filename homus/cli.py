@@ -160,6 +160,7 @@ TRAIN_FLAGS = [
     click.option("--schedule", type=click.Choice(["onecycle", "cosine", "linear", "constant"])),
     click.option("--weight-decay", type=float),
     click.option("--label-smoothing", type=float),
+    click.option("--no-augment", is_flag=True, default=None, help="Train on the images as rendered."),
     click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"])),
     click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA."),
     click.option("--workers", type=int, help="Data-loader worker processes."),
@@ -199,6 +200,8 @@ def train(cfg, resume_dir, **flags) -> None:
         settings = yaml.safe_load(saved.read_text())
         settings["runs_dir"], settings["name"] = str(Path(resume_dir).parent), Path(resume_dir).name
     else:
+        if flags.pop("no_augment"):
+            settings.update(aug_rotate=0.0, aug_shear=0.0, aug_scale=0.0, aug_translate=0.0)
         settings.update({k: v for k, v in flags.items() if v is not None and v != ()})
         settings["variants"] = list(flags["variants"]) or cfgmod.as_list(settings["variants"])
     try:

@@ -25,8 +25,8 @@ class RenderSettings:
     """Everything that decides a rendered image. ``name`` is the variant folder's name."""
 
     thickness: int = 3
-    width: int = 96
-    height: int = 96
+    width: int = 64
+    height: int = 64
     fit: str = "scale"
     margin: int = 4
     antialias: bool = True

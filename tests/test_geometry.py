@@ -72,7 +72,7 @@ def test_output_is_uint8_black_ink_on_white():
 
 def test_render_without_strokes_is_an_error():
     with pytest.raises(ValueError, match="stroke"):
-        render([], RenderSettings())
+        render([], RenderSettings(width=96, height=96))
 
 
 # --- centring and fitting --------------------------------------------------------------------
@@ -103,7 +103,7 @@ def test_ink_is_centred_and_fills_the_canvas(name, size):
 def test_aspect_ratio_of_a_rectangle():
     # a 60 x 20 rectangle at t=3 on 96: room 85 / 60 -> ink 88 x (20 * 85/60 + 3)
     rect = strokes([(0, 0), (60, 0), (60, 20), (0, 20), (0, 0)])
-    s = RenderSettings()
+    s = RenderSettings(width=96, height=96)
     x0, x1, y0, y1 = ink_box(render(rect, s))
     w, h = x1 - x0 + 1, y1 - y0 + 1
     assert abs(w - 88) <= 1
@@ -113,7 +113,7 @@ def test_aspect_ratio_of_a_rectangle():
 
 def test_fit_transform_maps_the_path_centre_to_the_canvas_centre():
     shape = SHAPES["negative"]
-    for s in (RenderSettings(), RenderSettings(width=128, height=64, thickness=2, margin=6),
+    for s in (RenderSettings(width=96, height=96), RenderSettings(width=128, height=64, thickness=2, margin=6),
               RenderSettings(fit="crop")):
         scale, offset = fit_transform(shape, s)
         pts = np.concatenate(shape)
@@ -129,7 +129,7 @@ def test_fit_transform_maps_the_path_centre_to_the_canvas_centre():
 
 
 def test_fit_transform_of_a_point_keeps_scale_one():
-    scale, offset = fit_transform(strokes([(7, 9)]), RenderSettings())
+    scale, offset = fit_transform(strokes([(7, 9)]), RenderSettings(width=96, height=96))
     assert scale == 1.0
     np.testing.assert_allclose(offset + [7, 9], [47.5, 47.5])
 
@@ -137,7 +137,7 @@ def test_fit_transform_of_a_point_keeps_scale_one():
 def test_render_depends_only_on_the_shape():
     """Translating the pen path, or scaling it up, gives the same image under fit=scale."""
     rng = np.random.default_rng(0)
-    s = RenderSettings()
+    s = RenderSettings(width=96, height=96)
     for _ in range(5):
         shape = [np.cumsum(rng.integers(-5, 6, (30, 2)), axis=0).astype(np.float64) for _ in range(3)]
         img = render(shape, s)
@@ -184,7 +184,7 @@ def test_slanted_line_width_equals_thickness(t, size):
 
 def test_thicker_pen_more_ink():
     shape = SHAPES["circle"]
-    ink = [coverage(render(shape, RenderSettings(thickness=t))) for t in THICKNESSES]
+    ink = [coverage(render(shape, RenderSettings(thickness=t, width=96, height=96))) for t in THICKNESSES]
     assert all(a < b for a, b in zip(ink, ink[1:], strict=False))
     # a circle of diameter 88 - t drawn t wide holds pi * (88 - t) * t of ink: the mean width is t
     # (OpenCV's solid lines add a quarter pixel, documented in render._draw)
@@ -212,7 +212,7 @@ def test_single_point_is_a_dot_about_thickness_wide(t, size):
 
 def test_point_stroke_among_lines_is_drawn():
     """A pen tap next to a line (a dotted note) leaves a visible dot, not nothing."""
-    s = RenderSettings(thickness=3)
+    s = RenderSettings(thickness=3, width=96, height=96)
     img = render(strokes([(0, 0), (0, 60)], [(20, 30)]), s)
     scale, offset = fit_transform(strokes([(0, 0), (0, 60)], [(20, 30)]), s)
     x, y = np.rint(np.array([20, 30]) * scale + offset).astype(int)
@@ -227,7 +227,7 @@ def test_point_stroke_among_lines_is_drawn():
 
 @pytest.mark.parametrize("t", THICKNESSES)
 def test_crop_keeps_the_tablet_scale(t):
-    s = RenderSettings(thickness=t, fit="crop")
+    s = RenderSettings(thickness=t, fit="crop", width=96, height=96)
     img = render(strokes([(300, 200), (320, 200)]), s)
     x0, x1, y0, y1 = ink_box(img)
     assert abs((x1 - x0 + 1) - (20 + t)) <= 1
@@ -304,14 +304,14 @@ def test_staff_lines_explicit_offset():
 
 
 def test_staff_lines_off_the_canvas_are_left_out():
-    s = RenderSettings(staff_lines=True, staff_spacing=14, staff_offset=80)
+    s = RenderSettings(staff_lines=True, staff_spacing=14, staff_offset=80, width=96, height=96)
     assert staff_rows(s) == [80, 94, 108, 122, 136]
     img = render(SHAPES["vertical"], s)
     assert full_rows(img) == [80, 94]
 
 
 def test_no_staff_lines_by_default():
-    img = render(SHAPES["circle"], RenderSettings())
+    img = render(SHAPES["circle"], RenderSettings(width=96, height=96))
     assert full_rows(img) == []
 
 
@@ -329,7 +329,7 @@ def test_no_antialias_is_pure_black_and_white(name):
             n, _ = cv2.connectedComponents((img == 0).astype(np.uint8), connectivity=8)
             assert n - 1 == 1, (t, size, n - 1)
     # with antialiasing there are grey levels
-    assert len(np.unique(render(SHAPES[name], RenderSettings()))) > 2
+    assert len(np.unique(render(SHAPES[name], RenderSettings(width=96, height=96)))) > 2
 
 
 @pytest.mark.parametrize("size", (32, 33, 96))
@@ -346,7 +346,7 @@ def test_no_antialias_thin_dot_does_not_vanish(size):
 def test_same_input_same_bytes():
     rng = np.random.default_rng(1)
     shape = [np.cumsum(rng.normal(0, 4, (40, 2)), axis=0) for _ in range(4)]
-    for s in (RenderSettings(), RenderSettings(thickness=1, width=128, height=64, antialias=False),
+    for s in (RenderSettings(width=96, height=96), RenderSettings(thickness=1, width=128, height=64, antialias=False),
               RenderSettings(fit="crop", staff_lines=True)):
         a, b = render(shape, s), render([p.copy() for p in shape], s)
         assert a.tobytes() == b.tobytes()
@@ -369,7 +369,7 @@ def test_same_input_same_bytes():
      "t2-s96-crop-m0-noaa-staff14"),
 ])
 def test_variant_name(kwargs, name):
-    s = RenderSettings(**kwargs)
+    s = RenderSettings(**{"width": 96, "height": 96, **kwargs})
     assert s.name == name
     assert RenderSettings.from_dict({**s.to_dict(), "unknown": 1}) == s
 
@@ -399,7 +399,7 @@ def test_invalid_settings_raise(kwargs, words):
 
 
 def test_largest_margin_that_fits_renders_inside():
-    s = RenderSettings(margin=46)  # 2 * 46 + 3 = 95 < 96
+    s = RenderSettings(margin=46, width=96, height=96)  # 2 * 46 + 3 = 95 < 96
     img = render(SHAPES["circle"], s)
     x0, x1, y0, y1 = ink_box(img, level=255)
     assert x0 >= 45 and x1 <= 50 and y0 >= 45 and y1 <= 50
