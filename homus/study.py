@@ -69,11 +69,11 @@ def plan(cfg: dict) -> tuple[list[RenderSettings], list[StudyRun]]:
 def run_study(cfg: dict, log=print) -> Path:
     """Do the whole study ``cfg`` describes; returns the report folder."""
     s, d = cfg["study"], cfg["dataset"]
+    variants, runs = plan(cfg)  # bad settings fail here, before any download
     raw = Path(d["raw_dir"])
     if not raw.is_dir() or not list_stroke_files(raw):
         log(f"{raw} is empty: fetching HOMUS {d['version']}")
         log(fetch(raw, d["version"], d["source"]).summary())
-    variants, runs = plan(cfg)
     for res in render_variants(raw, cfg["render"]["rendered_dir"], variants, jobs=cfg["render"]["jobs"],
                                writers=parse_writers(d["writers"]), log=log):
         log(f"{res.path}: {res.status}")

@@ -90,7 +90,8 @@ def test_compare_sorts_and_names_differing_settings(study, tmp_path):
     ("study:\n  variants: [{thickness: 2, colour: red}]\n", "study.variants[0].colour"),
     ("bogus: 1\n", "bogus"),
 ])
-def test_config_errors_name_the_key_and_file(tmp_path, text, key):
+def test_config_errors_name_the_key_and_file(tmp_path, text, key, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError) as e:
@@ -100,7 +101,9 @@ def test_config_errors_name_the_key_and_file(tmp_path, text, key):
     assert r.exit_code == 2 and key in r.output
 
 
-def test_bad_values_in_a_study_are_named(tmp_path):
+def test_bad_values_in_a_study_are_named(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no raw/ here: the settings must fail before any fetch
+    monkeypatch.delenv("HOMUS_SOURCE", raising=False)
     path = tmp_path / "bad.yaml"
     path.write_text("study:\n  thickness: [0]\n")
     r = CliRunner().invoke(main, ["run", "--config", str(path)])
