@@ -54,6 +54,3 @@ def evaluate_run(run: str | Path, variant: str | Path | None = None, device: str
                "per_class": s["per_class"]}
     write_json(run / f"eval-{name}.json", metrics)
     return metrics
-
-
-
