@@ -51,6 +51,8 @@ def evaluate_run(run: str | Path, variant: str | Path | None = None, device: str
     metrics = {"run": run.name, "variant": name, "trained_on": [Path(p).name for p in cfg["variants"]],
                "test_accuracy": s["accuracy"], "macro_f1": s["macro_f1"], "n_test": s["n"],
                "missing_test_samples": len(test_ids - set(ds.samples)), "split": split["kind"],
+               "trained_size": [ckpt["render"]["width"], ckpt["render"]["height"]],
+               "tested_size": [int(ds.images.shape[2]), int(ds.images.shape[1])],
                "per_class": s["per_class"]}
     write_json(run / f"eval-{name}.json", metrics)
     return metrics

@@ -231,6 +231,10 @@ def evaluate(run, variant, device) -> None:
         m = evaluate_run(run, variant, device)
     except (RunError, DataError, CheckpointError) as e:
         fail(str(e))
+    if m["trained_size"] != m["tested_size"]:
+        click.secho(f"note: the model was trained on {'x'.join(map(str, m['trained_size']))} images and is tested on "
+                    f"{'x'.join(map(str, m['tested_size']))}; ResNets do not carry over well across scales",
+                    fg="yellow", err=True)
     click.echo(f"{m['run']} on {m['variant']}: test accuracy {m['test_accuracy']:.4f}, macro F1 "
                f"{m['macro_f1']:.4f}, {m['n_test']:,} images ({m['split']} split) -> "
                f"{Path(run) / ('eval-' + m['variant'] + '.json')}")

@@ -87,6 +87,7 @@ def test_cli_train_leaves_a_complete_run(tiny):
     assert ev.exit_code == 0, ev.output
     saved = json.loads((run / "eval-t1-s32-m2.json").read_text())
     assert saved["n_test"] == 152 and saved["trained_on"] == ["t3-s32-m2"]
+    assert saved["trained_size"] == saved["tested_size"] == [32, 32] and "note:" not in ev.output
 
     png = next((tiny / "rendered/t3-s32-m2/G-Clef").glob("*.png"))
     big = cv2.resize(cv2.imread(str(png), cv2.IMREAD_GRAYSCALE), (300, 200))  # any size, white on black
