@@ -26,6 +26,16 @@ def assert_nothing_in_place(raw: Path) -> None:
     assert not [n for n in left if n.startswith(".fetch")], left
 
 
+def refused(tmp_path: Path, source, match: str = "") -> str:
+    """Fetch ``source`` into ``tmp_path/raw``: it must fail (message matching ``match``) and put
+    nothing in place. Returns the message."""
+    raw = tmp_path / "raw"
+    with pytest.raises(FetchError, match=match) as info:
+        fetch(raw, "v2", str(source))
+    assert_nothing_in_place(raw)
+    return str(info.value)
+
+
 # --- the real dataset --------------------------------------------------------------------------
 
 
@@ -123,10 +133,7 @@ def test_folder_without_samples(tmp_path: Path):
     src = tmp_path / "src"
     (src / "x").mkdir(parents=True)
     (src / "x" / "readme.txt").write_text("hello\n")
-    raw = tmp_path / "raw"
-    with pytest.raises(FetchError, match="no HOMUS files"):
-        fetch(raw, "v2", str(src))
-    assert_nothing_in_place(raw)
+    refused(tmp_path, src, "no HOMUS files")
 
 
 def test_raw_dir_with_only_a_readme_is_fine(tmp_path: Path):
@@ -198,23 +205,16 @@ def test_env_source_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 def test_missing_source(tmp_path: Path):
-    raw = tmp_path / "raw"
-    with pytest.raises(FetchError, match="no such file, folder or http"):
-        fetch(raw, "v2", str(tmp_path / "nowhere.zip"))
-    assert_nothing_in_place(raw)
+    refused(tmp_path, tmp_path / "nowhere.zip", "no such file, folder or http")
 
 
 def test_unreachable_url_suggests_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("no_proxy", "*")
-    raw = tmp_path / "raw"
-    with pytest.raises(FetchError) as info:
-        fetch(raw, "v2", "http://127.0.0.1:9/x.zip")
-    msg = str(info.value)
+    msg = refused(tmp_path, "http://127.0.0.1:9/x.zip")
     assert "could not download http://127.0.0.1:9/x.zip" in msg
     assert "--source" in msg and ENV_SOURCE in msg
-    assert_nothing_in_place(raw)
 
 
 # --- hostile and broken archives -----------------------------------------------------------
@@ -285,11 +285,8 @@ HOSTILE = [
 @pytest.mark.parametrize("extra,words", [h[1:] for h in HOSTILE], ids=[h[0] for h in HOSTILE])
 def test_hostile_zip_is_refused(tmp_path: Path, extra, words):
     archive = make_zip(tmp_path / "hostile.zip", extra)
-    raw = tmp_path / "raw"
-    with pytest.raises(FetchError, match=words) as info:
-        fetch(raw, "v2", str(archive))
-    assert str(archive) in str(info.value) and "refusing" in str(info.value)
-    assert_nothing_in_place(raw)
+    msg = refused(tmp_path, archive, words)
+    assert str(archive) in msg and "refusing" in msg
     assert not (tmp_path / "evil.txt").exists() and not Path("/tmp/evil/1/1-99.txt").exists()
 
 
@@ -305,21 +302,15 @@ def test_truncated_zip(tmp_path: Path, homus_zip: Path):
     data = homus_zip.read_bytes()
     archive = tmp_path / "HOMUS-v2.zip"
     archive.write_bytes(data[: len(data) // 2])
-    raw = tmp_path / "raw"
-    with pytest.raises(FetchError, match="not a readable zip archive") as info:
-        fetch(raw, "v2", str(archive))
-    assert "truncated" in str(info.value)
-    assert_nothing_in_place(raw)
+    msg = refused(tmp_path, archive, "not a readable zip archive")
+    assert "truncated" in msg
 
 
 @pytest.mark.parametrize("content", [b"", b"<html>404 Not Found</html>\n", b"PK\x03\x04garbage" * 10])
 def test_not_a_zip(tmp_path: Path, content: bytes):
     archive = tmp_path / "download.zip"
     archive.write_bytes(content)
-    raw = tmp_path / "raw"
-    with pytest.raises(FetchError, match="not a readable zip archive"):
-        fetch(raw, "v2", str(archive))
-    assert_nothing_in_place(raw)
+    refused(tmp_path, archive, "not a readable zip archive")
 
 
 def test_corrupted_member(tmp_path: Path):
@@ -329,10 +320,7 @@ def test_corrupted_member(tmp_path: Path):
     at = data.index(b"Flat\n") + 2
     data[at] ^= 0x20
     archive.write_bytes(bytes(data))
-    raw = tmp_path / "raw"
-    with pytest.raises(FetchError, match="crc|CRC"):
-        fetch(raw, "v2", str(archive))
-    assert_nothing_in_place(raw)
+    refused(tmp_path, archive, "crc|CRC")
 
 
 def test_zip_without_samples(tmp_path: Path):
@@ -340,10 +328,7 @@ def test_zip_without_samples(tmp_path: Path):
     with zipfile.ZipFile(archive, "w") as z:
         z.writestr("README.md", "hello")
         z.writestr("data/a.txt", "Dot\n1,1\n")
-    raw = tmp_path / "raw"
-    with pytest.raises(FetchError, match="no HOMUS files"):
-        fetch(raw, "v2", str(archive))
-    assert_nothing_in_place(raw)
+    refused(tmp_path, archive, "no HOMUS files")
 
 
 def test_failed_fetch_keeps_a_previous_readme(tmp_path: Path):
