@@ -9,7 +9,6 @@ stopped, and a finished one reruns in seconds.
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,12 +99,3 @@ def run_study(cfg: dict, log=print) -> Path:
                  variants=[v.name for v in variants], settings=cfg, command="homus run", group_by=["variants"])
     return out
 
-
-def check_shared_splits(run_dirs: list[Path]) -> None:
-    """All runs of a study with one seed must have one split: say so loudly if not."""
-    by_seed: dict[int, str] = {}
-    for run in run_dirs:
-        split = json.loads((run / "split.json").read_text())
-        text = json.dumps(split, sort_keys=True)
-        if by_seed.setdefault(split["seed"], text) != text:
-            raise RuntimeError(f"{run}: its split differs from the other runs with seed {split['seed']}")

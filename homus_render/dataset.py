@@ -8,8 +8,6 @@ import os
 import re
 from pathlib import Path
 
-from .strokes import sample_identity
-
 #: Written by ``homus fetch`` into the raw folder: version, content hash and counts.
 DATASET_INFO = "homus.json"
 _NUM = re.compile(r"(\d+)")
@@ -87,7 +85,3 @@ def read_info(raw_dir: str | Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-
-
-def sample_ids(files: list[str]) -> list[str]:
-    return [sample_identity(f)[0] for f in files]

@@ -122,7 +122,11 @@ def _parse_strokes(body: list[tuple[int, str]], path: str | Path) -> tuple[np.nd
 
 def parse_file(path: str | Path) -> Sample:
     """Read and parse one stroke file."""
-    data = Path(path).read_bytes()
+    return parse_bytes(Path(path).read_bytes(), path)
+
+
+def parse_bytes(data: bytes, path: str | Path = "<bytes>") -> Sample:
+    """Decode (UTF-8) and parse the raw content of a stroke file; ``path`` names it in errors."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -26,7 +26,7 @@ from .dataset import content_hash, file_digest, fingerprint, list_stroke_files, 
 from .labels import LABELS
 from .preview import grid
 from .render import RenderSettings, render
-from .strokes import StrokeFileError, parse_text
+from .strokes import StrokeFileError, parse_bytes
 
 #: Bump when the renderer's pixels change, so that existing variants are rendered again.
 RENDERER_VERSION = 2
@@ -68,12 +68,7 @@ def _render_chunk(raw_dir: str, files: Sequence[str], targets: Sequence[tuple[Re
         try:
             data = open(path, "rb").read()
             out.digests[rel] = file_digest(data)
-            try:
-                text = data.decode("utf-8")
-            except UnicodeDecodeError as e:
-                line = data.count(b"\n", 0, e.start) + 1
-                raise StrokeFileError(path, line, f"undecodable bytes at offset {e.start}") from None
-            sample = parse_text(text, path)
+            sample = parse_bytes(data, path)
         except (StrokeFileError, OSError) as e:
             out.errors.append((rel, str(e)))
             continue
