@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from classifier.augment import Affine
 from classifier.data import ImageSet, load_variant, loader
 from classifier.engine import train_one_epoch
 from classifier.models import build_model
@@ -49,7 +48,7 @@ def loop_ratio(variant: str, batches: int, batch_size: int, device: str, amp: bo
     ds = ImageSet([v], set(split["train"]))
     cfg = TrainConfig.from_dict({**load_config()["train"], "variants": [variant], "epochs": 1,
                                  "batch_size": batch_size, "amp": amp})
-    augment = Affine(cfg.aug_rotate, cfg.aug_shear, cfg.aug_scale, cfg.aug_translate)
+    augment = cfg.augmentation()
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     model = build_model().to(dev, memory_format=torch.channels_last)  # as in training

@@ -43,3 +43,16 @@ def load(path: str | Path) -> dict:
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
     return ckpt
+
+
+def load_model(path: str | Path):
+    """The model a checkpoint holds (eval mode, on the CPU) and the checkpoint dict."""
+    from .models import build_model
+
+    ckpt = load(path)
+    model = build_model(ckpt["arch"], len(ckpt["classes"]), ckpt["in_channels"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit a {ckpt['arch']} ({e})") from None
+    return model.eval(), ckpt

@@ -14,19 +14,12 @@ from . import checkpoint
 from .data import ImageSet, load_variant, loader
 from .engine import evaluate
 from .metrics import summarize
-from .models import build_model
 from .train import RunError, pick_device
 
 
 def load_model(run: str | Path, which: str = "best.pt") -> tuple[nn.Module, dict]:
     """The run's model (eval mode, on the CPU) and its checkpoint dict."""
-    ckpt = checkpoint.load(Path(run) / which)
-    model = build_model(ckpt["arch"], len(ckpt["classes"]), ckpt["in_channels"])
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise checkpoint.CheckpointError(f"{run}/{which}: weights do not fit a {ckpt['arch']} ({e})") from None
-    return model.eval(), ckpt
+    return checkpoint.load_model(Path(run) / which)
 
 
 def evaluate_run(run: str | Path, variant: str | Path | None = None, device: str = "auto",

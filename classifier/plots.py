@@ -16,7 +16,8 @@ from homus_render.atomic import write_bytes  # noqa: E402
 from .metrics import confusion  # noqa: E402
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
+    """PNG bytes without a timestamp or version stamp, written atomically; closes the figure."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
@@ -39,7 +40,7 @@ def plot_confusion(targets, preds, classes: list[str], path: Path, title: str = 
     ax.set_title(title or "confusion (row-normalised)")
     fig.colorbar(im, fraction=0.04)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
@@ -57,7 +58,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_errors(images: np.ndarray, targets, preds, classes: list[str], path: Path, limit: int = 48) -> None:
@@ -75,4 +76,4 @@ def plot_errors(images: np.ndarray, targets, preds, classes: list[str], path: Pa
         axes[0, 0].set_title("no test image was misclassified", fontsize=9)
     fig.suptitle(f"misclassified test images ({len(wrong)} shown)", fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)

@@ -78,6 +78,10 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
+    def augmentation(self) -> Affine:
+        """The training-time warp these settings ask for (inactive when all ranges are 0)."""
+        return Affine(self.aug_rotate, self.aug_shear, self.aug_scale, self.aug_translate)
+
     def run_name(self) -> str:
         if self.name:
             return self.name
@@ -206,7 +210,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
         log(f"resuming {run} after epoch {ckpt['epoch']}")
 
     val_loader = loader(sets["val"], cfg.batch_size * 2, shuffle=False, workers=cfg.workers)
-    augment = Affine(cfg.aug_rotate, cfg.aug_shear, cfg.aug_scale, cfg.aug_translate)
+    augment = cfg.augmentation()
     for epoch in range(start_epoch, cfg.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         train_loader = loader(sets["train"], cfg.batch_size, True, seed=cfg.seed * 100_003 + epoch,
@@ -233,9 +237,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
 
 def finish(run: Path, cfg: TrainConfig, sets: dict, criterion, device, amp: bool, history: list[dict]) -> Path:
     """The one and only look at the test split: the best model on validation, then the report."""
-    best = checkpoint.load(run / "best.pt")
-    model = build_model(best["arch"], len(best["classes"]), best["in_channels"])
-    model.load_state_dict(best["model"])
+    model, best = checkpoint.load_model(run / "best.pt")
     model.to(device)
     test = sets["test"]
     res = evaluate(model, loader(test, cfg.batch_size * 2, False, workers=cfg.workers), criterion, device, amp,

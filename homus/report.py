@@ -14,8 +14,10 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import yaml
 
+from classifier.plots import plt, save_figure
 from homus_render.atomic import write_bytes, write_text
 
 IGNORED = {"name", "runs_dir", "seed", "device", "workers", "threads", "amp"}
@@ -75,11 +77,6 @@ def summarize(runs: list[dict], group_by: list[str]) -> list[dict]:
 
 
 def _bar_chart(rows: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(rows) + 2), 4.5))
     names = [r["group"] for r in rows]
     means = [100 * r["mean"] for r in rows]
@@ -92,19 +89,10 @@ def _bar_chart(rows: list[dict], path: Path, title: str) -> None:
     ax.set_title(title)
     plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    write_bytes(path, buf.getvalue())
+    save_figure(fig, path)
 
 
 def _matrix_chart(rows: list[dict], tests: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
     m = np.array([[100 * statistics.fmean(r["evals"][t]) if r["evals"].get(t) else np.nan for t in tests]
                   for r in rows])
     fig, ax = plt.subplots(figsize=(1.3 * len(tests) + 3, 0.6 * len(rows) + 2))
@@ -119,10 +107,7 @@ def _matrix_chart(rows: list[dict], tests: list[str], path: Path) -> None:
     fig.colorbar(im, label="test accuracy (%)")
     ax.set_title("train variant x test variant")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    write_bytes(path, buf.getvalue())
+    save_figure(fig, path)
 
 
 def write_report(run_dirs: list[Path], out: Path, title: str, variants: list[str] | None = None,
