@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from .atomic import write_json
-from .dataset import DATASET_INFO, hash_folder, list_stroke_files, read_info
+from .dataset import DATASET_INFO, content_hash, file_digest, list_stroke_files, read_info
 from .labels import LABELS
-from .strokes import StrokeFileError, parse_file
+from .strokes import StrokeFileError, parse_bytes
 
 OFFICIAL = {
     "v2": "https://github.com/apacha/OMR-Datasets/releases/download/datasets/HOMUS-2.0.zip",
@@ -210,15 +210,17 @@ def _check(staging: Path, version: str, source: str) -> FetchReport:
     files = list_stroke_files(staging)
     if not files:
         raise FetchError(f"{source}: holds no HOMUS files <writer>/<writer>-<n>.txt")
-    labels, writers, invalid = set(), set(), []
-    for rel in files:
+    labels, writers, invalid, digests = set(), set(), [], {}
+    for rel in files:  # each file read once: hashed and parsed
         writers.add(rel.split("/")[0])
+        data = (staging / rel).read_bytes()
+        digests[rel] = file_digest(data)
         try:
-            labels.add(parse_file(staging / rel).label)
+            labels.add(parse_bytes(data, staging / rel).label)
         except StrokeFileError as e:
             invalid.append(str(e).replace(str(staging) + os.sep, ""))
     return FetchReport(staging, version, source, len(files), len(writers), len(labels), invalid,
-                       hash_folder(staging, files))
+                       content_hash(digests))
 
 
 def _move_into_place(staging: Path, raw_dir: Path, report: FetchReport) -> None:
