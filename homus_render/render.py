@@ -84,6 +84,16 @@ class RenderSettings:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+def parse_size(value: int | str) -> tuple[int, int]:
+    """``64`` or ``"64"`` -> (64, 64); ``"128x64"`` -> (128, 64)."""
+    text = str(value).lower().strip()
+    try:
+        w, _, h = text.partition("x")
+        return int(w), int(h or w)
+    except ValueError:
+        raise ValueError(f"size {value!r}: expected a number like 96 or WxH like 128x64") from None
+
+
 def path_bounds(strokes: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Lower and upper corner of the pen path (all points of all strokes)."""
     pts = np.concatenate(strokes)
@@ -121,13 +131,14 @@ def staff_rows(s: RenderSettings) -> list[int]:
     return [top + k * s.staff_spacing for k in range(5)]
 
 
-def draw(strokes: Sequence[np.ndarray], s: RenderSettings) -> np.ndarray:
-    """Draw strokes already in canvas coordinates (no fitting) onto a fresh page."""
-    return _draw(np.concatenate(strokes), [len(st) for st in strokes], 1.0, 0.0, 0.0, s)
+def draw(strokes: Sequence[np.ndarray], s: RenderSettings, width: float | None = None) -> np.ndarray:
+    """Draw strokes already in canvas coordinates (no fitting) onto a fresh page; ``width`` (in
+    pixels, to 1/4 px) replaces ``s.thickness`` when given."""
+    return _draw(np.concatenate(strokes), [len(st) for st in strokes], 1.0, 0.0, 0.0, s, width)
 
 
 def _draw(pts: np.ndarray, lengths: list[int], scale: float, ox: float, oy: float,
-          s: RenderSettings) -> np.ndarray:
+          s: RenderSettings, width: float | None = None) -> np.ndarray:
     """Map ``pts`` by ``scale`` and offset, then draw them as strokes of the given lengths.
 
     OpenCV's own thick lines come out one or two pixels too wide, and its antialiased ones wider
@@ -136,6 +147,7 @@ def _draw(pts: np.ndarray, lengths: list[int], scale: float, ox: float, oy: floa
     antialiasing the result is thresholded back to pure black and white.
     """
     k = SUPERSAMPLE
+    pen = s.thickness * k if width is None else max(1, int(round(width * k)))  # in sub-pixels
     # pixel i at 1x spans sub-pixels k*i .. k*i+k-1, so its centre lies at k*i + (k-1)/2
     a, half = scale * k * _ONE, (k - 1) / 2
     fixed = np.rint(pts * a + [(ox * k + half) * _ONE, (oy * k + half) * _ONE]).astype(np.int32)
@@ -149,9 +161,9 @@ def _draw(pts: np.ndarray, lengths: list[int], scale: float, ox: float, oy: floa
         else:
             polys.append(fixed[start:start + n].reshape(-1, 1, 2))
     if polys:
-        cv2.polylines(big, polys, False, INK, s.thickness * k, cv2.LINE_8, _SHIFT)
+        cv2.polylines(big, polys, False, INK, pen, cv2.LINE_8, _SHIFT)
     for d in dots:  # a pen that never moved leaves a dot as wide as the stroke
-        cv2.circle(big, (int(d[0]), int(d[1])), s.thickness * k * _ONE // 2, INK, -1, cv2.LINE_8, _SHIFT)
+        cv2.circle(big, (int(d[0]), int(d[1])), pen * _ONE // 2, INK, -1, cv2.LINE_8, _SHIFT)
     img = big
     while img.shape[0] > s.height:  # two exact 2x2 means: as INTER_AREA's 4x4 mean, 6x faster
         img = cv2.resize(img, (img.shape[1] // 2, img.shape[0] // 2), interpolation=cv2.INTER_AREA)
