@@ -1,0 +1,139 @@
+"""Stroke-level augmentation: redraw a symbol as another hand might have written it.
+
+Everything happens to the pen path before it becomes pixels, so the stroke stays as sharp and as
+wide as the renderer makes it (an image warp would blur and stretch the ink). Pure numpy; every
+random draw comes from the ``rng`` passed in, so a seed gives the same picture every time.
+
+Order of the steps: shorten stroke ends, per-point jitter, smooth (elastic) bending, rotation,
+shear and aspect, then the renderer's fit, a random shrink and a shift that never leaves the
+canvas, and finally a jittered pen width.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+from .render import RenderSettings, draw
+
+
+@dataclass(frozen=True)
+class StrokeAugment:
+    """Strengths; each 0 turns its step off (all 0: the plain rendering).
+
+    ``thickness``: pen width +- this many pixels. ``scale``: shrink by up to this fraction.
+    ``aspect``: stretch width against height by up to ``exp(+-aspect)``. ``rotate``, ``shear``:
+    +- degrees. ``translate``: shift by up to this fraction of the canvas, as far as the canvas
+    allows. ``elastic``: smooth bending of the path, amplitude as a fraction of the symbol's size.
+    ``jitter``: per-point noise (std) as a fraction of the symbol's size. ``ends``: chance that
+    each end of a stroke is shortened (by up to 25 % of its points).
+    """
+
+    thickness: float = 0.0
+    scale: float = 0.0
+    aspect: float = 0.0
+    rotate: float = 0.0
+    shear: float = 0.0
+    translate: float = 0.0
+    elastic: float = 0.0
+    jitter: float = 0.0
+    ends: float = 0.0
+
+    def __post_init__(self) -> None:
+        bad = [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)
+               if not isinstance(getattr(self, f.name), (int, float)) or not getattr(self, f.name) >= 0]
+        if bad:
+            raise ValueError(f"stroke augmentation strengths must be numbers >= 0: {', '.join(bad)}")
+        if self.scale >= 1 or self.ends > 1:
+            raise ValueError(f"stroke scale must be < 1 and ends a probability <= 1, got {self.scale}, {self.ends}")
+
+    @property
+    def active(self) -> bool:
+        return any(getattr(self, f.name) for f in fields(self))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _shorten_ends(strokes: list[np.ndarray], p: float, rng: np.random.Generator) -> list[np.ndarray]:
+    """Drop up to a quarter of a stroke's points from each end, each end with chance ``p``."""
+    out = []
+    for st in strokes:
+        n = len(st)
+        cut = n // 4
+        start = int(rng.integers(0, cut + 1)) if rng.random() < p else 0
+        end = int(rng.integers(0, cut + 1)) if rng.random() < p else 0
+        if n - start - end < 2:  # keep at least a segment (dots and short strokes stay whole)
+            start = end = 0
+        out.append(st[start:n - end])
+    return out
+
+
+def _elastic(pts: np.ndarray, centre: np.ndarray, extent: float, amp: float, rng: np.random.Generator) -> np.ndarray:
+    """A smooth random displacement: a sum of three low-frequency waves per axis (0.5-1.5 cycles
+    across the symbol), so nearby points move together and strokes bend rather than break."""
+    u = (pts - centre) / extent
+    freq = rng.uniform(0.5, 1.5, (2, 3, 2)) * rng.choice([-1.0, 1.0], (2, 3, 2))
+    phase = rng.uniform(0, 2 * math.pi, (2, 3))
+    weight = rng.normal(0, 1 / math.sqrt(3), (2, 3))
+    waves = np.sin(2 * math.pi * np.einsum("nd,akd->nak", u, freq) + phase)  # (n, axis, wave)
+    return pts + amp * extent * (waves * weight).sum(axis=2)
+
+
+def augment_path(strokes: Sequence[np.ndarray], s: RenderSettings, aug: StrokeAugment,
+                 rng: np.random.Generator) -> tuple[list[np.ndarray], float]:
+    """The strokes mapped onto ``s``'s canvas, distorted by ``aug``; returns them (canvas pixel
+    coordinates) and the pen width. With ``fit: scale`` the ink always stays inside the canvas."""
+    strokes = [np.asarray(st, dtype=np.float64) for st in strokes]
+    if aug.ends:
+        strokes = _shorten_ends(strokes, aug.ends, rng)
+    lengths = [len(st) for st in strokes]
+    pts = np.concatenate(strokes)
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    centre, extent = (lo + hi) / 2, max(float((hi - lo).max()), 1.0)
+    if aug.jitter:
+        pts = pts + rng.normal(0, aug.jitter * extent, pts.shape)
+    if aug.elastic:
+        pts = _elastic(pts, centre, extent, aug.elastic, rng)
+    if aug.rotate or aug.shear or aug.aspect:
+        rot = math.radians(rng.uniform(-aug.rotate, aug.rotate))
+        tan = math.tan(math.radians(rng.uniform(-aug.shear, aug.shear)))
+        stretch = math.exp(rng.uniform(-aug.aspect, aug.aspect) / 2)
+        c, si = math.cos(rot), math.sin(rot)
+        m = np.array([[c, -si], [si, c]]) @ np.array([[1.0, tan], [0.0, 1.0]]) @ np.diag([stretch, 1 / stretch])
+        pts = (pts - centre) @ m.T + centre
+    width = float(s.thickness)
+    if aug.thickness:
+        width = max(s.thickness / 2, width + rng.uniform(-aug.thickness, aug.thickness))
+
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    size = np.array([s.width, s.height], dtype=np.float64)
+    scale = 1.0
+    if s.fit == "scale":
+        ext = hi - lo
+        room = size - 2 * s.margin - width
+        ratios = [r / e for r, e in zip(room.tolist(), ext.tolist(), strict=True) if e > 0]
+        scale = min(ratios) if ratios else 1.0
+    if aug.scale:
+        scale *= rng.uniform(1 - aug.scale, 1.0)
+    mid = (size - 1) / 2
+    offset = mid - (lo + hi) / 2 * scale
+    if aug.translate:
+        # the ink spans the path +- half the pen (drawn up to 1/4 px wider); pixels span [-0.5, size - 0.5]
+        half = width / 2 + 0.25
+        free_lo = np.maximum(0.0, (lo * scale + offset - half) + 0.5)
+        free_hi = np.maximum(0.0, (size - 0.5) - (hi * scale + offset + half))
+        reach = aug.translate * size
+        offset = offset + rng.uniform(-np.minimum(reach, free_lo), np.minimum(reach, free_hi))
+    pts = pts * scale + offset
+    return np.split(pts, np.cumsum(lengths)[:-1]), width
+
+
+def render_augmented(strokes: Sequence[np.ndarray], s: RenderSettings, aug: StrokeAugment,
+                     rng: np.random.Generator) -> np.ndarray:
+    """The symbol as :func:`render` draws it, distorted by ``aug`` with draws from ``rng``."""
+    path, width = augment_path(strokes, s, aug, rng)
+    return draw(path, s, width)

@@ -1,0 +1,126 @@
+"""Stroke-level augmentation measured on pixels: each distortion changes the image, keeps the whole
+symbol on the canvas, and is reproducible from its seed."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from test_geometry import SHAPES, coverage, strokes
+
+from homus_render.distort import StrokeAugment, augment_path, render_augmented
+from homus_render.render import RenderSettings, draw, render
+
+#: Each augmentation alone, at a strength well above the defaults, so its effect is certain.
+SINGLE = {
+    "thickness": StrokeAugment(thickness=1.5),
+    "scale": StrokeAugment(scale=0.3),
+    "aspect": StrokeAugment(aspect=0.4),
+    "rotate": StrokeAugment(rotate=20),
+    "shear": StrokeAugment(shear=20),
+    "translate": StrokeAugment(translate=0.15),
+    "elastic": StrokeAugment(elastic=0.08),
+    "jitter": StrokeAugment(jitter=0.02),
+    "ends": StrokeAugment(ends=1.0),
+}
+ALL = StrokeAugment(thickness=1.5, scale=0.3, aspect=0.4, rotate=20, shear=20, translate=0.3, elastic=0.08,
+                    jitter=0.02, ends=1.0)
+#: A flat with many points, plus a second stroke: enough for ends and bending to show.
+FLAT = strokes([(0, y) for y in range(0, 61, 3)] + [(6, 52), (12, 46), (10, 41), (4, 40), (0, 45)],
+               [(20, 5), (25, 10), (30, 5)])
+S64 = RenderSettings(thickness=3, width=64, height=64, margin=4)
+
+
+def rng(i: int = 0) -> np.random.Generator:
+    return np.random.default_rng((7, i))
+
+
+def whole_ink(path: list[np.ndarray], width: float, s: RenderSettings, pad: int = 64) -> float:
+    """The ink of ``path`` drawn on a canvas ``pad`` pixels larger on every side: nothing is cut."""
+    big = RenderSettings(thickness=s.thickness, width=s.width + 2 * pad, height=s.height + 2 * pad, margin=0)
+    return coverage(draw([p + pad for p in path], big, width))
+
+
+@pytest.mark.parametrize("shape", list(SHAPES) + ["flat"])
+def test_no_augmentation_is_the_plain_rendering(shape):
+    st = FLAT if shape == "flat" else SHAPES[shape]
+    for s in (S64, RenderSettings(thickness=1, width=32, height=32), RenderSettings(fit="crop", width=96, height=96)):
+        assert np.array_equal(render_augmented(st, s, StrokeAugment(), rng()), render(st, s))
+
+
+@pytest.mark.parametrize("name", list(SINGLE) + ["all"])
+def test_each_augmentation_changes_pixels_and_keeps_the_symbol_on_the_canvas(name):
+    aug = ALL if name == "all" else SINGLE[name]
+    plain = render(FLAT, S64)
+    changed = 0
+    for i in range(20):
+        path, width = augment_path(FLAT, S64, aug, rng(i))
+        img = draw(path, S64, width)
+        changed += not np.array_equal(img, plain)
+        # nothing was cut off: the same path on a far larger canvas has the same ink
+        assert coverage(img) == pytest.approx(whole_ink(path, width, S64), rel=1e-6, abs=1e-6), i
+        assert (img < 255).any()
+    assert changed >= 18, f"{name} left {20 - changed} of 20 images unchanged"
+
+
+@pytest.mark.parametrize("shape", ["very-wide", "very-tall", "negative", "circle"])
+def test_extreme_shapes_stay_on_the_canvas(shape):
+    for i in range(10):
+        path, width = augment_path(SHAPES[shape], S64, ALL, rng(i))
+        img = draw(path, S64, width)
+        assert coverage(img) == pytest.approx(whole_ink(path, width, S64), rel=1e-6, abs=1e-6)
+
+
+def test_same_seed_same_image_other_seed_other_image():
+    a = render_augmented(FLAT, S64, ALL, np.random.default_rng((1, 2, 3)))
+    b = render_augmented(FLAT, S64, ALL, np.random.default_rng((1, 2, 3)))
+    c = render_augmented(FLAT, S64, ALL, np.random.default_rng((1, 2, 4)))
+    assert a.tobytes() == b.tobytes()
+    assert not np.array_equal(a, c)
+
+
+def test_thickness_jitter_changes_the_measured_stroke_width():
+    """A long horizontal line: ink per unit of length is the pen width, within the jitter range."""
+    line = strokes([(0, 0), (100, 0)])
+    s = RenderSettings(thickness=3, width=64, height=64, margin=4)
+    widths = []
+    for i in range(30):
+        path, width = augment_path(line, s, StrokeAugment(thickness=1.0), rng(i))
+        img = draw(path, s, width)
+        length = 64 - 2 * 4 - width  # the fitted path's length in pixels
+        measured = (coverage(img) - math.pi * (width / 2) ** 2) / length  # minus the two round caps
+        assert measured == pytest.approx(width + 0.25, abs=0.35)
+        widths.append(width)
+    assert min(widths) < 2.5 and max(widths) > 3.5
+    assert all(2.0 <= w <= 4.0 for w in widths)
+
+
+def test_shortened_ends_lose_ink_but_never_a_stroke():
+    with_dot = [*FLAT, np.array([[40.0, 40.0]])]  # a one-point stroke (a dot) must survive
+    for i in range(10):
+        path, _ = augment_path(with_dot, S64, StrokeAugment(ends=1.0), rng(i))
+        assert len(path) == len(with_dot)
+        assert all(len(p) >= min(2, len(o)) for p, o in zip(path, with_dot, strict=True))
+        assert sum(len(p) for p in path) < sum(len(o) for o in with_dot)
+
+
+def test_scale_only_shrinks_and_translate_moves():
+    plain = render(FLAT, S64)
+    ink = coverage(plain)
+    for i in range(10):
+        assert coverage(render_augmented(FLAT, S64, StrokeAugment(scale=0.3), rng(i))) <= ink + 1e-6
+    ys, xs = np.nonzero(plain < 128)
+    moved = 0
+    for i in range(10):
+        img = render_augmented(FLAT, S64, StrokeAugment(translate=0.1), rng(i))
+        y2, x2 = np.nonzero(img < 128)
+        moved += abs(x2.mean() - xs.mean()) > 0.5 or abs(y2.mean() - ys.mean()) > 0.5
+    assert moved >= 5
+
+
+@pytest.mark.parametrize("bad", [{"rotate": -1}, {"scale": 1.0}, {"ends": 1.5}, {"jitter": "x"},
+                                 {"elastic": float("nan")}])
+def test_bad_strengths_are_refused(bad):
+    with pytest.raises(ValueError, match="stroke"):
+        StrokeAugment(**bad)
