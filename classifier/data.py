@@ -94,8 +94,9 @@ class ImageSet(Dataset):
         return to_input(self.images[idx]), self.targets[idx]
 
 
-def loader(ds: ImageSet, batch_size: int, shuffle: bool, seed: int = 0, workers: int = 0):
-    """Batches of ``ds``; when shuffling, the order is fixed by ``seed`` (pass seed + epoch)."""
+def loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int = 0, workers: int = 0, worker_init_fn=None):
+    """Batches of ``ds`` (whose ``__getitem__`` takes a list of indices); when shuffling, the order
+    is fixed by ``seed`` (pass seed + epoch)."""
     from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
     if shuffle:
@@ -103,4 +104,4 @@ def loader(ds: ImageSet, batch_size: int, shuffle: bool, seed: int = 0, workers:
     else:
         sampler = SequentialSampler(ds)
     return DataLoader(ds, sampler=BatchSampler(sampler, batch_size, drop_last=False), batch_size=None,
-                      num_workers=workers, persistent_workers=False)
+                      num_workers=workers, persistent_workers=False, worker_init_fn=worker_init_fn)

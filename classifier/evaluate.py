@@ -9,11 +9,14 @@ import yaml
 from torch import nn
 
 from homus_render.atomic import write_json
+from homus_render.dataset import load_samples, parse_writers
+from homus_render.render import RenderSettings
 
 from . import checkpoint
 from .data import ImageSet, load_variant, loader
 from .engine import evaluate
 from .metrics import summarize
+from .strokeset import render_samples
 from .train import RunError, pick_device
 
 
@@ -34,14 +37,19 @@ def evaluate_run(run: str | Path, variant: str | Path | None = None, device: str
     model, ckpt = load_model(run)
     dev = pick_device(device)
     model.to(dev)
-    paths = [variant] if variant else cfg["variants"]
     test_ids = set(split["test"])
-    variants = [load_variant(p, only=test_ids) for p in paths]
+    if variant is None and cfg.get("from_strokes"):  # its own test split: plain renderings of the strokes
+        samples = [s for s in load_samples(cfg["raw_dir"], parse_writers(cfg.get("writers"))) if s.id in test_ids]
+        variants = [render_samples(samples, RenderSettings.from_dict(cfg["render"]), cfg["raw_dir"])]
+    else:
+        variants = [load_variant(p, only=test_ids) for p in ([variant] if variant else cfg["variants"])]
     ds = ImageSet(variants, test_ids, tuple(ckpt["classes"]))
     res = evaluate(model, loader(ds, batch_size, shuffle=False), nn.CrossEntropyLoss(), dev, desc="test")
     s = summarize(res["targets"], res["preds"], ckpt["classes"])
     name = "+".join(v.name for v in variants)
-    metrics = {"run": run.name, "variant": name, "trained_on": [Path(p).name for p in cfg["variants"]],
+    trained_on = [RenderSettings.from_dict(cfg["render"]).name] if cfg.get("from_strokes") else \
+        [Path(p).name for p in cfg["variants"]]
+    metrics = {"run": run.name, "variant": name, "trained_on": trained_on,
                "test_accuracy": s["accuracy"], "macro_f1": s["macro_f1"], "n_test": s["n"],
                "missing_test_samples": len(test_ids - set(ds.samples)), "split": split["kind"],
                "trained_size": [ckpt["render"]["width"], ckpt["render"]["height"]],

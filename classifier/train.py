@@ -1,7 +1,9 @@
 """A training run from start to finish: data, split, model, epochs, checkpoints, one test evaluation.
 
-Run folder ``<runs_dir>/<name>/``: ``config.yaml``, ``split.json``, ``last.pt``, ``best.pt``,
-``history.csv``, ``metrics.json``, ``confusion.png``, ``curves.png``, ``errors.png``.
+Training images come from rendered variant folders, or (``from_strokes``) are drawn afresh from
+the raw strokes every epoch with stroke-level augmentation. Run folder ``<runs_dir>/<name>/``:
+``config.yaml``, ``split.json``, ``last.pt``, ``best.pt``, ``history.csv``, ``metrics.json``,
+``confusion.png``, ``curves.png``, ``errors.png``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ import yaml
 from torch import nn
 
 from homus_render.atomic import write_bytes, write_json, write_text
+from homus_render.dataset import load_samples, parse_writers
+from homus_render.distort import StrokeAugment
 from homus_render.labels import LABELS
+from homus_render.render import RenderSettings, parse_size
 
 from . import checkpoint, plots
 from .augment import Affine
@@ -27,6 +32,7 @@ from .engine import evaluate, train_one_epoch
 from .metrics import summarize
 from .models import build_model
 from .splits import check_split, make_split
+from .strokeset import StrokeSet, augment_sheet, render_samples, worker_init
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "onecycle", "linear", "constant")
@@ -53,9 +59,22 @@ class TrainConfig:
     aug_shear: float = 8.0
     aug_scale: float = 0.1
     aug_translate: float = 0.05
+    from_strokes: bool = False
+    raw_dir: str = "raw"
+    writers: str | int | list | None = None  # from_strokes: only these writers, e.g. "1-5"
+    render: dict = field(default_factory=lambda: {"thickness": 3, "width": 64, "height": 64})
+    stroke_thickness: float = 0.0
+    stroke_scale: float = 0.0
+    stroke_aspect: float = 0.0
+    stroke_rotate: float = 0.0
+    stroke_shear: float = 0.0
+    stroke_translate: float = 0.0
+    stroke_elastic: float = 0.0
+    stroke_jitter: float = 0.0
+    stroke_ends: float = 0.0
     device: str = "auto"
     amp: bool = True
-    workers: int = 0
+    workers: int = 1
     threads: int = 0
     runs_dir: str = "runs"
     name: str | None = None
@@ -70,13 +89,37 @@ class TrainConfig:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not self.variants:
-            raise ValueError("at least one --variant is needed")
+        if not self.variants and not self.from_strokes:
+            raise ValueError("at least one --variant is needed (or --from-strokes)")
+        if self.from_strokes:
+            self.render_settings()  # bad render settings fail here
+            self.stroke_augment()
+            self.variants = []  # not read: say so in config.yaml
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        """Settings from a mapping; ``thickness`` and ``size`` (as in pipeline.yaml) go into ``render``."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        out = {k: v for k, v in d.items() if k in known}
+        if "thickness" in d or "size" in d:
+            render = dict(out.get("render") or {})
+            if "thickness" in d:
+                render["thickness"] = d["thickness"]
+            if "size" in d:
+                render["width"], render["height"] = parse_size(d["size"])
+            out["render"] = render
+        return cls(**out)
+
+    def render_settings(self) -> RenderSettings:
+        """How a run from strokes draws its images (plain, for validation and test)."""
+        try:
+            return RenderSettings.from_dict(self.render)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"render settings {self.render}: {e}") from None
+
+    def stroke_augment(self) -> StrokeAugment:
+        """The stroke-level augmentation of a run from strokes."""
+        return StrokeAugment(**{f.name: getattr(self, f"stroke_{f.name}") for f in fields(StrokeAugment)})
 
     def augmentation(self) -> Affine:
         """The training-time warp these settings ask for (inactive when all ranges are 0)."""
@@ -85,6 +128,8 @@ class TrainConfig:
     def run_name(self) -> str:
         if self.name:
             return self.name
+        if self.from_strokes:
+            return f"strokes-{self.render_settings().name}-{self.arch}-{self.split}-seed{self.seed}"
         variants = "+".join(Path(v).name for v in self.variants)
         return f"{variants}-{self.arch}-{self.split}-seed{self.seed}"
 
@@ -172,7 +217,12 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     device = pick_device(cfg.device)
     amp = cfg.amp and device.type == "cuda"
 
-    variants = load_variants(cfg.variants)
+    if cfg.from_strokes:  # plain renderings in memory stand in for a variant folder
+        settings = cfg.render_settings()
+        strokes = load_samples(cfg.raw_dir, parse_writers(cfg.writers))
+        variants = [render_samples(strokes, settings, cfg.raw_dir)]
+    else:
+        variants = load_variants(cfg.variants)
     split, _ = split_for(variants, cfg.split, cfg.seed)
     if resume and (run / "split.json").exists():
         saved = json.loads((run / "split.json").read_text())
@@ -183,11 +233,19 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     write_json(run / "split.json", split)
     classes = list(LABELS)
     sets = {k: ImageSet(variants, set(split[k]), classes) for k in ("train", "val", "test")}
+    if cfg.from_strokes:
+        train_ids = set(split["train"])
+        sets["train"] = StrokeSet([s for s in strokes if s.id in train_ids], settings, cfg.stroke_augment(),
+                                  cfg.seed, tuple(classes))
+        if not (run / "train-samples.png").exists():  # what the augmentation draws: worth a look
+            write_bytes(run / "train-samples.png", augment_sheet(sets["train"], tuple(classes)))
     for k, ds in sets.items():
         if len(ds) == 0:
             raise RunError(f"the {k} split is empty: too little data for a {cfg.split} split")
+    source = (f"drawn from {cfg.raw_dir} strokes at {variants[0].name} every epoch" if cfg.from_strokes
+              else f"from {len(variants)} variant(s)")
     log(f"run {run}: {len(sets['train']):,} train / {len(sets['val']):,} val / {len(sets['test']):,} test "
-        f"images from {len(variants)} variant(s), {cfg.split} split, on {device}")
+        f"images {source}, {cfg.split} split, on {device}")
 
     from_file = cfg.weights not in ("none", "imagenet")
     model = build_model(cfg.arch, len(classes), 1, "none" if from_file else cfg.weights)
@@ -213,8 +271,10 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     augment = cfg.augmentation()
     for epoch in range(start_epoch, cfg.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
+        if cfg.from_strokes:
+            sets["train"].set_epoch(epoch)  # before the loader's workers start: they copy the set
         train_loader = loader(sets["train"], cfg.batch_size, True, seed=cfg.seed * 100_003 + epoch,
-                              workers=cfg.workers)
+                              workers=cfg.workers, worker_init_fn=worker_init)
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch + 1_000_000)  # same epoch, same warps
         stats = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, device, epoch, amp,
                                 transform=(lambda x, g=gen: augment(x, g)) if augment.active else None)
@@ -254,7 +314,8 @@ def finish(run: Path, cfg: TrainConfig, sets: dict, criterion, device, amp: bool
         "val_accuracy": max(h["val_acc"] for h in history), "best_epoch": best["epoch"],
         "test_accuracy": summary["accuracy"], "macro_f1": summary["macro_f1"], "n_test": summary["n"],
         "test_accuracy_by_variant": by_variant, "split": cfg.split, "seed": cfg.seed,
-        "variants": [Path(v).name for v in cfg.variants], "arch": cfg.arch, "epochs": cfg.epochs,
+        "variants": sorted(set(test.variant_of)) if cfg.from_strokes else [Path(v).name for v in cfg.variants],
+        "source": "strokes" if cfg.from_strokes else "images", "arch": cfg.arch, "epochs": cfg.epochs,
         "train_seconds": round(train_seconds, 1),
         "train_images_per_s": round(float(np.mean([h["images_per_s"] for h in history])), 1),
         "device": str(device), "per_class": summary["per_class"],

@@ -160,7 +160,19 @@ TRAIN_FLAGS = [
     click.option("--schedule", type=click.Choice(["onecycle", "cosine", "linear", "constant"])),
     click.option("--weight-decay", type=float),
     click.option("--label-smoothing", type=float),
-    click.option("--no-augment", is_flag=True, default=None, help="Train on the images as rendered."),
+    click.option("--no-augment", is_flag=True, default=None,
+                 help="No augmentation at all (image warps and stroke distortions off)."),
+    click.option("--from-strokes/--from-images", default=None,
+                 help="Draw training images afresh from the raw strokes every epoch, or read --variant folders."),
+    click.option("--raw-dir", type=click.Path(file_okay=False), help="Stroke files (--from-strokes)."),
+    click.option("--writers", help="Only these writers, e.g. 1-5 (--from-strokes)."),
+    click.option("--thickness", type=int, help="Pen width in pixels (--from-strokes)."),
+    click.option("--size", help="Image size, e.g. 64 or 96x64 (--from-strokes)."),
+    *[click.option(f"--stroke-{name}", type=float, help=text) for name, text in [
+        ("thickness", "Pen width jitter, +- pixels."), ("scale", "Shrink by up to this fraction."),
+        ("aspect", "Aspect jitter, exp(+-v)."), ("rotate", "Rotation, +- degrees."), ("shear", "Shear, +- degrees."),
+        ("translate", "Shift, fraction of the canvas."), ("elastic", "Smooth bending, fraction of the symbol."),
+        ("jitter", "Per-point noise, fraction of the symbol."), ("ends", "Chance to shorten each stroke end.")]],
     click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"])),
     click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA."),
     click.option("--workers", type=int, help="Data-loader worker processes."),
@@ -182,7 +194,7 @@ def train_flags(f):
               help="Continue the run in this folder from its last checkpoint.")
 @with_config
 def train(cfg, resume_dir, **flags) -> None:
-    """Train a ResNet on rendered variants; evaluate once on the test split."""
+    """Train a ResNet on rendered variants (or from the raw strokes); evaluate once on the test split."""
     import yaml
 
     from classifier.checkpoint import CheckpointError
@@ -201,13 +213,17 @@ def train(cfg, resume_dir, **flags) -> None:
         settings["runs_dir"], settings["name"] = str(Path(resume_dir).parent), Path(resume_dir).name
     else:
         if flags.pop("no_augment"):
-            settings.update(aug_rotate=0.0, aug_shear=0.0, aug_scale=0.0, aug_translate=0.0)
+            settings.update({k: 0.0 for k in settings if k.startswith(("aug_", "stroke_"))})
         settings.update({k: v for k, v in flags.items() if v is not None and v != ()})
         settings["variants"] = list(flags["variants"]) or cfgmod.as_list(settings["variants"])
+        try:
+            settings = cfgmod.train_settings(cfg, settings)
+        except cfgmod.ConfigError as e:
+            raise click.UsageError(str(e)) from None
     try:
         tc = TrainConfig.from_dict(settings)
         run = do_train(tc, resume=bool(resume_dir), log=click.echo)
-    except (ValueError, RunError, DataError, SplitError, CheckpointError, WeightsError) as e:
+    except (ValueError, RunError, DataError, SplitError, CheckpointError, WeightsError, FileNotFoundError) as e:
         fail(str(e))
     metrics = json.loads((run / "metrics.json").read_text())
     click.echo(f"{run}: test accuracy {metrics['test_accuracy']:.4f} (macro F1 {metrics['macro_f1']:.4f}, "

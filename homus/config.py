@@ -4,6 +4,7 @@ both. Loaded and validated here, in one place; errors name the file and the key.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ NULLABLE = {
 }
 
 #: Mappings whose keys are other sections' settings (train settings for the study's runs).
-FREE_FORM = {("study", "train"), ("study", "overrides")}
+FREE_FORM = {("study", "train"), ("study", "overrides"), ("study", "arms")}
 
 
 class ConfigError(ValueError):
@@ -84,10 +85,14 @@ def _check_free_form(cfg: dict, defaults: dict, path: Path) -> None:
     """The study's free-form mappings hold train settings and render settings: check those too."""
     study = cfg["study"]
     for prefix, mapping in [("study.train", study["train"])] + [
-            (f"study.overrides.{name}", m) for name, m in (study["overrides"] or {}).items()]:
+            (f"study.{kind}.{name}", m) for kind in ("overrides", "arms") for name, m in (study[kind] or {}).items()]:
         if not isinstance(mapping, dict):
             raise ConfigError(f"{path}: '{prefix}' must be a mapping of train settings, got {mapping!r}")
         _merge(copy.deepcopy(defaults["train"]), mapping, path, tuple(prefix.split(".")))
+    for name in study["arms"] or {}:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", str(name)):
+            raise ConfigError(f"{path}: 'study.arms.{name}': an arm's name becomes part of a folder name; "
+                              "use letters, digits and . _ + -")
     for i, v in enumerate(study["variants"]):
         if not isinstance(v, dict):
             raise ConfigError(f"{path}: 'study.variants[{i}]' must be a mapping of render settings, got {v!r}")
@@ -109,6 +114,23 @@ def load(path: str | Path | None = None) -> dict:
     return cfg
 
 
+#: Render settings a run from strokes takes from the render section (thickness and size are its own).
+RENDER_SHARED = ("fit", "margin", "antialias", "staff_lines", "staff_spacing", "staff_offset")
+
+
+def train_settings(cfg: dict, train: dict) -> dict:
+    """``train`` (the train section, flags applied) as a run takes it: the raw folder and writers
+    from ``dataset``, and for ``from_strokes`` the full render settings (its ``thickness`` and
+    ``size``, the rest from ``render``), so the run's config.yaml records all of them."""
+    out = dict(train)
+    w, h = parse_size(out.pop("size"))
+    out["render"] = {**{k: cfg["render"][k] for k in RENDER_SHARED}, "thickness": out.pop("thickness"),
+                     "width": w, "height": h}
+    out.setdefault("raw_dir", cfg["dataset"]["raw_dir"])
+    out.setdefault("writers", cfg["dataset"]["writers"])
+    return out
+
+
 def as_list(value: Any) -> list:
     """``3``, ``"1,2,3"`` or ``[1, 2, 3]`` -> a list."""
     if isinstance(value, list):
@@ -120,11 +142,9 @@ def as_list(value: Any) -> list:
 
 def parse_size(value: Any) -> tuple[int, int]:
     """``96`` or ``"96"`` -> (96, 96); ``"128x64"`` -> (128, 64)."""
-    text = str(value).lower().strip()
+    from homus_render.render import parse_size as parse
+
     try:
-        if "x" in text:
-            w, h = text.split("x")
-            return int(w), int(h)
-        return int(text), int(text)
-    except ValueError:
-        raise ConfigError(f"size {value!r}: expected a number like 96 or WxH like 128x64") from None
+        return parse(value)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None

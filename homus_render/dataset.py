@@ -85,3 +85,14 @@ def read_info(raw_dir: str | Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+
+
+def load_samples(raw_dir: str | Path, writers: set[str] | None = None):
+    """Parse every stroke file under ``raw_dir`` (of ``writers`` when given), in natural order.
+    A bad file raises :class:`~homus_render.strokes.StrokeFileError` naming it and the line."""
+    from .strokes import parse_file
+
+    files = list_stroke_files(raw_dir, writers)
+    if not files:
+        raise FileNotFoundError(f"{raw_dir}: no stroke files (run `homus fetch` first)")
+    return [parse_file(Path(raw_dir, rel)) for rel in files]

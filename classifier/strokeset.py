@@ -1,0 +1,82 @@
+"""Training images drawn afresh from the raw pen strokes: every epoch each sample is rendered
+again, distorted by the stroke-level augmentation (:mod:`homus_render.distort`).
+
+The images depend only on (seed, epoch, sample), never on worker count or batch order, so a run
+is reproducible however it is loaded. Validation and test images are plain renderings, the very
+pixels ``homus render`` writes, so runs from strokes and from rendered folders compare directly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from homus_render.distort import StrokeAugment, render_augmented
+from homus_render.labels import LABELS
+from homus_render.render import RenderSettings, render
+from homus_render.strokes import Sample
+
+from .data import Variant, to_input
+
+
+def render_samples(samples: list[Sample], settings: RenderSettings, source: str | Path = "strokes") -> Variant:
+    """Plain renderings of ``samples``, held in memory as if read from a variant folder."""
+    images = np.stack([render(s.strokes, settings) for s in samples])
+    info = {"name": settings.name, "settings": settings.to_dict(), "source": str(source)}
+    return Variant(Path(source), info, images, [s.id for s in samples], [s.writer for s in samples],
+                   [s.label for s in samples])
+
+
+class StrokeSet(Dataset):
+    """Samples rendered on demand with ``augment``; call :meth:`set_epoch` before each epoch."""
+
+    def __init__(self, samples: list[Sample], settings: RenderSettings, augment: StrokeAugment, seed: int,
+                 classes: tuple[str, ...] = LABELS):
+        index = {c: i for i, c in enumerate(classes)}
+        self.strokes = [s.strokes for s in samples]
+        self.samples = [s.id for s in samples]
+        self.targets = torch.tensor([index[s.label] for s in samples], dtype=torch.long)
+        self.settings, self.augment, self.seed, self.epoch = settings, augment, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def image(self, i: int) -> np.ndarray:
+        """Sample ``i`` as drawn in the current epoch (its own random stream: seed, epoch, index)."""
+        if not self.augment.active:
+            return render(self.strokes[i], self.settings)
+        rng = np.random.default_rng((self.seed, self.epoch, i))
+        return render_augmented(self.strokes[i], self.settings, self.augment, rng)
+
+    def __getitem__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A whole batch at once (used with a BatchSampler), like :class:`~classifier.data.ImageSet`."""
+        return to_input(np.stack([self.image(i) for i in idx])), self.targets[torch.as_tensor(idx)]
+
+
+def worker_init(_: int) -> None:
+    """One OpenCV thread per loader process: the processes are the parallelism."""
+    cv2.setNumThreads(1)
+
+
+def augment_sheet(ds: StrokeSet, classes: tuple[str, ...] = LABELS, per_class: int = 1, epochs: int = 8) -> bytes:
+    """A contact sheet (PNG) of what the model is shown: one row per class (its first training
+    sample), the plain rendering, then that sample as drawn in epochs 1..``epochs``."""
+    from homus_render.preview import grid
+
+    rows, seen = [], {}
+    for i, t in enumerate(ds.targets.tolist()):
+        if seen.get(t, 0) < per_class:
+            seen[t] = seen.get(t, 0) + 1
+            plain = render(ds.strokes[i], ds.settings)
+            drawn = [render_augmented(ds.strokes[i], ds.settings, ds.augment, np.random.default_rng((ds.seed, e, i)))
+                     for e in range(1, epochs + 1)]
+            rows.append((classes[t], [plain, *drawn]))
+    rows.sort(key=lambda r: classes.index(r[0]))
+    return cv2.imencode(".png", grid(rows, cell=max(48, min(96, ds.settings.height + 2))))[1].tobytes()
