@@ -21,6 +21,9 @@ from classifier.plots import plt, save_figure
 from homus_render.atomic import write_bytes, write_text
 
 IGNORED = {"name", "runs_dir", "seed", "device", "workers", "threads", "amp"}
+#: Settings of training from strokes: shown only for runs that did (plus every ``stroke_*`` key).
+STROKE_ONLY = {"from_strokes", "raw_dir", "writers", "render", *(f"stroke_{k}" for k in (
+    "thickness", "scale", "aspect", "rotate", "shear", "translate", "elastic", "jitter", "ends"))}
 
 
 def load_run(run: Path) -> dict:
@@ -30,10 +33,13 @@ def load_run(run: Path) -> dict:
         raise FileNotFoundError(f"{run}: not a finished homus run (no metrics.json)")
     metrics = json.loads((run / "metrics.json").read_text())
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    settings = {k: v for k, v in cfg.items() if k not in IGNORED and k != "variants"}
+    strokes = bool(cfg.get("from_strokes"))
+    settings = {k: v for k, v in cfg.items() if k not in IGNORED and k not in STROKE_ONLY}
+    if strokes:  # the stroke settings matter; the variant folders it was not trained on do not
+        settings.update({k: v for k, v in cfg.items() if k.startswith("stroke_") or k == "from_strokes"})
     settings["variants"] = "+".join(metrics["variants"])
-    renders = []
-    for v in cfg["variants"]:
+    renders = [cfg["render"]] if strokes else []
+    for v in [] if strokes else cfg["variants"]:
         info = Path(v) / "variant.json"
         renders.append(json.loads(info.read_text())["settings"] if info.is_file() else {})
     for key in sorted({k for r in renders for k in r}):
@@ -81,8 +87,8 @@ def _bar_chart(rows: list[dict], path: Path, title: str) -> None:
     names = [r["group"] for r in rows]
     means = [100 * r["mean"] for r in rows]
     ax.bar(names, means, yerr=[100 * r["std"] for r in rows], capsize=5, color="#4477aa")
-    for i, mean in enumerate(means):
-        ax.text(i, mean, f"{mean:.2f}", ha="center", va="bottom", fontsize=8)
+    for i, (mean, r) in enumerate(zip(means, rows, strict=True)):  # above the error bar, not on it
+        ax.text(i, mean + 100 * r["std"] + 0.3, f"{mean:.2f}", ha="center", va="bottom", fontsize=8)
     low = min(100 * (r["mean"] - r["std"]) for r in rows)
     ax.set_ylim(max(0, low - (100 - low) * 0.5 - 1), 100)
     ax.set_ylabel("test accuracy (%), mean ± std over seeds")
@@ -111,10 +117,14 @@ def _matrix_chart(rows: list[dict], tests: list[str], path: Path) -> None:
 
 
 def write_report(run_dirs: list[Path], out: Path, title: str, variants: list[str] | None = None,
-                 settings: dict | None = None, command: str = "", group_by: list[str] | None = None) -> dict:
+                 settings: dict | None = None, command: str = "", group_by: list[str] | None = None,
+                 extra: dict[str, dict] | None = None) -> dict:
     """Write ``report.md``, ``results.csv``, ``comparison.png`` (and ``matrix.png``) into ``out``.
-    Runs are grouped by ``group_by`` (default: every setting that differs, seeds aside)."""
+    Runs are grouped by ``group_by`` (default: every setting that differs, seeds aside); ``extra``
+    adds settings by run name (a study's arm)."""
     runs = [load_run(Path(r)) for r in run_dirs]
+    for r in runs:
+        r["settings"].update((extra or {}).get(r["name"], {}))
     if not runs:
         raise ValueError("no runs to report on")
     splits = {json.dumps(json.loads((r["run"] / "split.json").read_text()), sort_keys=True) for r in runs

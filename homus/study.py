@@ -1,5 +1,8 @@
-"""A study: render every variant, train one model per variant and seed (and on their union),
+"""A study: render every variant, train one model per variant, arm and seed (and on their union),
 evaluate every model on every variant's test split, and write the report.
+
+Arms (``study.arms``) are named sets of training settings tried on every variant: fixed images
+against training from strokes, one augmentation against another. Without arms, one run per variant.
 
 Everything is resumable: up-to-date variants are not rendered again, finished runs are not
 trained again, saved evaluations are not recomputed. So a killed study continues where it
@@ -29,6 +32,8 @@ class StudyRun:
     variant: str  # a variant name, or "union"
     seed: int
     variants: list[Path]  # what it trains on
+    arm: str | None = None  # the arm's name, when the study has arms
+    settings: RenderSettings | None = None  # the variant's render settings (not for a union)
 
 
 def study_variants(cfg: dict) -> list[RenderSettings]:
@@ -57,9 +62,12 @@ def plan(cfg: dict) -> tuple[list[RenderSettings], list[StudyRun]]:
     variants = study_variants(cfg)
     rendered = Path(cfg["render"]["rendered_dir"])
     runs = []
+    arms = list((s["arms"] or {}).items()) or [(None, {})]
     for seed in cfgmod.as_list(s["seeds"]):
         for v in variants:
-            runs.append(StudyRun(f"{v.name}-seed{seed}", v.name, int(seed), [rendered / v.name]))
+            for arm, _ in arms:
+                name = f"{v.name}-{arm}-seed{seed}" if arm else f"{v.name}-seed{seed}"
+                runs.append(StudyRun(name, v.name, int(seed), [rendered / v.name], arm, v))
         if s["union"] and len(variants) > 1 and len({v.size for v in variants}) == 1:
             runs.append(StudyRun(f"union-seed{seed}", "union", int(seed), [rendered / v.name for v in variants]))
     return variants, runs
@@ -83,8 +91,13 @@ def run_study(cfg: dict, log=print) -> Path:
         if (folder / "metrics.json").exists():
             log(f"{folder}: finished, not trained again")
             continue
-        settings = {**shared, **(s["overrides"] or {}).get(r.variant, {}), "seed": r.seed, "name": r.name,
-                    "variants": [str(p) for p in r.variants]}
+        settings = {**shared, **(s["overrides"] or {}).get(r.variant, {}), **(s["arms"] or {}).get(r.arm, {}),
+                    "seed": r.seed, "name": r.name, "variants": [str(p) for p in r.variants]}
+        settings = cfgmod.train_settings(cfg, settings)
+        if r.settings is None:  # a union: several renderings, read from their folders
+            settings["from_strokes"] = False
+        else:
+            settings["render"] = r.settings.to_dict()
         tc = TrainConfig.from_dict(settings)
         log(f"training {folder} ({'continuing' if folder.exists() else 'new'})")
         train(tc, resume=folder.exists(), log=log)
@@ -95,7 +108,11 @@ def run_study(cfg: dict, log=print) -> Path:
                 m = evaluate_run(folder, Path(cfg["render"]["rendered_dir"]) / v.name, device=shared["device"])
                 log(f"{r.name} on {v.name}: test accuracy {m['test_accuracy']:.4f}")
     out = Path(s["reports_dir"]) / s["name"]
+    group_by = ["arm", "variants"] if s["arms"] else ["variants"]
+    if s["arms"] and len(variants) == 1 and not any(r.variant == "union" for r in runs):
+        group_by = ["arm"]
     write_report([runs_dir / r.name for r in runs], out, title=f"study {s['name']}",
-                 variants=[v.name for v in variants], settings=cfg, command="homus run", group_by=["variants"])
+                 variants=[v.name for v in variants], settings=cfg, command="homus run", group_by=group_by,
+                 extra={r.name: {"arm": r.arm or "-"} for r in runs})
     return out
 
