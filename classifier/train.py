@@ -64,12 +64,12 @@ class TrainConfig:
     writers: str | int | list | None = None  # from_strokes: only these writers, e.g. "1-5"
     render: dict = field(default_factory=lambda: {"thickness": 3, "width": 64, "height": 64})
     stroke_thickness: float = 0.0
-    stroke_scale: float = 0.0
-    stroke_aspect: float = 0.0
-    stroke_rotate: float = 0.0
-    stroke_shear: float = 0.0
-    stroke_translate: float = 0.0
-    stroke_elastic: float = 0.0
+    stroke_scale: float = 0.1
+    stroke_aspect: float = 0.1
+    stroke_rotate: float = 8.0
+    stroke_shear: float = 8.0
+    stroke_translate: float = 0.05
+    stroke_elastic: float = 0.03
     stroke_jitter: float = 0.0
     stroke_ends: float = 0.0
     device: str = "auto"
@@ -95,6 +95,8 @@ class TrainConfig:
             self.render_settings()  # bad render settings fail here
             self.stroke_augment()
             self.variants = []  # not read: say so in config.yaml
+            # the image warp is for fixed images; strokes are distorted before drawing (stroke_*)
+            self.aug_rotate = self.aug_shear = self.aug_scale = self.aug_translate = 0.0
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
