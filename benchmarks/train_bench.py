@@ -2,11 +2,16 @@
 keeps the model busy.
 
     python benchmarks/train_bench.py loop  --variant rendered/t3-s64          # loop/step ratio
+    python benchmarks/train_bench.py strokes --size 64                        # render vs train rate
     python benchmarks/train_bench.py accuracy --protocol seed random writer   # the README's table
+    python benchmarks/train_bench.py accuracy --from-strokes --protocol writer random
 
 ``loop`` times the model's own training step on ready tensors and the real training loop
-(loader + step) in the same process; the ratio must be at least 0.9. ``accuracy`` trains each
-protocol as an ordinary run under ``runs/bench/`` (finished runs are reused) and prints a table.
+(loader + step) in the same process; the ratio must be at least 0.9. ``strokes`` times the
+stroke data source (rendering with the pipeline's stroke augmentation, through the loader with
+the default workers) against the training step, in the same process; rendering must be at least
+10x faster. ``accuracy`` trains each protocol as an ordinary run under ``runs/bench/`` (finished
+runs are reused) and prints a table; ``--from-strokes`` trains from the raw strokes instead.
 """
 
 from __future__ import annotations
@@ -24,9 +29,12 @@ from torch import nn
 from classifier.data import ImageSet, load_variant, loader
 from classifier.engine import train_one_epoch
 from classifier.models import build_model
+from classifier.strokeset import StrokeSet, worker_init
 from classifier.train import TrainConfig, make_optimizer, make_scheduler, pick_device, split_for
 from classifier.train import train as train_run
 from homus.config import load as load_config
+from homus.config import train_settings
+from homus_render.dataset import load_samples
 
 SEED_ACCURACY = 0.9428  # the published student project (pretrained ResNet, 6,874 images, random split)
 PUBLIC_BEST = 0.9795  # the best public HOMUS trainer, random split
@@ -91,10 +99,67 @@ def loop_ratio(variant: str, batches: int, batch_size: int, device: str, amp: bo
             "loop_images_per_s": round(loop_rate, 1), "ratio": round(loop_rate / step, 3)}
 
 
+def step_rate(size: int, batch_size: int, batches: int, device: str, amp: bool) -> float:
+    """images/s of ResNet-18's training step alone, on ready random tensors of the given size."""
+    from classifier.engine import autocast
+
+    dev = pick_device(device)
+    torch.manual_seed(0)
+    model = build_model().to(dev, memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    crit = nn.CrossEntropyLoss()
+    x = torch.rand(batch_size, 1, size, size).to(dev, memory_format=torch.channels_last)
+    y = torch.randint(0, 32, (batch_size,)).to(dev)
+
+    def run(n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            with autocast(dev, amp):
+                loss = crit(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return n * batch_size / (time.perf_counter() - start)
+
+    run(2)  # warm-up
+    return run(batches)
+
+
+def render_vs_train(raw: str, batches: int, batch_size: int, device: str, amp: bool, workers: list[int],
+                    size: int | None = None) -> dict:
+    """images/s the stroke data source delivers (the pipeline's render and stroke settings, through
+    the loader) for each worker count, against the training step at the same size."""
+    train = {**load_config()["train"], **({"size": size} if size else {})}
+    cfg = TrainConfig.from_dict({**train_settings(load_config(), train), "from_strokes": True, "raw_dir": raw})
+    settings, aug = cfg.render_settings(), cfg.stroke_augment()
+    if not aug.active:  # measure the worst case: every distortion on
+        aug = type(aug)(thickness=0.5, scale=0.1, aspect=0.1, rotate=5, shear=5, translate=0.05, elastic=0.03,
+                        jitter=0.003, ends=0.2)
+    samples = load_samples(raw)
+    ds = StrokeSet(samples, settings, aug, seed=0)
+    rates = {}
+    for w in workers:
+        ds.set_epoch(w + 1)
+        start, seen = time.perf_counter(), 0
+        for i, (x, _) in enumerate(loader(ds, batch_size, True, seed=w, workers=w, worker_init_fn=worker_init)):
+            seen += len(x)
+            if i + 1 == batches:
+                break
+        rates[w] = seen / (time.perf_counter() - start)  # worker start-up included, as each epoch pays it
+    step = step_rate(settings.width, batch_size, 5, device, amp)
+    return {"render": settings.name, "augment": aug.to_dict(), "batch_size": batch_size,
+            "render_images_per_s": {str(w): round(r, 1) for w, r in rates.items()},
+            "train_images_per_s": round(step, 1),
+            "ratio": {str(w): round(r / step, 1) for w, r in rates.items()}, "default_workers": cfg.workers}
+
+
 def accuracy(protocols: list[str], base: TrainConfig) -> list[dict]:
     rows = []
     for name in protocols:
-        cfg = replace(base, name=f"{name}-{Path(base.variants[0]).name}-seed{base.seed}", **PROTOCOLS[name])
+        what = f"strokes-{base.render_settings().name}" if base.from_strokes else Path(base.variants[0]).name
+        cfg = replace(base, name=f"{name}-{what}-seed{base.seed}", **PROTOCOLS[name])
         run = Path(cfg.runs_dir) / cfg.name
         if not (run / "metrics.json").exists():
             train_run(cfg, resume=run.exists())
@@ -107,7 +172,12 @@ def accuracy(protocols: list[str], base: TrainConfig) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["loop", "accuracy"])
+    ap.add_argument("what", choices=["loop", "strokes", "accuracy"])
+    ap.add_argument("--from-strokes", action="store_true", help="accuracy: train from the raw strokes")
+    ap.add_argument("--raw-dir", default="raw")
+    ap.add_argument("--size", type=int, help="strokes: image size (default: pipeline.yaml's train.size)")
+    ap.add_argument("--workers", type=int, nargs="+", help="strokes: loader workers to time (default: 0 and "
+                    "pipeline.yaml's)")
     ap.add_argument("--variant", default="rendered/t3-s64")
     ap.add_argument("--protocol", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
     ap.add_argument("--epochs", type=int, help="override the default epochs (not for 'seed')")
@@ -126,10 +196,27 @@ def main() -> None:
         print(f"loop {r['loop_images_per_s']} img/s vs step {r['step_images_per_s']} img/s on {r['device']}: "
               f"ratio {r['ratio']:.3f} ({'PASS' if r['ratio'] >= 0.9 else 'MISS'}: target >= 0.9)")
         return
-    defaults = load_config()["train"]  # pipeline.yaml: the same defaults `homus train` uses
+    if args.what == "strokes":
+        default_workers = load_config()["train"]["workers"]
+        r = render_vs_train(args.raw_dir, args.batches, args.batch_size, args.device, not args.no_amp,
+                            args.workers or sorted({0, default_workers}), args.size)
+        print(json.dumps(r))
+        ratio = r["ratio"][str(r["default_workers"])] if str(r["default_workers"]) in r["ratio"] else None
+        for w, rate in r["render_images_per_s"].items():
+            print(f"{r['render']}: stroke data source with {w} worker(s) {rate:,.0f} img/s, training step "
+                  f"{r['train_images_per_s']:,.0f} img/s: ratio {r['ratio'][w]:.1f}")
+        if ratio is not None:
+            print(f"default workers ({r['default_workers']}): ratio {ratio:.1f} "
+                  f"({'PASS' if ratio >= 10 else 'MISS'}: target >= 10)")
+        return
+    cfg = load_config()  # pipeline.yaml: the same defaults `homus train` uses
+    defaults = train_settings(cfg, cfg["train"])
     base = TrainConfig.from_dict({**defaults, "variants": [args.variant], "runs_dir": args.runs_dir,
                                   "seed": args.seed, "device": args.device, "amp": not args.no_amp,
                                   "batch_size": args.batch_size})
+    if args.from_strokes:  # the variant's render settings, drawn from the strokes
+        info = json.loads((Path(args.variant) / "variant.json").read_text())
+        base = replace(base, from_strokes=True, raw_dir=args.raw_dir, render=info["settings"], variants=[])
     if args.epochs:
         base = replace(base, epochs=args.epochs)
     rows = accuracy(args.protocol, base)
