@@ -54,8 +54,8 @@ def loop_ratio(variant: str, batches: int, batch_size: int, device: str, amp: bo
     v = load_variant(variant)
     split, _ = split_for([v], "writer", 0)
     ds = ImageSet([v], set(split["train"]))
-    cfg = TrainConfig.from_dict({**load_config()["train"], "variants": [variant], "epochs": 1,
-                                 "batch_size": batch_size, "amp": amp})
+    cfg = TrainConfig.from_dict({**load_config()["train"], "from_strokes": False, "variants": [variant],
+                                 "epochs": 1, "batch_size": batch_size, "amp": amp})
     augment = cfg.augmentation()
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
@@ -210,13 +210,14 @@ def main() -> None:
                   f"({'PASS' if ratio >= 10 else 'MISS'}: target >= 10)")
         return
     cfg = load_config()  # pipeline.yaml: the same defaults `homus train` uses
-    defaults = train_settings(cfg, cfg["train"])
+    defaults = train_settings(cfg, {**cfg["train"], "from_strokes": False})  # images and their warp
     base = TrainConfig.from_dict({**defaults, "variants": [args.variant], "runs_dir": args.runs_dir,
                                   "seed": args.seed, "device": args.device, "amp": not args.no_amp,
                                   "batch_size": args.batch_size})
     if args.from_strokes:  # the variant's render settings, drawn from the strokes
         info = json.loads((Path(args.variant) / "variant.json").read_text())
-        base = replace(base, from_strokes=True, raw_dir=args.raw_dir, render=info["settings"], variants=[])
+        base = replace(base, from_strokes=True, raw_dir=args.raw_dir, render=info["settings"], variants=[],
+                       aug_rotate=0.0, aug_shear=0.0, aug_scale=0.0, aug_translate=0.0)
     if args.epochs:
         base = replace(base, epochs=args.epochs)
     rows = accuracy(args.protocol, base)

@@ -59,7 +59,7 @@ class TrainConfig:
     aug_shear: float = 8.0
     aug_scale: float = 0.1
     aug_translate: float = 0.05
-    from_strokes: bool = False
+    from_strokes: bool = True
     raw_dir: str = "raw"
     writers: str | int | list | None = None  # from_strokes: only these writers, e.g. "1-5"
     render: dict = field(default_factory=lambda: {"thickness": 3, "width": 64, "height": 64})
@@ -94,9 +94,6 @@ class TrainConfig:
         if self.from_strokes:
             self.render_settings()  # bad render settings fail here
             self.stroke_augment()
-            self.variants = []  # not read: say so in config.yaml
-            # the image warp is for fixed images; strokes are distorted before drawing (stroke_*)
-            self.aug_rotate = self.aug_shear = self.aug_scale = self.aug_translate = 0.0
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -124,7 +121,10 @@ class TrainConfig:
         return StrokeAugment(**{f.name: getattr(self, f"stroke_{f.name}") for f in fields(StrokeAugment)})
 
     def augmentation(self) -> Affine:
-        """The training-time warp these settings ask for (inactive when all ranges are 0)."""
+        """The image warp these settings ask for (inactive when all ranges are 0, and for runs from
+        strokes, which are distorted before drawing instead)."""
+        if self.from_strokes:
+            return Affine()
         return Affine(self.aug_rotate, self.aug_shear, self.aug_scale, self.aug_translate)
 
     def run_name(self) -> str:

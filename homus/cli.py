@@ -214,6 +214,8 @@ def train(cfg, resume_dir, **flags) -> None:
     else:
         if flags.pop("no_augment"):
             settings.update({k: 0.0 for k in settings if k.startswith(("aug_", "stroke_"))})
+        if flags["variants"] and flags["from_strokes"] is None:  # --variant: train on that folder
+            flags["from_strokes"] = False
         settings.update({k: v for k, v in flags.items() if v is not None and v != ()})
         settings["variants"] = list(flags["variants"]) or cfgmod.as_list(settings["variants"])
         try:

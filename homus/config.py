@@ -121,13 +121,16 @@ RENDER_SHARED = ("fit", "margin", "antialias", "staff_lines", "staff_spacing", "
 def train_settings(cfg: dict, train: dict) -> dict:
     """``train`` (the train section, flags applied) as a run takes it: the raw folder and writers
     from ``dataset``, and for ``from_strokes`` the full render settings (its ``thickness`` and
-    ``size``, the rest from ``render``), so the run's config.yaml records all of them."""
+    ``size``, the rest from ``render``), so the run's config.yaml records all of them. A run from
+    strokes reads no variant folder and uses no image warp; its settings say so."""
     out = dict(train)
     w, h = parse_size(out.pop("size"))
     out["render"] = {**{k: cfg["render"][k] for k in RENDER_SHARED}, "thickness": out.pop("thickness"),
                      "width": w, "height": h}
     out.setdefault("raw_dir", cfg["dataset"]["raw_dir"])
     out.setdefault("writers", cfg["dataset"]["writers"])
+    if out.get("from_strokes"):  # no folders read, no image warp: config.yaml should say so
+        out.update(variants=[], aug_rotate=0.0, aug_shear=0.0, aug_scale=0.0, aug_translate=0.0)
     return out
 
 

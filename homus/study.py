@@ -93,10 +93,10 @@ def run_study(cfg: dict, log=print) -> Path:
             continue
         settings = {**shared, **(s["overrides"] or {}).get(r.variant, {}), **(s["arms"] or {}).get(r.arm, {}),
                     "seed": r.seed, "name": r.name, "variants": [str(p) for p in r.variants]}
-        settings = cfgmod.train_settings(cfg, settings)
         if r.settings is None:  # a union: several renderings, read from their folders
             settings["from_strokes"] = False
-        else:
+        settings = cfgmod.train_settings(cfg, settings)
+        if r.settings is not None:
             settings["render"] = r.settings.to_dict()
         tc = TrainConfig.from_dict(settings)
         log(f"training {folder} ({'continuing' if folder.exists() else 'new'})")

@@ -37,8 +37,8 @@ def tiny(raw_full, tmp_path_factory):
 
 
 def cfg_for(tiny: Path, **kw) -> TrainConfig:
-    base = {**load_config()["train"], "variants": [str(tiny / "rendered/t3-s32-m2")], "epochs": 1,
-            "batch_size": 64, "lr": 0.02, "runs_dir": str(tiny / "runs"), "device": "cpu"}
+    base = {**load_config()["train"], "from_strokes": False, "variants": [str(tiny / "rendered/t3-s32-m2")],
+            "epochs": 1, "batch_size": 64, "lr": 0.02, "runs_dir": str(tiny / "runs"), "device": "cpu"}
     return TrainConfig.from_dict({**base, **kw})
 
 

@@ -106,6 +106,11 @@ def test_bad_stroke_settings_exit_with_a_clear_message(tiny, tmp_path):  # noqa:
     r = CliRunner().invoke(main, ["train", "--from-strokes", "--raw-dir", str(tmp_path / "none"),
                                   "--runs-dir", str(tmp_path), "--epochs", "1"])
     assert r.exit_code == 1 and "no such folder" in r.output
+    # strokes are the default source; --variant alone means the rendered folder
+    r = CliRunner().invoke(main, ["train", "--raw-dir", str(tmp_path / "none"), "--runs-dir", str(tmp_path)])
+    assert r.exit_code == 1 and "no such folder" in r.output
+    r = CliRunner().invoke(main, ["train", "--variant", str(tmp_path / "none"), "--runs-dir", str(tmp_path)])
+    assert r.exit_code == 1 and "not a rendered variant" in r.output
 
 
 def test_a_bad_stroke_file_is_named(tiny, tmp_path):  # noqa: F811
@@ -127,7 +132,7 @@ def test_an_ablation_study_with_arms(tiny, tmp_path):  # noqa: F811
         "train": {"batch_size": 64, "runs_dir": str(tmp_path / "runs"), "device": "cpu"},
         "study": {"name": "abl", "thickness": [3], "size": [32], "seeds": [0], "union": False,
                   "train": {"epochs": 1, "lr": 0.02}, "reports_dir": str(tmp_path / "reports"),
-                  "arms": {"images": {}, "strokes": {"from_strokes": True, "aug_rotate": 0.0},
+                  "arms": {"images": {"from_strokes": False}, "strokes": {"from_strokes": True},
                            "strokes-rotate": {"from_strokes": True, "stroke_rotate": 10.0}}},
     }
     path = tmp_path / "study.yaml"

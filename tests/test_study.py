@@ -23,7 +23,7 @@ def study(raw_full, tmp_path_factory):
         "render": {"rendered_dir": str(root / "rendered"), "margin": 2, "jobs": 1},
         "train": {"batch_size": 64, "runs_dir": str(root / "runs"), "device": "cpu"},
         "study": {"name": "tiny", "thickness": [1, 3], "size": [32], "seeds": [0], "union": True,
-                  "train": {"epochs": 1, "lr": 0.02}, "reports_dir": str(root / "reports")},
+                  "train": {"epochs": 1, "lr": 0.02, "from_strokes": False}, "reports_dir": str(root / "reports")},
     }
     path = root / "study.yaml"
     path.write_text(yaml.safe_dump(cfg))
