@@ -49,10 +49,14 @@ class StrokeSet(Dataset):
         return len(self.targets)
 
     def image(self, i: int) -> np.ndarray:
-        """Sample ``i`` as drawn in the current epoch (its own random stream: seed, epoch, index)."""
+        """Sample ``i`` as drawn in the current epoch."""
+        return self.draw(i, self.epoch)
+
+    def draw(self, i: int, epoch: int) -> np.ndarray:
+        """Sample ``i`` as drawn in ``epoch`` (its own random stream: seed, epoch, index)."""
         if not self.augment.active:
             return render(self.strokes[i], self.settings)
-        rng = np.random.default_rng((self.seed, self.epoch, i))
+        rng = np.random.default_rng((self.seed, epoch, i))
         return render_augmented(self.strokes[i], self.settings, self.augment, rng)
 
     def __getitem__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,8 +79,6 @@ def augment_sheet(ds: StrokeSet, classes: tuple[str, ...] = LABELS, per_class: i
         if seen.get(t, 0) < per_class:
             seen[t] = seen.get(t, 0) + 1
             plain = render(ds.strokes[i], ds.settings)
-            drawn = [render_augmented(ds.strokes[i], ds.settings, ds.augment, np.random.default_rng((ds.seed, e, i)))
-                     for e in range(1, epochs + 1)]
-            rows.append((classes[t], [plain, *drawn]))
+            rows.append((classes[t], [plain, *(ds.draw(i, e) for e in range(1, epochs + 1))]))
     rows.sort(key=lambda r: classes.index(r[0]))
     return cv2.imencode(".png", grid(rows, cell=max(48, min(96, ds.settings.height + 2))))[1].tobytes()

@@ -12,6 +12,7 @@ import io
 import json
 import statistics
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +20,11 @@ import yaml
 
 from classifier.plots import plt, save_figure
 from homus_render.atomic import write_bytes, write_text
+from homus_render.distort import StrokeAugment
 
 IGNORED = {"name", "runs_dir", "seed", "device", "workers", "threads", "amp"}
-#: Settings of training from strokes: shown only for runs that did (plus every ``stroke_*`` key).
-STROKE_ONLY = {"from_strokes", "raw_dir", "writers", "render", *(f"stroke_{k}" for k in (
-    "thickness", "scale", "aspect", "rotate", "shear", "translate", "elastic", "jitter", "ends"))}
+#: Settings of training from strokes: shown only for runs that did.
+STROKE_ONLY = {"from_strokes", "raw_dir", "writers", "render", *(f"stroke_{f.name}" for f in fields(StrokeAugment))}
 
 
 def load_run(run: Path) -> dict:
@@ -38,10 +39,11 @@ def load_run(run: Path) -> dict:
     if strokes:  # the stroke settings matter; the variant folders it was not trained on do not
         settings.update({k: v for k, v in cfg.items() if k.startswith("stroke_") or k == "from_strokes"})
     settings["variants"] = "+".join(metrics["variants"])
-    renders = [cfg["render"]] if strokes else []
-    for v in [] if strokes else cfg["variants"]:
-        info = Path(v) / "variant.json"
-        renders.append(json.loads(info.read_text())["settings"] if info.is_file() else {})
+    if strokes:
+        renders = [cfg["render"]]
+    else:
+        infos = [Path(v) / "variant.json" for v in cfg["variants"]]
+        renders = [json.loads(i.read_text())["settings"] if i.is_file() else {} for i in infos]
     for key in sorted({k for r in renders for k in r}):
         values = list(dict.fromkeys(str(r.get(key)) for r in renders))  # one value, or each variant's
         settings[f"render.{key}"] = "/".join(values)

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from .render import RenderSettings, draw
+from .render import RenderSettings, _fit, draw
 
 
 @dataclass(frozen=True)
@@ -111,12 +111,7 @@ def augment_path(strokes: Sequence[np.ndarray], s: RenderSettings, aug: StrokeAu
 
     lo, hi = pts.min(axis=0), pts.max(axis=0)
     size = np.array([s.width, s.height], dtype=np.float64)
-    scale = 1.0
-    if s.fit == "scale":
-        ext = hi - lo
-        room = size - 2 * s.margin - width
-        ratios = [r / e for r, e in zip(room.tolist(), ext.tolist(), strict=True) if e > 0]
-        scale = min(ratios) if ratios else 1.0
+    scale = _fit(lo, hi, s, width)[0]  # the renderer's own fit, for the jittered pen
     if aug.scale:
         scale *= rng.uniform(1 - aug.scale, 1.0)
     mid = (size - 1) / 2

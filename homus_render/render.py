@@ -100,12 +100,15 @@ def path_bounds(strokes: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return pts.min(axis=0), pts.max(axis=0)
 
 
-def _fit(lo: np.ndarray, hi: np.ndarray, s: RenderSettings) -> tuple[float, float, float]:
+def _fit(lo: np.ndarray, hi: np.ndarray, s: RenderSettings, width: float | None = None) -> tuple[float, float, float]:
+    """Scale and offset (x, y) for a path spanning ``lo``..``hi``, drawn with a pen ``width``
+    pixels wide (default ``s.thickness``)."""
     (x0, y0), (x1, y1) = lo.tolist(), hi.tolist()
+    pen = s.thickness if width is None else width
     scale = 1.0
     if s.fit == "scale":
-        ratios = [room / ext for room, ext in ((s.width - 2 * s.margin - s.thickness, x1 - x0),
-                                               (s.height - 2 * s.margin - s.thickness, y1 - y0))
+        ratios = [room / ext for room, ext in ((s.width - 2 * s.margin - pen, x1 - x0),
+                                               (s.height - 2 * s.margin - pen, y1 - y0))
                   if ext > 0]
         if ratios:  # a single point has no extent to fit and keeps scale 1
             scale = min(ratios)

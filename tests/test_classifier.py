@@ -36,6 +36,12 @@ def tiny(raw_full, tmp_path_factory):
     return root
 
 
+def assert_complete(run: Path) -> None:
+    """Every file of a finished run is there and not empty."""
+    for f in RUN_FILES:
+        assert (run / f).is_file() and (run / f).stat().st_size > 0, f
+
+
 def cfg_for(tiny: Path, **kw) -> TrainConfig:
     base = {**load_config()["train"], "from_strokes": False, "variants": [str(tiny / "rendered/t3-s32-m2")],
             "epochs": 1, "batch_size": 64, "lr": 0.02, "runs_dir": str(tiny / "runs"), "device": "cpu"}
@@ -59,8 +65,7 @@ def test_cli_train_leaves_a_complete_run(tiny):
                                        "--device", "cpu"])
     assert result.exit_code == 0, result.output
     run = runs / "cli"
-    for f in RUN_FILES:
-        assert (run / f).is_file() and (run / f).stat().st_size > 0, f
+    assert_complete(run)
     metrics = json.loads((run / "metrics.json").read_text())
     split = json.loads((run / "split.json").read_text())
     assert split["kind"] == "writer" and metrics["split"] == "writer"

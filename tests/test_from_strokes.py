@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from test_classifier import RUN_FILES, tiny  # noqa: F401  (tiny is a fixture)
+from test_classifier import assert_complete, tiny  # noqa: F401  (tiny is a fixture)
 
 from classifier.data import load_variant, loader
 from classifier.evaluate import evaluate_run
@@ -75,8 +75,7 @@ def test_a_tiny_run_from_strokes(tiny, tmp_path):  # noqa: F811
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     run = tmp_path / "runs/strokes-t3-s32-m2-resnet18-writer-seed0"
-    for f in RUN_FILES:
-        assert (run / f).is_file() and (run / f).stat().st_size > 0, f
+    assert_complete(run)
     metrics = json.loads((run / "metrics.json").read_text())
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert metrics["source"] == "strokes" and metrics["variants"] == ["t3-s32-m2"]
