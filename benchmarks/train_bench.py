@@ -3,6 +3,7 @@ keeps the model busy.
 
     python benchmarks/train_bench.py loop  --variant rendered/t3-s64          # loop/step ratio
     python benchmarks/train_bench.py strokes --size 64                        # render vs train rate
+    python benchmarks/train_bench.py strokes --size 64 --channels ink,time    # ... reading the pen's order
     python benchmarks/train_bench.py accuracy --protocol seed random writer   # the README's table
     python benchmarks/train_bench.py accuracy --from-strokes --protocol writer random
 
@@ -99,16 +100,16 @@ def loop_ratio(variant: str, batches: int, batch_size: int, device: str, amp: bo
             "loop_images_per_s": round(loop_rate, 1), "ratio": round(loop_rate / step, 3)}
 
 
-def step_rate(size: int, batch_size: int, batches: int, device: str, amp: bool) -> float:
+def step_rate(size: int, batch_size: int, batches: int, device: str, amp: bool, channels: int = 1) -> float:
     """images/s of ResNet-18's training step alone, on ready random tensors of the given size."""
     from classifier.engine import autocast
 
     dev = pick_device(device)
     torch.manual_seed(0)
-    model = build_model().to(dev, memory_format=torch.channels_last)
+    model = build_model(in_channels=channels).to(dev, memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     crit = nn.CrossEntropyLoss()
-    x = torch.rand(batch_size, 1, size, size).to(dev, memory_format=torch.channels_last)
+    x = torch.rand(batch_size, channels, size, size).to(dev, memory_format=torch.channels_last)
     y = torch.randint(0, 32, (batch_size,)).to(dev)
 
     def run(n: int) -> float:
@@ -128,17 +129,19 @@ def step_rate(size: int, batch_size: int, batches: int, device: str, amp: bool) 
 
 
 def render_vs_train(raw: str, batches: int, batch_size: int, device: str, amp: bool, workers: list[int],
-                    size: int | None = None) -> dict:
+                    size: int | None = None, channels: list[str] | None = None) -> dict:
     """images/s the stroke data source delivers (the pipeline's render and stroke settings, through
-    the loader) for each worker count, against the training step at the same size."""
+    the loader) for each worker count, against the training step at the same size and channels."""
     train = {**load_config()["train"], **({"size": size} if size else {})}
+    if channels:
+        train["channels"] = channels
     cfg = TrainConfig.from_dict({**train_settings(load_config(), train), "from_strokes": True, "raw_dir": raw})
     settings, aug = cfg.render_settings(), cfg.stroke_augment()
     if not aug.active:  # measure the worst case: every distortion on
         aug = type(aug)(thickness=0.5, scale=0.1, aspect=0.1, rotate=5, shear=5, translate=0.05, elastic=0.03,
                         jitter=0.003, ends=0.2)
     samples = load_samples(raw)
-    ds = StrokeSet(samples, settings, aug, seed=0)
+    ds = StrokeSet(samples, settings, aug, seed=0, channels=tuple(cfg.channels))
     rates = {}
     for w in workers:
         ds.set_epoch(w + 1)
@@ -148,18 +151,19 @@ def render_vs_train(raw: str, batches: int, batch_size: int, device: str, amp: b
             if i + 1 == batches:
                 break
         rates[w] = seen / (time.perf_counter() - start)  # worker start-up included, as each epoch pays it
-    step = step_rate(settings.width, batch_size, 5, device, amp)
-    return {"render": settings.name, "augment": aug.to_dict(), "batch_size": batch_size,
+    step = step_rate(settings.width, batch_size, 5, device, amp, len(cfg.channels))
+    return {"render": settings.name, "channels": cfg.channels, "augment": aug.to_dict(), "batch_size": batch_size,
             "render_images_per_s": {str(w): round(r, 1) for w, r in rates.items()},
             "train_images_per_s": round(step, 1),
             "ratio": {str(w): round(r / step, 1) for w, r in rates.items()}, "default_workers": cfg.workers}
 
 
-def accuracy(protocols: list[str], base: TrainConfig) -> list[dict]:
+def accuracy(protocols: list[str], base: TrainConfig, tag: str = "") -> list[dict]:
+    """Train (or reuse) one run per protocol, named ``<protocol>-<source><tag>-seed<k>``."""
     rows = []
     for name in protocols:
         what = f"strokes-{base.render_settings().name}" if base.from_strokes else Path(base.variants[0]).name
-        cfg = replace(base, name=f"{name}-{what}-seed{base.seed}", **PROTOCOLS[name])
+        cfg = replace(base, name=f"{name}-{what}{tag}-seed{base.seed}", **PROTOCOLS[name])
         run = Path(cfg.runs_dir) / cfg.name
         if not (run / "metrics.json").exists():
             train_run(cfg, resume=run.exists())
@@ -178,6 +182,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, help="strokes: image size (default: pipeline.yaml's train.size)")
     ap.add_argument("--workers", type=int, nargs="+", help="strokes: loader workers to time (default: 0 and "
                     "pipeline.yaml's)")
+    ap.add_argument("--channels", help="strokes: input channels, e.g. ink,time (default: pipeline.yaml's)")
     ap.add_argument("--variant", default="rendered/t3-s64")
     ap.add_argument("--protocol", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
     ap.add_argument("--epochs", type=int, help="override the default epochs (not for 'seed')")
@@ -199,11 +204,13 @@ def main() -> None:
     if args.what == "strokes":
         default_workers = load_config()["train"]["workers"]
         r = render_vs_train(args.raw_dir, args.batches, args.batch_size, args.device, not args.no_amp,
-                            args.workers or sorted({0, default_workers}), args.size)
+                            args.workers or sorted({0, default_workers}), args.size,
+                            args.channels.split(",") if args.channels else None)
         print(json.dumps(r))
         ratio = r["ratio"][str(r["default_workers"])] if str(r["default_workers"]) in r["ratio"] else None
         for w, rate in r["render_images_per_s"].items():
-            print(f"{r['render']}: stroke data source with {w} worker(s) {rate:,.0f} img/s, training step "
+            print(f"{r['render']} {'+'.join(r['channels'])}: stroke data source with {w} worker(s) "
+                  f"{rate:,.0f} img/s, training step "
                   f"{r['train_images_per_s']:,.0f} img/s: ratio {r['ratio'][w]:.1f}")
         if ratio is not None:
             print(f"default workers ({r['default_workers']}): ratio {ratio:.1f} "
@@ -220,7 +227,7 @@ def main() -> None:
                        aug_rotate=0.0, aug_shear=0.0, aug_scale=0.0, aug_translate=0.0)
     if args.epochs:
         base = replace(base, epochs=args.epochs)
-    rows = accuracy(args.protocol, base)
+    rows = accuracy(args.protocol, base, tag=f"-e{args.epochs}" if args.epochs else "")
     print("| protocol | split | epochs | lr | test accuracy | macro F1 | test images | train min |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

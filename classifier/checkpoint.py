@@ -42,7 +42,14 @@ def load(path: str | Path) -> dict:
     missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    if len(channels(ckpt)) != ckpt["in_channels"]:
+        raise CheckpointError(f"{path}: channels {channels(ckpt)} do not match in_channels {ckpt['in_channels']}")
     return ckpt
+
+
+def channels(ckpt: dict) -> tuple[str, ...]:
+    """The input channels the model reads (checkpoints before channels existed: ink alone)."""
+    return tuple(ckpt.get("channels", ["ink"]))
 
 
 def load_model(path: str | Path):

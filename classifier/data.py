@@ -64,9 +64,11 @@ def _read_gray(path: Path) -> np.ndarray:
 
 
 def to_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 ``(n, h, w)`` black-on-white -> float ``(n, 1, h, w)`` with ink 1 and paper 0."""
+    """uint8 ``(n, h, w)`` (or ``(n, c, h, w)``) black-on-white -> float ``(n, c, h, w)`` with ink 1
+    and paper 0."""
     x = torch.as_tensor(images)
-    return (255 - x.float()).div_(255).unsqueeze(1)
+    x = (255 - x.float()).div_(255)
+    return x.unsqueeze(1) if x.ndim == 3 else x
 
 
 class ImageSet(Dataset):

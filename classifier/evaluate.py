@@ -38,9 +38,14 @@ def evaluate_run(run: str | Path, variant: str | Path | None = None, device: str
     dev = pick_device(device)
     model.to(dev)
     test_ids = set(split["test"])
-    if variant is None and cfg.get("from_strokes"):  # its own test split: plain renderings of the strokes
+    channels = checkpoint.channels(ckpt)
+    if cfg.get("from_strokes") and (variant is None or channels != ("ink",)):
+        # its own test split drawn from the strokes: at the run's settings, or (a model that reads the
+        # pen's order, which no PNG holds) at the settings the variant folder was rendered with
+        settings = RenderSettings.from_dict(cfg["render"] if variant is None else
+                                            load_variant(variant, only=test_ids).settings)
         samples = [s for s in load_samples(cfg["raw_dir"], parse_writers(cfg.get("writers"))) if s.id in test_ids]
-        variants = [render_samples(samples, RenderSettings.from_dict(cfg["render"]), cfg["raw_dir"])]
+        variants = [render_samples(samples, settings, cfg["raw_dir"], channels)]
     else:
         variants = [load_variant(p, only=test_ids) for p in ([variant] if variant else cfg["variants"])]
     ds = ImageSet(variants, test_ids, tuple(ckpt["classes"]))
@@ -53,7 +58,7 @@ def evaluate_run(run: str | Path, variant: str | Path | None = None, device: str
                "test_accuracy": s["accuracy"], "macro_f1": s["macro_f1"], "n_test": s["n"],
                "missing_test_samples": len(test_ids - set(ds.samples)), "split": split["kind"],
                "trained_size": [ckpt["render"]["width"], ckpt["render"]["height"]],
-               "tested_size": [int(ds.images.shape[2]), int(ds.images.shape[1])],
+               "tested_size": [int(ds.images.shape[-1]), int(ds.images.shape[-2])],
                "per_class": s["per_class"]}
     write_json(run / f"eval-{name}.json", metrics)
     return metrics

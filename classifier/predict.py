@@ -12,11 +12,13 @@ import cv2
 import numpy as np
 import torch
 
-from homus_render.render import RenderSettings, render
+from homus_render.render import RenderSettings
 from homus_render.strokes import StrokeFileError, parse_file
 
+from . import checkpoint
 from .data import to_input
 from .evaluate import load_model
+from .strokeset import render_plain
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -49,13 +51,17 @@ def normalize_image(img: np.ndarray, s: RenderSettings) -> np.ndarray:
     return out
 
 
-def prepare(path: str | Path, s: RenderSettings) -> np.ndarray:
-    """The model's view of one input file, as a ``uint8`` image."""
+def prepare(path: str | Path, s: RenderSettings, channels: tuple[str, ...] = ("ink",)) -> np.ndarray:
+    """The model's view of one input file, as a ``uint8`` image (a ``(channels, h, w)`` stack for
+    a model that reads the pen's order)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     if path.suffix.lower() == ".txt":
-        return render(parse_file(path).strokes, s)
+        return render_plain(parse_file(path).strokes, s, channels)
+    if channels != ("ink",):
+        raise InputError(f"{path}: this model reads the pen's order ({','.join(channels)}), which an image does "
+                         "not hold; give it HOMUS .txt stroke files")
     img = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise InputError(f"{path}: neither an image (PNG, JPEG, ...) nor a HOMUS .txt stroke file")
@@ -69,11 +75,11 @@ def predict(run: str | Path, inputs: list[str | Path], top_k: int = 3) -> list[d
     """Top-k labels with probabilities per input; a bad input gets ``{"error": ...}``, the rest answer."""
     model, ckpt = load_model(run)
     s = RenderSettings.from_dict(ckpt["render"])
-    classes = ckpt["classes"]
+    classes, channels = ckpt["classes"], checkpoint.channels(ckpt)
     results, ready = [], []
     for p in inputs:
         try:
-            ready.append((len(results), prepare(p, s)))
+            ready.append((len(results), prepare(p, s, channels)))
             results.append({"input": str(p)})
         except (InputError, StrokeFileError, OSError) as e:
             results.append({"input": str(p), "error": str(e)})

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from homus_render.channels import render_channels
 from homus_render.distort import StrokeAugment, render_augmented
 from homus_render.labels import LABELS
 from homus_render.render import RenderSettings, render
@@ -23,10 +24,17 @@ from homus_render.strokes import Sample
 from .data import Variant, to_input
 
 
-def render_samples(samples: list[Sample], settings: RenderSettings, source: str | Path = "strokes") -> Variant:
+def render_plain(strokes, settings: RenderSettings, channels: tuple[str, ...] = ("ink",)) -> np.ndarray:
+    """One symbol without distortion: ``(h, w)`` for ink alone, else ``(channels, h, w)``."""
+    return render(strokes, settings) if channels == ("ink",) else render_channels(strokes, settings, channels)
+
+
+def render_samples(samples: list[Sample], settings: RenderSettings, source: str | Path = "strokes",
+                   channels: tuple[str, ...] = ("ink",)) -> Variant:
     """Plain renderings of ``samples``, held in memory as if read from a variant folder."""
-    images = np.stack([render(s.strokes, settings) for s in samples])
-    info = {"name": settings.name, "settings": settings.to_dict(), "source": str(source)}
+    images = np.stack([render_plain(s.strokes, settings, channels) for s in samples])
+    info = {"name": settings.name, "settings": settings.to_dict(), "source": str(source),
+            "channels": list(channels)}
     return Variant(Path(source), info, images, [s.id for s in samples], [s.writer for s in samples],
                    [s.label for s in samples])
 
@@ -35,12 +43,13 @@ class StrokeSet(Dataset):
     """Samples rendered on demand with ``augment``; call :meth:`set_epoch` before each epoch."""
 
     def __init__(self, samples: list[Sample], settings: RenderSettings, augment: StrokeAugment, seed: int,
-                 classes: tuple[str, ...] = LABELS):
+                 classes: tuple[str, ...] = LABELS, channels: tuple[str, ...] = ("ink",)):
         index = {c: i for i, c in enumerate(classes)}
         self.strokes = [s.strokes for s in samples]
         self.samples = [s.id for s in samples]
         self.targets = torch.tensor([index[s.label] for s in samples], dtype=torch.long)
         self.settings, self.augment, self.seed, self.epoch = settings, augment, seed, 0
+        self.channels = tuple(channels)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -55,9 +64,9 @@ class StrokeSet(Dataset):
     def draw(self, i: int, epoch: int) -> np.ndarray:
         """Sample ``i`` as drawn in ``epoch`` (its own random stream: seed, epoch, index)."""
         if not self.augment.active:
-            return render(self.strokes[i], self.settings)
+            return render_plain(self.strokes[i], self.settings, self.channels)
         rng = np.random.default_rng((self.seed, epoch, i))
-        return render_augmented(self.strokes[i], self.settings, self.augment, rng)
+        return render_augmented(self.strokes[i], self.settings, self.augment, rng, self.channels)
 
     def __getitem__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """A whole batch at once (used with a BatchSampler), like :class:`~classifier.data.ImageSet`."""
@@ -71,14 +80,20 @@ def worker_init(_: int) -> None:
 
 def augment_sheet(ds: StrokeSet, classes: tuple[str, ...] = LABELS, per_class: int = 1, epochs: int = 8) -> bytes:
     """A contact sheet (PNG) of what the model is shown: one row per class (its first training
-    sample), the plain rendering, then that sample as drawn in epochs 1..``epochs``."""
+    sample), the plain rendering (each channel, when there are several), then that sample as
+    drawn in epochs 1..``epochs`` (its first channel)."""
     from homus_render.preview import grid
 
     rows, seen = [], {}
     for i, t in enumerate(ds.targets.tolist()):
         if seen.get(t, 0) < per_class:
             seen[t] = seen.get(t, 0) + 1
-            plain = render(ds.strokes[i], ds.settings)
-            rows.append((classes[t], [plain, *(ds.draw(i, e) for e in range(1, epochs + 1))]))
+            plain = render_plain(ds.strokes[i], ds.settings, ds.channels)
+            drawn = [ds.draw(i, e) for e in range(1, epochs + 1)]
+            if plain.ndim == 3:
+                plain, drawn = list(plain), [d[0] for d in drawn]
+            else:
+                plain = [plain]
+            rows.append((classes[t], [*plain, *drawn]))
     rows.sort(key=lambda r: classes.index(r[0]))
     return cv2.imencode(".png", grid(rows, cell=max(48, min(96, ds.settings.height + 2))))[1].tobytes()

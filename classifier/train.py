@@ -20,6 +20,7 @@ import yaml
 from torch import nn
 
 from homus_render.atomic import write_bytes, write_json, write_text
+from homus_render.channels import check_channels
 from homus_render.dataset import load_samples, parse_writers
 from homus_render.distort import StrokeAugment
 from homus_render.labels import LABELS
@@ -72,6 +73,7 @@ class TrainConfig:
     stroke_elastic: float = 0.03
     stroke_jitter: float = 0.0
     stroke_ends: float = 0.0
+    channels: list[str] = field(default_factory=lambda: ["ink"])  # from_strokes: ink, time, stroke
     device: str = "auto"
     amp: bool = True
     workers: int = 1
@@ -91,6 +93,10 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not self.variants and not self.from_strokes:
             raise ValueError("at least one --variant is needed (or --from-strokes)")
+        self.channels = list(check_channels(self.channels))
+        if self.channels != ["ink"] and not self.from_strokes:
+            raise ValueError(f"channels {','.join(self.channels)}: the pen's order exists only in the strokes; "
+                             "train --from-strokes (rendered folders hold ink alone)")
         if self.from_strokes:
             self.render_settings()  # bad render settings fail here
             self.stroke_augment()
@@ -131,7 +137,8 @@ class TrainConfig:
         if self.name:
             return self.name
         if self.from_strokes:
-            return f"strokes-{self.render_settings().name}-{self.arch}-{self.split}-seed{self.seed}"
+            extra = "" if self.channels == ["ink"] else "-" + "+".join(self.channels)
+            return f"strokes-{self.render_settings().name}{extra}-{self.arch}-{self.split}-seed{self.seed}"
         variants = "+".join(Path(v).name for v in self.variants)
         return f"{variants}-{self.arch}-{self.split}-seed{self.seed}"
 
@@ -222,7 +229,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     if cfg.from_strokes:  # plain renderings in memory stand in for a variant folder
         settings = cfg.render_settings()
         strokes = load_samples(cfg.raw_dir, parse_writers(cfg.writers))
-        variants = [render_samples(strokes, settings, cfg.raw_dir)]
+        variants = [render_samples(strokes, settings, cfg.raw_dir, tuple(cfg.channels))]
     else:
         variants = load_variants(cfg.variants)
     split, _ = split_for(variants, cfg.split, cfg.seed)
@@ -238,7 +245,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     if cfg.from_strokes:
         train_ids = set(split["train"])
         sets["train"] = StrokeSet([s for s in strokes if s.id in train_ids], settings, cfg.stroke_augment(),
-                                  cfg.seed, tuple(classes))
+                                  cfg.seed, tuple(classes), tuple(cfg.channels))
         if not (run / "train-samples.png").exists():  # what the augmentation draws: worth a look
             write_bytes(run / "train-samples.png", augment_sheet(sets["train"], tuple(classes)))
     for k, ds in sets.items():
@@ -246,13 +253,15 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
             raise RunError(f"the {k} split is empty: too little data for a {cfg.split} split")
     source = (f"drawn from {cfg.raw_dir} strokes at {variants[0].name} every epoch" if cfg.from_strokes
               else f"from {len(variants)} variant(s)")
+    if cfg.channels != ["ink"]:
+        source += f", channels {'+'.join(cfg.channels)}"
     log(f"run {run}: {len(sets['train']):,} train / {len(sets['val']):,} val / {len(sets['test']):,} test "
         f"images {source}, {cfg.split} split, on {device}")
 
     from_file = cfg.weights not in ("none", "imagenet")
-    model = build_model(cfg.arch, len(classes), 1, "none" if from_file else cfg.weights)
+    model = build_model(cfg.arch, len(classes), len(cfg.channels), "none" if from_file else cfg.weights)
     if from_file and start_fresh(resume, run):
-        _init_from_checkpoint(model, cfg.weights, cfg.arch, classes)
+        _init_from_checkpoint(model, cfg.weights, cfg.arch, classes, cfg.channels)
     model.to(device, memory_format=torch.channels_last)  # faster convolutions on CPU (+13 % here) and GPU
     optimizer = make_optimizer(model, cfg)
     steps = -(-len(sets["train"]) // cfg.batch_size)
@@ -286,7 +295,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
             f"val loss {val['loss']:.4f} acc {val['acc']:.4f} | {stats['images_per_s']:.0f} img/s")
         ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history, "arch": cfg.arch,
-                "classes": classes, "in_channels": 1, "render": render, "config": asdict(cfg)}
+                "classes": classes, "in_channels": len(cfg.channels), "channels": cfg.channels, "render": render,
+                "config": asdict(cfg)}
         if val["acc"] > best_acc:
             best_acc = val["acc"]
             checkpoint.save(run / "best.pt", ckpt)
@@ -324,7 +334,8 @@ def finish(run: Path, cfg: TrainConfig, sets: dict, criterion, device, amp: bool
     }
     plots.plot_confusion(res["targets"], res["preds"], classes, run / "confusion.png",
                          f"{run.name}: test accuracy {summary['accuracy']:.4f}")
-    plots.plot_errors(test.images.numpy(), res["targets"], res["preds"], classes, run / "errors.png")
+    ink = test.images.numpy()
+    plots.plot_errors(ink[:, 0] if ink.ndim == 4 else ink, res["targets"], res["preds"], classes, run / "errors.png")
     write_json(run / "metrics.json", metrics)  # last: a run with metrics.json is complete
     return run
 
@@ -333,12 +344,16 @@ def start_fresh(resume: bool, run: Path) -> bool:
     return not (resume and (run / "last.pt").exists())
 
 
-def _init_from_checkpoint(model: nn.Module, path: str, arch: str, classes: list[str]) -> None:
-    """Fine-tune from a homus checkpoint of the same arch; its head is kept when the classes match."""
+def _init_from_checkpoint(model: nn.Module, path: str, arch: str, classes: list[str],
+                          channels: list[str] = ("ink",)) -> None:
+    """Fine-tune from a homus checkpoint of the same arch and channels; its head is kept when the
+    classes match."""
     ckpt = checkpoint.load(path)
-    if ckpt["arch"] != arch or ckpt["in_channels"] != 1:
-        raise checkpoint.CheckpointError(f"{path}: a {ckpt['arch']} with {ckpt['in_channels']} channel(s) "
-                                         f"cannot start a {arch} run; pass --arch {ckpt['arch']}")
+    theirs = checkpoint.channels(ckpt)
+    if ckpt["arch"] != arch or theirs != tuple(channels):
+        raise checkpoint.CheckpointError(
+            f"{path}: a {ckpt['arch']} reading {','.join(theirs)} cannot start a {arch} run reading "
+            f"{','.join(channels)}; pass --arch {ckpt['arch']} --channels {','.join(theirs)}")
     state = ckpt["model"]
     if ckpt["classes"] != classes:
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}

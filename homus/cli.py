@@ -173,6 +173,8 @@ TRAIN_FLAGS = [
         ("aspect", "Aspect jitter, exp(+-v)."), ("rotate", "Rotation, +- degrees."), ("shear", "Shear, +- degrees."),
         ("translate", "Shift, fraction of the canvas."), ("elastic", "Smooth bending, fraction of the symbol."),
         ("jitter", "Per-point noise, fraction of the symbol."), ("ends", "Chance to shorten each stroke end.")]],
+    click.option("--channels", help="Input channels (--from-strokes), e.g. ink,time: ink, time (the pen's "
+                 "progress), stroke (each stroke's rank)."),
     click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"])),
     click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA."),
     click.option("--workers", type=int, help="Data-loader worker processes."),
@@ -218,6 +220,7 @@ def train(cfg, resume_dir, **flags) -> None:
             flags["from_strokes"] = False
         settings.update({k: v for k, v in flags.items() if v is not None and v != ()})
         settings["variants"] = list(flags["variants"]) or cfgmod.as_list(settings["variants"])
+        settings["channels"] = cfgmod.as_list(settings["channels"])
         try:
             settings = cfgmod.train_settings(cfg, settings)
         except cfgmod.ConfigError as e:

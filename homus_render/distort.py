@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+from .channels import draw_channels
 from .render import RenderSettings, _fit, draw
 
 
@@ -128,7 +129,10 @@ def augment_path(strokes: Sequence[np.ndarray], s: RenderSettings, aug: StrokeAu
 
 
 def render_augmented(strokes: Sequence[np.ndarray], s: RenderSettings, aug: StrokeAugment,
-                     rng: np.random.Generator) -> np.ndarray:
-    """The symbol as :func:`render` draws it, distorted by ``aug`` with draws from ``rng``."""
+                     rng: np.random.Generator, channels: Sequence[str] = ("ink",)) -> np.ndarray:
+    """The symbol as :func:`render` draws it, distorted by ``aug`` with draws from ``rng``; with
+    ``channels`` other than ink alone, a ``(channels, h, w)`` stack (:mod:`~homus_render.channels`)."""
     path, width = augment_path(strokes, s, aug, rng)
-    return draw(path, s, width)
+    if tuple(channels) == ("ink",):
+        return draw(path, s, width)
+    return draw_channels(path, s, channels, width)

@@ -1,0 +1,153 @@
+"""The pen's order as input channels: measured on the rendered pixels, and a tiny run end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from test_classifier import assert_complete, tiny  # noqa: F401  (tiny is a fixture)
+
+from classifier import checkpoint
+from classifier.evaluate import evaluate_run
+from classifier.strokeset import StrokeSet
+from homus.cli import main
+from homus_render.channels import LEVELS, check_channels, render_channels
+from homus_render.dataset import load_samples
+from homus_render.distort import StrokeAugment, render_augmented
+from homus_render.render import RenderSettings, render
+
+S = RenderSettings(thickness=3, width=64, height=64)
+ALL = ("ink", "time", "stroke")
+LINE = [np.array([[0.0, 0.0], [50.0, 0.0], [100.0, 0.0]])]  # one stroke, drawn left to right
+
+
+def darkness(img: np.ndarray, cols: slice) -> float:
+    """Mean ink (0..1) of the inked pixels in these columns."""
+    part = img[:, cols].astype(float)
+    return float((255 - part)[part < 255].mean() / 255)
+
+
+def test_channel_names_are_checked():
+    assert check_channels("ink, time") == ("ink", "time")
+    assert check_channels(["stroke"]) == ("stroke",)
+    with pytest.raises(ValueError, match="unknown channel.*'speed'"):
+        check_channels(["ink", "speed"])
+    with pytest.raises(ValueError, match="each channel once"):
+        check_channels("ink,ink")
+    with pytest.raises(ValueError, match="at least one"):
+        check_channels([])
+
+
+def test_ink_is_the_plain_rendering_and_every_channel_has_the_same_strokes(tiny):  # noqa: F811
+    for sample in load_samples(tiny / "raw")[::37]:
+        stack = render_channels(sample.strokes, S, ALL)
+        assert stack.shape == (3, 64, 64) and stack.dtype == np.uint8
+        assert np.array_equal(stack[0], render(sample.strokes, S))
+        for order in stack[1:]:  # the same pixels carry ink, only their darkness differs
+            assert np.array_equal(order < 255, stack[0] < 255), sample.id
+            assert (order.astype(int) >= stack[0].astype(int) - 1).all()  # never darker than the ink (+-rounding)
+
+
+def test_time_darkens_along_the_pen_so_direction_shows():
+    forward = render_channels(LINE, S, ("time",))[0]
+    backward = render_channels([LINE[0][::-1]], S, ("time",))[0]
+    left, right = slice(0, 24), slice(40, 64)
+    assert darkness(forward, left) < 0.5 < darkness(forward, right)
+    assert darkness(backward, left) > 0.5 > darkness(backward, right)
+    mirror = np.abs(forward[:, ::-1].astype(int) - backward.astype(int))
+    assert mirror.mean() < 1 and (mirror > 0).sum() < 40  # a mirror image but for where the rasterizer rounds
+    assert np.array_equal(render_channels(LINE, S, ("ink",))[0], render_channels([LINE[0][::-1]], S, ("ink",))[0])
+
+
+def test_later_strokes_are_darker_and_the_last_is_full_ink():
+    first, second = np.array([[0.0, 0.0], [0.0, 100.0]]), np.array([[60.0, 0.0], [60.0, 100.0]])
+    ink, time, stroke = render_channels([first, second], S, ALL)
+    left, right = slice(0, 30), slice(34, 64)
+    assert darkness(stroke, left) / darkness(ink, left) == pytest.approx(0.5, abs=0.02)  # rank 1 of 2
+    assert darkness(stroke, right) == pytest.approx(darkness(ink, right), abs=0.01)
+    assert darkness(time, left) < darkness(time, right)
+    # swapping the order swaps the shades; the ink does not change
+    ink2, _, stroke2 = render_channels([second, first], S, ALL)
+    assert np.array_equal(ink, ink2)
+    assert darkness(stroke2, left) > darkness(stroke2, right)
+
+
+def test_dots_and_a_still_pen_get_their_shade():
+    dots = [np.array([[0.0, 0.0]]), np.array([[40.0, 0.0], [40.0, 0.0]]), np.array([[80.0, 0.0]])]
+    ink, time, stroke = render_channels(dots, S, ALL)
+    assert np.array_equal(time < 255, ink < 255) and np.array_equal(stroke < 255, ink < 255)
+    shades = [darkness(stroke, cols) for cols in (slice(0, 20), slice(22, 42), slice(44, 64))]
+    assert shades[0] < shades[1] < shades[2]
+
+
+def test_without_antialiasing_every_channel_stays_two_level_in_shape():
+    s = RenderSettings(thickness=2, width=32, height=32, margin=2, antialias=False)
+    ink, time = render_channels(LINE, s, ("ink", "time"))
+    assert set(np.unique(ink)) == {0, 255}
+    inked = time < 255
+    assert abs(int(inked.sum()) - int((ink < 255).sum())) <= 2
+    assert time[inked].max() <= 255 - round(255 / LEVELS)  # even the first ink shows
+
+
+def test_distorted_channels_share_the_draws_of_the_ink(tiny):  # noqa: F811
+    sample = load_samples(tiny / "raw")[3]
+    aug = StrokeAugment(rotate=10, shear=10, elastic=0.04, jitter=0.005, ends=0.3, thickness=1)
+    stack = render_augmented(sample.strokes, S, aug, np.random.default_rng(7), ALL)
+    ink = render_augmented(sample.strokes, S, aug, np.random.default_rng(7))
+    assert stack.shape == (3, 64, 64) and np.array_equal(stack[0], ink)
+    assert np.array_equal(stack[1] < 255, ink < 255)
+    ds = StrokeSet([sample], S, aug, seed=1, channels=("ink", "time"))
+    x, _ = ds[[0]]
+    assert x.shape == (1, 2, 64, 64) and torch.equal(x, ds[[0]][0])
+
+
+def test_a_tiny_run_that_reads_the_pens_order(tiny, tmp_path):  # noqa: F811
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump({"dataset": {"raw_dir": str(tiny / "raw")}, "render": {"margin": 2}}))
+    base = ["train", "--config", str(config), "--from-strokes", "--thickness", "3", "--size", "32", "--epochs", "1",
+            "--batch-size", "64", "--runs-dir", str(tmp_path / "runs"), "--device", "cpu"]
+    r = CliRunner().invoke(main, [*base, "--channels", "ink,time,stroke"])
+    assert r.exit_code == 0, r.output
+    run = tmp_path / "runs/strokes-t3-s32-m2-ink+time+stroke-resnet18-writer-seed0"
+    assert_complete(run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["channels"] == ["ink", "time", "stroke"]
+    model, ckpt = checkpoint.load_model(run / "best.pt")
+    assert ckpt["in_channels"] == 3 and checkpoint.channels(ckpt) == ("ink", "time", "stroke")
+    assert model.conv1.in_channels == 3
+    metrics = json.loads((run / "metrics.json").read_text())
+    own = evaluate_run(run, device="cpu")  # its test split drawn again, in its three channels
+    assert own["test_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-9)
+    # a folder of PNGs has no pen order: the test split is drawn from the strokes at its settings
+    folder = evaluate_run(run, tiny / "rendered/t3-s32-m2", device="cpu")
+    assert folder["test_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-9)
+    thin = evaluate_run(run, tiny / "rendered/t1-s32-m2", device="cpu")
+    assert thin["variant"] == "t1-s32-m2" and thin["n_test"] == own["n_test"]
+    # predict: stroke files answer, an image cannot
+    png = next((tiny / "rendered/t3-s32-m2/G-Clef").glob("*.png"))
+    pr = CliRunner().invoke(main, ["predict", str(run), str(tiny / "raw/5/5-1.txt"), str(png), "--json"])
+    assert pr.exit_code == 1
+    answers = json.loads(pr.stdout)
+    assert len(answers[0]["top"]) == 3 and "give it HOMUS .txt stroke files" in answers[1]["error"]
+
+
+def test_channel_settings_that_cannot_work_are_refused(tiny, tmp_path):  # noqa: F811
+    base = ["train", "--raw-dir", str(tiny / "raw"), "--runs-dir", str(tmp_path), "--epochs", "1"]
+    r = CliRunner().invoke(main, [*base, "--channels", "ink,pressure"])
+    assert r.exit_code == 1 and "unknown channel(s) 'pressure'" in r.output
+    r = CliRunner().invoke(main, [*base, "--variant", str(tiny / "rendered/t3-s32-m2"), "--channels", "ink,time"])
+    assert r.exit_code == 1 and "exists only in the strokes" in r.output
+
+
+def test_a_checkpoint_whose_channels_disagree_is_refused(tmp_path):
+    from classifier.models import build_model
+
+    model = build_model("resnet18", 32, 2)
+    checkpoint.save(tmp_path / "x.pt", {"model": model.state_dict(), "arch": "resnet18", "classes": ["a"] * 32,
+                                        "in_channels": 2, "channels": ["ink"], "render": S.to_dict()})
+    with pytest.raises(checkpoint.CheckpointError, match="do not match in_channels 2"):
+        checkpoint.load(tmp_path / "x.pt")
