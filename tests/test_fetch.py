@@ -26,7 +26,7 @@ def assert_nothing_in_place(raw: Path) -> None:
     assert not [n for n in left if n.startswith(".fetch")], left
 
 
-def refused(tmp_path: Path, source, match: str = "") -> str:
+def refused(tmp_path: Path, source, match: str | None = None) -> str:
     """Fetch ``source`` into ``tmp_path/raw``: it must fail (message matching ``match``) and put
     nothing in place. Returns the message."""
     raw = tmp_path / "raw"
