@@ -21,7 +21,8 @@ class DataError(ValueError):
 
 @dataclass
 class Variant:
-    """One rendered variant folder, loaded: images ``(n, h, w)`` uint8 and their manifest rows."""
+    """One rendered variant folder, loaded: images ``(n, h, w)`` uint8 (``(n, c, h, w)`` when drawn
+    in several channels) and their manifest rows."""
 
     path: Path
     info: dict  # variant.json

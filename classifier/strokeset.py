@@ -81,7 +81,7 @@ def worker_init(_: int) -> None:
 def augment_sheet(ds: StrokeSet, classes: tuple[str, ...] = LABELS, per_class: int = 1, epochs: int = 8) -> bytes:
     """A contact sheet (PNG) of what the model is shown: one row per class (its first training
     sample), the plain rendering (each channel, when there are several), then that sample as
-    drawn in epochs 1..``epochs`` (its first channel)."""
+    drawn in epochs 1..``epochs`` (its ink channel)."""
     from homus_render.preview import grid
 
     rows, seen = [], {}
@@ -90,8 +90,9 @@ def augment_sheet(ds: StrokeSet, classes: tuple[str, ...] = LABELS, per_class: i
             seen[t] = seen.get(t, 0) + 1
             plain = render_plain(ds.strokes[i], ds.settings, ds.channels)
             drawn = [ds.draw(i, e) for e in range(1, epochs + 1)]
-            if plain.ndim == 3:
-                plain, drawn = list(plain), [d[0] for d in drawn]
+            if plain.ndim == 3:  # each channel plain, then the drawings in ink (or the first channel)
+                c = ds.channels.index("ink") if "ink" in ds.channels else 0
+                plain, drawn = list(plain), [d[c] for d in drawn]
             else:
                 plain = [plain]
             rows.append((classes[t], [*plain, *drawn]))

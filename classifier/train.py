@@ -335,7 +335,9 @@ def finish(run: Path, cfg: TrainConfig, sets: dict, criterion, device, amp: bool
     plots.plot_confusion(res["targets"], res["preds"], classes, run / "confusion.png",
                          f"{run.name}: test accuracy {summary['accuracy']:.4f}")
     ink = test.images.numpy()
-    plots.plot_errors(ink[:, 0] if ink.ndim == 4 else ink, res["targets"], res["preds"], classes, run / "errors.png")
+    if ink.ndim == 4:  # the channel people read: ink when there is one
+        ink = ink[:, cfg.channels.index("ink") if "ink" in cfg.channels else 0]
+    plots.plot_errors(ink, res["targets"], res["preds"], classes, run / "errors.png")
     write_json(run / "metrics.json", metrics)  # last: a run with metrics.json is complete
     return run
 

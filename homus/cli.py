@@ -247,11 +247,14 @@ def evaluate(run, variant, device) -> None:
     from classifier.data import DataError
     from classifier.evaluate import evaluate_run
     from classifier.train import RunError
+    from homus_render.strokes import StrokeFileError
 
     try:
         m = evaluate_run(run, variant, device)
     except (RunError, DataError, CheckpointError) as e:
         fail(str(e))
+    except (FileNotFoundError, StrokeFileError) as e:  # a run from strokes draws its test split from raw_dir
+        fail(f"{run} draws its test images from the raw strokes: {e}")
     if m["trained_size"] != m["tested_size"]:
         click.secho(f"note: the model was trained on {'x'.join(map(str, m['trained_size']))} images and is tested on "
                     f"{'x'.join(map(str, m['tested_size']))}; ResNets do not carry over well across scales",

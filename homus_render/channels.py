@@ -24,6 +24,7 @@ import numpy as np
 from .render import (
     _ONE,
     _SHIFT,
+    INK,
     PAPER,
     SUPERSAMPLE,
     RenderSettings,
@@ -102,15 +103,21 @@ def _draw_order(strokes: Sequence[np.ndarray], s: RenderSettings, kind: str, wid
         for x, y in dots_at.get(lvl, ()):
             cv2.circle(big, (x, y), radius, SHADES[lvl], -1, cv2.LINE_8, _SHIFT)
     amount = shrink(big, s.height)
-    if not s.antialias:  # where the pen covers half a pixel or more, that ink's mean shade; else paper
-        solid = np.zeros_like(big)
+    if not s.antialias:  # the plain rendering's pixels (as _draw thresholds them), each in its ink's mean shade
+        solid = np.full_like(big, PAPER)
         if len(segs):
-            cv2.polylines(solid, segs, False, 255, pen, cv2.LINE_8, _SHIFT)
+            cv2.polylines(solid, segs, False, INK, pen, cv2.LINE_8, _SHIFT)
         for x, y in dots.tolist():
-            cv2.circle(solid, (x, y), radius, 255, -1, cv2.LINE_8, _SHIFT)
-        cover = shrink(solid, s.height).astype(np.float64)
-        shade = np.maximum(np.rint(255 * amount / np.maximum(cover, 1)), SHADES[1])
-        amount = np.where(cover >= 128, shade, 0).astype(np.uint8)
+            cv2.circle(solid, (x, y), radius, INK, -1, cv2.LINE_8, _SHIFT)
+        plain = shrink(solid, s.height)
+        inked = plain < 128
+        for x, y in dots.tolist():  # as _draw: a thin dot astride pixel edges keeps its centre
+            cx, cy = np.rint((np.array([x, y]) / _ONE - (k - 1) / 2) / k).astype(int).tolist()
+            if 0 <= cx < s.width and 0 <= cy < s.height:
+                inked[cy, cx] = True
+        cover = (PAPER - plain.astype(np.float64)).clip(1, None)
+        shade = np.maximum(np.rint(255.0 * amount / cover), SHADES[1]).clip(None, 255)
+        amount = np.where(inked, shade, 0).astype(np.uint8)
     return PAPER - amount
 
 

@@ -84,13 +84,19 @@ def test_dots_and_a_still_pen_get_their_shade():
     assert shades[0] < shades[1] < shades[2]
 
 
-def test_without_antialiasing_every_channel_stays_two_level_in_shape():
+def test_without_antialiasing_the_order_channels_ink_the_same_pixels_in_their_shades(tiny):  # noqa: F811
     s = RenderSettings(thickness=2, width=32, height=32, margin=2, antialias=False)
     ink, time = render_channels(LINE, s, ("ink", "time"))
     assert set(np.unique(ink)) == {0, 255}
-    inked = time < 255
-    assert abs(int(inked.sum()) - int((ink < 255).sum())) <= 2
-    assert time[inked].max() <= 255 - round(255 / LEVELS)  # even the first ink shows
+    assert np.array_equal(time < 255, ink < 255)
+    assert darkness(time, slice(0, 12)) < 0.5 < darkness(time, slice(20, 32))  # the pen's direction shows
+    assert time[time < 255].max() <= 255 - round(255 / LEVELS)  # even the first ink shows
+    for sample in load_samples(tiny / "raw")[::37]:
+        ink, time, stroke = render_channels(sample.strokes, s, ALL)
+        assert np.array_equal(time < 255, ink < 255) and np.array_equal(stroke < 255, ink < 255), sample.id
+    thin = RenderSettings(thickness=1, width=32, height=32, margin=2, antialias=False)
+    dot = render_channels([np.array([[5.0, 5.0]])], thin, ALL)  # a thin dot keeps its centre pixel
+    assert [int((c < 255).sum()) for c in dot] == [1, 1, 1]
 
 
 def test_distorted_channels_share_the_draws_of_the_ink(tiny):  # noqa: F811
@@ -151,3 +157,11 @@ def test_a_checkpoint_whose_channels_disagree_is_refused(tmp_path):
                                         "in_channels": 2, "channels": ["ink"], "render": S.to_dict()})
     with pytest.raises(checkpoint.CheckpointError, match="do not match in_channels 2"):
         checkpoint.load(tmp_path / "x.pt")
+
+
+def test_a_union_study_cannot_read_the_pens_order(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"study": {"thickness": [1, 3], "size": [32], "union": True,
+                                              "train": {"channels": ["ink", "time"]}}}))
+    r = CliRunner().invoke(main, ["run", "--config", str(path)])
+    assert r.exit_code != 0 and "study.union" in r.output and "ink alone" in r.output
