@@ -129,7 +129,7 @@ def step_rate(size: int, batch_size: int, batches: int, device: str, amp: bool, 
 
 
 def render_vs_train(raw: str, batches: int, batch_size: int, device: str, amp: bool, workers: list[int],
-                    size: int | None = None, channels: list[str] | None = None) -> dict:
+                    size: int | None = None, channels: str | list[str] | None = None) -> dict:
     """images/s the stroke data source delivers (the pipeline's render and stroke settings, through
     the loader) for each worker count, against the training step at the same size and channels."""
     train = {**load_config()["train"], **({"size": size} if size else {})}
@@ -205,7 +205,7 @@ def main() -> None:
         default_workers = load_config()["train"]["workers"]
         r = render_vs_train(args.raw_dir, args.batches, args.batch_size, args.device, not args.no_amp,
                             args.workers or sorted({0, default_workers}), args.size,
-                            args.channels.split(",") if args.channels else None)
+                            args.channels)
         print(json.dumps(r))
         ratio = r["ratio"][str(r["default_workers"])] if str(r["default_workers"]) in r["ratio"] else None
         for w, rate in r["render_images_per_s"].items():

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from homus_render.channels import render_channels
+from homus_render.channels import ink_index, render_channels
 from homus_render.distort import StrokeAugment, render_augmented
 from homus_render.labels import LABELS
 from homus_render.render import RenderSettings, render
@@ -91,8 +91,7 @@ def augment_sheet(ds: StrokeSet, classes: tuple[str, ...] = LABELS, per_class: i
             plain = render_plain(ds.strokes[i], ds.settings, ds.channels)
             drawn = [ds.draw(i, e) for e in range(1, epochs + 1)]
             if plain.ndim == 3:  # each channel plain, then the drawings in ink (or the first channel)
-                c = ds.channels.index("ink") if "ink" in ds.channels else 0
-                plain, drawn = list(plain), [d[c] for d in drawn]
+                plain, drawn = list(plain), [d[ink_index(ds.channels)] for d in drawn]
             else:
                 plain = [plain]
             rows.append((classes[t], [*plain, *drawn]))

@@ -20,7 +20,7 @@ import yaml
 from torch import nn
 
 from homus_render.atomic import write_bytes, write_json, write_text
-from homus_render.channels import check_channels
+from homus_render.channels import check_channels, ink_index
 from homus_render.dataset import load_samples, parse_writers
 from homus_render.distort import StrokeAugment
 from homus_render.labels import LABELS
@@ -336,7 +336,7 @@ def finish(run: Path, cfg: TrainConfig, sets: dict, criterion, device, amp: bool
                          f"{run.name}: test accuracy {summary['accuracy']:.4f}")
     ink = test.images.numpy()
     if ink.ndim == 4:  # the channel people read: ink when there is one
-        ink = ink[:, cfg.channels.index("ink") if "ink" in cfg.channels else 0]
+        ink = ink[:, ink_index(cfg.channels)]
     plots.plot_errors(ink, res["targets"], res["preds"], classes, run / "errors.png")
     write_json(run / "metrics.json", metrics)  # last: a run with metrics.json is complete
     return run

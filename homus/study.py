@@ -69,7 +69,7 @@ def plan(cfg: dict) -> tuple[list[RenderSettings], list[StudyRun]]:
                 name = f"{v.name}-{arm}-seed{seed}" if arm else f"{v.name}-seed{seed}"
                 runs.append(StudyRun(name, v.name, int(seed), [rendered / v.name], arm, v))
         if s["union"] and len(variants) > 1 and len({v.size for v in variants}) == 1:
-            if {**cfg["train"], **s["train"]}.get("channels", ["ink"]) not in (["ink"], "ink"):
+            if cfgmod.as_list({**cfg["train"], **s["train"]}.get("channels", ["ink"])) != ["ink"]:
                 raise cfgmod.ConfigError("study.union trains on rendered folders, which hold ink alone: set "
                                          "study.union: false to study channels other than ink")
             runs.append(StudyRun(f"union-seed{seed}", "union", int(seed), [rendered / v.name for v in variants]))

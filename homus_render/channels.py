@@ -17,6 +17,7 @@ not pen strokes and appear in ``ink`` only.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -24,16 +25,15 @@ import numpy as np
 from .render import (
     _ONE,
     _SHIFT,
-    INK,
     PAPER,
     SUPERSAMPLE,
     RenderSettings,
+    _draw,
     _fit,
-    draw,
     path_bounds,
     pen_subpixels,
-    render,
     shrink,
+    still_strokes,
     to_subpixels,
 )
 
@@ -55,81 +55,87 @@ def check_channels(channels: Sequence[str] | str) -> tuple[str, ...]:
     return tuple(names)
 
 
-def order_values(strokes: Sequence[np.ndarray], kind: str) -> tuple[np.ndarray, np.ndarray]:
+def order_values(pts: np.ndarray, lengths: list[int], kind: str) -> tuple[np.ndarray, np.ndarray]:
     """Values in (0, 1] for the pen path's points and for its segments (point i to i + 1, NaN
     where a stroke ends): ``time`` is the pen's progress (arc length within strokes, pen-up
     jumps left out), ``stroke`` the stroke's rank. A path of dots only is ranked by stroke."""
-    lengths = np.array([len(st) for st in strokes])
-    rank = np.repeat(np.arange(1, len(strokes) + 1) / len(strokes), lengths)
+    ends = np.cumsum(lengths)[:-1] - 1  # each stroke's last point but the final one's
+    rank = np.repeat(np.arange(1, len(lengths) + 1) / len(lengths), lengths)
     if kind == "stroke":
         per_point = rank
     else:
-        pts = np.concatenate(strokes).astype(np.float64)
         step = np.hypot(*np.diff(pts, axis=0).T)
-        step[np.cumsum(lengths)[:-1] - 1] = 0.0  # the jump from one stroke's end to the next's start
+        step[ends] = 0.0  # the jump from one stroke's end to the next's start
         done = np.concatenate([[0.0], np.cumsum(step)])
         per_point = np.maximum(done / done[-1], 1e-9) if done[-1] > 0 else rank
     per_segment = (per_point[:-1] + per_point[1:]) / 2
-    per_segment[np.cumsum(lengths)[:-1] - 1] = np.nan
+    per_segment[ends] = np.nan
     return per_point, per_segment
 
 
-def _draw_order(strokes: Sequence[np.ndarray], s: RenderSettings, kind: str, width: float | None = None,
-                scale: float = 1.0, ox: float = 0.0, oy: float = 0.0) -> np.ndarray:
-    """One order channel (black on white) of strokes mapped by ``scale`` and offset, as the
-    renderer maps them: the path drawn in ``LEVELS`` shades, later ink over earlier."""
+def _draw_order(pts: np.ndarray, lengths: list[int], s: RenderSettings, kinds: Sequence[str],
+                width: float | None, scale: float, ox: float, oy: float) -> list[np.ndarray]:
+    """The order channels ``kinds`` (black on white) of the path ``pts`` mapped by ``scale`` and
+    offset, as the renderer maps it: drawn in ``LEVELS`` shades, later ink over earlier. The
+    geometry is worked out once and shared by all of them."""
     k = SUPERSAMPLE
-    pen, radius = pen_subpixels(s, width), pen_subpixels(s, width) * _ONE // 2
-    lengths = [len(st) for st in strokes]
-    fixed = to_subpixels(np.concatenate(strokes).astype(np.float64), scale, ox, oy)
-    per_point, per_segment = order_values(strokes, kind)
-    starts = np.cumsum([0] + lengths[:-1])
-    still = (np.minimum.reduceat(fixed, starts) == np.maximum.reduceat(fixed, starts)).all(axis=1)
-    moving = ~np.repeat(still, lengths)[:-1] & ~np.isnan(per_segment)  # segments drawn as lines
+    pen = pen_subpixels(s, width)
+    radius = pen * _ONE // 2
+    fixed = to_subpixels(pts, scale, ox, oy)
+    starts, still = still_strokes(fixed, lengths)
+    moving = ~np.repeat(still, lengths)[:-1]  # segments drawn as lines: within a stroke that moved
+    moving[np.cumsum(lengths)[:-1] - 1] = False
     segs = np.stack([fixed[:-1], fixed[1:]], axis=1)[moving]
-    seg_level = _levels(per_segment[moving])
-    dots, dot_level = fixed[starts[still]], _levels(per_point[starts[still]])
-    order = np.argsort(seg_level, kind="stable")
-    segs = segs[order]
-    bounds = np.searchsorted(seg_level[order], np.arange(1, LEVELS + 2)).tolist()
-    dots_at: dict[int, list] = {}
-    for d, lvl in zip(dots.tolist(), dot_level.tolist(), strict=True):
-        dots_at.setdefault(lvl, []).append(d)
-    big = np.zeros((s.height * k, s.width * k), np.uint8)  # ink amount: paper 0
-    for lvl in range(1, LEVELS + 1):  # fainter first: later ink lies on top
-        lo, hi = bounds[lvl - 1], bounds[lvl]
-        if hi > lo:
-            cv2.polylines(big, segs[lo:hi], False, SHADES[lvl], pen, cv2.LINE_8, _SHIFT)
-        for x, y in dots_at.get(lvl, ()):
-            cv2.circle(big, (x, y), radius, SHADES[lvl], -1, cv2.LINE_8, _SHIFT)
-    amount = shrink(big, s.height)
-    if not s.antialias:  # the plain rendering's pixels (as _draw thresholds them), each in its ink's mean shade
-        solid = np.full_like(big, PAPER)
-        if len(segs):
-            cv2.polylines(solid, segs, False, INK, pen, cv2.LINE_8, _SHIFT)
-        for x, y in dots.tolist():
-            cv2.circle(solid, (x, y), radius, INK, -1, cv2.LINE_8, _SHIFT)
-        plain = shrink(solid, s.height)
-        inked = plain < 128
-        for x, y in dots.tolist():  # as _draw: a thin dot astride pixel edges keeps its centre
-            cx, cy = np.rint((np.array([x, y]) / _ONE - (k - 1) / 2) / k).astype(int).tolist()
-            if 0 <= cx < s.width and 0 <= cy < s.height:
-                inked[cy, cx] = True
-        cover = (PAPER - plain.astype(np.float64)).clip(1, None)
-        shade = np.maximum(np.rint(255.0 * amount / cover), SHADES[1]).clip(None, 255)
-        amount = np.where(inked, shade, 0).astype(np.uint8)
-    return PAPER - amount
+    dots = fixed[starts[still]]
+    if not s.antialias:  # the plain rendering's pixels and ink amounts, without staff lines (not pen strokes)
+        plain = replace(s, staff_lines=False)
+        inked = _draw(pts, lengths, scale, ox, oy, plain, width) < 128
+        smooth = _draw(pts, lengths, scale, ox, oy, replace(plain, antialias=True), width)
+        cover = (PAPER - smooth.astype(np.float64)).clip(1, None)
+    out = []
+    for kind in kinds:
+        per_point, per_segment = order_values(pts, lengths, kind)
+        seg_level = _levels(per_segment[moving])
+        order = np.argsort(seg_level, kind="stable")
+        bounds = np.searchsorted(seg_level[order], np.arange(1, LEVELS + 2)).tolist()
+        dots_at: dict[int, list] = {}
+        for d, lvl in zip(dots.tolist(), _levels(per_point[starts[still]]).tolist(), strict=True):
+            dots_at.setdefault(lvl, []).append(d)
+        big = np.zeros((s.height * k, s.width * k), np.uint8)  # ink amount: paper 0
+        for lvl in range(1, LEVELS + 1):  # fainter first: later ink lies on top
+            lo, hi = bounds[lvl - 1], bounds[lvl]
+            if hi > lo:
+                cv2.polylines(big, segs[order[lo:hi]], False, SHADES[lvl], pen, cv2.LINE_8, _SHIFT)
+            for x, y in dots_at.get(lvl, ()):
+                cv2.circle(big, (x, y), radius, SHADES[lvl], -1, cv2.LINE_8, _SHIFT)
+        amount = shrink(big, s.height)
+        if not s.antialias:  # the plain rendering's pixels, each in its ink's mean shade
+            shade = np.maximum(np.rint(255.0 * amount / cover), SHADES[1]).clip(None, 255)
+            amount = np.where(inked, shade, 0).astype(np.uint8)
+        out.append(PAPER - amount)
+    return out
 
 
 def _levels(values: np.ndarray) -> np.ndarray:
     return np.clip(np.ceil(values * LEVELS), 1, LEVELS).astype(np.int64)
 
 
+def _stack(strokes: Sequence[np.ndarray], s: RenderSettings, channels: Sequence[str], width: float | None,
+           scale: float, ox: float, oy: float) -> np.ndarray:
+    """The channels of strokes mapped by ``scale`` and offset; ``ink`` is the renderer's own drawing."""
+    pts = np.concatenate(strokes).astype(np.float64)
+    lengths = [len(st) for st in strokes]
+    kinds = [c for c in channels if c != "ink"]
+    drawn = dict(zip(kinds, _draw_order(pts, lengths, s, kinds, width, scale, ox, oy), strict=True))
+    if "ink" in channels:
+        drawn["ink"] = _draw(pts, lengths, scale, ox, oy, s, width)
+    return np.stack([drawn[c] for c in channels])
+
+
 def draw_channels(strokes: Sequence[np.ndarray], s: RenderSettings, channels: Sequence[str],
                   width: float | None = None) -> np.ndarray:
     """Strokes already in canvas coordinates as a ``(len(channels), height, width)`` uint8 stack."""
-    return np.stack([draw(strokes, s, width) if c == "ink" else _draw_order(strokes, s, c, width)
-                     for c in channels])
+    return _stack(strokes, s, channels, width, 1.0, 0.0, 0.0)
 
 
 def render_channels(strokes: Sequence[np.ndarray], s: RenderSettings, channels: Sequence[str]) -> np.ndarray:
@@ -137,6 +143,9 @@ def render_channels(strokes: Sequence[np.ndarray], s: RenderSettings, channels: 
     its ``ink`` channel is exactly ``render``'s image."""
     if not strokes:
         raise ValueError("a symbol needs at least one stroke")
-    scale, ox, oy = _fit(*path_bounds(strokes), s)
-    return np.stack([render(strokes, s) if c == "ink" else _draw_order(strokes, s, c, None, scale, ox, oy)
-                     for c in channels])
+    return _stack(strokes, s, channels, None, *_fit(*path_bounds(strokes), s))
+
+
+def ink_index(channels: Sequence[str]) -> int:
+    """The channel people read in pictures: ``ink`` when it is there, else the first."""
+    return list(channels).index("ink") if "ink" in channels else 0

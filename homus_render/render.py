@@ -161,6 +161,12 @@ def shrink(big: np.ndarray, height: int) -> np.ndarray:
     return img
 
 
+def still_strokes(fixed: np.ndarray, lengths: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Each stroke's first index in ``fixed``, and whether its pen never moved (drawn as a dot)."""
+    starts = np.cumsum([0] + lengths[:-1])
+    return starts, (np.minimum.reduceat(fixed, starts) == np.maximum.reduceat(fixed, starts)).all(axis=1)
+
+
 def _draw(pts: np.ndarray, lengths: list[int], scale: float, ox: float, oy: float,
           s: RenderSettings, width: float | None = None) -> np.ndarray:
     """Map ``pts`` by ``scale`` and offset, then draw them as strokes of the given lengths.
@@ -174,8 +180,7 @@ def _draw(pts: np.ndarray, lengths: list[int], scale: float, ox: float, oy: floa
     pen = pen_subpixels(s, width)
     fixed = to_subpixels(pts, scale, ox, oy)
     big = np.full((s.height * k, s.width * k), PAPER, np.uint8)
-    starts = np.cumsum([0] + lengths[:-1])
-    still = (np.minimum.reduceat(fixed, starts) == np.maximum.reduceat(fixed, starts)).all(axis=1)
+    starts, still = still_strokes(fixed, lengths)
     polys, dots = [], []
     for start, n, dot in zip(starts.tolist(), lengths, still.tolist(), strict=True):
         if dot:
