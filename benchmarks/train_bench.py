@@ -6,13 +6,16 @@ keeps the model busy.
     python benchmarks/train_bench.py strokes --size 64 --channels ink,time    # ... reading the pen's order
     python benchmarks/train_bench.py accuracy --protocol seed random writer   # the README's table
     python benchmarks/train_bench.py accuracy --from-strokes --protocol writer random
+    python benchmarks/train_bench.py accuracy --from-strokes --epochs 20 --channels ink ink,time,stroke
 
 ``loop`` times the model's own training step on ready tensors and the real training loop
 (loader + step) in the same process; the ratio must be at least 0.9. ``strokes`` times the
 stroke data source (rendering with the pipeline's stroke augmentation, through the loader with
 the default workers) against the training step, in the same process; rendering must be at least
 10x faster. ``accuracy`` trains each protocol as an ordinary run under ``runs/bench/`` (finished
-runs are reused) and prints a table; ``--from-strokes`` trains from the raw strokes instead.
+runs are reused) and prints a table; ``--from-strokes`` trains from the raw strokes instead, and
+several ``--channels`` sets train one run each and add a row for their ensemble (each model reads its
+own input, their class probabilities are averaged; its training budget is the sum of its members').
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ from torch import nn
 
 from classifier.data import ImageSet, load_variant, loader
 from classifier.engine import train_one_epoch
+from classifier.evaluate import evaluate_ensemble
 from classifier.models import build_model
 from classifier.strokeset import StrokeSet, worker_init
 from classifier.train import TrainConfig, make_optimizer, make_scheduler, pick_device, split_for
 from classifier.train import train as train_run
 from homus.config import load as load_config
 from homus.config import train_settings
+from homus_render.channels import check_channels
 from homus_render.dataset import load_samples
 
 SEED_ACCURACY = 0.9428  # the published student project (pretrained ResNet, 6,874 images, random split)
@@ -158,19 +163,36 @@ def render_vs_train(raw: str, batches: int, batch_size: int, device: str, amp: b
             "ratio": {str(w): round(r / step, 1) for w, r in rates.items()}, "default_workers": cfg.workers}
 
 
-def accuracy(protocols: list[str], base: TrainConfig, tag: str = "") -> list[dict]:
-    """Train (or reuse) one run per protocol, named ``<protocol>-<source><tag>-seed<k>``."""
+def accuracy(protocols: list[str], base: TrainConfig, tag: str = "",
+             channel_sets: list[list[str]] | None = None) -> list[dict]:
+    """Train (or reuse) one run per protocol and channel set, named
+    ``<protocol>-<source>[-<channels>]<tag>-seed<k>``; with several channel sets, also score each
+    protocol's runs as one ensemble (same split, probabilities averaged)."""
     rows = []
     for name in protocols:
         what = f"strokes-{base.render_settings().name}" if base.from_strokes else Path(base.variants[0]).name
-        cfg = replace(base, name=f"{name}-{what}{tag}-seed{base.seed}", **PROTOCOLS[name])
-        run = Path(cfg.runs_dir) / cfg.name
-        if not (run / "metrics.json").exists():
-            train_run(cfg, resume=run.exists())
-        m = json.loads((run / "metrics.json").read_text())
-        rows.append({"protocol": name, "split": m["split"], "epochs": m["epochs"], "lr": cfg.lr,
-                     "test_accuracy": m["test_accuracy"], "macro_f1": m["macro_f1"], "n_test": m["n_test"],
-                     "train_minutes": round(m["train_seconds"] / 60, 1), "run": str(run)})
+        runs = []
+        for channels in channel_sets or [list(base.channels)]:
+            chan = "" if channels == ["ink"] else "-" + "+".join(channels)
+            cfg = replace(base, name=f"{name}-{what}{chan}{tag}-seed{base.seed}", channels=channels,
+                          **PROTOCOLS[name])
+            run = Path(cfg.runs_dir) / cfg.name
+            if not (run / "metrics.json").exists():
+                train_run(cfg, resume=run.exists())
+            m = json.loads((run / "metrics.json").read_text())
+            runs.append(run)
+            rows.append({"protocol": name, "model": "+".join(channels), "split": m["split"], "epochs": m["epochs"],
+                         "lr": cfg.lr, "test_accuracy": m["test_accuracy"], "macro_f1": m["macro_f1"],
+                         "n_test": m["n_test"], "train_minutes": round(m["train_seconds"] / 60, 1),
+                         "run": str(run)})
+        if len(runs) > 1:
+            out = Path(base.runs_dir) / f"ensemble-{'+'.join(r.name for r in runs)}.json"
+            e = evaluate_ensemble(runs, out, device=base.device)
+            rows.append({"protocol": name, "model": f"ensemble of {len(runs)}", "split": e["split"],
+                         "epochs": rows[-1]["epochs"], "lr": rows[-1]["lr"], "test_accuracy": e["test_accuracy"],
+                         "macro_f1": e["macro_f1"], "n_test": e["n_test"],
+                         "train_minutes": round(sum(r["train_minutes"] for r in rows[-len(runs):]), 1),
+                         "run": str(out)})
     return rows
 
 
@@ -182,7 +204,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, help="strokes: image size (default: pipeline.yaml's train.size)")
     ap.add_argument("--workers", type=int, nargs="+", help="strokes: loader workers to time (default: 0 and "
                     "pipeline.yaml's)")
-    ap.add_argument("--channels", help="strokes: input channels, e.g. ink,time (default: pipeline.yaml's)")
+    ap.add_argument("--channels", nargs="+", help="input channels, e.g. ink,time (default: pipeline.yaml's); "
+                    "accuracy: several sets train one run each and score them as an ensemble too")
     ap.add_argument("--variant", default="rendered/t3-s64")
     ap.add_argument("--protocol", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
     ap.add_argument("--epochs", type=int, help="override the default epochs (not for 'seed')")
@@ -203,18 +226,18 @@ def main() -> None:
         return
     if args.what == "strokes":
         default_workers = load_config()["train"]["workers"]
-        r = render_vs_train(args.raw_dir, args.batches, args.batch_size, args.device, not args.no_amp,
-                            args.workers or sorted({0, default_workers}), args.size,
-                            args.channels)
-        print(json.dumps(r))
-        ratio = r["ratio"][str(r["default_workers"])] if str(r["default_workers"]) in r["ratio"] else None
-        for w, rate in r["render_images_per_s"].items():
-            print(f"{r['render']} {'+'.join(r['channels'])}: stroke data source with {w} worker(s) "
-                  f"{rate:,.0f} img/s, training step "
-                  f"{r['train_images_per_s']:,.0f} img/s: ratio {r['ratio'][w]:.1f}")
-        if ratio is not None:
-            print(f"default workers ({r['default_workers']}): ratio {ratio:.1f} "
-                  f"({'PASS' if ratio >= 10 else 'MISS'}: target >= 10)")
+        for channels in args.channels or [None]:
+            r = render_vs_train(args.raw_dir, args.batches, args.batch_size, args.device, not args.no_amp,
+                                args.workers or sorted({0, default_workers}), args.size, channels)
+            print(json.dumps(r))
+            ratio = r["ratio"][str(r["default_workers"])] if str(r["default_workers"]) in r["ratio"] else None
+            for w, rate in r["render_images_per_s"].items():
+                print(f"{r['render']} {'+'.join(r['channels'])}: stroke data source with {w} worker(s) "
+                      f"{rate:,.0f} img/s, training step "
+                      f"{r['train_images_per_s']:,.0f} img/s: ratio {r['ratio'][w]:.1f}")
+            if ratio is not None:
+                print(f"default workers ({r['default_workers']}): ratio {ratio:.1f} "
+                      f"({'PASS' if ratio >= 10 else 'MISS'}: target >= 10)")
         return
     cfg = load_config()  # pipeline.yaml: the same defaults `homus train` uses
     defaults = train_settings(cfg, {**cfg["train"], "from_strokes": False})  # images and their warp
@@ -227,12 +250,15 @@ def main() -> None:
                        aug_rotate=0.0, aug_shear=0.0, aug_scale=0.0, aug_translate=0.0)
     if args.epochs:
         base = replace(base, epochs=args.epochs)
-    rows = accuracy(args.protocol, base, tag=f"-e{args.epochs}" if args.epochs else "")
-    print("| protocol | split | epochs | lr | test accuracy | macro F1 | test images | train min |")
-    print("|---|---|---|---|---|---|---|---|")
+    if args.channels and not args.from_strokes and args.channels != ["ink"]:
+        ap.error("--channels other than ink need --from-strokes (no rendered image holds the pen's order)")
+    channel_sets = [list(check_channels(c)) for c in args.channels] if args.channels else None
+    rows = accuracy(args.protocol, base, tag=f"-e{args.epochs}" if args.epochs else "", channel_sets=channel_sets)
+    print("| protocol | model | split | epochs | lr | test accuracy | macro F1 | test images | train min |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['protocol']} | {r['split']} | {r['epochs']} | {r['lr']} | {r['test_accuracy']:.2%} | "
-              f"{r['macro_f1']:.4f} | {r['n_test']:,} | {r['train_minutes']} |")
+        print(f"| {r['protocol']} | {r['model']} | {r['split']} | {r['epochs']} | {r['lr']} | "
+              f"{r['test_accuracy']:.2%} | {r['macro_f1']:.4f} | {r['n_test']:,} | {r['train_minutes']} |")
     print(f"seed project: {SEED_ACCURACY:.2%} · public best (random split): {PUBLIC_BEST:.2%}")
 
 

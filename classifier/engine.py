@@ -58,9 +58,9 @@ def train_one_epoch(model: nn.Module, loader, criterion, optimizer, scheduler, d
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, criterion, device: torch.device, amp: bool = False,
              desc: str = "eval") -> dict:
-    """Loss, accuracy, and every prediction (as numpy arrays) over ``loader``."""
+    """Loss, accuracy, and every prediction and class probability (as numpy arrays) over ``loader``."""
     model.eval()
-    total_loss, preds, targets = 0.0, [], []
+    total_loss, preds, probs, targets = 0.0, [], [], []
     for x, y in tqdm(loader, desc=desc, leave=False, unit="batch", disable=None):
         x = x.to(device, memory_format=torch.channels_last, non_blocking=True)
         y = y.to(device, non_blocking=True)
@@ -68,9 +68,11 @@ def evaluate(model: nn.Module, loader, criterion, device: torch.device, amp: boo
             out = model(x)
         total_loss += criterion(out.float(), y).item() * len(y)
         preds.append(out.argmax(1).cpu())
+        probs.append(out.float().softmax(1).cpu())
         targets.append(y.cpu())
     targets_np = torch.cat(targets).numpy() if targets else np.zeros(0, int)
+    probs_np = torch.cat(probs).numpy() if probs else np.zeros((0, 0), np.float32)
     preds_np = torch.cat(preds).numpy() if preds else np.zeros(0, int)
     n = len(targets_np)
     return {"loss": total_loss / max(n, 1), "acc": float((preds_np == targets_np).mean()) if n else 0.0,
-            "preds": preds_np, "targets": targets_np}
+            "preds": preds_np, "targets": targets_np, "probs": probs_np}

@@ -16,6 +16,7 @@ from . import checkpoint
 from .data import DataError, ImageSet, load_variant, loader
 from .engine import evaluate
 from .metrics import summarize
+from .plots import plot_confusion
 from .strokeset import render_samples
 from .train import RunError, pick_device
 
@@ -34,10 +35,10 @@ def variant_settings(variant: str | Path) -> dict:
         raise DataError(f"{variant}: not a rendered variant (no readable variant.json: {e})") from None
 
 
-def evaluate_run(run: str | Path, variant: str | Path | None = None, device: str = "auto",
-                 batch_size: int = 256) -> dict:
-    """Test-split metrics of ``run``'s best model on ``variant`` (default: the run's own variants),
-    saved as ``<run>/eval-<variant>.json``."""
+def test_predictions(run: str | Path, variant: str | Path | None = None, device: str = "auto",
+                     batch_size: int = 256) -> dict:
+    """``run``'s best model over its test split, drawn as it was trained (or from ``variant``):
+    the sample ids, targets, class probabilities and predictions, plus what they were drawn from."""
     run = Path(run)
     if not (run / "split.json").is_file():
         raise RunError(f"{run}: not a homus run folder (no split.json)")
@@ -58,15 +59,69 @@ def evaluate_run(run: str | Path, variant: str | Path | None = None, device: str
         variants = [load_variant(p, only=test_ids) for p in ([variant] if variant else cfg["variants"])]
     ds = ImageSet(variants, test_ids, tuple(ckpt["classes"]))
     res = evaluate(model, loader(ds, batch_size, shuffle=False), nn.CrossEntropyLoss(), dev, desc="test")
-    s = summarize(res["targets"], res["preds"], ckpt["classes"])
-    name = "+".join(v.name for v in variants)
     trained_on = [RenderSettings.from_dict(cfg["render"]).name] if cfg.get("from_strokes") else \
         [Path(p).name for p in cfg["variants"]]
-    metrics = {"run": run.name, "variant": name, "trained_on": trained_on,
+    return {**res, "ids": list(ds.samples), "test_ids": test_ids, "split": split["kind"],
+            "classes": list(ckpt["classes"]), "variant": "+".join(v.name for v in variants),
+            "trained_on": trained_on, "trained_size": [ckpt["render"]["width"], ckpt["render"]["height"]],
+            "tested_size": [int(ds.images.shape[-1]), int(ds.images.shape[-2])]}
+
+
+def evaluate_run(run: str | Path, variant: str | Path | None = None, device: str = "auto",
+                 batch_size: int = 256) -> dict:
+    """Test-split metrics of ``run``'s best model on ``variant`` (default: the run's own variants),
+    saved as ``<run>/eval-<variant>.json``."""
+    run = Path(run)
+    p = test_predictions(run, variant, device, batch_size)
+    s = summarize(p["targets"], p["preds"], p["classes"])
+    metrics = {"run": run.name, "variant": p["variant"], "trained_on": p["trained_on"],
                "test_accuracy": s["accuracy"], "macro_f1": s["macro_f1"], "n_test": s["n"],
-               "missing_test_samples": len(test_ids - set(ds.samples)), "split": split["kind"],
-               "trained_size": [ckpt["render"]["width"], ckpt["render"]["height"]],
-               "tested_size": [int(ds.images.shape[-1]), int(ds.images.shape[-2])],
+               "missing_test_samples": len(p["test_ids"] - set(p["ids"])), "split": p["split"],
+               "trained_size": p["trained_size"], "tested_size": p["tested_size"],
                "per_class": s["per_class"]}
-    write_json(run / f"eval-{name}.json", metrics)
+    write_json(run / f"eval-{p['variant']}.json", metrics)
+    return metrics
+
+
+def evaluate_ensemble(runs: list[str | Path], out: str | Path, variant: str | Path | None = None,
+                      device: str = "auto", batch_size: int = 256) -> dict:
+    """Test-split metrics of several runs' models voting together (their class probabilities averaged,
+    each model fed the input it was trained on), saved as ``out``. The runs must share one test split:
+    an ensemble scored on images one of its members trained on would be a dishonest figure."""
+    if len(runs) < 2:
+        raise RunError("an ensemble needs at least two runs")
+    members, mean = [], None
+    for run in runs:
+        p = test_predictions(run, variant, device, batch_size)
+        if len(set(p["ids"])) != len(p["ids"]):
+            raise RunError(f"{run} tests on several variants ({p['variant']}), so each sample appears more "
+                           "than once; pass --variant to score the ensemble on one")
+        if members:
+            first = members[0]
+            if p["split"] != first["split"] or p["test_ids"] != first["test_ids"]:
+                raise RunError(f"{run} was tested on another split than {first['run']} ({p['split']} split, "
+                               f"{len(p['test_ids'])} test samples against {first['split']}, "
+                               f"{len(first['test_ids'])}); an ensemble needs one shared test split "
+                               "(same split kind and seed)")
+            if p["classes"] != first["classes"]:
+                raise RunError(f"{run} predicts other classes than {first['run']}")
+            if p["ids"] != first["ids"]:
+                raise RunError(f"{run} found other test images than {first['run']} "
+                               f"({len(p['ids'])} against {len(first['ids'])})")
+        acc = float((p["preds"] == p["targets"]).mean()) if len(p["targets"]) else 0.0
+        members.append({**p, "run": str(run), "test_accuracy": acc})
+        mean = p["probs"] if mean is None else mean + p["probs"]
+    first = members[0]
+    preds = (mean / len(members)).argmax(1)
+    s = summarize(first["targets"], preds, first["classes"])
+    metrics = {"runs": [str(r) for r in runs], "split": first["split"],
+               "test_accuracy": s["accuracy"], "macro_f1": s["macro_f1"], "n_test": s["n"],
+               "members": [{"run": str(r), "variant": m["variant"], "test_accuracy": m["test_accuracy"]}
+                           for r, m in zip(runs, members, strict=True)],
+               "per_class": s["per_class"]}
+    out = Path(out)
+    write_json(out, metrics)
+    plot_confusion(first["targets"], preds, first["classes"], out.with_name(out.stem + "-confusion.png"),
+                   title=f"ensemble of {len(members)}: test accuracy {s['accuracy']:.4f} "
+                         f"({first['split']} split, row-normalised)")
     return metrics

@@ -237,31 +237,47 @@ def train(cfg, resume_dir, **flags) -> None:
 
 
 @main.command()
-@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--variant", type=click.Path(exists=True, file_okay=False),
               help="Test on this variant's test split (default: the run's own variants).")
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="Several runs: where the ensemble's metrics go (default: "
+                   "<first run's folder>/../ensemble-<run>+<run>.json, with a confusion matrix beside it).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto")
-def evaluate(run, variant, device) -> None:
-    """A run's best model on the test split of any variant; prints and saves the metrics."""
+def evaluate(runs, variant, out, device) -> None:
+    """A run's best model on the test split of any variant; prints and saves the metrics.
+
+    Several runs (trained on the same split) are scored as one ensemble: their class probabilities
+    are averaged, each model reading the input it was trained on."""
     from classifier.checkpoint import CheckpointError
     from classifier.data import DataError
-    from classifier.evaluate import evaluate_run
+    from classifier.evaluate import evaluate_ensemble, evaluate_run
     from classifier.train import RunError
     from homus_render.strokes import StrokeFileError
 
     try:
-        m = evaluate_run(run, variant, device)
+        if len(runs) > 1:
+            out = Path(out) if out else Path(runs[0]).parent / f"ensemble-{'+'.join(Path(r).name for r in runs)}.json"
+            m = evaluate_ensemble(list(runs), out, variant, device)
+        else:
+            m = evaluate_run(runs[0], variant, device)
     except (RunError, DataError, CheckpointError) as e:
         fail(str(e))
     except (FileNotFoundError, StrokeFileError) as e:  # a run from strokes draws its test split from raw_dir
-        fail(f"{run} draws its test images from the raw strokes: {e}")
+        fail(f"{' '.join(runs)}: a run from strokes draws its test images from the raw strokes: {e}")
+    if len(runs) > 1:
+        for member in m["members"]:
+            click.echo(f"  {member['run']} on {member['variant']}: test accuracy {member['test_accuracy']:.4f}")
+        click.echo(f"ensemble of {len(runs)}: test accuracy {m['test_accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}, "
+                   f"{m['n_test']:,} images ({m['split']} split) -> {out}")
+        return
     if m["trained_size"] != m["tested_size"]:
         click.secho(f"note: the model was trained on {'x'.join(map(str, m['trained_size']))} images and is tested on "
                     f"{'x'.join(map(str, m['tested_size']))}; ResNets do not carry over well across scales",
                     fg="yellow", err=True)
     click.echo(f"{m['run']} on {m['variant']}: test accuracy {m['test_accuracy']:.4f}, macro F1 "
                f"{m['macro_f1']:.4f}, {m['n_test']:,} images ({m['split']} split) -> "
-               f"{Path(run) / ('eval-' + m['variant'] + '.json')}")
+               f"{Path(runs[0]) / ('eval-' + m['variant'] + '.json')}")
 
 
 @main.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from click.testing import CliRunner
 from test_classifier import assert_complete, tiny  # noqa: F401  (tiny is a fixture)
 
 from classifier import checkpoint
-from classifier.evaluate import evaluate_run
+from classifier.evaluate import evaluate_run, test_predictions
 from classifier.strokeset import StrokeSet
 from homus.cli import main
 from homus_render.channels import LEVELS, check_channels, render_channels
@@ -139,6 +140,42 @@ def test_a_tiny_run_that_reads_the_pens_order(tiny, tmp_path):  # noqa: F811
     assert pr.exit_code == 1
     answers = json.loads(pr.stdout)
     assert len(answers[0]["top"]) == 3 and "give it HOMUS .txt stroke files" in answers[1]["error"]
+
+
+def test_an_ensemble_of_an_ink_and_an_order_model(tiny, tmp_path):  # noqa: F811
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump({"dataset": {"raw_dir": str(tiny / "raw")}, "render": {"margin": 2}}))
+    base = ["train", "--config", str(config), "--from-strokes", "--thickness", "3", "--size", "32", "--epochs", "1",
+            "--batch-size", "64", "--runs-dir", str(tmp_path / "runs"), "--device", "cpu"]
+    for channels in ("ink", "ink,time"):
+        r = CliRunner().invoke(main, [*base, "--channels", channels])
+        assert r.exit_code == 0, r.output
+    ink = tmp_path / "runs/strokes-t3-s32-m2-resnet18-writer-seed0"
+    order = tmp_path / "runs/strokes-t3-s32-m2-ink+time-resnet18-writer-seed0"
+    out = tmp_path / "ens.json"
+    r = CliRunner().invoke(main, ["evaluate", str(ink), str(order), "--out", str(out), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    m = json.loads(out.read_text())
+    assert (tmp_path / "ens-confusion.png").stat().st_size > 0
+    for member, run in zip(m["members"], (ink, order), strict=True):  # each model read its own input
+        assert member["test_accuracy"] == pytest.approx(json.loads((run / "metrics.json").read_text())["test_accuracy"])
+    a, b = test_predictions(ink, device="cpu"), test_predictions(order, device="cpu")
+    assert a["ids"] == b["ids"] and m["n_test"] == len(a["ids"])
+    vote = (a["probs"] + b["probs"]).argmax(1)
+    assert m["test_accuracy"] == pytest.approx(float((vote == a["targets"]).mean()))
+    # one model twice votes exactly as it does alone
+    r = CliRunner().invoke(main, ["evaluate", str(ink), str(ink), "--out", str(tmp_path / "twice.json")])
+    assert r.exit_code == 0, r.output
+    twice = json.loads((tmp_path / "twice.json").read_text())
+    assert twice["test_accuracy"] == pytest.approx(m["members"][0]["test_accuracy"])
+    # a member tested on another split would be scored partly on what another member trained on
+    other = tmp_path / "other"
+    shutil.copytree(order, other)
+    split = json.loads((other / "split.json").read_text())
+    split["test"], split["train"] = split["train"][: len(split["test"])], split["test"] + split["train"]
+    (other / "split.json").write_text(json.dumps(split))
+    r = CliRunner().invoke(main, ["evaluate", str(ink), str(other), "--out", str(tmp_path / "bad.json")])
+    assert r.exit_code == 1 and "another split" in r.output and not (tmp_path / "bad.json").exists()
 
 
 def test_channel_settings_that_cannot_work_are_refused(tiny, tmp_path):  # noqa: F811
