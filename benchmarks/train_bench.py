@@ -41,6 +41,7 @@ from homus.config import load as load_config
 from homus.config import train_settings
 from homus_render.channels import check_channels
 from homus_render.dataset import load_samples
+from homus_render.variants import read_variant_info
 
 SEED_ACCURACY = 0.9428  # the published student project (pretrained ResNet, 6,874 images, random split)
 PUBLIC_BEST = 0.9795  # the best public HOMUS trainer, random split
@@ -240,14 +241,12 @@ def main() -> None:
                       f"({'PASS' if ratio >= 10 else 'MISS'}: target >= 10)")
         return
     cfg = load_config()  # pipeline.yaml: the same defaults `homus train` uses
-    defaults = train_settings(cfg, {**cfg["train"], "from_strokes": False})  # images and their warp
-    base = TrainConfig.from_dict({**defaults, "variants": [args.variant], "runs_dir": args.runs_dir,
-                                  "seed": args.seed, "device": args.device, "amp": not args.no_amp,
-                                  "batch_size": args.batch_size})
-    if args.from_strokes:  # the variant's render settings, drawn from the strokes
-        info = json.loads((Path(args.variant) / "variant.json").read_text())
-        base = replace(base, from_strokes=True, raw_dir=args.raw_dir, render=info["settings"], variants=[],
-                       aug_rotate=0.0, aug_shear=0.0, aug_scale=0.0, aug_translate=0.0)
+    # the settings `homus train` would use; from strokes: at the variant's render settings, no image warp
+    defaults = train_settings(cfg, {**cfg["train"], "from_strokes": args.from_strokes, "raw_dir": args.raw_dir})
+    base = TrainConfig.from_dict({**defaults, "runs_dir": args.runs_dir, "seed": args.seed, "device": args.device,
+                                  "amp": not args.no_amp, "batch_size": args.batch_size,
+                                  **({"render": read_variant_info(args.variant)["settings"]} if args.from_strokes
+                                     else {"variants": [args.variant]})})
     if args.epochs:
         base = replace(base, epochs=args.epochs)
     if args.channels and not args.from_strokes and args.channels != ["ink"]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from homus_render.labels import LABELS
+from homus_render.variants import read_variant_info
 
 
 class DataError(ValueError):
@@ -40,14 +40,21 @@ class Variant:
         return self.info["settings"]
 
 
+def variant_info(path: str | Path) -> dict:
+    """A variant folder's variant.json (its settings under ``settings``); DataError if it has none."""
+    try:
+        return read_variant_info(path)
+    except ValueError as e:
+        raise DataError(str(e)) from None
+
+
 def load_variant(path: str | Path, only: set[str] | None = None) -> Variant:
     """Read a variant folder (all samples, or only the ids in ``only``)."""
     path = Path(path)
-    info_path, manifest = path / "variant.json", path / "manifest.csv"
-    if not info_path.is_file() or not manifest.is_file():
-        raise DataError(f"{path}: not a rendered variant (no variant.json/manifest.csv); "
-                        f"run `homus render` first")
-    info = json.loads(info_path.read_text())
+    info = variant_info(path)
+    manifest = path / "manifest.csv"
+    if not manifest.is_file():
+        raise DataError(f"{path}: not a rendered variant (no manifest.csv); run `homus render` first")
     with open(manifest, newline="") as f:
         rows = [r for r in csv.DictReader(f) if only is None or r["sample"] in only]
     if not rows:

@@ -13,7 +13,7 @@ from homus_render.dataset import load_samples, parse_writers
 from homus_render.render import RenderSettings
 
 from . import checkpoint
-from .data import DataError, ImageSet, load_variant, loader
+from .data import ImageSet, load_variant, loader, variant_info
 from .engine import evaluate
 from .metrics import summarize
 from .plots import plot_confusion
@@ -24,15 +24,6 @@ from .train import RunError, pick_device
 def load_model(run: str | Path, which: str = "best.pt") -> tuple[nn.Module, dict]:
     """The run's model (eval mode, on the CPU) and its checkpoint dict."""
     return checkpoint.load_model(Path(run) / which)
-
-
-def variant_settings(variant: str | Path) -> dict:
-    """The render settings a variant folder records (its variant.json)."""
-    path = Path(variant) / "variant.json"
-    try:
-        return json.loads(path.read_text())["settings"]
-    except (OSError, ValueError, KeyError) as e:
-        raise DataError(f"{variant}: not a rendered variant (no readable variant.json: {e})") from None
 
 
 def test_predictions(run: str | Path, variant: str | Path | None = None, device: str = "auto",
@@ -52,7 +43,7 @@ def test_predictions(run: str | Path, variant: str | Path | None = None, device:
     if cfg.get("from_strokes") and (variant is None or channels != ("ink",)):
         # its own test split drawn from the strokes: at the run's settings, or (a model that reads the
         # pen's order, which no PNG holds) at the settings the variant folder was rendered with
-        settings = RenderSettings.from_dict(cfg["render"] if variant is None else variant_settings(variant))
+        settings = RenderSettings.from_dict(cfg["render"] if variant is None else variant_info(variant)["settings"])
         samples = [s for s in load_samples(cfg["raw_dir"], parse_writers(cfg.get("writers"))) if s.id in test_ids]
         variants = [render_samples(samples, settings, cfg["raw_dir"], channels)]
     else:

@@ -21,10 +21,20 @@ import yaml
 from classifier.plots import plt, save_figure
 from homus_render.atomic import write_bytes, write_text
 from homus_render.distort import StrokeAugment
+from homus_render.variants import read_variant_info
 
 IGNORED = {"name", "runs_dir", "seed", "device", "workers", "threads", "amp"}
 #: Settings of training from strokes: shown only for runs that did.
 STROKE_ONLY = {"from_strokes", "raw_dir", "writers", "render", *(f"stroke_{f.name}" for f in fields(StrokeAugment))}
+
+
+def _settings_or_none(variant: str) -> dict:
+    """A variant's render settings, or none when its folder has gone since the run (the report still
+    lists the run)."""
+    try:
+        return read_variant_info(variant)["settings"]
+    except ValueError:
+        return {}
 
 
 def load_run(run: Path) -> dict:
@@ -42,8 +52,7 @@ def load_run(run: Path) -> dict:
     if strokes:
         renders = [cfg["render"]]
     else:
-        infos = [Path(v) / "variant.json" for v in cfg["variants"]]
-        renders = [json.loads(i.read_text())["settings"] if i.is_file() else {} for i in infos]
+        renders = [_settings_or_none(v) for v in cfg["variants"]]
     for key in sorted({k for r in renders for k in r}):
         values = list(dict.fromkeys(str(r.get(key)) for r in renders))  # one value, or each variant's
         settings[f"render.{key}"] = "/".join(values)

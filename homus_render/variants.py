@@ -89,12 +89,26 @@ def _write_new(path: str, data) -> None:
         os.close(fd)
 
 
+def read_variant_info(folder: str | Path) -> dict:
+    """A variant folder's ``variant.json``: its render settings, dataset and renderer. Written last,
+    so a folder without a readable one is not a finished variant (ValueError naming the folder)."""
+    path = Path(folder) / VARIANT_INFO
+    try:
+        info = json.loads(path.read_text())
+        if not isinstance(info, dict) or not isinstance(info.get("settings"), dict):
+            raise ValueError("it records no settings")
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{folder}: not a rendered variant (no readable {VARIANT_INFO}: {e}); "
+                         "run `homus render` first") from None
+    return info
+
+
 def _is_up_to_date(vdir: Path, settings: RenderSettings, fp: str, skip_invalid: bool) -> bool:
     """Same settings, raw files and renderer; a variant that skipped bad files counts only when
     skipping is asked for again (else the run must stop and list them)."""
     try:
-        info = json.loads((vdir / VARIANT_INFO).read_text())
-    except (OSError, ValueError):
+        info = read_variant_info(vdir)
+    except ValueError:
         return False
     return (info.get("settings") == settings.to_dict() and info.get("raw_fingerprint") == fp
             and info.get("renderer_version") == RENDERER_VERSION and (skip_invalid or not info.get("skipped")))
