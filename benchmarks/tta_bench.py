@@ -25,7 +25,7 @@ from torch import nn
 from classifier import checkpoint
 from classifier.data import ImageSet, loader
 from classifier.engine import evaluate
-from classifier.evaluate import load_model, test_predictions
+from classifier.evaluate import load_model, predict_test_split
 from classifier.strokeset import StrokeSet, render_samples
 from homus_render.dataset import load_samples
 from homus_render.distort import StrokeAugment
@@ -44,7 +44,7 @@ def main() -> None:
     cfg = yaml.safe_load((args.run / "config.yaml").read_text())
     if not cfg.get("from_strokes"):
         ap.error(f"{args.run}: not a run from strokes")
-    plain = test_predictions(args.run, device="cpu")
+    plain = predict_test_split(args.run, device="cpu")
     targets, ids = plain["targets"], plain["ids"]
     model, ckpt = load_model(args.run)
     channels = checkpoint.channels(ckpt)

@@ -26,7 +26,7 @@ def load_model(run: str | Path, which: str = "best.pt") -> tuple[nn.Module, dict
     return checkpoint.load_model(Path(run) / which)
 
 
-def test_predictions(run: str | Path, variant: str | Path | None = None, device: str = "auto",
+def predict_test_split(run: str | Path, variant: str | Path | None = None, device: str = "auto",
                      batch_size: int = 256) -> dict:
     """``run``'s best model over its test split, drawn as it was trained (or from ``variant``):
     the sample ids, targets, class probabilities and predictions, plus what they were drawn from."""
@@ -63,7 +63,7 @@ def evaluate_run(run: str | Path, variant: str | Path | None = None, device: str
     """Test-split metrics of ``run``'s best model on ``variant`` (default: the run's own variants),
     saved as ``<run>/eval-<variant>.json``."""
     run = Path(run)
-    p = test_predictions(run, variant, device, batch_size)
+    p = predict_test_split(run, variant, device, batch_size)
     s = summarize(p["targets"], p["preds"], p["classes"])
     metrics = {"run": run.name, "variant": p["variant"], "trained_on": p["trained_on"],
                "test_accuracy": s["accuracy"], "macro_f1": s["macro_f1"], "n_test": s["n"],
@@ -83,7 +83,7 @@ def evaluate_ensemble(runs: list[str | Path], out: str | Path, variant: str | Pa
         raise RunError("an ensemble needs at least two runs")
     members, mean = [], None
     for run in runs:
-        p = test_predictions(run, variant, device, batch_size)
+        p = predict_test_split(run, variant, device, batch_size)
         if len(set(p["ids"])) != len(p["ids"]):
             raise RunError(f"{run} tests on several variants ({p['variant']}), so each sample appears more "
                            "than once; pass --variant to score the ensemble on one")

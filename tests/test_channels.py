@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from test_classifier import assert_complete, tiny  # noqa: F401  (tiny is a fixture)
 
 from classifier import checkpoint
-from classifier.evaluate import evaluate_run, test_predictions
+from classifier.evaluate import evaluate_run, predict_test_split
 from classifier.strokeset import StrokeSet
 from homus.cli import main
 from homus_render.channels import LEVELS, check_channels, render_channels
@@ -159,7 +159,7 @@ def test_an_ensemble_of_an_ink_and_an_order_model(tiny, tmp_path):  # noqa: F811
     assert (tmp_path / "ens-confusion.png").stat().st_size > 0
     for member, run in zip(m["members"], (ink, order), strict=True):  # each model read its own input
         assert member["test_accuracy"] == pytest.approx(json.loads((run / "metrics.json").read_text())["test_accuracy"])
-    a, b = test_predictions(ink, device="cpu"), test_predictions(order, device="cpu")
+    a, b = predict_test_split(ink, device="cpu"), predict_test_split(order, device="cpu")
     assert a["ids"] == b["ids"] and m["n_test"] == len(a["ids"])
     vote = (a["probs"] + b["probs"]).argmax(1)
     assert m["test_accuracy"] == pytest.approx(float((vote == a["targets"]).mean()))
