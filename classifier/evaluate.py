@@ -26,14 +26,20 @@ def load_model(run: str | Path, which: str = "best.pt") -> tuple[nn.Module, dict
     return checkpoint.load_model(Path(run) / which)
 
 
+def read_split(run: str | Path) -> dict:
+    """The run's split.json: ``kind``, ``seed`` and the sample ids of ``train``, ``val``, ``test``."""
+    path = Path(run) / "split.json"
+    if not path.is_file():
+        raise RunError(f"{run}: not a homus run folder (no split.json)")
+    return json.loads(path.read_text())
+
+
 def predict_test_split(run: str | Path, variant: str | Path | None = None, device: str = "auto",
-                     batch_size: int = 256) -> dict:
+                       batch_size: int = 256) -> dict:
     """``run``'s best model over its test split, drawn as it was trained (or from ``variant``):
     the sample ids, targets, class probabilities and predictions, plus what they were drawn from."""
     run = Path(run)
-    if not (run / "split.json").is_file():
-        raise RunError(f"{run}: not a homus run folder (no split.json)")
-    split = json.loads((run / "split.json").read_text())
+    split = read_split(run)
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     model, ckpt = load_model(run)
     dev = pick_device(device)
@@ -81,6 +87,15 @@ def evaluate_ensemble(runs: list[str | Path], out: str | Path, variant: str | Pa
     an ensemble scored on images one of its members trained on would be a dishonest figure."""
     if len(runs) < 2:
         raise RunError("an ensemble needs at least two runs")
+    kind, test = None, None
+    for run in runs:  # every split checked before any model runs
+        split = read_split(run)
+        if test is None:
+            kind, test = split["kind"], set(split["test"])
+        elif split["kind"] != kind or set(split["test"]) != test:
+            raise RunError(f"{run} was tested on another split than {runs[0]} ({split['kind']} split, "
+                           f"{len(set(split['test']))} test samples against {kind}, {len(test)}); "
+                           "an ensemble needs one shared test split (same split kind and seed)")
     members, mean = [], None
     for run in runs:
         p = predict_test_split(run, variant, device, batch_size)
@@ -89,18 +104,12 @@ def evaluate_ensemble(runs: list[str | Path], out: str | Path, variant: str | Pa
                            "than once; pass --variant to score the ensemble on one")
         if members:
             first = members[0]
-            if p["split"] != first["split"] or p["test_ids"] != first["test_ids"]:
-                raise RunError(f"{run} was tested on another split than {first['run']} ({p['split']} split, "
-                               f"{len(p['test_ids'])} test samples against {first['split']}, "
-                               f"{len(first['test_ids'])}); an ensemble needs one shared test split "
-                               "(same split kind and seed)")
             if p["classes"] != first["classes"]:
                 raise RunError(f"{run} predicts other classes than {first['run']}")
             if p["ids"] != first["ids"]:
                 raise RunError(f"{run} found other test images than {first['run']} "
                                f"({len(p['ids'])} against {len(first['ids'])})")
-        acc = float((p["preds"] == p["targets"]).mean()) if len(p["targets"]) else 0.0
-        members.append({**p, "run": str(run), "test_accuracy": acc})
+        members.append({**p, "run": str(run), "test_accuracy": p["acc"]})
         mean = p["probs"] if mean is None else mean + p["probs"]
     first = members[0]
     preds = (mean / len(members)).argmax(1)
