@@ -23,16 +23,36 @@ from homus_render.strokes import Sample
 
 from .data import Variant, to_input
 
+PARALLEL_FROM = 2000  # fewer samples render faster in this process than a pool of processes starts
+
 
 def render_plain(strokes, settings: RenderSettings, channels: tuple[str, ...] = ("ink",)) -> np.ndarray:
     """One symbol without distortion: ``(h, w)`` for ink alone, else ``(channels, h, w)``."""
     return render(strokes, settings) if channels == ("ink",) else render_channels(strokes, settings, channels)
 
 
+def _render_chunk(strokes: list, settings: RenderSettings, channels: tuple[str, ...]) -> np.ndarray:
+    return np.stack([render_plain(s, settings, channels) for s in strokes])
+
+
 def render_samples(samples: list[Sample], settings: RenderSettings, source: str | Path = "strokes",
-                   channels: tuple[str, ...] = ("ink",)) -> Variant:
-    """Plain renderings of ``samples``, held in memory as if read from a variant folder."""
-    images = np.stack([render_plain(s.strokes, settings, channels) for s in samples])
+                   channels: tuple[str, ...] = ("ink",), jobs: int = -1) -> Variant:
+    """Plain renderings of ``samples``, held in memory as if read from a variant folder. Large sets
+    drawn with the pen's order (six times the work of ink alone) are shared among ``jobs`` processes
+    (-1: all cores); the pixels are the same however many. Ink alone is drawn faster here than a pool
+    starts (measured: 15,200 at 64 px, 3 s in one process)."""
+    from joblib import Parallel, delayed, effective_n_jobs
+
+    strokes = [s.strokes for s in samples]
+    heavy = tuple(channels) != ("ink",) and len(strokes) >= PARALLEL_FROM
+    jobs = effective_n_jobs(jobs) if heavy else 1
+    if jobs > 1:  # a few chunks per process: the pool's start-up is paid once, the load stays even
+        size = -(-len(strokes) // (jobs * 4))
+        parts = Parallel(n_jobs=jobs)(delayed(_render_chunk)(strokes[i:i + size], settings, channels)
+                                      for i in range(0, len(strokes), size))
+        images = np.concatenate(parts)
+    else:
+        images = _render_chunk(strokes, settings, channels)
     info = {"name": settings.name, "settings": settings.to_dict(), "source": str(source),
             "channels": list(channels)}
     return Variant(Path(source), info, images, [s.id for s in samples], [s.writer for s in samples],
