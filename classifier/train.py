@@ -48,6 +48,7 @@ class TrainConfig:
     weights: str = "none"
     split: str = "writer"
     seed: int = 0
+    split_seed: int | None = None  # None: seed
     epochs: int = 10
     batch_size: int = 128
     lr: float = 0.05
@@ -138,9 +139,18 @@ class TrainConfig:
             return self.name
         if self.from_strokes:
             extra = "" if self.channels == ["ink"] else "-" + "+".join(self.channels)
-            return f"strokes-{self.render_settings().name}{extra}-{self.arch}-{self.split}-seed{self.seed}"
+            return (f"strokes-{self.render_settings().name}{extra}-{self.arch}-{self.split}{self._split_tag()}"
+                    f"-seed{self.seed}")
         variants = "+".join(Path(v).name for v in self.variants)
-        return f"{variants}-{self.arch}-{self.split}-seed{self.seed}"
+        return f"{variants}-{self.arch}-{self.split}{self._split_tag()}-seed{self.seed}"
+
+    def _split_tag(self) -> str:
+        return "" if self.split_seed in (None, self.seed) else str(self.split_seed)
+
+    @property
+    def split_rng_seed(self) -> int:
+        """The seed the split is drawn with."""
+        return self.seed if self.split_seed is None else self.split_seed
 
 
 class RunError(RuntimeError):
@@ -232,7 +242,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
         variants = [render_samples(strokes, settings, cfg.raw_dir, tuple(cfg.channels))]
     else:
         variants = load_variants(cfg.variants)
-    split, _ = split_for(variants, cfg.split, cfg.seed)
+    split, _ = split_for(variants, cfg.split, cfg.split_rng_seed)
     if resume and (run / "split.json").exists():
         saved = json.loads((run / "split.json").read_text())
         if saved != split:
@@ -325,7 +335,7 @@ def finish(run: Path, cfg: TrainConfig, sets: dict, criterion, device, amp: bool
     metrics = {
         "val_accuracy": max(h["val_acc"] for h in history), "best_epoch": best["epoch"],
         "test_accuracy": summary["accuracy"], "macro_f1": summary["macro_f1"], "n_test": summary["n"],
-        "test_accuracy_by_variant": by_variant, "split": cfg.split, "seed": cfg.seed,
+        "test_accuracy_by_variant": by_variant, "split": cfg.split, "seed": cfg.seed, "split_seed": cfg.split_rng_seed,
         "variants": sorted(set(test.variant_of)) if cfg.from_strokes else [Path(v).name for v in cfg.variants],
         "source": "strokes" if cfg.from_strokes else "images", "arch": cfg.arch, "epochs": cfg.epochs,
         "train_seconds": round(train_seconds, 1),

@@ -18,6 +18,7 @@ NULLABLE = {
     ("dataset", "writers"): (str, int, list),
     ("render", "staff_offset"): (int,),
     ("train", "name"): (str,),
+    ("train", "split_seed"): (int,),
 }
 
 #: Mappings whose keys are other sections' settings (train settings for the study's runs).

@@ -12,7 +12,7 @@ import yaml
 from click.testing import CliRunner
 from test_classifier import assert_complete, tiny  # noqa: F401  (tiny is a fixture)
 
-from classifier import checkpoint
+from classifier import checkpoint, strokeset
 from classifier.evaluate import evaluate_run, predict_test_split
 from classifier.strokeset import StrokeSet
 from homus.cli import main
@@ -51,6 +51,15 @@ def test_ink_is_the_plain_rendering_and_every_channel_has_the_same_strokes(tiny)
         for order in stack[1:]:  # the same pixels carry ink, only their darkness differs
             assert np.array_equal(order < 255, stack[0] < 255), sample.id
             assert (order.astype(int) >= stack[0].astype(int) - 1).all()  # never darker than the ink (+-rounding)
+
+
+def test_plain_renderings_shared_among_processes_are_the_same_pixels(tiny, monkeypatch):  # noqa: F811
+    samples = load_samples(tiny / "raw")[:60]
+    alone = strokeset.render_samples(samples, S, channels=ALL, jobs=1)
+    monkeypatch.setattr(strokeset, "PARALLEL_FROM", 10)  # a pool for a set this small
+    shared = strokeset.render_samples(samples, S, channels=ALL, jobs=2)
+    assert shared.images.shape == (60, 3, 64, 64)
+    assert np.array_equal(shared.images, alone.images) and shared.samples == alone.samples
 
 
 def test_time_darkens_along_the_pen_so_direction_shows():
@@ -176,6 +185,16 @@ def test_an_ensemble_of_an_ink_and_an_order_model(tiny, tmp_path):  # noqa: F811
     (other / "split.json").write_text(json.dumps(split))
     r = CliRunner().invoke(main, ["evaluate", str(ink), str(other), "--out", str(tmp_path / "bad.json")])
     assert r.exit_code == 1 and "another split" in r.output and not (tmp_path / "bad.json").exists()
+    # another seed on the same split (--split-seed): a model of its own, the same test writers
+    r = CliRunner().invoke(main, [*base, "--seed", "1", "--split-seed", "0"])
+    assert r.exit_code == 0, r.output
+    seed1 = tmp_path / "runs/strokes-t3-s32-m2-resnet18-writer0-seed1"
+    assert json.loads((seed1 / "split.json").read_text()) == json.loads((ink / "split.json").read_text())
+    assert json.loads((seed1 / "metrics.json").read_text())["split_seed"] == 0
+    w0, w1 = (checkpoint.load(run / "best.pt")["model"]["conv1.weight"] for run in (ink, seed1))
+    assert not torch.equal(w0, w1)
+    r = CliRunner().invoke(main, ["evaluate", str(ink), str(seed1), "--out", str(tmp_path / "seeds.json")])
+    assert r.exit_code == 0, r.output
 
 
 def test_channel_settings_that_cannot_work_are_refused(tiny, tmp_path):  # noqa: F811
