@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import yaml
 from torch import nn
 
@@ -35,9 +36,10 @@ def read_split(run: str | Path) -> dict:
 
 
 def predict_test_split(run: str | Path, variant: str | Path | None = None, device: str = "auto",
-                       batch_size: int = 256) -> dict:
+                       batch_size: int = 256, strokes: dict | None = None) -> dict:
     """``run``'s best model over its test split, drawn as it was trained (or from ``variant``):
-    the sample ids, targets, class probabilities and predictions, plus what they were drawn from."""
+    the sample ids, targets, class probabilities and predictions, plus what they were drawn from.
+    ``strokes``: a dict that keeps the raw samples read, for the next run of the same raw folder."""
     run = Path(run)
     split = read_split(run)
     cfg = yaml.safe_load((run / "config.yaml").read_text())
@@ -50,7 +52,13 @@ def predict_test_split(run: str | Path, variant: str | Path | None = None, devic
         # its own test split drawn from the strokes: at the run's settings, or (a model that reads the
         # pen's order, which no PNG holds) at the settings the variant folder was rendered with
         settings = RenderSettings.from_dict(cfg["render"] if variant is None else variant_info(variant)["settings"])
-        samples = [s for s in load_samples(cfg["raw_dir"], parse_writers(cfg.get("writers"))) if s.id in test_ids]
+        key = (cfg["raw_dir"], str(cfg.get("writers")))
+        loaded = strokes.get(key) if strokes is not None else None
+        if loaded is None:
+            loaded = load_samples(cfg["raw_dir"], parse_writers(cfg.get("writers")))
+            if strokes is not None:
+                strokes[key] = loaded
+        samples = [s for s in loaded if s.id in test_ids]
         variants = [render_samples(samples, settings, cfg["raw_dir"], channels)]
     else:
         variants = [load_variant(p, only=test_ids) for p in ([variant] if variant else cfg["variants"])]
@@ -80,15 +88,15 @@ def evaluate_run(run: str | Path, variant: str | Path | None = None, device: str
     return metrics
 
 
-def evaluate_ensemble(runs: list[str | Path], out: str | Path, variant: str | Path | None = None,
-                      device: str = "auto", batch_size: int = 256) -> dict:
-    """Test-split metrics of several runs' models voting together (their class probabilities averaged,
-    each model fed the input it was trained on), saved as ``out``. The runs must share one test split:
-    an ensemble scored on images one of its members trained on would be a dishonest figure."""
+def ensemble_members(runs: list[str | Path], variant: str | Path | None = None, device: str = "auto",
+                     batch_size: int = 256) -> list[dict]:
+    """Each run's predictions over its test split (as :func:`predict_test_split`), checked to be one
+    shared test split: an ensemble scored on images one of its members trained on would be a
+    dishonest figure. Every split is checked before any model runs."""
     if len(runs) < 2:
         raise RunError("an ensemble needs at least two runs")
     kind, test = None, None
-    for run in runs:  # every split checked before any model runs
+    for run in runs:
         split = read_split(run)
         if test is None:
             kind, test = split["kind"], set(split["test"])
@@ -96,9 +104,9 @@ def evaluate_ensemble(runs: list[str | Path], out: str | Path, variant: str | Pa
             raise RunError(f"{run} was tested on another split than {runs[0]} ({split['kind']} split, "
                            f"{len(set(split['test']))} test samples against {kind}, {len(test)}); "
                            "an ensemble needs one shared test split (same split kind and seed)")
-    members, mean = [], None
+    members, strokes = [], {}
     for run in runs:
-        p = predict_test_split(run, variant, device, batch_size)
+        p = predict_test_split(run, variant, device, batch_size, strokes)
         if len(set(p["ids"])) != len(p["ids"]):
             raise RunError(f"{run} tests on several variants ({p['variant']}), so each sample appears more "
                            "than once; pass --variant to score the ensemble on one")
@@ -110,18 +118,31 @@ def evaluate_ensemble(runs: list[str | Path], out: str | Path, variant: str | Pa
                 raise RunError(f"{run} found other test images than {first['run']} "
                                f"({len(p['ids'])} against {len(first['ids'])})")
         members.append({**p, "run": str(run), "test_accuracy": p["acc"]})
-        mean = p["probs"] if mean is None else mean + p["probs"]
+    return members
+
+
+def vote(members: list[dict], out: str | Path | None = None) -> dict:
+    """Test-split metrics of ``members`` (from :func:`ensemble_members`) voting together: their class
+    probabilities averaged. Saved as ``out`` with a confusion matrix beside it, when given."""
     first = members[0]
-    preds = (mean / len(members)).argmax(1)
+    preds = np.mean([m["probs"] for m in members], axis=0).argmax(1)
     s = summarize(first["targets"], preds, first["classes"])
-    metrics = {"runs": [str(r) for r in runs], "split": first["split"],
+    metrics = {"runs": [m["run"] for m in members], "split": first["split"],
                "test_accuracy": s["accuracy"], "macro_f1": s["macro_f1"], "n_test": s["n"],
-               "members": [{"run": str(r), "variant": m["variant"], "test_accuracy": m["test_accuracy"]}
-                           for r, m in zip(runs, members, strict=True)],
+               "members": [{"run": m["run"], "variant": m["variant"], "test_accuracy": m["test_accuracy"]}
+                           for m in members],
                "per_class": s["per_class"]}
-    out = Path(out)
-    write_json(out, metrics)
-    plot_confusion(first["targets"], preds, first["classes"], out.with_name(out.stem + "-confusion.png"),
-                   title=f"ensemble of {len(members)}: test accuracy {s['accuracy']:.4f} "
-                         f"({first['split']} split, row-normalised)")
+    if out is not None:
+        out = Path(out)
+        write_json(out, metrics)
+        plot_confusion(first["targets"], preds, first["classes"], out.with_name(out.stem + "-confusion.png"),
+                       title=f"ensemble of {len(members)}: test accuracy {s['accuracy']:.4f} "
+                             f"({first['split']} split, row-normalised)")
     return metrics
+
+
+def evaluate_ensemble(runs: list[str | Path], out: str | Path, variant: str | Path | None = None,
+                      device: str = "auto", batch_size: int = 256) -> dict:
+    """Test-split metrics of several runs' models voting together (their class probabilities averaged,
+    each model fed the input it was trained on), saved as ``out``. The runs must share one test split."""
+    return vote(ensemble_members(runs, variant, device, batch_size), out)
