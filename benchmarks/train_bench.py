@@ -7,6 +7,8 @@ keeps the model busy.
     python benchmarks/train_bench.py accuracy --protocol seed random writer   # the README's table
     python benchmarks/train_bench.py accuracy --from-strokes --protocol writer random
     python benchmarks/train_bench.py accuracy --from-strokes --epochs 20 --channels ink ink,time,stroke
+    python benchmarks/train_bench.py accuracy --from-strokes --device cuda --workers 15 --epochs 30 \
+        --channels ink ink,time,stroke --seeds 0 1 --deadline 8                # a GPU session (gpu_session.sh)
 
 ``loop`` times the model's own training step on ready tensors and the real training loop
 (loader + step) in the same process; the ratio must be at least 0.9. ``strokes`` times the
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from dataclasses import replace
@@ -32,7 +35,7 @@ from torch import nn
 
 from classifier.data import ImageSet, load_variant, loader
 from classifier.engine import train_one_epoch
-from classifier.evaluate import evaluate_ensemble
+from classifier.evaluate import ensemble_members, vote
 from classifier.models import build_model
 from classifier.strokeset import StrokeSet, worker_init
 from classifier.train import TrainConfig, make_optimizer, make_scheduler, pick_device, split_for
@@ -164,36 +167,74 @@ def render_vs_train(raw: str, batches: int, batch_size: int, device: str, amp: b
             "ratio": {str(w): round(r / step, 1) for w, r in rates.items()}, "default_workers": cfg.workers}
 
 
-def accuracy(protocols: list[str], base: TrainConfig, tag: str = "",
-             channel_sets: list[list[str]] | None = None) -> list[dict]:
-    """Train (or reuse) one run per protocol and channel set, named
-    ``<protocol>-<source>[-<channels>]<tag>-seed<k>``; with several channel sets, also score each
-    protocol's runs as one ensemble (same split, probabilities averaged)."""
-    rows = []
-    for name in protocols:
-        what = f"strokes-{base.render_settings().name}" if base.from_strokes else Path(base.variants[0]).name
-        runs = []
-        for channels in channel_sets or [list(base.channels)]:
-            chan = "" if channels == ["ink"] else "-" + "+".join(channels)
-            cfg = replace(base, name=f"{name}-{what}{chan}{tag}-seed{base.seed}", channels=channels,
-                          **PROTOCOLS[name])
-            run = Path(cfg.runs_dir) / cfg.name
-            if not (run / "metrics.json").exists():
-                train_run(cfg, resume=run.exists())
-            m = json.loads((run / "metrics.json").read_text())
-            runs.append(run)
-            rows.append({"protocol": name, "model": "+".join(channels), "split": m["split"], "epochs": m["epochs"],
-                         "lr": cfg.lr, "test_accuracy": m["test_accuracy"], "macro_f1": m["macro_f1"],
-                         "n_test": m["n_test"], "train_minutes": round(m["train_seconds"] / 60, 1),
-                         "run": str(run)})
-        if len(runs) > 1:
-            out = Path(base.runs_dir) / f"ensemble-{'+'.join(r.name for r in runs)}.json"
-            e = evaluate_ensemble(runs, out, device=base.device)
-            rows.append({"protocol": name, "model": f"ensemble of {len(runs)}", "split": e["split"],
-                         "epochs": rows[-1]["epochs"], "lr": rows[-1]["lr"], "test_accuracy": e["test_accuracy"],
-                         "macro_f1": e["macro_f1"], "n_test": e["n_test"],
-                         "train_minutes": round(sum(r["train_minutes"] for r in rows[-len(runs):]), 1),
-                         "run": str(out)})
+def accuracy(protocols: list[str], base: TrainConfig, tag: str = "", channel_sets: list[list[str]] | None = None,
+             seeds: list[int] | None = None, deadline: float | None = None) -> tuple[list[dict], list[str]]:
+    """Train (or reuse) one run per seed, protocol and channel set, named
+    ``<protocol>-<source>[-<channels>]<tag>[-split<s>]-seed<k>``, all on the split of ``base.seed``
+    (an ensemble's members share their test set), seed by seed so that a deadline cuts every
+    protocol alike. With ``deadline`` (seconds from now), a run is not started when the longest run
+    so far would end past it. Returns the rows (each run, then each protocol's ensembles) and the
+    names of the runs skipped."""
+    what = f"strokes-{base.render_settings().name}" if base.from_strokes else Path(base.variants[0]).name
+    rows, skipped, took, start = [], [], [], time.monotonic()
+    runs: dict[str, list[tuple[Path, dict]]] = {name: [] for name in protocols}
+    for seed in seeds or [base.seed]:
+        for name in protocols:
+            for channels in channel_sets or [list(base.channels)]:
+                chan = "" if channels == ["ink"] else "-" + "+".join(channels)
+                split = "" if seed == base.seed else f"-split{base.seed}"  # every seed on --seed's split
+                cfg = replace(base, name=f"{name}-{what}{chan}{tag}{split}-seed{seed}", channels=channels, seed=seed,
+                              split_seed=base.seed, **PROTOCOLS[name])
+                run = Path(cfg.runs_dir) / cfg.name
+                if not (run / "metrics.json").exists():
+                    if deadline is not None and took and time.monotonic() - start + max(took) > deadline:
+                        skipped.append(cfg.name)
+                        print(f"skipped {cfg.name}: it would end past the deadline ({deadline / 60:.1f} min)")
+                        continue
+                    began = time.monotonic()
+                    train_run(cfg, resume=run.exists())
+                    took.append(time.monotonic() - began)
+                m = json.loads((run / "metrics.json").read_text())
+                row = {"protocol": name, "model": "+".join(channels), "seed": seed, "split": m["split"],
+                       "epochs": m["epochs"], "lr": cfg.lr, "test_accuracy": m["test_accuracy"],
+                       "macro_f1": m["macro_f1"], "n_test": m["n_test"],
+                       "train_minutes": round(m["train_seconds"] / 60, 1), "device": m.get("device", "?"),
+                       "run": str(run)}
+                rows.append(row)
+                runs[name].append((run, row))
+    for name, done in runs.items():
+        if len(done) > 1:
+            rows += ensembles(name, done, base)
+    return rows, skipped
+
+
+def ensembles(protocol: str, done: list[tuple[Path, dict]], base: TrainConfig) -> list[dict]:
+    """One protocol's runs voting: all of them (saved as ``ensemble-<runs>.json`` with its confusion
+    matrix), and the telling subsets: one seed's channel sets, each channel set over the seeds, and
+    the first k seeds of every channel set. Each model predicts once; subsets reuse its votes."""
+    members = dict(zip([r for r, _ in done], ensemble_members([r for r, _ in done], device=base.device),
+                       strict=True))
+    seeds = sorted({row["seed"] for _, row in done})
+    models = sorted({row["model"] for _, row in done}, key=[row["model"] for _, row in done].index)
+    subsets = {f"all {len(done)}": [r for r, _ in done]}
+    for seed in seeds:
+        subsets[f"seed {seed}: {' + '.join(models)}"] = [r for r, row in done if row["seed"] == seed]
+    for model in models:
+        subsets[f"{model}: seeds {','.join(map(str, seeds))}"] = [r for r, row in done if row["model"] == model]
+    for k in range(2, len(seeds)):
+        subsets[f"seeds {','.join(map(str, seeds[:k]))}: {' + '.join(models)}"] = \
+            [r for r, row in done if row["seed"] in seeds[:k]]
+    out, rows = Path(base.runs_dir) / f"ensemble-{'+'.join(r.name for r, _ in done)}.json", []
+    minutes = {r: row["train_minutes"] for r, row in done}
+    for label, chosen in subsets.items():
+        if len(chosen) < 2 or any(chosen == r["runs"] for r in rows):  # one seed alone: 'all' again
+            continue
+        e = vote([members[r] for r in chosen], out if label.startswith("all") else None)
+        rows.append({"protocol": protocol, "model": f"ensemble, {label}", "seed": "-", "split": e["split"],
+                     "epochs": done[0][1]["epochs"], "lr": done[0][1]["lr"], "test_accuracy": e["test_accuracy"],
+                     "macro_f1": e["macro_f1"], "n_test": e["n_test"],
+                     "train_minutes": round(sum(minutes[r] for r in chosen), 1), "device": done[0][1]["device"],
+                     "run": str(out) if label.startswith("all") else "", "runs": chosen})
     return rows
 
 
@@ -204,10 +245,12 @@ def main() -> None:
     ap.add_argument("--raw-dir", default="raw")
     ap.add_argument("--size", type=int, help="strokes: image size (default: pipeline.yaml's train.size)")
     ap.add_argument("--workers", type=int, nargs="+", help="strokes: loader workers to time (default: 0 and "
-                    "pipeline.yaml's)")
+                    "pipeline.yaml's); accuracy: the loader workers of every run (the first value)")
     ap.add_argument("--channels", nargs="+", help="input channels, e.g. ink,time (default: pipeline.yaml's); "
                     "accuracy: several sets train one run each and score them as an ensemble too")
-    ap.add_argument("--variant", default="rendered/t3-s64")
+    ap.add_argument("--variant", help="a rendered folder: what 'loop' and image runs read (default "
+                    "rendered/t3-s64); with --from-strokes, whose render settings to draw at (default: "
+                    "pipeline.yaml's train.thickness and size)")
     ap.add_argument("--protocol", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
     ap.add_argument("--epochs", type=int, help="override the default epochs (not for 'seed')")
     ap.add_argument("--batches", type=int, default=20, help="batches timed by 'loop'")
@@ -216,11 +259,16 @@ def main() -> None:
     ap.add_argument("--no-amp", action="store_true")
     ap.add_argument("--runs-dir", default="runs/bench")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, nargs="+", help="accuracy: one run per seed (and channel set), "
+                    "all on --seed's split and in the protocol's ensemble (default: --seed)")
+    ap.add_argument("--deadline", type=float, help="accuracy: minutes; start no run that would end past it "
+                    "(judged by the longest run so far), score what finished")
     args = ap.parse_args()
-    print(f"# {platform.node()} · {platform.processor() or platform.machine()} · torch {torch.__version__} · "
-          f"{torch.get_num_threads()} threads · {time.strftime('%Y-%m-%d')}")
+    gpu = f" · {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    print(f"# {platform.node()} · {platform.processor() or platform.machine()} · {os.cpu_count()} cores{gpu} · "
+          f"torch {torch.__version__} · {torch.get_num_threads()} threads · {time.strftime('%Y-%m-%d')}")
     if args.what == "loop":
-        r = loop_ratio(args.variant, args.batches, args.batch_size, args.device, not args.no_amp)
+        r = loop_ratio(args.variant or "rendered/t3-s64", args.batches, args.batch_size, args.device, not args.no_amp)
         print(json.dumps(r))
         print(f"loop {r['loop_images_per_s']} img/s vs step {r['step_images_per_s']} img/s on {r['device']}: "
               f"ratio {r['ratio']:.3f} ({'PASS' if r['ratio'] >= 0.9 else 'MISS'}: target >= 0.9)")
@@ -241,23 +289,34 @@ def main() -> None:
                       f"({'PASS' if ratio >= 10 else 'MISS'}: target >= 10)")
         return
     cfg = load_config()  # pipeline.yaml: the same defaults `homus train` uses
-    # the settings `homus train` would use; from strokes: at the variant's render settings, no image warp
+    # the settings `homus train` would use; from strokes: no image warp, drawn at pipeline.yaml's
+    # thickness and size or at the render settings of --variant
     defaults = train_settings(cfg, {**cfg["train"], "from_strokes": args.from_strokes, "raw_dir": args.raw_dir})
+    if args.from_strokes:
+        source = {"render": read_variant_info(args.variant)["settings"]} if args.variant else {}
+    else:
+        source = {"variants": [args.variant or "rendered/t3-s64"]}
     base = TrainConfig.from_dict({**defaults, "runs_dir": args.runs_dir, "seed": args.seed, "device": args.device,
-                                  "amp": not args.no_amp, "batch_size": args.batch_size,
-                                  **({"render": read_variant_info(args.variant)["settings"]} if args.from_strokes
-                                     else {"variants": [args.variant]})})
+                                  "amp": not args.no_amp, "batch_size": args.batch_size, **source})
     if args.epochs:
         base = replace(base, epochs=args.epochs)
+    if args.workers:
+        base = replace(base, workers=args.workers[0])
     if args.channels and not args.from_strokes and args.channels != ["ink"]:
         ap.error("--channels other than ink need --from-strokes (no rendered image holds the pen's order)")
     channel_sets = [list(check_channels(c)) for c in args.channels] if args.channels else None
-    rows = accuracy(args.protocol, base, tag=f"-e{args.epochs}" if args.epochs else "", channel_sets=channel_sets)
-    print("| protocol | model | split | epochs | lr | test accuracy | macro F1 | test images | train min |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    rows, skipped = accuracy(args.protocol, base, tag=f"-e{args.epochs}" if args.epochs else "",
+                             channel_sets=channel_sets, seeds=args.seeds,
+                             deadline=args.deadline * 60 if args.deadline else None)
+    print("| protocol | model | seed | split | epochs | lr | test accuracy | macro F1 | test images | train min "
+          "| device |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['protocol']} | {r['model']} | {r['split']} | {r['epochs']} | {r['lr']} | "
-              f"{r['test_accuracy']:.2%} | {r['macro_f1']:.4f} | {r['n_test']:,} | {r['train_minutes']} |")
+        print(f"| {r['protocol']} | {r['model']} | {r['seed']} | {r['split']} | {r['epochs']} | {r['lr']} | "
+              f"{r['test_accuracy']:.2%} | {r['macro_f1']:.4f} | {r['n_test']:,} | {r['train_minutes']} | "
+              f"{r['device']} |")
+    if skipped:
+        print(f"not trained (deadline): {', '.join(skipped)}")
     print(f"seed project: {SEED_ACCURACY:.2%} · public best (random split): {PUBLIC_BEST:.2%}")
 
 

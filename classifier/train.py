@@ -235,6 +235,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     amp = cfg.amp and device.type == "cuda"
+    if device.type == "cuda":  # the fastest convolutions for this input size (GPU runs are not bit-exact anyway)
+        torch.backends.cudnn.benchmark = True
 
     if cfg.from_strokes:  # plain renderings in memory stand in for a variant folder
         settings = cfg.render_settings()

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# One lent GPU, one call: fetch HOMUS, time the stroke data source against the CUDA training step,
+# then train the accuracy protocols (writer and random split, ink and the pen's order, seed after
+# seed) until the deadline, score their ensembles, and pack every small result under $OUT.
+#
+#   HOMUS_SOURCE=.devdata/HOMUS-v2.zip OUT=/tmp/out bash benchmarks/gpu_session.sh
+#
+# Settings (environment): EPOCHS (20), SEEDS ("0 1 2"), DEADLINE (minutes of training, 7),
+# LIMIT (seconds before the accuracy step is stopped, 520), WORKERS (cores - 2), DEVICE (cuda; cpu for a
+# dry run).
+# Checkpoints stay on the machine (too big to bring back); metrics, histories and pictures come back.
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-out}
+EPOCHS=${EPOCHS:-20}
+SEEDS=${SEEDS:-0 1 2}
+DEADLINE=${DEADLINE:-7}
+LIMIT=${LIMIT:-520}
+WORKERS=${WORKERS:-$(( $(nproc) > 3 ? $(nproc) - 2 : 1 ))}
+RUNS=${RUNS:-runs/gpu}
+RAW=${RAW:-raw}
+DEVICE=${DEVICE:-cuda}
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+mkdir -p "$OUT"
+log=$OUT/log.txt
+
+{
+  date -u
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+  python3 -c "import sys, torch, torchvision, numpy, cv2; print('python', sys.version.split()[0], 'torch', \
+torch.__version__, 'torchvision', torchvision.__version__, 'numpy', numpy.__version__, 'opencv', cv2.__version__, \
+'cuda', torch.cuda.is_available())"
+  shm=$(df -k --output=avail /dev/shm 2>/dev/null | tail -1)
+  if [ -n "$shm" ] && [ "$shm" -lt 1048576 ] && [ "$WORKERS" -gt 4 ]; then  # loader batches pass through /dev/shm
+    echo "/dev/shm has ${shm} KiB free: 4 workers instead of $WORKERS"; WORKERS=4
+  fi
+  echo "workers $WORKERS · epochs $EPOCHS · seeds $SEEDS · deadline $DEADLINE min · $(nproc) cores"
+  [ -f "$RAW/homus.json" ] || python3 -m homus.cli fetch --raw-dir "$RAW" || exit 1
+
+  echo "## the stroke data source against the CUDA training step"
+  python3 benchmarks/train_bench.py strokes --raw-dir "$RAW" --device "$DEVICE" --workers 0 1 "$WORKERS" \
+    --channels ink ink,time,stroke --batches 40
+
+  echo "## accuracy"
+  # shellcheck disable=SC2086
+  timeout "$LIMIT" python3 benchmarks/train_bench.py accuracy --from-strokes --raw-dir "$RAW" --device "$DEVICE" \
+    --workers "$WORKERS" --epochs "$EPOCHS" --channels ink ink,time,stroke --seeds $SEEDS \
+    --protocol writer random --deadline "$DEADLINE" --runs-dir "$RUNS"
+  echo "accuracy step exit $?"
+  date -u
+} 2>&1 | tee "$log"
+
+# every run's small files (not its checkpoints), finished or not
+tar czf "$OUT/runs.tgz" --exclude='*.pt' "$RUNS" 2>/dev/null
+ls -la "$OUT"
