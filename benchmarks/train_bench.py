@@ -4,6 +4,7 @@ keeps the model busy.
     python benchmarks/train_bench.py loop  --variant rendered/t3-s64          # loop/step ratio
     python benchmarks/train_bench.py strokes --size 64                        # render vs train rate
     python benchmarks/train_bench.py strokes --size 64 --channels ink,time    # ... reading the pen's order
+    python benchmarks/train_bench.py epochs --workers 1 2                     # loader workers kept or not
     python benchmarks/train_bench.py accuracy --protocol seed random writer   # the README's table
     python benchmarks/train_bench.py accuracy --from-strokes --protocol writer random
     python benchmarks/train_bench.py accuracy --from-strokes --epochs 20 --channels ink ink,time,stroke
@@ -33,7 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from classifier.data import ImageSet, load_variant, loader
+from classifier.data import ImageSet, epoch_loader, load_variant, loader
 from classifier.engine import train_one_epoch
 from classifier.evaluate import ensemble_members, vote
 from classifier.models import build_model
@@ -167,6 +168,35 @@ def render_vs_train(raw: str, batches: int, batch_size: int, device: str, amp: b
             "ratio": {str(w): round(r / step, 1) for w, r in rates.items()}, "default_workers": cfg.workers}
 
 
+def epochs_rate(raw: str, workers: list[int], epochs: int, batches: int, batch_size: int) -> dict:
+    """images/s of the stroke data source over several whole epochs (a subset of ``batches`` batches):
+    a fresh loader every epoch, whose workers start again each time, against one loader whose
+    workers live through all of them (what training does), same images."""
+    cfg = TrainConfig.from_dict({**train_settings(load_config(), load_config()["train"]), "from_strokes": True,
+                                 "raw_dir": raw})
+    samples = load_samples(raw)[: batches * batch_size]
+    ds = StrokeSet(samples, cfg.render_settings(), cfg.stroke_augment(), seed=0, channels=tuple(cfg.channels))
+    out = {}
+    for w in workers:
+        start = time.perf_counter()
+        for e in range(1, epochs + 1):
+            ds.set_epoch(e)
+            for _ in loader(ds, batch_size, True, seed=e, workers=w, worker_init_fn=worker_init):
+                pass
+        fresh = epochs * len(ds) / (time.perf_counter() - start)
+        start = time.perf_counter()
+        dl, order = epoch_loader(ds, batch_size, 0, w, worker_init)
+        for e in range(1, epochs + 1):
+            order.set_epoch(e)
+            for _ in dl:
+                pass
+        kept = epochs * len(ds) / (time.perf_counter() - start)
+        del dl
+        out[str(w)] = {"fresh_images_per_s": round(fresh, 1), "kept_images_per_s": round(kept, 1),
+                       "ratio": round(kept / fresh, 2)}
+    return {"render": cfg.render_settings().name, "epochs": epochs, "images_per_epoch": len(ds), "workers": out}
+
+
 def accuracy(protocols: list[str], base: TrainConfig, tag: str = "", channel_sets: list[list[str]] | None = None,
              seeds: list[int] | None = None, deadline: float | None = None) -> tuple[list[dict], list[str]]:
     """Train (or reuse) one run per seed, protocol and channel set, named
@@ -240,7 +270,7 @@ def ensembles(protocol: str, done: list[tuple[Path, dict]], base: TrainConfig) -
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["loop", "strokes", "accuracy"])
+    ap.add_argument("what", choices=["loop", "strokes", "epochs", "accuracy"])
     ap.add_argument("--from-strokes", action="store_true", help="accuracy: train from the raw strokes")
     ap.add_argument("--raw-dir", default="raw")
     ap.add_argument("--size", type=int, help="strokes: image size (default: pipeline.yaml's train.size)")
@@ -287,6 +317,14 @@ def main() -> None:
             if ratio is not None:
                 print(f"default workers ({r['default_workers']}): ratio {ratio:.1f} "
                       f"({'PASS' if ratio >= 10 else 'MISS'}: target >= 10)")
+        return
+    if args.what == "epochs":
+        r = epochs_rate(args.raw_dir, args.workers or [1, 2], args.epochs or 3, args.batches, args.batch_size)
+        print(json.dumps(r))
+        for w, m in r["workers"].items():
+            print(f"{r['render']}, {r['epochs']} epochs of {r['images_per_epoch']:,} images, {w} worker(s): "
+                  f"a fresh loader each epoch {m['fresh_images_per_s']:,.0f} img/s, workers kept "
+                  f"{m['kept_images_per_s']:,.0f} img/s: {m['ratio']:.2f}x")
         return
     cfg = load_config()  # pipeline.yaml: the same defaults `homus train` uses
     # the settings `homus train` would use; from strokes: no image warp, drawn at pipeline.yaml's

@@ -60,7 +60,8 @@ def render_samples(samples: list[Sample], settings: RenderSettings, source: str 
 
 
 class StrokeSet(Dataset):
-    """Samples rendered on demand with ``augment``; call :meth:`set_epoch` before each epoch."""
+    """Samples rendered on demand with ``augment``, as drawn in one epoch: the batch's own (from
+    :class:`~classifier.data.EpochBatches`), else the one :meth:`set_epoch` set."""
 
     def __init__(self, samples: list[Sample], settings: RenderSettings, augment: StrokeAugment, seed: int,
                  classes: tuple[str, ...] = LABELS, channels: tuple[str, ...] = ("ink",)):
@@ -88,9 +89,11 @@ class StrokeSet(Dataset):
         rng = np.random.default_rng((self.seed, epoch, i))
         return render_augmented(self.strokes[i], self.settings, self.augment, rng, self.channels)
 
-    def __getitem__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """A whole batch at once (used with a BatchSampler), like :class:`~classifier.data.ImageSet`."""
-        return to_input(np.stack([self.image(i) for i in idx])), self.targets[torch.as_tensor(idx)]
+    def __getitem__(self, key: list[int] | tuple[int, list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A whole batch at once, like :class:`~classifier.data.ImageSet`: indices, drawn as in the
+        current epoch, or ``(epoch, indices)`` (from :class:`~classifier.data.EpochBatches`)."""
+        epoch, idx = key if isinstance(key, tuple) else (self.epoch, key)
+        return to_input(np.stack([self.draw(i, epoch) for i in idx])), self.targets[torch.as_tensor(idx)]
 
 
 def worker_init(_: int) -> None:

@@ -28,7 +28,7 @@ from homus_render.render import RenderSettings, parse_size
 
 from . import checkpoint, plots
 from .augment import Affine
-from .data import DataError, ImageSet, Variant, load_variant, loader
+from .data import DataError, ImageSet, Variant, epoch_loader, load_variant, loader
 from .engine import evaluate, train_one_epoch
 from .metrics import summarize
 from .models import build_model
@@ -290,14 +290,14 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
         best_acc = max((h["val_acc"] for h in history), default=-1.0)
         log(f"resuming {run} after epoch {ckpt['epoch']}")
 
-    val_loader = loader(sets["val"], cfg.batch_size * 2, shuffle=False, workers=cfg.workers)
+    # the loaders' workers start once and serve every epoch; each batch carries its epoch, so a
+    # worker draws that epoch's distortions, and the order is fixed by seed and epoch
+    val_loader = loader(sets["val"], cfg.batch_size * 2, shuffle=False, workers=cfg.workers, persistent=True)
+    train_loader, batches = epoch_loader(sets["train"], cfg.batch_size, cfg.seed * 100_003, cfg.workers, worker_init)
     augment = cfg.augmentation()
     for epoch in range(start_epoch, cfg.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
-        if cfg.from_strokes:
-            sets["train"].set_epoch(epoch)  # before the loader's workers start: they copy the set
-        train_loader = loader(sets["train"], cfg.batch_size, True, seed=cfg.seed * 100_003 + epoch,
-                              workers=cfg.workers, worker_init_fn=worker_init)
+        batches.set_epoch(epoch)
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch + 1_000_000)  # same epoch, same warps
         stats = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, device, epoch, amp,
                                 transform=(lambda x, g=gen: augment(x, g)) if augment.active else None)

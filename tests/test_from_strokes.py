@@ -13,7 +13,7 @@ import yaml
 from click.testing import CliRunner
 from test_classifier import assert_complete, tiny  # noqa: F401  (tiny is a fixture)
 
-from classifier.data import load_variant, loader
+from classifier.data import epoch_loader, load_variant, loader
 from classifier.evaluate import evaluate_run
 from classifier.strokeset import StrokeSet, worker_init
 from homus.cli import main
@@ -44,6 +44,21 @@ def test_same_seed_and_epoch_same_images_whatever_the_workers(samples):
     assert not torch.equal(torch.cat(a), torch.cat(epoch_batches(ds, 2, workers=0)))  # a new epoch, new hands
     other = StrokeSet(samples, S32, AUG, seed=6)
     assert not torch.equal(torch.cat(a), torch.cat(epoch_batches(other, 1, workers=0)))
+
+
+def test_workers_that_live_across_epochs_draw_each_epochs_images(samples):
+    """The training loader starts its workers once; the epoch rides with each batch, so a worker
+    forked in epoch 1 still draws epoch 2's distortions, in epoch 2's order."""
+    ds = StrokeSet(samples, S32, AUG, seed=5)
+    dl, batches = epoch_loader(ds, 32, seed=0, workers=2, worker_init_fn=worker_init)
+    for epoch in (1, 2):
+        batches.set_epoch(epoch)
+        got = [(x, y) for x, y in dl]
+        ds.set_epoch(epoch)  # the plain loader, in this process, as every epoch was drawn before
+        want = list(loader(ds, 32, shuffle=True, seed=epoch))
+        assert len(got) == len(want) == len(batches)
+        for (x, y), (wx, wy) in zip(got, want, strict=True):
+            assert torch.equal(x, wx) and torch.equal(y, wy)
 
 
 def test_each_sample_keeps_its_label_and_stays_ink_on_paper(samples):
