@@ -5,17 +5,17 @@
 #
 #   HOMUS_SOURCE=.devdata/HOMUS-v2.zip OUT=/tmp/out bash benchmarks/gpu_session.sh
 #
-# Settings (environment): EPOCHS (20), SEEDS ("0 1 2"), DEADLINE (minutes of training, 7),
-# LIMIT (seconds before the accuracy step is stopped, 520), WORKERS (cores - 2), DEVICE (cuda; cpu for a
+# Settings (environment): EPOCHS (20), SEEDS ("0 1 2"), DEADLINE (minutes of training, 6.5),
+# LIMIT (seconds before the accuracy step is stopped, 490), WORKERS (cores - 2), DEVICE (cuda; cpu for a
 # dry run).
 # Checkpoints stay on the machine (too big to bring back); metrics, histories and pictures come back.
 set -u -o pipefail
+OUT=$(realpath -m "${OUT:-gpu-out}")  # taken from the caller's folder
 cd "$(dirname "$0")/.."
-OUT=${OUT:-gpu-out}
 EPOCHS=${EPOCHS:-20}
 SEEDS=${SEEDS:-0 1 2}
-DEADLINE=${DEADLINE:-7}
-LIMIT=${LIMIT:-520}
+DEADLINE=${DEADLINE:-6.5}
+LIMIT=${LIMIT:-490}
 WORKERS=${WORKERS:-$(( $(nproc) > 3 ? $(nproc) - 2 : 1 ))}
 RUNS=${RUNS:-runs/gpu}
 RAW=${RAW:-raw}
@@ -38,18 +38,22 @@ torch.__version__, 'torchvision', torchvision.__version__, 'numpy', numpy.__vers
   [ -f "$RAW/homus.json" ] || python3 -m homus.cli fetch --raw-dir "$RAW" || exit 1
 
   echo "## the stroke data source against the CUDA training step"
-  python3 benchmarks/train_bench.py strokes --raw-dir "$RAW" --device "$DEVICE" --workers 0 1 "$WORKERS" \
-    --channels ink ink,time,stroke --batches 40
+  timeout 120 python3 benchmarks/train_bench.py strokes --raw-dir "$RAW" --device "$DEVICE" \
+    --workers 0 1 "$WORKERS" --channels ink ink,time,stroke --batches 40
 
   echo "## accuracy"
   # shellcheck disable=SC2086
   timeout "$LIMIT" python3 benchmarks/train_bench.py accuracy --from-strokes --raw-dir "$RAW" --device "$DEVICE" \
     --workers "$WORKERS" --epochs "$EPOCHS" --channels ink ink,time,stroke --seeds $SEEDS \
     --protocol writer random --deadline "$DEADLINE" --runs-dir "$RUNS"
-  echo "accuracy step exit $?"
+  status=$?
+  echo "accuracy step exit $status"
   date -u
+  exit $status
 } 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
 
 # every run's small files (not its checkpoints), finished or not
 tar czf "$OUT/runs.tgz" --exclude='*.pt' "$RUNS" 2>/dev/null
 ls -la "$OUT"
+exit "$status"

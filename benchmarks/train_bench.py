@@ -36,7 +36,7 @@ from torch import nn
 
 from classifier.data import ImageSet, epoch_loader, load_variant, loader
 from classifier.engine import train_one_epoch
-from classifier.evaluate import ensemble_members, vote
+from classifier.evaluate import ensemble_members, ensemble_name, vote
 from classifier.models import build_model
 from classifier.strokeset import StrokeSet, worker_init
 from classifier.train import TrainConfig, make_optimizer, make_scheduler, pick_device, split_for
@@ -239,32 +239,35 @@ def accuracy(protocols: list[str], base: TrainConfig, tag: str = "", channel_set
 
 
 def ensembles(protocol: str, done: list[tuple[Path, dict]], base: TrainConfig) -> list[dict]:
-    """One protocol's runs voting: all of them (saved as ``ensemble-<runs>.json`` with its confusion
-    matrix), and the telling subsets: one seed's channel sets, each channel set over the seeds, and
-    the first k seeds of every channel set. Each model predicts once; subsets reuse its votes."""
-    members = dict(zip([r for r, _ in done], ensemble_members([r for r, _ in done], device=base.device),
-                       strict=True))
-    seeds = sorted({row["seed"] for _, row in done})
-    models = sorted({row["model"] for _, row in done}, key=[row["model"] for _, row in done].index)
-    subsets = {f"all {len(done)}": [r for r, _ in done]}
-    for seed in seeds:
-        subsets[f"seed {seed}: {' + '.join(models)}"] = [r for r, row in done if row["seed"] == seed]
-    for model in models:
-        subsets[f"{model}: seeds {','.join(map(str, seeds))}"] = [r for r, row in done if row["model"] == model]
-    for k in range(2, len(seeds)):
-        subsets[f"seeds {','.join(map(str, seeds[:k]))}: {' + '.join(models)}"] = \
-            [r for r, row in done if row["seed"] in seeds[:k]]
-    out, rows = Path(base.runs_dir) / f"ensemble-{'+'.join(r.name for r, _ in done)}.json", []
-    minutes = {r: row["train_minutes"] for r, row in done}
-    for label, chosen in subsets.items():
-        if len(chosen) < 2 or any(chosen == r["runs"] for r in rows):  # one seed alone: 'all' again
+    """One protocol's runs voting: all of them (saved as ``ensemble-...json`` with its confusion
+    matrix), and the telling subsets: one seed's channel sets, each channel set over its seeds, and
+    the first k seeds. Each model predicts once; subsets reuse its votes. Every label names the
+    models and seeds actually in it."""
+    row_of = dict(done)
+    members = dict(zip(row_of, ensemble_members(list(row_of), device=base.device), strict=True))
+    seeds = sorted({row["seed"] for row in row_of.values()})
+    models = list(dict.fromkeys(row["model"] for row in row_of.values()))
+
+    def label(chosen: list[Path]) -> str:
+        have = [row_of[r] for r in chosen]
+        kinds = [m for m in models if any(h["model"] == m for h in have)]
+        own = [str(s) for s in seeds if any(h["seed"] == s for h in have)]
+        return f"{' + '.join(kinds)}, seed{'s' if len(own) > 1 else ''} {','.join(own)}"
+
+    subsets = [[r for r, row in done if row["seed"] == seed] for seed in seeds]
+    subsets += [[r for r, row in done if row["model"] == model] for model in models]
+    subsets += [[r for r, row in done if row["seed"] in seeds[:k]] for k in range(2, len(seeds))]
+    out, rows = Path(base.runs_dir) / f"{ensemble_name(list(row_of))}.json", []
+    for chosen in [list(row_of), *subsets]:
+        if len(chosen) < 2 or any(chosen == r["runs"] for r in rows):  # a lone model, or a subset seen
             continue
-        e = vote([members[r] for r in chosen], out if label.startswith("all") else None)
-        rows.append({"protocol": protocol, "model": f"ensemble, {label}", "seed": "-", "split": e["split"],
-                     "epochs": done[0][1]["epochs"], "lr": done[0][1]["lr"], "test_accuracy": e["test_accuracy"],
-                     "macro_f1": e["macro_f1"], "n_test": e["n_test"],
-                     "train_minutes": round(sum(minutes[r] for r in chosen), 1), "device": done[0][1]["device"],
-                     "run": str(out) if label.startswith("all") else "", "runs": chosen})
+        everything = chosen == list(row_of)
+        e = vote([members[r] for r in chosen], out if everything else None)
+        rows.append({"protocol": protocol, "model": f"ensemble{' of all' if everything else ''}: {label(chosen)}",
+                     "seed": "-", "split": e["split"], "epochs": done[0][1]["epochs"], "lr": done[0][1]["lr"],
+                     "test_accuracy": e["test_accuracy"], "macro_f1": e["macro_f1"], "n_test": e["n_test"],
+                     "train_minutes": round(sum(row_of[r]["train_minutes"] for r in chosen), 1),
+                     "device": done[0][1]["device"], "run": str(out) if everything else "", "runs": chosen})
     return rows
 
 
@@ -344,7 +347,7 @@ def main() -> None:
         ap.error("--channels other than ink need --from-strokes (no rendered image holds the pen's order)")
     channel_sets = [list(check_channels(c)) for c in args.channels] if args.channels else None
     rows, skipped = accuracy(args.protocol, base, tag=f"-e{args.epochs}" if args.epochs else "",
-                             channel_sets=channel_sets, seeds=args.seeds,
+                             channel_sets=channel_sets, seeds=list(dict.fromkeys(args.seeds or [args.seed])),
                              deadline=args.deadline * 60 if args.deadline else None)
     print("| protocol | model | seed | split | epochs | lr | test accuracy | macro F1 | test images | train min "
           "| device |")

@@ -101,22 +101,25 @@ class ImageSet(Dataset):
     def __getitem__(self, key: list[int] | tuple[int, list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """A whole batch at once (indices, or ``(epoch, indices)`` from :class:`EpochBatches`; the
         images do not change with the epoch): one gather, no per-image collate."""
-        idx = torch.as_tensor(key[1] if isinstance(key, tuple) else key)
+        idx = torch.as_tensor(batch_key(key)[1])
         return to_input(self.images[idx]), self.targets[idx]
 
 
-def loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int = 0, workers: int = 0, worker_init_fn=None,
-           persistent: bool = False) -> DataLoader:
+def loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int = 0, workers: int = 0,
+           worker_init_fn=None) -> DataLoader:
     """Batches of ``ds`` (whose ``__getitem__`` takes a list of indices); when shuffling, the order
-    is fixed by ``seed`` (pass seed + epoch). ``persistent``: the workers outlive each pass (for a
-    loader read every epoch)."""
+    is fixed by ``seed`` (pass seed + epoch)."""
     if shuffle:
         sampler = RandomSampler(ds, generator=torch.Generator().manual_seed(seed))
     else:
         sampler = SequentialSampler(ds)
     return DataLoader(ds, sampler=BatchSampler(sampler, batch_size, drop_last=False), batch_size=None,
-                      num_workers=workers, persistent_workers=persistent and workers > 0,
-                      worker_init_fn=worker_init_fn)
+                      num_workers=workers, persistent_workers=False, worker_init_fn=worker_init_fn)
+
+
+def batch_key(key: list[int] | tuple[int, list[int]], epoch: int = 0) -> tuple[int, list[int]]:
+    """A batch's ``(epoch, indices)``: as :class:`EpochBatches` gives them, or plain indices, in ``epoch``."""
+    return key if isinstance(key, tuple) else (epoch, key)
 
 
 class EpochBatches(Sampler):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -86,6 +87,17 @@ def evaluate_run(run: str | Path, variant: str | Path | None = None, device: str
                "per_class": s["per_class"]}
     write_json(run / f"eval-{p['variant']}.json", metrics)
     return metrics
+
+
+def ensemble_name(runs: list[str | Path]) -> str:
+    """``ensemble-<run>+<run>...``, or, where that would pass the file-name limit (255 bytes, with
+    ``-confusion.png`` added), ``ensemble-<first run>-and-<n> more-<hash of all names>``."""
+    names = [Path(r).name for r in runs]
+    joined = "ensemble-" + "+".join(names)
+    if len(joined.encode()) <= 200:
+        return joined
+    digest = hashlib.sha256("+".join(names).encode()).hexdigest()[:8]
+    return f"ensemble-{names[0][:120]}-and-{len(names) - 1}-more-{digest}"
 
 
 def ensemble_members(runs: list[str | Path], variant: str | Path | None = None, device: str = "auto",

@@ -12,13 +12,13 @@ import cv2
 import numpy as np
 import torch
 
+from homus_render.channels import render_plain
 from homus_render.render import RenderSettings
 from homus_render.strokes import StrokeFileError, parse_file
 
 from . import checkpoint
 from .data import to_input
 from .evaluate import load_model
-from .strokeset import render_plain
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 

@@ -15,24 +15,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from homus_render.channels import ink_index, render_channels
+from homus_render.channels import ink_index, render_many, render_plain
 from homus_render.distort import StrokeAugment, render_augmented
 from homus_render.labels import LABELS
-from homus_render.render import RenderSettings, render
+from homus_render.render import RenderSettings
 from homus_render.strokes import Sample
 
-from .data import Variant, to_input
+from .data import Variant, batch_key, to_input
 
 PARALLEL_FROM = 2000  # fewer samples render faster in this process than a pool of processes starts
-
-
-def render_plain(strokes, settings: RenderSettings, channels: tuple[str, ...] = ("ink",)) -> np.ndarray:
-    """One symbol without distortion: ``(h, w)`` for ink alone, else ``(channels, h, w)``."""
-    return render(strokes, settings) if channels == ("ink",) else render_channels(strokes, settings, channels)
-
-
-def _render_chunk(strokes: list, settings: RenderSettings, channels: tuple[str, ...]) -> np.ndarray:
-    return np.stack([render_plain(s, settings, channels) for s in strokes])
 
 
 def render_samples(samples: list[Sample], settings: RenderSettings, source: str | Path = "strokes",
@@ -48,11 +39,11 @@ def render_samples(samples: list[Sample], settings: RenderSettings, source: str 
     jobs = effective_n_jobs(jobs) if heavy else 1
     if jobs > 1:  # a few chunks per process: the pool's start-up is paid once, the load stays even
         size = -(-len(strokes) // (jobs * 4))
-        parts = Parallel(n_jobs=jobs)(delayed(_render_chunk)(strokes[i:i + size], settings, channels)
+        parts = Parallel(n_jobs=jobs)(delayed(render_many)(strokes[i:i + size], settings, channels)
                                       for i in range(0, len(strokes), size))
         images = np.concatenate(parts)
     else:
-        images = _render_chunk(strokes, settings, channels)
+        images = render_many(strokes, settings, channels)
     info = {"name": settings.name, "settings": settings.to_dict(), "source": str(source),
             "channels": list(channels)}
     return Variant(Path(source), info, images, [s.id for s in samples], [s.writer for s in samples],
@@ -92,7 +83,7 @@ class StrokeSet(Dataset):
     def __getitem__(self, key: list[int] | tuple[int, list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """A whole batch at once, like :class:`~classifier.data.ImageSet`: indices, drawn as in the
         current epoch, or ``(epoch, indices)`` (from :class:`~classifier.data.EpochBatches`)."""
-        epoch, idx = key if isinstance(key, tuple) else (self.epoch, key)
+        epoch, idx = batch_key(key, self.epoch)
         return to_input(np.stack([self.draw(i, epoch) for i in idx])), self.targets[torch.as_tensor(idx)]
 
 

@@ -87,6 +87,9 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.split_seed is not None and (isinstance(self.split_seed, bool) or not isinstance(self.split_seed, int)
+                                            or self.split_seed < 0):
+            raise ValueError(f"split_seed must be a whole number >= 0 or null, got {self.split_seed!r}")
         for key in ("epochs", "batch_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
@@ -290,9 +293,10 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
         best_acc = max((h["val_acc"] for h in history), default=-1.0)
         log(f"resuming {run} after epoch {ckpt['epoch']}")
 
-    # the loaders' workers start once and serve every epoch; each batch carries its epoch, so a
-    # worker draws that epoch's distortions, and the order is fixed by seed and epoch
-    val_loader = loader(sets["val"], cfg.batch_size * 2, shuffle=False, workers=cfg.workers, persistent=True)
+    # the training loader's workers start once and serve every epoch; each batch carries its epoch, so
+    # a worker draws that epoch's distortions, and the order is fixed by seed and epoch. Validation
+    # images are in memory: gathered here, no worker to start.
+    val_loader = loader(sets["val"], cfg.batch_size * 2, shuffle=False)
     train_loader, batches = epoch_loader(sets["train"], cfg.batch_size, cfg.seed * 100_003, cfg.workers, worker_init)
     augment = cfg.augmentation()
     for epoch in range(start_epoch, cfg.epochs + 1):
@@ -315,6 +319,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
         checkpoint.save(run / "last.pt", ckpt)
         write_bytes(run / "history.csv", _history_csv(history))
 
+    del train_loader  # its workers end here
     plots.plot_curves(history, run / "curves.png")
     return finish(run, cfg, sets, criterion, device, amp, history)
 
@@ -324,7 +329,7 @@ def finish(run: Path, cfg: TrainConfig, sets: dict, criterion, device, amp: bool
     model, best = checkpoint.load_model(run / "best.pt")
     model.to(device)
     test = sets["test"]
-    res = evaluate(model, loader(test, cfg.batch_size * 2, False, workers=cfg.workers), criterion, device, amp,
+    res = evaluate(model, loader(test, cfg.batch_size * 2, False), criterion, device, amp,
                    desc="test")
     classes = best["classes"]
     summary = summarize(res["targets"], res["preds"], classes)

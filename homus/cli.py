@@ -243,7 +243,8 @@ def train(cfg, resume_dir, **flags) -> None:
               help="Test on this variant's test split (default: the run's own variants).")
 @click.option("--out", type=click.Path(dir_okay=False),
               help="Several runs: where the ensemble's metrics go (default: "
-                   "<first run's folder>/../ensemble-<run>+<run>.json, with a confusion matrix beside it).")
+                   "<first run's folder>/../ensemble-<run>+<run>.json, shortened with a hash for many runs; "
+                   "a confusion matrix beside it).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto")
 def evaluate(runs, variant, out, device) -> None:
     """A run's best model on the test split of any variant; prints and saves the metrics.
@@ -252,13 +253,13 @@ def evaluate(runs, variant, out, device) -> None:
     are averaged, each model reading the input it was trained on."""
     from classifier.checkpoint import CheckpointError
     from classifier.data import DataError
-    from classifier.evaluate import evaluate_ensemble, evaluate_run
+    from classifier.evaluate import ensemble_name, evaluate_ensemble, evaluate_run
     from classifier.train import RunError
     from homus_render.strokes import StrokeFileError
 
     try:
         if len(runs) > 1:
-            out = Path(out) if out else Path(runs[0]).parent / f"ensemble-{'+'.join(Path(r).name for r in runs)}.json"
+            out = Path(out) if out else Path(runs[0]).parent / f"{ensemble_name(runs)}.json"
             m = evaluate_ensemble(list(runs), out, variant, device)
         else:
             m = evaluate_run(runs[0], variant, device)

@@ -23,7 +23,7 @@ from homus_render.atomic import write_bytes, write_text
 from homus_render.distort import StrokeAugment
 from homus_render.variants import read_variant_info
 
-IGNORED = {"name", "runs_dir", "seed", "device", "workers", "threads", "amp"}
+IGNORED = {"name", "runs_dir", "seed", "split_seed", "device", "workers", "threads", "amp"}
 #: Settings of training from strokes: shown only for runs that did.
 STROKE_ONLY = {"from_strokes", "raw_dir", "writers", "render", *(f"stroke_{f.name}" for f in fields(StrokeAugment))}
 
@@ -60,8 +60,9 @@ def load_run(run: Path) -> dict:
     for f in sorted(run.glob("eval-*.json")):
         e = json.loads(f.read_text())
         evals[e["variant"]] = e["test_accuracy"]
-    return {"run": run, "name": run.name, "seed": cfg.get("seed"), "metrics": metrics, "settings": settings,
-            "evals": evals}
+    split_seed = cfg.get("seed") if cfg.get("split_seed") is None else cfg["split_seed"]
+    return {"run": run, "name": run.name, "seed": cfg.get("seed"), "split_seed": split_seed, "metrics": metrics,
+            "settings": settings, "evals": evals}
 
 
 def differing(runs: list[dict]) -> list[str]:
@@ -139,7 +140,7 @@ def write_report(run_dirs: list[Path], out: Path, title: str, variants: list[str
     if not runs:
         raise ValueError("no runs to report on")
     splits = {json.dumps(json.loads((r["run"] / "split.json").read_text()), sort_keys=True) for r in runs
-              if r["seed"] == runs[0]["seed"]}
+              if r["split_seed"] == runs[0]["split_seed"]}
     group_by = group_by or [k for k in differing(runs) if k not in IGNORED]
     rows = summarize(runs, group_by)
     tests = variants or sorted({v for r in runs for v in r["evals"]})
@@ -165,7 +166,8 @@ def write_report(run_dirs: list[Path], out: Path, title: str, variants: list[str
     md = [f"# {title}", "", f"{len(runs)} runs, {time.strftime('%Y-%m-%d')}." + (f" Command: `{command}`" if command
                                                                                  else ""), ""]
     if len(splits) > 1:
-        md += ["**Warning: runs with the same seed have different splits; the figures are not comparable.**", ""]
+        md += ["**Warning: runs with the same split seed have different splits; the figures are not comparable.**",
+               ""]
     md += ["| " + " | ".join(["rank", "trained on" if group_by == ["variants"] else "setting", "test accuracy",
                              "macro F1", "seeds", "train min"]) + " |", "|---|---|---|---|---|---|"]
     for i, r in enumerate(rows, 1):

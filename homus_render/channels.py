@@ -32,6 +32,7 @@ from .render import (
     _fit,
     path_bounds,
     pen_subpixels,
+    render,
     shrink,
     still_strokes,
     to_subpixels,
@@ -144,6 +145,18 @@ def render_channels(strokes: Sequence[np.ndarray], s: RenderSettings, channels: 
     if not strokes:
         raise ValueError("a symbol needs at least one stroke")
     return _stack(strokes, s, channels, None, *_fit(*path_bounds(strokes), s))
+
+
+def render_plain(strokes: Sequence[np.ndarray], s: RenderSettings, channels: Sequence[str] = ("ink",)) -> np.ndarray:
+    """One symbol without distortion: ``(h, w)`` for ink alone, else ``(len(channels), h, w)``."""
+    return render(strokes, s) if tuple(channels) == ("ink",) else render_channels(strokes, s, channels)
+
+
+def render_many(symbols: Sequence[Sequence[np.ndarray]], s: RenderSettings,
+                channels: Sequence[str] = ("ink",)) -> np.ndarray:
+    """Several symbols, stacked: what a worker process draws of a set (this module needs no torch,
+    so such a worker starts fast)."""
+    return np.stack([render_plain(strokes, s, channels) for strokes in symbols])
 
 
 def ink_index(channels: Sequence[str]) -> int:

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from test_classifier import assert_complete, tiny  # noqa: F401  (tiny is a fixture)
 
 from classifier import checkpoint, strokeset
-from classifier.evaluate import evaluate_run, predict_test_split
+from classifier.evaluate import ensemble_name, evaluate_run, predict_test_split
 from classifier.strokeset import StrokeSet
 from homus.cli import main
 from homus_render.channels import LEVELS, check_channels, render_channels
@@ -195,6 +195,14 @@ def test_an_ensemble_of_an_ink_and_an_order_model(tiny, tmp_path):  # noqa: F811
     assert not torch.equal(w0, w1)
     r = CliRunner().invoke(main, ["evaluate", str(ink), str(seed1), "--out", str(tmp_path / "seeds.json")])
     assert r.exit_code == 0, r.output
+
+
+def test_an_ensemble_of_many_runs_gets_a_file_name_the_disk_takes():
+    runs = [f"runs/writer-strokes-t3-s64-ink+time+stroke-e20-split0-seed{k}" for k in range(12)]
+    name = ensemble_name(runs)
+    assert len(f"{name}-confusion.png".encode()) < 255 and name.startswith("ensemble-writer-strokes")
+    assert "-and-11-more-" in name and name != ensemble_name(runs[:11] + ["runs/other"])  # the hash tells them apart
+    assert ensemble_name(runs[:2]) == f"ensemble-{runs[0][5:]}+{runs[1][5:]}"  # a few runs: their names
 
 
 def test_channel_settings_that_cannot_work_are_refused(tiny, tmp_path):  # noqa: F811
