@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,23 @@ def test_compare_sorts_and_names_differing_settings(study, tmp_path):
     assert (tmp_path / "cmp/comparison.png").is_file() and (tmp_path / "cmp/report.md").is_file()
     bad = CliRunner().invoke(main, ["compare", str(tmp_path)])
     assert bad.exit_code == 1 and "not a finished homus run" in bad.output
+
+
+def test_compare_groups_seeds_trained_on_one_split(study, tmp_path):
+    """A seed trained on another seed's split (--split-seed) is one more draw of the same setting."""
+    root, _, _ = study
+    first = sorted((root / "runs/tiny").iterdir())[0]
+    other = tmp_path / f"{first.name}-again"
+    shutil.copytree(first, other, ignore=shutil.ignore_patterns("*.pt"))
+    cfg = yaml.safe_load((other / "config.yaml").read_text())
+    cfg["split_seed"], cfg["seed"] = cfg["seed"], cfg["seed"] + 7
+    (other / "config.yaml").write_text(yaml.safe_dump(cfg))
+    r = CliRunner().invoke(main, ["compare", str(first), str(other), "--out", str(tmp_path / "cmp")])
+    assert r.exit_code == 0, r.output
+    report = (tmp_path / "cmp/report.md").read_text()
+    assert "split_seed" not in report and "Warning" not in report
+    rows = list(csv.DictReader(open(tmp_path / "cmp/results.csv")))
+    assert {row["run"] for row in rows} == {first.name, other.name} and "split_seed" not in rows[0]
 
 
 @pytest.mark.parametrize("text, key", [
