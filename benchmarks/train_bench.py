@@ -138,14 +138,17 @@ def step_rate(size: int, batch_size: int, batches: int, device: str, amp: bool, 
     return run(batches)
 
 
+def stroke_config(raw: str, **train) -> TrainConfig:
+    """pipeline.yaml's training settings from the strokes in ``raw``, with ``train`` overriding them."""
+    settings = train_settings(load_config(), {**load_config()["train"], **train})
+    return TrainConfig.from_dict({**settings, "from_strokes": True, "raw_dir": raw})
+
+
 def render_vs_train(raw: str, batches: int, batch_size: int, device: str, amp: bool, workers: list[int],
                     size: int | None = None, channels: str | list[str] | None = None) -> dict:
     """images/s the stroke data source delivers (the pipeline's render and stroke settings, through
     the loader) for each worker count, against the training step at the same size and channels."""
-    train = {**load_config()["train"], **({"size": size} if size else {})}
-    if channels:
-        train["channels"] = channels
-    cfg = TrainConfig.from_dict({**train_settings(load_config(), train), "from_strokes": True, "raw_dir": raw})
+    cfg = stroke_config(raw, **({"size": size} if size else {}), **({"channels": channels} if channels else {}))
     settings, aug = cfg.render_settings(), cfg.stroke_augment()
     if not aug.active:  # measure the worst case: every distortion on
         aug = type(aug)(thickness=0.5, scale=0.1, aspect=0.1, rotate=5, shear=5, translate=0.05, elastic=0.03,
@@ -172,8 +175,7 @@ def epochs_rate(raw: str, workers: list[int], epochs: int, batches: int, batch_s
     """images/s of the stroke data source over several whole epochs (a subset of ``batches`` batches):
     a fresh loader every epoch, whose workers start again each time, against one loader whose
     workers live through all of them (what training does), same images."""
-    cfg = TrainConfig.from_dict({**train_settings(load_config(), load_config()["train"]), "from_strokes": True,
-                                 "raw_dir": raw})
+    cfg = stroke_config(raw)
     samples = load_samples(raw)[: batches * batch_size]
     ds = StrokeSet(samples, cfg.render_settings(), cfg.stroke_augment(), seed=0, channels=tuple(cfg.channels))
     out = {}

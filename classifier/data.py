@@ -109,17 +109,22 @@ def loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int = 0, workers: 
            worker_init_fn=None) -> DataLoader:
     """Batches of ``ds`` (whose ``__getitem__`` takes a list of indices); when shuffling, the order
     is fixed by ``seed`` (pass seed + epoch)."""
-    if shuffle:
-        sampler = RandomSampler(ds, generator=torch.Generator().manual_seed(seed))
-    else:
-        sampler = SequentialSampler(ds)
-    return DataLoader(ds, sampler=BatchSampler(sampler, batch_size, drop_last=False), batch_size=None,
-                      num_workers=workers, persistent_workers=False, worker_init_fn=worker_init_fn)
+    batches = (_shuffled_batches(len(ds), batch_size, seed) if shuffle
+               else BatchSampler(SequentialSampler(ds), batch_size, drop_last=False))
+    return DataLoader(ds, sampler=batches, batch_size=None, num_workers=workers, persistent_workers=False,
+                      worker_init_fn=worker_init_fn)
 
 
 def batch_key(key: list[int] | tuple[int, list[int]], epoch: int = 0) -> tuple[int, list[int]]:
     """A batch's ``(epoch, indices)``: as :class:`EpochBatches` gives them, or plain indices, in ``epoch``."""
     return key if isinstance(key, tuple) else (epoch, key)
+
+
+def _shuffled_batches(n: int, batch_size: int, seed: int) -> BatchSampler:
+    """Batches of ``range(n)`` in the order ``seed`` fixes: the one shuffle of :func:`loader` and
+    :class:`EpochBatches`."""
+    order = RandomSampler(range(n), generator=torch.Generator().manual_seed(seed))
+    return BatchSampler(order, batch_size, drop_last=False)
 
 
 class EpochBatches(Sampler):
@@ -138,9 +143,8 @@ class EpochBatches(Sampler):
         return -(-self.n // self.batch_size)
 
     def __iter__(self):
-        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
-        for i in range(0, self.n, self.batch_size):
-            yield self.epoch, order[i:i + self.batch_size]
+        for idx in _shuffled_batches(self.n, self.batch_size, self.seed + self.epoch):
+            yield self.epoch, idx
 
 
 def epoch_loader(ds: Dataset, batch_size: int, seed: int, workers: int = 0,

@@ -74,3 +74,8 @@ def check_split(split: dict, writer_of: dict[str, str] | None = None) -> None:
                 wj = {writer_of[s] for s in sides[j] if s in writer_of}
                 if wi & wj:
                     raise SplitError(f"writer split leaks writers {sorted(wi & wj)[:5]}")
+
+
+def split_seed_of(seed: int, split_seed: int | None) -> int:
+    """The seed a run's split is drawn with: its ``split_seed``, else its ``seed``."""
+    return seed if split_seed is None else split_seed

@@ -32,7 +32,7 @@ from .data import DataError, ImageSet, Variant, epoch_loader, load_variant, load
 from .engine import evaluate, train_one_epoch
 from .metrics import summarize
 from .models import build_model
-from .splits import check_split, make_split
+from .splits import check_split, make_split, split_seed_of
 from .strokeset import StrokeSet, augment_sheet, render_samples, worker_init
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -153,7 +153,7 @@ class TrainConfig:
     @property
     def split_rng_seed(self) -> int:
         """The seed the split is drawn with."""
-        return self.seed if self.split_seed is None else self.split_seed
+        return split_seed_of(self.seed, self.split_seed)
 
 
 class RunError(RuntimeError):

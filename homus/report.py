@@ -19,6 +19,7 @@ import numpy as np
 import yaml
 
 from classifier.plots import plt, save_figure
+from classifier.splits import split_seed_of
 from homus_render.atomic import write_bytes, write_text
 from homus_render.distort import StrokeAugment
 from homus_render.variants import read_variant_info
@@ -60,8 +61,8 @@ def load_run(run: Path) -> dict:
     for f in sorted(run.glob("eval-*.json")):
         e = json.loads(f.read_text())
         evals[e["variant"]] = e["test_accuracy"]
-    split_seed = cfg.get("seed") if cfg.get("split_seed") is None else cfg["split_seed"]
-    return {"run": run, "name": run.name, "seed": cfg.get("seed"), "split_seed": split_seed, "metrics": metrics,
+    return {"run": run, "name": run.name, "seed": cfg.get("seed"),
+            "split_seed": split_seed_of(cfg.get("seed"), cfg.get("split_seed")), "metrics": metrics,
             "settings": settings, "evals": evals}
 
 
