@@ -346,7 +346,8 @@ def main() -> None:
     if args.workers:
         base = replace(base, workers=args.workers[0])
     if args.channels and not args.from_strokes and args.channels != ["ink"]:
-        ap.error("--channels other than ink need --from-strokes (no rendered image holds the pen's order)")
+        ap.error("--channels other than ink need --from-strokes (rendered images hold neither the pen's order "
+                 "nor the tablet's size)")
     channel_sets = [list(check_channels(c)) for c in args.channels] if args.channels else None
     rows, skipped = accuracy(args.protocol, base, tag=f"-e{args.epochs}" if args.epochs else "",
                              channel_sets=channel_sets, seeds=list(dict.fromkeys(args.seeds or [args.seed])),

@@ -51,7 +51,7 @@ def predict_test_split(run: str | Path, variant: str | Path | None = None, devic
     channels = checkpoint.channels(ckpt)
     if cfg.get("from_strokes") and (variant is None or channels != ("ink",)):
         # its own test split drawn from the strokes: at the run's settings, or (a model that reads the
-        # pen's order, which no PNG holds) at the settings the variant folder was rendered with
+        # pen's order or the tablet's size, which no PNG holds) at the settings the variant folder was rendered with
         settings = RenderSettings.from_dict(cfg["render"] if variant is None else variant_info(variant)["settings"])
         key = (cfg["raw_dir"], str(cfg.get("writers")))
         loaded = strokes.get(key) if strokes is not None else None

@@ -53,15 +53,15 @@ def normalize_image(img: np.ndarray, s: RenderSettings) -> np.ndarray:
 
 def prepare(path: str | Path, s: RenderSettings, channels: tuple[str, ...] = ("ink",)) -> np.ndarray:
     """The model's view of one input file, as a ``uint8`` image (a ``(channels, h, w)`` stack for
-    a model that reads the pen's order)."""
+    a model that reads more than ink)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file")
     if path.suffix.lower() == ".txt":
         return render_plain(parse_file(path).strokes, s, channels)
     if channels != ("ink",):
-        raise InputError(f"{path}: this model reads the pen's order ({','.join(channels)}), which an image does "
-                         "not hold; give it HOMUS .txt stroke files")
+        raise InputError(f"{path}: this model reads {','.join(channels)}: the pen's order or the symbol's size on "
+                         "the tablet, which an image does not hold; give it HOMUS .txt stroke files")
     img = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise InputError(f"{path}: neither an image (PNG, JPEG, ...) nor a HOMUS .txt stroke file")

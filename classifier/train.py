@@ -74,7 +74,8 @@ class TrainConfig:
     stroke_elastic: float = 0.03
     stroke_jitter: float = 0.0
     stroke_ends: float = 0.0
-    channels: list[str] = field(default_factory=lambda: ["ink"])  # from_strokes: ink, time, stroke
+    stroke_size: float = 0.2
+    channels: list[str] = field(default_factory=lambda: ["ink"])  # from_strokes: ink, time, stroke, size
     device: str = "auto"
     amp: bool = True
     workers: int = 1
@@ -99,7 +100,8 @@ class TrainConfig:
             raise ValueError("at least one --variant is needed (or --from-strokes)")
         self.channels = list(check_channels(self.channels))
         if self.channels != ["ink"] and not self.from_strokes:
-            raise ValueError(f"channels {','.join(self.channels)}: the pen's order exists only in the strokes; "
+            raise ValueError(f"channels {','.join(self.channels)}: the pen's order and the tablet's size exist only "
+                             "in the strokes; "
                              "train --from-strokes (rendered folders hold ink alone)")
         if self.from_strokes:
             self.render_settings()  # bad render settings fail here

@@ -173,9 +173,10 @@ TRAIN_FLAGS = [
         ("thickness", "Pen width jitter, +- pixels."), ("scale", "Shrink by up to this fraction."),
         ("aspect", "Aspect jitter, exp(+-v)."), ("rotate", "Rotation, +- degrees."), ("shear", "Shear, +- degrees."),
         ("translate", "Shift, fraction of the canvas."), ("elastic", "Smooth bending, fraction of the symbol."),
-        ("jitter", "Per-point noise, fraction of the symbol."), ("ends", "Chance to shorten each stroke end.")]],
+        ("jitter", "Per-point noise, fraction of the symbol."), ("ends", "Chance to shorten each stroke end."),
+        ("size", "Size read by the size channel, exp(+-v) times the tablet's.")]],
     click.option("--channels", help="Input channels (--from-strokes), e.g. ink,time: ink, time (the pen's "
-                 "progress), stroke (each stroke's rank)."),
+                 "progress), stroke (each stroke's rank), size (the symbol's size on the tablet)."),
     click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"])),
     click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA."),
     click.option("--workers", type=int, help="Data-loader worker processes."),

@@ -49,6 +49,8 @@ def load_run(run: Path) -> dict:
     settings = {k: v for k, v in cfg.items() if k not in IGNORED and k not in STROKE_ONLY}
     if strokes:  # the stroke settings matter; the variant folders it was not trained on do not
         settings.update({k: v for k, v in cfg.items() if k.startswith("stroke_") or k == "from_strokes"})
+        if "size" not in (cfg.get("channels") or ["ink"]):  # the size jitter moves no pixel of these runs
+            settings.pop("stroke_size", None)
     settings["variants"] = "+".join(metrics["variants"])
     if strokes:
         renders = [cfg["render"]]

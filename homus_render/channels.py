@@ -1,4 +1,5 @@
-"""The pen's order as extra image channels: what a plain image of the ink throws away.
+"""What a plain image of the ink throws away, as extra image channels: the pen's order and the
+symbol's size.
 
 HOMUS records every stroke as the pen drew it. Besides ``ink`` (the plain rendering), a symbol
 can be drawn in channels whose ink is as dark as the pen was late:
@@ -9,9 +10,13 @@ can be drawn in channels whose ink is as dark as the pen was late:
 - ``stroke``: each stroke in one shade, from faint for the first stroke to full for the last, so
   the number of strokes and their order show.
 
-The trick of the best Quick, Draw! models. Every channel is black ink on white paper, like the
-published images, and holds the same strokes as ``ink``: only their darkness differs. Staff lines are
+The trick of the best Quick, Draw! models. Both are black ink on white paper, like the
+published images, and hold the same strokes as ``ink``: only their darkness differs. Staff lines are
 not pen strokes and appear in ``ink`` only.
+
+- ``size``: a flat page whose darkness is the symbol's size on the tablet (the longer side of its
+  pen path, on a log scale: a tablet unit or less is paper, ``SIZE_FULL`` units or more full ink).
+  ``fit: scale`` draws a dot as large as a rest; this channel keeps what told them apart.
 """
 
 from __future__ import annotations
@@ -38,9 +43,10 @@ from .render import (
     to_subpixels,
 )
 
-CHANNELS = ("ink", "time", "stroke")
+CHANNELS = ("ink", "time", "stroke", "size")
 LEVELS = 16  # shades of the order channels; the faintest is 1/16 of full ink
 SHADES = [round(255 * lvl / LEVELS) for lvl in range(LEVELS + 1)]  # ink amount of each level
+SIZE_FULL = 256.0  # tablet units of a full-ink size page (HOMUS: dots ~6, G clefs ~135, 95 % under 190)
 
 
 def check_channels(channels: Sequence[str] | str) -> tuple[str, ...]:
@@ -117,26 +123,47 @@ def _draw_order(pts: np.ndarray, lengths: list[int], s: RenderSettings, kinds: S
     return out
 
 
+def size_page(extent: float, s: RenderSettings) -> np.ndarray:
+    """The ``size`` channel of a symbol whose pen path spans ``extent`` tablet units on its longer
+    side: one shade, ``log2(extent) / log2(SIZE_FULL)`` of full ink (clipped to 0..1)."""
+    if not np.isfinite(extent):
+        raise ValueError(f"a symbol's size must be a finite number, got {extent!r}")
+    amount = np.clip(np.log2(max(extent, 1.0)) / np.log2(SIZE_FULL), 0.0, 1.0)
+    return np.full((s.height, s.width), PAPER - int(round(255 * amount)), np.uint8)
+
+
+def path_extent(strokes: Sequence[np.ndarray]) -> float:
+    """The longer side of the pen path's bounding box, in its own units."""
+    lo, hi = path_bounds(strokes)
+    return float((hi - lo).max())
+
+
 def _levels(values: np.ndarray) -> np.ndarray:
     return np.clip(np.ceil(values * LEVELS), 1, LEVELS).astype(np.int64)
 
 
 def _stack(strokes: Sequence[np.ndarray], s: RenderSettings, channels: Sequence[str], width: float | None,
-           scale: float, ox: float, oy: float) -> np.ndarray:
-    """The channels of strokes mapped by ``scale`` and offset; ``ink`` is the renderer's own drawing."""
+           scale: float, ox: float, oy: float, extent: float | None) -> np.ndarray:
+    """The channels of strokes mapped by ``scale`` and offset; ``ink`` is the renderer's own drawing,
+    ``size`` the page of a symbol ``extent`` tablet units large."""
     pts = np.concatenate(strokes).astype(np.float64)
     lengths = [len(st) for st in strokes]
-    kinds = [c for c in channels if c != "ink"]
+    kinds = [c for c in channels if c not in ("ink", "size")]
     drawn = dict(zip(kinds, _draw_order(pts, lengths, s, kinds, width, scale, ox, oy), strict=True))
     if "ink" in channels:
         drawn["ink"] = _draw(pts, lengths, scale, ox, oy, s, width)
+    if "size" in channels:
+        if extent is None:
+            raise ValueError("the size channel needs the symbol's size on the tablet (extent)")
+        drawn["size"] = size_page(extent, s)
     return np.stack([drawn[c] for c in channels])
 
 
 def draw_channels(strokes: Sequence[np.ndarray], s: RenderSettings, channels: Sequence[str],
-                  width: float | None = None) -> np.ndarray:
-    """Strokes already in canvas coordinates as a ``(len(channels), height, width)`` uint8 stack."""
-    return _stack(strokes, s, channels, width, 1.0, 0.0, 0.0)
+                  width: float | None = None, extent: float | None = None) -> np.ndarray:
+    """Strokes already in canvas coordinates as a ``(len(channels), height, width)`` uint8 stack;
+    ``extent`` is the symbol's size on the tablet, which canvas coordinates no longer hold (for ``size``)."""
+    return _stack(strokes, s, channels, width, 1.0, 0.0, 0.0, extent)
 
 
 def render_channels(strokes: Sequence[np.ndarray], s: RenderSettings, channels: Sequence[str]) -> np.ndarray:
@@ -144,7 +171,7 @@ def render_channels(strokes: Sequence[np.ndarray], s: RenderSettings, channels: 
     its ``ink`` channel is exactly ``render``'s image."""
     if not strokes:
         raise ValueError("a symbol needs at least one stroke")
-    return _stack(strokes, s, channels, None, *_fit(*path_bounds(strokes), s))
+    return _stack(strokes, s, channels, None, *_fit(*path_bounds(strokes), s), path_extent(strokes))
 
 
 def render_plain(strokes: Sequence[np.ndarray], s: RenderSettings, channels: Sequence[str] = ("ink",)) -> np.ndarray:

@@ -6,7 +6,8 @@ random draw comes from the ``rng`` passed in, so a seed gives the same picture e
 
 Order of the steps: shorten stroke ends, per-point jitter, smooth (elastic) bending, rotation,
 shear and aspect, then the renderer's fit, a random shrink and a shift that never leaves the
-canvas, and finally a jittered pen width.
+canvas, and finally a jittered pen width. The size the ``size`` channel reads is jittered last, so a
+strength of 0 leaves every other draw, and every other pixel, as it was.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ class StrokeAugment:
     +- degrees. ``translate``: shift by up to this fraction of the canvas, as far as the canvas
     allows. ``elastic``: smooth bending of the path, amplitude as a fraction of the symbol's size.
     ``jitter``: per-point noise (std) as a fraction of the symbol's size. ``ends``: chance that
-    each end of a stroke is shortened (by up to 25 % of its points).
+    each end of a stroke is shortened (by up to 25 % of its points). ``size``: the ``size`` channel
+    reads the symbol as up to ``exp(+-size)`` times its size on the tablet (writers' hands differ so).
     """
 
     thickness: float = 0.0
@@ -42,6 +44,7 @@ class StrokeAugment:
     elastic: float = 0.0
     jitter: float = 0.0
     ends: float = 0.0
+    size: float = 0.0
 
     def __post_init__(self) -> None:
         bad = [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)
@@ -85,9 +88,10 @@ def _elastic(pts: np.ndarray, centre: np.ndarray, extent: float, amp: float, rng
 
 
 def augment_path(strokes: Sequence[np.ndarray], s: RenderSettings, aug: StrokeAugment,
-                 rng: np.random.Generator) -> tuple[list[np.ndarray], float]:
+                 rng: np.random.Generator) -> tuple[list[np.ndarray], float, float]:
     """The strokes mapped onto ``s``'s canvas, distorted by ``aug``; returns them (canvas pixel
-    coordinates) and the pen width. With ``fit: scale`` the ink always stays inside the canvas."""
+    coordinates), the pen width and the distorted symbol's size on the tablet (the longer side of
+    its path, as the ``size`` channel reads it). With ``fit: scale`` the ink stays inside the canvas."""
     strokes = [np.asarray(st, dtype=np.float64) for st in strokes]
     if aug.ends:
         strokes = _shorten_ends(strokes, aug.ends, rng)
@@ -124,15 +128,18 @@ def augment_path(strokes: Sequence[np.ndarray], s: RenderSettings, aug: StrokeAu
         free_hi = np.maximum(0.0, (size - 0.5) - (hi * scale + offset + half))
         reach = aug.translate * size
         offset = offset + rng.uniform(-np.minimum(reach, free_lo), np.minimum(reach, free_hi))
+    extent = float((hi - lo).max())
+    if aug.size:
+        extent *= math.exp(rng.uniform(-aug.size, aug.size))
     pts = pts * scale + offset
-    return np.split(pts, np.cumsum(lengths)[:-1]), width
+    return np.split(pts, np.cumsum(lengths)[:-1]), width, extent
 
 
 def render_augmented(strokes: Sequence[np.ndarray], s: RenderSettings, aug: StrokeAugment,
                      rng: np.random.Generator, channels: Sequence[str] = ("ink",)) -> np.ndarray:
     """The symbol as :func:`render` draws it, distorted by ``aug`` with draws from ``rng``; with
     ``channels`` other than ink alone, a ``(channels, h, w)`` stack (:mod:`~homus_render.channels`)."""
-    path, width = augment_path(strokes, s, aug, rng)
+    path, width, extent = augment_path(strokes, s, aug, rng)
     if tuple(channels) == ("ink",):
         return draw(path, s, width)
-    return draw_channels(path, s, channels, width)
+    return draw_channels(path, s, channels, width, extent)

@@ -16,9 +16,9 @@ from classifier import checkpoint, strokeset
 from classifier.evaluate import ensemble_name, evaluate_run, predict_test_split
 from classifier.strokeset import StrokeSet
 from homus.cli import main
-from homus_render.channels import LEVELS, check_channels, render_channels
+from homus_render.channels import LEVELS, SIZE_FULL, check_channels, draw_channels, render_channels, size_page
 from homus_render.dataset import load_samples
-from homus_render.distort import StrokeAugment, render_augmented
+from homus_render.distort import StrokeAugment, augment_path, render_augmented
 from homus_render.render import RenderSettings, render
 
 S = RenderSettings(thickness=3, width=64, height=64)
@@ -121,29 +121,64 @@ def test_distorted_channels_share_the_draws_of_the_ink(tiny):  # noqa: F811
     assert x.shape == (1, 2, 64, 64) and torch.equal(x, ds[[0]][0])
 
 
+def test_the_size_page_is_as_dark_as_the_symbol_is_large_on_the_tablet():
+    ring = [np.array([[np.cos(a), np.sin(a)] for a in np.linspace(0, 2 * np.pi, 40)])]
+    pages = {}
+    for extent in (6.0, 30.0, 130.0):  # a dot, a rest, a clef
+        big = [st * extent / 2 for st in ring]
+        ink, size = render_channels(big, S, ("ink", "size"))
+        pages[extent] = size
+        assert size.min() == size.max()  # flat: no pen stroke, one shade
+        assert abs(ink.astype(int) - render(ring, S).astype(int)).max() <= 1  # the fit keeps the ink alike
+        assert int(size[0, 0]) == 255 - round(255 * np.log2(extent) / np.log2(SIZE_FULL))
+    assert pages[6.0][0, 0] > pages[30.0][0, 0] > pages[130.0][0, 0]  # larger, darker
+    assert size_page(0.0, S)[0, 0] == 255 and size_page(1e6, S)[0, 0] == 0  # a dot: paper; beyond full: full
+    with pytest.raises(ValueError, match="finite"):
+        size_page(float("nan"), S)
+    with pytest.raises(ValueError, match="needs the symbol's size"):
+        draw_channels(LINE, S, ("ink", "size"))
+
+
+def test_the_size_jitter_moves_the_size_page_only_and_within_its_range():
+    circle = [np.array([[20 * np.cos(a), 20 * np.sin(a)] for a in np.linspace(0, 2 * np.pi, 40)])]
+    geometry = {"rotate": 10.0, "elastic": 0.04, "translate": 0.05}
+    read = []
+    for i in range(30):
+        still = render_augmented(circle, S, StrokeAugment(**geometry), np.random.default_rng(i), ("ink", "size"))
+        moved = render_augmented(circle, S, StrokeAugment(**geometry, size=0.3), np.random.default_rng(i),
+                                 ("ink", "size"))
+        assert np.array_equal(moved[0], still[0])  # drawn last: every other draw, and the ink, as before
+        _, _, extent = augment_path(circle, S, StrokeAugment(**geometry), np.random.default_rng(i))
+        amount = (255 - int(moved[1, 0, 0])) / 255 * np.log2(SIZE_FULL)  # log2 of the size it reads
+        read.append(amount - np.log2(extent))
+    step = np.log2(SIZE_FULL) / 255  # one shade
+    assert all(-0.3 / np.log(2) - step <= r <= 0.3 / np.log(2) + step for r in read)
+    assert np.std(read) > 0.1  # it does move
+
+
 def test_a_tiny_run_that_reads_the_pens_order(tiny, tmp_path):  # noqa: F811
     config = tmp_path / "pipeline.yaml"
     config.write_text(yaml.safe_dump({"dataset": {"raw_dir": str(tiny / "raw")}, "render": {"margin": 2}}))
     base = ["train", "--config", str(config), "--from-strokes", "--thickness", "3", "--size", "32", "--epochs", "1",
             "--batch-size", "64", "--runs-dir", str(tmp_path / "runs"), "--device", "cpu"]
-    r = CliRunner().invoke(main, [*base, "--channels", "ink,time,stroke"])
+    r = CliRunner().invoke(main, [*base, "--channels", "ink,time,stroke,size"])
     assert r.exit_code == 0, r.output
-    run = tmp_path / "runs/strokes-t3-s32-m2-ink+time+stroke-resnet18-writer-seed0"
+    run = tmp_path / "runs/strokes-t3-s32-m2-ink+time+stroke+size-resnet18-writer-seed0"
     assert_complete(run)
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    assert cfg["channels"] == ["ink", "time", "stroke"]
+    assert cfg["channels"] == ["ink", "time", "stroke", "size"] and cfg["stroke_size"] == 0.2
     model, ckpt = checkpoint.load_model(run / "best.pt")
-    assert ckpt["in_channels"] == 3 and checkpoint.channels(ckpt) == ("ink", "time", "stroke")
-    assert model.conv1.in_channels == 3
+    assert ckpt["in_channels"] == 4 and checkpoint.channels(ckpt) == ("ink", "time", "stroke", "size")
+    assert model.conv1.in_channels == 4
     metrics = json.loads((run / "metrics.json").read_text())
-    own = evaluate_run(run, device="cpu")  # its test split drawn again, in its three channels
+    own = evaluate_run(run, device="cpu")  # its test split drawn again, in its four channels
     assert own["test_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-9)
-    # a folder of PNGs has no pen order: the test split is drawn from the strokes at its settings
+    # a folder of PNGs has no pen order nor size: the test split is drawn from the strokes at its settings
     folder = evaluate_run(run, tiny / "rendered/t3-s32-m2", device="cpu")
     assert folder["test_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-9)
     thin = evaluate_run(run, tiny / "rendered/t1-s32-m2", device="cpu")
     assert thin["variant"] == "t1-s32-m2" and thin["n_test"] == own["n_test"]
-    # predict: stroke files answer, an image cannot
+    # predict: stroke files answer (with their size), an image cannot
     png = next((tiny / "rendered/t3-s32-m2/G-Clef").glob("*.png"))
     pr = CliRunner().invoke(main, ["predict", str(run), str(tiny / "raw/5/5-1.txt"), str(png), "--json"])
     assert pr.exit_code == 1
@@ -210,7 +245,7 @@ def test_channel_settings_that_cannot_work_are_refused(tiny, tmp_path):  # noqa:
     r = CliRunner().invoke(main, [*base, "--channels", "ink,pressure"])
     assert r.exit_code == 1 and "unknown channel(s) 'pressure'" in r.output
     r = CliRunner().invoke(main, [*base, "--variant", str(tiny / "rendered/t3-s32-m2"), "--channels", "ink,time"])
-    assert r.exit_code == 1 and "exists only in the strokes" in r.output
+    assert r.exit_code == 1 and "exist only in the strokes" in r.output
 
 
 def test_a_checkpoint_whose_channels_disagree_is_refused(tmp_path):

@@ -55,7 +55,7 @@ def test_each_augmentation_changes_pixels_and_keeps_the_symbol_on_the_canvas(nam
     plain = render(FLAT, S64)
     changed = 0
     for i in range(20):
-        path, width = augment_path(FLAT, S64, aug, rng(i))
+        path, width, _ = augment_path(FLAT, S64, aug, rng(i))
         img = draw(path, S64, width)
         changed += not np.array_equal(img, plain)
         # nothing was cut off: the same path on a far larger canvas has the same ink
@@ -67,7 +67,7 @@ def test_each_augmentation_changes_pixels_and_keeps_the_symbol_on_the_canvas(nam
 @pytest.mark.parametrize("shape", ["very-wide", "very-tall", "negative", "circle"])
 def test_extreme_shapes_stay_on_the_canvas(shape):
     for i in range(10):
-        path, width = augment_path(SHAPES[shape], S64, ALL, rng(i))
+        path, width, _ = augment_path(SHAPES[shape], S64, ALL, rng(i))
         img = draw(path, S64, width)
         assert coverage(img) == pytest.approx(whole_ink(path, width, S64), rel=1e-6, abs=1e-6)
 
@@ -86,7 +86,7 @@ def test_thickness_jitter_changes_the_measured_stroke_width():
     s = RenderSettings(thickness=3, width=64, height=64, margin=4)
     widths = []
     for i in range(30):
-        path, width = augment_path(line, s, StrokeAugment(thickness=1.0), rng(i))
+        path, width, _ = augment_path(line, s, StrokeAugment(thickness=1.0), rng(i))
         img = draw(path, s, width)
         length = 64 - 2 * 4 - width  # the fitted path's length in pixels
         measured = (coverage(img) - math.pi * (width / 2) ** 2) / length  # minus the two round caps
@@ -99,7 +99,7 @@ def test_thickness_jitter_changes_the_measured_stroke_width():
 def test_shortened_ends_lose_ink_but_never_a_stroke():
     with_dot = [*FLAT, np.array([[40.0, 40.0]])]  # a one-point stroke (a dot) must survive
     for i in range(10):
-        path, _ = augment_path(with_dot, S64, StrokeAugment(ends=1.0), rng(i))
+        path, _, _ = augment_path(with_dot, S64, StrokeAugment(ends=1.0), rng(i))
         assert len(path) == len(with_dot)
         assert all(len(p) >= min(2, len(o)) for p, o in zip(path, with_dot, strict=True))
         assert sum(len(p) for p in path) < sum(len(o) for o in with_dot)

@@ -133,3 +133,20 @@ def test_shipped_configs_load():
     for path in [repo / "pipeline.yaml", repo / "configs/quick.yaml"]:
         cfg = load(path)
         assert cfg["study"]["name"]
+
+
+def test_a_size_jitter_is_a_difference_only_for_runs_that_read_the_size(tmp_path):
+    from homus.report import differing, load_run
+
+    def run(name: str, **cfg) -> dict:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "metrics.json").write_text(json.dumps({"variants": ["strokes-t3-s32"], "test_accuracy": 0.5}))
+        (folder / "config.yaml").write_text(yaml.safe_dump({"from_strokes": True, "seed": 0, "render": {}, **cfg}))
+        return load_run(folder)
+
+    old = run("old", channels=["ink"])  # written before stroke_size existed
+    new = run("new", channels=["ink"], stroke_size=0.2)
+    assert differing([old, new]) == []  # the jitter moves no pixel of an ink model
+    a, b = run("a", channels=["ink", "size"], stroke_size=0.2), run("b", channels=["ink", "size"], stroke_size=0.0)
+    assert differing([a, b]) == ["stroke_size"]
