@@ -348,7 +348,10 @@ def main() -> None:
     if args.channels and not args.from_strokes and args.channels != ["ink"]:
         ap.error("--channels other than ink need --from-strokes (rendered images hold neither the pen's order "
                  "nor the tablet's size)")
-    channel_sets = [list(check_channels(c)) for c in args.channels] if args.channels else None
+    try:
+        channel_sets = [list(check_channels(c)) for c in args.channels] if args.channels else None
+    except ValueError as e:
+        ap.error(f"--channels: {e} (one set per value, its channels joined by commas: ink,time)")
     rows, skipped = accuracy(args.protocol, base, tag=f"-e{args.epochs}" if args.epochs else "",
                              channel_sets=channel_sets, seeds=list(dict.fromkeys(args.seeds or [args.seed])),
                              deadline=args.deadline * 60 if args.deadline else None)

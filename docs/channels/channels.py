@@ -1,4 +1,4 @@
-"""Draw docs/channels/channels.png: one sample of writer 7 per row, as ink | time | stroke.
+"""Draw docs/channels/channels.png: one sample of writer 7 per row, as ink | time | stroke | size.
 
     python docs/channels/channels.py      # needs raw/ (homus fetch)
 """
@@ -13,7 +13,7 @@ from homus_render.render import RenderSettings
 settings = RenderSettings(thickness=3, width=64, height=64)
 samples = load_samples("raw", {"7"})
 rows = []
-for label in ["G-Clef", "Sharp", "Eighth-Note", "Sixteenth-Rest", "4-4-Time", "Natural"]:
+for label in ["G-Clef", "Sharp", "Eighth-Note", "Quarter-Rest", "Whole-Half-Rest", "Dot"]:
     sample = next(x for x in samples if x.label == label)
-    rows.append((label, list(render_channels(sample.strokes, settings, ("ink", "time", "stroke")))))
+    rows.append((label, list(render_channels(sample.strokes, settings, ("ink", "time", "stroke", "size")))))
 cv2.imwrite("docs/channels/channels.png", grid(rows, cell=66, label_width=130))
