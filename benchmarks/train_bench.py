@@ -150,7 +150,7 @@ def render_vs_train(raw: str, batches: int, batch_size: int, device: str, amp: b
     the loader) for each worker count, against the training step at the same size and channels."""
     cfg = stroke_config(raw, **({"size": size} if size else {}), **({"channels": channels} if channels else {}))
     settings, aug = cfg.render_settings(), cfg.stroke_augment()
-    if not aug.active:  # measure the worst case: every distortion on
+    if not replace(aug, size=0.0).active:  # measure the worst case: every distortion on
         aug = type(aug)(thickness=0.5, scale=0.1, aspect=0.1, rotate=5, shear=5, translate=0.05, elastic=0.03,
                         jitter=0.003, ends=0.2)
     samples = load_samples(raw)

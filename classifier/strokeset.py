@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from homus_render.channels import ink_index, render_many, render_plain
+from homus_render.channels import ORDER, ink_index, render_many, render_plain
 from homus_render.distort import StrokeAugment, render_augmented
 from homus_render.labels import LABELS
 from homus_render.render import RenderSettings
@@ -35,7 +35,7 @@ def render_samples(samples: list[Sample], settings: RenderSettings, source: str 
     from joblib import Parallel, delayed, effective_n_jobs
 
     strokes = [s.strokes for s in samples]
-    heavy = tuple(channels) != ("ink",) and len(strokes) >= PARALLEL_FROM
+    heavy = any(c in ORDER for c in channels) and len(strokes) >= PARALLEL_FROM
     jobs = effective_n_jobs(jobs) if heavy else 1
     if jobs > 1:  # a few chunks per process: the pool's start-up is paid once, the load stays even
         size = -(-len(strokes) // (jobs * 4))
@@ -95,7 +95,7 @@ def worker_init(_: int) -> None:
 def augment_sheet(ds: StrokeSet, classes: tuple[str, ...] = LABELS, per_class: int = 1, epochs: int = 8) -> bytes:
     """A contact sheet (PNG) of what the model is shown: one row per class (its first training
     sample), the plain rendering (each channel, when there are several), then that sample as
-    drawn in epochs 1..``epochs`` (its ink channel)."""
+    drawn in epochs 1..``epochs`` (its ink channel; the ``size`` page's jitter is not shown)."""
     from homus_render.preview import grid
 
     rows, seen = [], {}

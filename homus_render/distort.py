@@ -6,8 +6,8 @@ random draw comes from the ``rng`` passed in, so a seed gives the same picture e
 
 Order of the steps: shorten stroke ends, per-point jitter, smooth (elastic) bending, rotation,
 shear and aspect, then the renderer's fit, a random shrink and a shift that never leaves the
-canvas, and finally a jittered pen width. The size the ``size`` channel reads is jittered last, so a
-strength of 0 leaves every other draw, and every other pixel, as it was.
+canvas, and finally a jittered pen width. The size the ``size`` channel reads is jittered last, so
+whatever its strength, every other draw, and every other channel's pixels, stay as they were.
 """
 
 from __future__ import annotations

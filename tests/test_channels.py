@@ -16,7 +16,16 @@ from classifier import checkpoint, strokeset
 from classifier.evaluate import ensemble_name, evaluate_run, predict_test_split
 from classifier.strokeset import StrokeSet
 from homus.cli import main
-from homus_render.channels import LEVELS, SIZE_FULL, check_channels, draw_channels, render_channels, size_page
+from homus_render.channels import (
+    LEVELS,
+    SIZE_FULL,
+    check_channels,
+    draw_channels,
+    ink_index,
+    path_extent,
+    render_channels,
+    size_page,
+)
 from homus_render.dataset import load_samples
 from homus_render.distort import StrokeAugment, augment_path, render_augmented
 from homus_render.render import RenderSettings, render
@@ -130,13 +139,15 @@ def test_the_size_page_is_as_dark_as_the_symbol_is_large_on_the_tablet():
         pages[extent] = size
         assert size.min() == size.max()  # flat: no pen stroke, one shade
         assert abs(ink.astype(int) - render(ring, S).astype(int)).max() <= 1  # the fit keeps the ink alike
-        assert int(size[0, 0]) == 255 - round(255 * np.log2(extent) / np.log2(SIZE_FULL))
+        assert path_extent(big) == pytest.approx(extent, rel=0.002)
+        assert int(size[0, 0]) == 255 - round(255 * np.log2(path_extent(big)) / np.log2(SIZE_FULL))
     assert pages[6.0][0, 0] > pages[30.0][0, 0] > pages[130.0][0, 0]  # larger, darker
     assert size_page(0.0, S)[0, 0] == 255 and size_page(1e6, S)[0, 0] == 0  # a dot: paper; beyond full: full
     with pytest.raises(ValueError, match="finite"):
         size_page(float("nan"), S)
     with pytest.raises(ValueError, match="needs the symbol's size"):
         draw_channels(LINE, S, ("ink", "size"))
+    assert ink_index(("size", "time")) == 1 and ink_index(("time", "ink", "size")) == 1  # pictures show strokes
 
 
 def test_the_size_jitter_moves_the_size_page_only_and_within_its_range():
