@@ -8,6 +8,7 @@ keeps the model busy.
     python benchmarks/train_bench.py accuracy --protocol seed random writer   # the README's table
     python benchmarks/train_bench.py accuracy --from-strokes --protocol writer random
     python benchmarks/train_bench.py accuracy --from-strokes --epochs 20 --channels ink ink,time,stroke
+    python benchmarks/train_bench.py accuracy --from-strokes --epochs 20 --channels ink,size ink,time,stroke,size
     python benchmarks/train_bench.py accuracy --from-strokes --device cuda --workers 15 --epochs 30 \
         --channels ink ink,time,stroke --seeds 0 1 --deadline 8                # a GPU session (gpu_session.sh)
 
