@@ -19,15 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
 from classifier import checkpoint
 from classifier.data import ImageSet, loader
 from classifier.engine import evaluate
-from classifier.evaluate import load_model, predict_test_split
+from classifier.evaluate import predict_test_split
+from classifier.runfolder import RunFolder
 from classifier.strokeset import StrokeSet, render_samples
-from homus_render.dataset import load_samples
 from homus_render.distort import StrokeAugment
 from homus_render.render import RenderSettings
 
@@ -41,15 +40,16 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=123)
     args = ap.parse_args()
 
-    cfg = yaml.safe_load((args.run / "config.yaml").read_text())
+    folder = RunFolder(args.run)
+    cfg = folder.config()
     if not cfg.get("from_strokes"):
         ap.error(f"{args.run}: not a run from strokes")
     plain = predict_test_split(args.run, device="cpu")
     targets, ids = plain["targets"], plain["ids"]
-    model, ckpt = load_model(args.run)
+    model, ckpt = folder.load_model()
     channels = checkpoint.channels(ckpt)
     settings = RenderSettings.from_dict(cfg["render"])
-    by_id = {s.id: s for s in load_samples(cfg["raw_dir"]) if s.id in set(ids)}
+    by_id = {s.id: s for s in folder.samples() if s.id in set(ids)}
     samples = [by_id[i] for i in ids]  # in the order of the plain predictions
 
     def accuracy(probs: np.ndarray) -> float:

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import torch
 
+from homus_render.errors import HomusError
+
 FORMAT = "homus-checkpoint-1"
 REQUIRED = ("format", "model", "arch", "classes", "in_channels", "render")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(HomusError, ValueError):
     """A file that is not a usable homus checkpoint."""
 
 

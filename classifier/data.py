@@ -11,11 +11,12 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
+from homus_render.errors import HomusError
 from homus_render.labels import LABELS
 from homus_render.variants import read_variant_info
 
 
-class DataError(ValueError):
+class DataError(HomusError, ValueError):
     """A variant folder that cannot be used for training."""
 
 

@@ -10,31 +10,77 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from homus_render.errors import HomusError
 
-def autocast(device: torch.device, amp: bool):
-    """bf16 autocast on CUDA when asked (and supported), nothing elsewhere."""
-    if amp and device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
+
+class DeviceError(HomusError, RuntimeError):
+    """A device asked for that this machine does not have."""
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto``: CUDA, then Apple's MPS, then the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("--device cuda asked for, but no CUDA device is available")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise DeviceError("--device mps asked for, but MPS is not available")
+    return torch.device(name)
+
+
+class DivergedError(HomusError, FloatingPointError):
+    """Training produced a non-finite loss: its figures would mean nothing."""
+
+
+def amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """The autocast dtype: bf16 on CUDA where supported, else fp16 (which needs loss scaling);
+    None (full precision) when AMP is off or the device is not CUDA."""
+    if not (amp and device.type == "cuda"):
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def autocast(device: torch.device, amp: bool, dtype: torch.dtype | None = None):
+    """Autocast to ``dtype`` (default :func:`amp_dtype`) when AMP applies, nothing elsewhere."""
+    dtype = dtype or amp_dtype(device, amp)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def make_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler | None:
+    """A gradient scaler for fp16 (whose small gradients underflow without one); None otherwise."""
+    if dtype != torch.float16:
+        return None
+    return torch.amp.GradScaler(device.type)
 
 
 def train_one_epoch(model: nn.Module, loader, criterion, optimizer, scheduler, device: torch.device,
-                    epoch: int, amp: bool = False, scaler=None, transform=None) -> dict:
+                    epoch: int, amp: bool = False, scaler=None, transform=None,
+                    dtype: torch.dtype | None = None) -> dict:
     """Train over ``loader`` once, stepping the scheduler every batch; ``transform`` (augmentation)
-    is applied to each input batch. Returns loss, accuracy and images/s (data path included)."""
+    is applied to each input batch; ``scaler`` scales fp16 losses (see :func:`make_scaler`). A
+    non-finite loss stops with :class:`DivergedError`. Returns loss, accuracy and images/s (data
+    path included)."""
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, unit="batch", disable=None)
-    for x, y in bar:
+    for step, (x, y) in enumerate(bar, 1):
         if transform is not None:
             x = transform(x)
         x = x.to(device, memory_format=torch.channels_last, non_blocking=True)
         y = y.to(device, non_blocking=True)
-        with autocast(device, amp):
+        with autocast(device, amp, dtype):
             out = model(x)
             loss = criterion(out, y)
+        if not torch.isfinite(loss):
+            raise DivergedError(f"epoch {epoch}, batch {step}: the loss is {loss.item()}; training diverged. "
+                                "Lower --lr, or check --weight-decay and --label-smoothing")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()

@@ -3,37 +3,18 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
-import yaml
 from torch import nn
 
 from homus_render.atomic import write_json
-from homus_render.dataset import load_samples, parse_writers
-from homus_render.render import RenderSettings
 
-from . import checkpoint
-from .data import ImageSet, load_variant, loader, variant_info
-from .engine import evaluate
+from .data import ImageSet, loader
+from .engine import evaluate, pick_device
 from .metrics import summarize
 from .plots import plot_confusion
-from .strokeset import render_samples
-from .train import RunError, pick_device
-
-
-def load_model(run: str | Path, which: str = "best.pt") -> tuple[nn.Module, dict]:
-    """The run's model (eval mode, on the CPU) and its checkpoint dict."""
-    return checkpoint.load_model(Path(run) / which)
-
-
-def read_split(run: str | Path) -> dict:
-    """The run's split.json: ``kind``, ``seed`` and the sample ids of ``train``, ``val``, ``test``."""
-    path = Path(run) / "split.json"
-    if not path.is_file():
-        raise RunError(f"{run}: not a homus run folder (no split.json)")
-    return json.loads(path.read_text())
+from .runfolder import RunError, RunFolder
 
 
 def predict_test_split(run: str | Path, variant: str | Path | None = None, device: str = "auto",
@@ -41,35 +22,18 @@ def predict_test_split(run: str | Path, variant: str | Path | None = None, devic
     """``run``'s best model over its test split, drawn as it was trained (or from ``variant``):
     the sample ids, targets, class probabilities and predictions, plus what they were drawn from.
     ``strokes``: a dict that keeps the raw samples read, for the next run of the same raw folder."""
-    run = Path(run)
-    split = read_split(run)
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    model, ckpt = load_model(run)
+    folder = RunFolder(run)
+    split = folder.split()
+    model, ckpt = folder.load_model()
     dev = pick_device(device)
     model.to(dev)
     test_ids = set(split["test"])
-    channels = checkpoint.channels(ckpt)
-    if cfg.get("from_strokes") and (variant is None or channels != ("ink",)):
-        # its own test split drawn from the strokes: at the run's settings, or (a model that reads the
-        # pen's order or the tablet's size, which no PNG holds) at the settings the variant folder was rendered with
-        settings = RenderSettings.from_dict(cfg["render"] if variant is None else variant_info(variant)["settings"])
-        key = (cfg["raw_dir"], str(cfg.get("writers")))
-        loaded = strokes.get(key) if strokes is not None else None
-        if loaded is None:
-            loaded = load_samples(cfg["raw_dir"], parse_writers(cfg.get("writers")))
-            if strokes is not None:
-                strokes[key] = loaded
-        samples = [s for s in loaded if s.id in test_ids]
-        variants = [render_samples(samples, settings, cfg["raw_dir"], channels)]
-    else:
-        variants = [load_variant(p, only=test_ids) for p in ([variant] if variant else cfg["variants"])]
+    variants = folder.test_variants(variant, strokes, tuple(ckpt.get("channels", ["ink"])))
     ds = ImageSet(variants, test_ids, tuple(ckpt["classes"]))
     res = evaluate(model, loader(ds, batch_size, shuffle=False), nn.CrossEntropyLoss(), dev, desc="test")
-    trained_on = [RenderSettings.from_dict(cfg["render"]).name] if cfg.get("from_strokes") else \
-        [Path(p).name for p in cfg["variants"]]
     return {**res, "ids": list(ds.samples), "test_ids": test_ids, "split": split["kind"],
             "classes": list(ckpt["classes"]), "variant": "+".join(v.name for v in variants),
-            "trained_on": trained_on, "trained_size": [ckpt["render"]["width"], ckpt["render"]["height"]],
+            "trained_on": folder.trained_on(), "trained_size": [ckpt["render"]["width"], ckpt["render"]["height"]],
             "tested_size": [int(ds.images.shape[-1]), int(ds.images.shape[-2])]}
 
 
@@ -109,7 +73,7 @@ def ensemble_members(runs: list[str | Path], variant: str | Path | None = None, 
         raise RunError("an ensemble needs at least two runs")
     kind, test = None, None
     for run in runs:
-        split = read_split(run)
+        split = RunFolder(run).split()
         if test is None:
             kind, test = split["kind"], set(split["test"])
         elif split["kind"] != kind or set(split["test"]) != test:

@@ -6,10 +6,12 @@ import torch
 import torchvision
 from torch import nn
 
+from homus_render.errors import HomusError
+
 ARCHS = ("resnet18", "resnet34", "resnet50")
 
 
-class WeightsError(RuntimeError):
+class WeightsError(HomusError, RuntimeError):
     """Pretrained weights that cannot be had or do not fit."""
 
 

@@ -13,17 +13,18 @@ import numpy as np
 import torch
 
 from homus_render.channels import render_plain
+from homus_render.errors import HomusError
 from homus_render.render import RenderSettings
 from homus_render.strokes import StrokeFileError, parse_file
 
 from . import checkpoint
 from .data import to_input
-from .evaluate import load_model
+from .runfolder import RunFolder
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
-class InputError(ValueError):
+class InputError(HomusError, ValueError):
     """An input that is neither a readable image nor a stroke file."""
 
 
@@ -73,7 +74,7 @@ def prepare(path: str | Path, s: RenderSettings, channels: tuple[str, ...] = ("i
 
 def predict(run: str | Path, inputs: list[str | Path], top_k: int = 3) -> list[dict]:
     """Top-k labels with probabilities per input; a bad input gets ``{"error": ...}``, the rest answer."""
-    model, ckpt = load_model(run)
+    model, ckpt = RunFolder(run).load_model()
     s = RenderSettings.from_dict(ckpt["render"])
     classes, channels = ckpt["classes"], checkpoint.channels(ckpt)
     results, ready = [], []

@@ -13,12 +13,13 @@ from collections.abc import Iterable
 import numpy as np
 
 from homus_render.dataset import natural_key
+from homus_render.errors import HomusError
 
 KINDS = ("writer", "random")
 FRACTIONS = (0.70, 0.15, 0.15)
 
 
-class SplitError(ValueError):
+class SplitError(HomusError, ValueError):
     """The data cannot be split as asked."""
 
 

@@ -23,15 +23,17 @@ from homus_render.atomic import write_bytes, write_json, write_text
 from homus_render.channels import check_channels, ink_index
 from homus_render.dataset import load_samples, parse_writers
 from homus_render.distort import StrokeAugment
+from homus_render.errors import SettingsError
 from homus_render.labels import LABELS
 from homus_render.render import RenderSettings, parse_size
 
 from . import checkpoint, plots
 from .augment import Affine
 from .data import DataError, ImageSet, Variant, epoch_loader, load_variant, loader
-from .engine import evaluate, train_one_epoch
+from .engine import amp_dtype, evaluate, make_scaler, pick_device, train_one_epoch
 from .metrics import summarize
 from .models import build_model
+from .runfolder import DATA, RunError, raw_identity
 from .splits import check_split, make_split, split_seed_of
 from .strokeset import StrokeSet, augment_sheet, render_samples, worker_init
 
@@ -85,22 +87,22 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+            raise SettingsError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+            raise SettingsError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.split_seed is not None and (isinstance(self.split_seed, bool) or not isinstance(self.split_seed, int)
                                             or self.split_seed < 0):
-            raise ValueError(f"split_seed must be a whole number >= 0 or null, got {self.split_seed!r}")
+            raise SettingsError(f"split_seed must be a whole number >= 0 or null, got {self.split_seed!r}")
         for key in ("epochs", "batch_size"):
             if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+                raise SettingsError(f"{key} must be >= 1, got {getattr(self, key)}")
         if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise SettingsError(f"lr must be > 0, got {self.lr}")
         if not self.variants and not self.from_strokes:
-            raise ValueError("at least one --variant is needed (or --from-strokes)")
+            raise SettingsError("at least one --variant is needed (or --from-strokes)")
         self.channels = list(check_channels(self.channels))
         if self.channels != ["ink"] and not self.from_strokes:
-            raise ValueError(f"channels {','.join(self.channels)}: the pen's order and the tablet's size exist only "
+            raise SettingsError(f"channels {','.join(self.channels)}: the pen's order and the tablet's size exist only "
                              "in the strokes; "
                              "train --from-strokes (rendered folders hold ink alone)")
         if self.from_strokes:
@@ -126,7 +128,7 @@ class TrainConfig:
         try:
             return RenderSettings.from_dict(self.render)
         except (TypeError, ValueError) as e:
-            raise ValueError(f"render settings {self.render}: {e}") from None
+            raise SettingsError(f"render settings {self.render}: {e}") from None
 
     def stroke_augment(self) -> StrokeAugment:
         """The stroke-level augmentation of a run from strokes."""
@@ -156,25 +158,6 @@ class TrainConfig:
     def split_rng_seed(self) -> int:
         """The seed the split is drawn with."""
         return split_seed_of(self.seed, self.split_seed)
-
-
-class RunError(RuntimeError):
-    """A run that cannot start or continue as asked."""
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto``: CUDA, then Apple's MPS, then the CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RunError("--device cuda asked for, but no CUDA device is available")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise RunError("--device mps asked for, but MPS is not available")
-    return torch.device(name)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig):
@@ -217,6 +200,15 @@ def split_for(variants: list[Variant], kind: str, seed: int) -> tuple[dict, dict
     return split, writer_of
 
 
+def data_identity(cfg: TrainConfig, variants: list[Variant]) -> dict:
+    """What the run was trained and tested on, absolutely: the raw folder and its content hash (runs
+    from strokes), or each variant folder with the hash of the dataset it was rendered from."""
+    if cfg.from_strokes:
+        return raw_identity(cfg.raw_dir, cfg.writers)
+    return {"variants": [{"path": str(Path(v.path).resolve()), "sha256": v.info.get("dataset", {}).get("sha256")}
+                         for v in variants]}
+
+
 def _history_csv(history: list[dict]) -> bytes:
     cols = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s"]
     buf = io.StringIO()
@@ -240,6 +232,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     amp = cfg.amp and device.type == "cuda"
+    dtype = amp_dtype(device, cfg.amp)
     if device.type == "cuda":  # the fastest convolutions for this input size (GPU runs are not bit-exact anyway)
         torch.backends.cudnn.benchmark = True
 
@@ -257,6 +250,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
                            "changed since the run started")
     write_text(run / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
     write_json(run / "split.json", split)
+    write_json(run / DATA, data_identity(cfg, variants))
     classes = list(LABELS)
     sets = {k: ImageSet(variants, set(split[k]), classes) for k in ("train", "val", "test")}
     if cfg.from_strokes:
@@ -284,6 +278,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     steps = -(-len(sets["train"]) // cfg.batch_size)
     scheduler = make_scheduler(optimizer, cfg, steps)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    scaler = make_scaler(device, dtype)  # fp16 only: bf16 and full precision need no loss scaling
     render = variants[0].settings
     history, start_epoch, best_acc = [], 1, -1.0
     if not start_fresh(resume, run):
@@ -292,6 +287,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         history, start_epoch = ckpt["history"], ckpt["epoch"] + 1
+        if scaler is not None and "scaler" in ckpt:
+            scaler.load_state_dict(ckpt["scaler"])
         best_acc = max((h["val_acc"] for h in history), default=-1.0)
         log(f"resuming {run} after epoch {ckpt['epoch']}")
 
@@ -306,7 +303,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
         batches.set_epoch(epoch)
         gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch + 1_000_000)  # same epoch, same warps
         stats = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, device, epoch, amp,
-                                transform=(lambda x, g=gen: augment(x, g)) if augment.active else None)
+                                scaler=scaler, transform=(lambda x, g=gen: augment(x, g)) if augment.active else None,
+                                dtype=dtype)
         val = evaluate(model, val_loader, criterion, device, amp, desc=f"epoch {epoch} val")
         history.append({"epoch": epoch, **stats, "val_loss": val["loss"], "val_acc": val["acc"], "lr": lr})
         log(f"epoch {epoch}/{cfg.epochs}: train loss {stats['train_loss']:.4f} acc {stats['train_acc']:.4f} | "
@@ -315,6 +313,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
                 "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history, "arch": cfg.arch,
                 "classes": classes, "in_channels": len(cfg.channels), "channels": cfg.channels, "render": render,
                 "config": asdict(cfg)}
+        if scaler is not None:
+            ckpt["scaler"] = scaler.state_dict()
         if val["acc"] > best_acc:
             best_acc = val["acc"]
             checkpoint.save(run / "best.pt", ckpt)

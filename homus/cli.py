@@ -39,11 +39,31 @@ def fail(message: str) -> None:
     sys.exit(1)
 
 
+class HomusGroup(click.Group):
+    """The one place that reports expected failures: a :class:`HomusError` (or an OS error a user
+    causes: full disk, read-only folder, missing path) becomes one line on stderr and exit code 1.
+    Anything else is a bug in homus and keeps its traceback."""
+
+    def invoke(self, ctx: click.Context):
+        from homus_render.errors import describe
+
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise
+        except Exception as e:
+            line = describe(e)
+            if line is None:
+                raise
+            click.secho(f"error: {line}", fg="red", err=True)
+            ctx.exit(1)
+
+
 def pick(flag, default):
     return default if flag is None else flag
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=HomusGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="homus")
 def main() -> None:
     """homus: HOMUS handwritten music symbols, from raw pen strokes to trained classifiers."""
@@ -58,7 +78,6 @@ def fetch(cfg, version, source, raw_dir) -> None:
     """Download or copy the HOMUS dataset into RAW_DIR/<writer>/<writer>-<n>.txt."""
     from tqdm import tqdm
 
-    from homus_render.fetch import FetchError
     from homus_render.fetch import fetch as do_fetch
 
     d = cfg["dataset"]
@@ -73,8 +92,6 @@ def fetch(cfg, version, source, raw_dir) -> None:
     try:
         report = do_fetch(pick(raw_dir, d["raw_dir"]), pick(version, d["version"]),
                           pick(source, d["source"]), progress=progress)
-    except FetchError as e:
-        fail(str(e))
     finally:
         if bar is not None:
             bar.close()
@@ -121,7 +138,7 @@ def render(cfg, thickness, size, fit, margin, antialias, staff_lines, raw_dir, w
     from tqdm import tqdm
 
     from homus_render.dataset import parse_writers
-    from homus_render.variants import RenderError, render_variants
+    from homus_render.variants import render_variants
 
     variants = render_settings(cfg, thickness, size, fit, margin, antialias, staff_lines)
     try:
@@ -131,13 +148,9 @@ def render(cfg, thickness, size, fit, margin, antialias, staff_lines, raw_dir, w
     raw = Path(pick(raw_dir, cfg["dataset"]["raw_dir"]))
     out = Path(pick(rendered_dir, cfg["render"]["rendered_dir"]))
     with tqdm(unit="sample", desc="render", disable=None) as bar:
-        try:
-            results = render_variants(raw, out, variants, jobs=pick(jobs, cfg["render"]["jobs"]),
-                                      force=force, skip_invalid=skip_invalid, writers=subset, progress=bar.update,
-                                      log=bar.write)
-        except (RenderError, FileNotFoundError) as e:
-            bar.close()
-            fail(str(e))
+        results = render_variants(raw, out, variants, jobs=pick(jobs, cfg["render"]["jobs"]),
+                                  force=force, skip_invalid=skip_invalid, writers=subset, progress=bar.update,
+                                  log=bar.write)
     for res in results:
         if res.skipped:
             click.secho(f"{res.path}: skipped {len(res.skipped)} bad sample(s), listed in "
@@ -199,21 +212,13 @@ def train_flags(f):
 @with_config
 def train(cfg, resume_dir, **flags) -> None:
     """Train a ResNet on rendered variants (or from the raw strokes); evaluate once on the test split."""
-    import yaml
-
-    from classifier.checkpoint import CheckpointError
-    from classifier.data import DataError
-    from classifier.models import WeightsError
-    from classifier.splits import SplitError
-    from classifier.train import RunError, TrainConfig
+    from classifier.runfolder import RunFolder
+    from classifier.train import TrainConfig
     from classifier.train import train as do_train
 
     settings = dict(cfg["train"])
     if resume_dir:  # the run's own settings, exactly as it started
-        saved = Path(resume_dir) / "config.yaml"
-        if not saved.is_file():
-            fail(f"{resume_dir}: not a homus run folder (no config.yaml)")
-        settings = yaml.safe_load(saved.read_text())
+        settings = RunFolder(resume_dir).config()
         settings["runs_dir"], settings["name"] = str(Path(resume_dir).parent), Path(resume_dir).name
     else:
         if flags.pop("no_augment"):
@@ -227,12 +232,9 @@ def train(cfg, resume_dir, **flags) -> None:
             settings = cfgmod.train_settings(cfg, settings)
         except cfgmod.ConfigError as e:
             raise click.UsageError(str(e)) from None
-    try:
-        tc = TrainConfig.from_dict(settings)
-        run = do_train(tc, resume=bool(resume_dir), log=click.echo)
-    except (ValueError, RunError, DataError, SplitError, CheckpointError, WeightsError, FileNotFoundError) as e:
-        fail(str(e))
-    metrics = json.loads((run / "metrics.json").read_text())
+    tc = TrainConfig.from_dict(settings)
+    run = do_train(tc, resume=bool(resume_dir), log=click.echo)
+    metrics = RunFolder(run).metrics()
     click.echo(f"{run}: test accuracy {metrics['test_accuracy']:.4f} (macro F1 {metrics['macro_f1']:.4f}, "
                f"{metrics['n_test']:,} test images, {metrics['split']} split; best val "
                f"{metrics['val_accuracy']:.4f} at epoch {metrics['best_epoch']})")
@@ -252,22 +254,13 @@ def evaluate(runs, variant, out, device) -> None:
 
     Several runs (trained on the same split) are scored as one ensemble: their class probabilities
     are averaged, each model reading the input it was trained on."""
-    from classifier.checkpoint import CheckpointError
-    from classifier.data import DataError
     from classifier.evaluate import ensemble_name, evaluate_ensemble, evaluate_run
-    from classifier.train import RunError
-    from homus_render.strokes import StrokeFileError
 
-    try:
-        if len(runs) > 1:
-            out = Path(out) if out else Path(runs[0]).parent / f"{ensemble_name(runs)}.json"
-            m = evaluate_ensemble(list(runs), out, variant, device)
-        else:
-            m = evaluate_run(runs[0], variant, device)
-    except (RunError, DataError, CheckpointError) as e:
-        fail(str(e))
-    except (FileNotFoundError, StrokeFileError) as e:  # a run from strokes draws its test split from raw_dir
-        fail(f"{' '.join(runs)}: a run from strokes draws its test images from the raw strokes: {e}")
+    if len(runs) > 1:
+        out = Path(out) if out else Path(runs[0]).parent / f"{ensemble_name(runs)}.json"
+        m = evaluate_ensemble(list(runs), out, variant, device)
+    else:
+        m = evaluate_run(runs[0], variant, device)
     if len(runs) > 1:
         for member in m["members"]:
             click.echo(f"  {member['run']} on {member['variant']}: test accuracy {member['test_accuracy']:.4f}")
@@ -290,13 +283,9 @@ def evaluate(runs, variant, out, device) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON document for machines.")
 def predict(run, inputs, top_k, as_json) -> None:
     """Classify images (any size) or raw HOMUS .txt stroke files with a run's model."""
-    from classifier.checkpoint import CheckpointError
     from classifier.predict import predict as do_predict
 
-    try:
-        results = do_predict(run, list(inputs), top_k)
-    except CheckpointError as e:
-        fail(str(e))
+    results = do_predict(run, list(inputs), top_k)
     if as_json:
         click.echo(json.dumps(results, indent=2))
     else:
@@ -314,20 +303,9 @@ def predict(run, inputs, top_k, as_json) -> None:
 @with_config
 def run_cmd(cfg) -> None:
     """Run the study in the config: fetch, render, train, cross-evaluate, report."""
-    from classifier.checkpoint import CheckpointError
-    from classifier.data import DataError
-    from classifier.splits import SplitError
-    from classifier.train import RunError
-    from homus_render.fetch import FetchError
-    from homus_render.variants import RenderError
-
     from .study import run_study
 
-    try:
-        out = run_study(cfg, log=click.echo)
-    except (cfgmod.ConfigError, FetchError, RenderError, RunError, DataError, SplitError, CheckpointError,
-            ValueError) as e:
-        fail(str(e))
+    out = run_study(cfg, log=click.echo)
     click.echo(f"report: {out / 'report.md'}")
 
 
@@ -340,10 +318,7 @@ def compare(runs, out, title) -> None:
     """Table and chart of finished runs, the settings that differ as columns, best first."""
     from .report import write_report
 
-    try:
-        result = write_report([Path(r) for r in runs], Path(out), title, command="homus compare " + " ".join(runs))
-    except (FileNotFoundError, ValueError) as e:
-        fail(str(e))
+    result = write_report([Path(r) for r in runs], Path(out), title, command="homus compare " + " ".join(runs))
     keys = result["group_by"]
     click.echo(" | ".join(["test accuracy", *keys, "runs"]))
     for row in result["rows"]:

@@ -10,7 +10,20 @@ from typing import Any
 
 import yaml
 
-DEFAULTS_FILE = Path(__file__).resolve().parent.parent / "pipeline.yaml"
+from homus_render.errors import SettingsError
+
+#: The shipped defaults: package data, read the same from a source checkout, an editable install or a wheel.
+DEFAULTS_RESOURCE = ("homus", "pipeline.yaml")
+
+
+def defaults_path() -> Path:
+    """Where the shipped ``pipeline.yaml`` lies (a real file in every way homus is installed)."""
+    from importlib.resources import files
+
+    return Path(str(files(DEFAULTS_RESOURCE[0]).joinpath(DEFAULTS_RESOURCE[1])))
+
+
+DEFAULTS_FILE = defaults_path()
 
 #: Keys whose default is null, with the types they may take.
 NULLABLE = {
@@ -25,7 +38,7 @@ NULLABLE = {
 FREE_FORM = {("study", "train"), ("study", "overrides"), ("study", "arms")}
 
 
-class ConfigError(ValueError):
+class ConfigError(SettingsError):
     """A config file with an unknown key, a wrong type or a bad value."""
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import yaml
 
 from classifier.plots import plt, save_figure
+from classifier.runfolder import RunError, RunFolder
 from classifier.splits import split_seed_of
 from homus_render.atomic import write_bytes, write_text
 from homus_render.distort import StrokeAugment
@@ -41,10 +42,8 @@ def _settings_or_none(variant: str) -> dict:
 def load_run(run: Path) -> dict:
     """A finished run's metrics, settings (train settings plus the variants' render settings) and
     cross evaluations."""
-    if not (run / "metrics.json").is_file():
-        raise FileNotFoundError(f"{run}: not a finished homus run (no metrics.json)")
-    metrics = json.loads((run / "metrics.json").read_text())
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    folder = RunFolder(run)
+    metrics, cfg = folder.metrics(), folder.config()
     strokes = bool(cfg.get("from_strokes"))
     settings = {k: v for k, v in cfg.items() if k not in IGNORED and k not in STROKE_ONLY}
     if strokes:  # the stroke settings matter; the variant folders it was not trained on do not
@@ -141,8 +140,8 @@ def write_report(run_dirs: list[Path], out: Path, title: str, variants: list[str
     for r in runs:
         r["settings"].update((extra or {}).get(r["name"], {}))
     if not runs:
-        raise ValueError("no runs to report on")
-    splits = {json.dumps(json.loads((r["run"] / "split.json").read_text()), sort_keys=True) for r in runs
+        raise RunError("no runs to report on")
+    splits = {json.dumps(RunFolder(r["run"]).split(), sort_keys=True) for r in runs
               if r["split_seed"] == runs[0]["split_seed"]}
     group_by = group_by or [k for k in differing(runs) if k not in IGNORED]
     rows = summarize(runs, group_by)

@@ -27,6 +27,7 @@ from dataclasses import replace
 import cv2
 import numpy as np
 
+from .errors import SettingsError
 from .render import (
     _ONE,
     _SHIFT,
@@ -54,12 +55,12 @@ def check_channels(channels: Sequence[str] | str) -> tuple[str, ...]:
     """``channels`` as a tuple of known, distinct names (``"ink,time"`` is read as a list)."""
     names = [c.strip() for c in channels.split(",")] if isinstance(channels, str) else list(channels)
     if not names:
-        raise ValueError("channels: give at least one of " + ", ".join(CHANNELS))
+        raise SettingsError("channels: give at least one of " + ", ".join(CHANNELS))
     unknown = [c for c in names if c not in CHANNELS]
     if unknown:
-        raise ValueError(f"unknown channel(s) {', '.join(map(repr, unknown))}: choose from {', '.join(CHANNELS)}")
+        raise SettingsError(f"unknown channel(s) {', '.join(map(repr, unknown))}: choose from {', '.join(CHANNELS)}")
     if len(set(names)) < len(names):
-        raise ValueError(f"channels {names}: each channel once")
+        raise SettingsError(f"channels {names}: each channel once")
     return tuple(names)
 
 

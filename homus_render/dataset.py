@@ -8,6 +8,8 @@ import os
 import re
 from pathlib import Path
 
+from .errors import MissingDataError, SettingsError
+
 #: Written by ``homus fetch`` into the raw folder: version, content hash and counts.
 DATASET_INFO = "homus.json"
 _NUM = re.compile(r"(\d+)")
@@ -23,7 +25,7 @@ def list_stroke_files(raw_dir: str | Path, writers: set[str] | None = None) -> l
     in natural order (writer, then number); only those of ``writers`` when given."""
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
-        raise FileNotFoundError(f"{raw_dir}: no such folder (run `homus fetch` first)")
+        raise MissingDataError(f"{raw_dir}: no such folder (run `homus fetch` first)")
     found = []
     for entry in os.scandir(raw_dir):
         if entry.is_dir() and not entry.name.startswith(".") and (writers is None or entry.name in writers):
@@ -46,7 +48,7 @@ def parse_writers(spec: str | int | list | None) -> set[str] | None:
         elif text.isdigit():
             out.add(str(int(text)))
         else:
-            raise ValueError(f"writers {spec!r}: expected numbers and ranges like 1-5,9")
+            raise SettingsError(f"writers {spec!r}: expected numbers and ranges like 1-5,9")
     return out
 
 
@@ -94,5 +96,5 @@ def load_samples(raw_dir: str | Path, writers: set[str] | None = None):
 
     files = list_stroke_files(raw_dir, writers)
     if not files:
-        raise FileNotFoundError(f"{raw_dir}: no stroke files (run `homus fetch` first)")
+        raise MissingDataError(f"{raw_dir}: no stroke files (run `homus fetch` first)")
     return [parse_file(Path(raw_dir, rel)) for rel in files]

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from .channels import draw_channels
+from .errors import SettingsError
 from .render import RenderSettings, _fit, draw
 
 
@@ -50,9 +51,9 @@ class StrokeAugment:
         bad = [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)
                if not isinstance(getattr(self, f.name), (int, float)) or not getattr(self, f.name) >= 0]
         if bad:
-            raise ValueError(f"stroke augmentation strengths must be numbers >= 0: {', '.join(bad)}")
+            raise SettingsError(f"stroke augmentation strengths must be numbers >= 0: {', '.join(bad)}")
         if self.scale >= 1 or self.ends > 1:
-            raise ValueError(f"stroke scale must be < 1 and ends a probability <= 1, got {self.scale}, {self.ends}")
+            raise SettingsError(f"stroke scale must be < 1 and ends a probability <= 1, got {self.scale}, {self.ends}")
 
     @property
     def active(self) -> bool:

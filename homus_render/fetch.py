@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from .atomic import write_json
 from .dataset import DATASET_INFO, content_hash, file_digest, list_stroke_files, read_info
+from .errors import HomusError
 from .labels import LABELS
 from .strokes import StrokeFileError, parse_bytes
 
@@ -37,7 +38,7 @@ _SAMPLE_PATH = re.compile(r"^(\d+)/\1-\d+\.txt$")
 _IN_PROGRESS = ".fetch-in-progress"
 
 
-class FetchError(RuntimeError):
+class FetchError(HomusError, RuntimeError):
     """The dataset could not be fetched; nothing was put in place."""
 
 

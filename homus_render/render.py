@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, fields
 import cv2
 import numpy as np
 
+from .errors import SettingsError
+
 FITS = ("scale", "crop")
 _SHIFT = 4  # OpenCV fixed-point bits: coordinates are drawn with 1/16 px precision
 _ONE = 1 << _SHIFT
@@ -52,7 +54,7 @@ class RenderSettings:
             problems.append(f"margin {self.margin} on both sides plus thickness {self.thickness} "
                             f"leaves no room on a {self.width}x{self.height} canvas")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise SettingsError("; ".join(problems))
 
     @property
     def size(self) -> tuple[int, int]:
@@ -91,7 +93,7 @@ def parse_size(value: int | str) -> tuple[int, int]:
         w, _, h = text.partition("x")
         return int(w), int(h or w)
     except ValueError:
-        raise ValueError(f"size {value!r}: expected a number like 96 or WxH like 128x64") from None
+        raise SettingsError(f"size {value!r}: expected a number like 96 or WxH like 128x64") from None
 
 
 def path_bounds(strokes: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

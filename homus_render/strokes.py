@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import HomusError
 from .labels import LABEL_SET
 
 #: No tablet reports coordinates this large; beyond it a file is corrupt, not a symbol.
@@ -22,7 +23,7 @@ _NAME = re.compile(r"^(\d+)-(\d+)$")
 _COORDS_ONLY = re.compile(r"^[-+\d\s,;.]+$")
 
 
-class StrokeFileError(ValueError):
+class StrokeFileError(HomusError, ValueError):
     """A stroke file that cannot be read; the message names the file, the line and the reason."""
 
     def __init__(self, path: str | Path, line: int | None, reason: str) -> None:

@@ -23,6 +23,7 @@ import cv2
 from . import __version__
 from .atomic import write_bytes, write_json
 from .dataset import content_hash, file_digest, fingerprint, list_stroke_files, natural_key, read_info
+from .errors import HomusError
 from .labels import LABELS
 from .preview import grid
 from .render import RenderSettings, render
@@ -39,7 +40,7 @@ PREVIEW_PER_CLASS = 8
 _PNG = [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
 
 
-class RenderError(RuntimeError):
+class RenderError(HomusError, RuntimeError):
     """The raw data cannot be rendered as asked; the message lists every bad file."""
 
 

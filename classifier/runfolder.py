@@ -1,0 +1,205 @@
+"""A run folder and everything in it, read in one place.
+
+``<runs_dir>/<name>/`` holds ``config.yaml`` (every setting), ``split.json`` (the sample ids of
+train, val and test), ``data.json`` (the absolute identity of the data it was trained on),
+``last.pt`` and ``best.pt`` (one checkpoint dict each), ``history.csv``, ``metrics.json`` (written
+last: a run that has it is complete) and its pictures. :class:`RunFolder` reads them, checks them,
+and rebuilds the run's test images exactly as the run drew them; ``train``, ``evaluate``,
+``predict``, the reports, the benchmarks and the web service all go through it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from torch import nn
+
+from homus_render.dataset import content_hash, file_digest, list_stroke_files, load_samples, parse_writers
+from homus_render.errors import HomusError, user_os_error
+from homus_render.render import RenderSettings
+from homus_render.strokes import Sample
+
+from . import checkpoint
+from .data import DataError, Variant, load_variant, variant_info
+from .strokeset import render_samples
+
+CONFIG, SPLIT, DATA, METRICS, HISTORY = "config.yaml", "split.json", "data.json", "metrics.json", "history.csv"
+BEST, LAST = "best.pt", "last.pt"
+
+
+class RunError(HomusError, RuntimeError):
+    """A run that cannot start, continue or be read as asked."""
+
+
+def _read_json(path: Path, missing: str) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunError(f"{path.parent}: {missing}") from None
+    except OSError as e:
+        raise user_os_error(e) or e from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise RunError(f"{path}: not valid JSON ({e}); the run folder is damaged, train it again") from None
+    if not isinstance(data, dict):
+        raise RunError(f"{path}: expected a JSON object, got {type(data).__name__}; train the run again")
+    return data
+
+
+def raw_identity(raw_dir: str | Path, writers: str | int | list | None = None) -> dict:
+    """The absolute identity of a raw folder's stroke files (of ``writers``): its path, the number of
+    files and their content hash (the same hash ``homus fetch`` and ``homus render`` record)."""
+    raw = Path(raw_dir).resolve()
+    files = list_stroke_files(raw, parse_writers(writers))
+    digests = {}
+    for rel in files:
+        try:
+            digests[rel] = file_digest((raw / rel).read_bytes())
+        except OSError as e:
+            raise user_os_error(e) or e from None
+    return {"raw_dir": str(raw), "files": len(files), "sha256": content_hash(digests)}
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """One run's folder. Reading never changes it; :meth:`check_data` says whether the data at
+    hand is what the run recorded."""
+
+    path: Path
+
+    def __init__(self, path: str | Path) -> None:
+        object.__setattr__(self, "path", Path(path))
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    # --- what the run recorded -------------------------------------------------------------
+    def config(self) -> dict:
+        """``config.yaml``: every setting the run was made with (checked to be a mapping)."""
+        path = self.file(CONFIG)
+        try:
+            cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise RunError(f"{self.path}: not a homus run folder (no {CONFIG})") from None
+        except OSError as e:
+            raise user_os_error(e) or e from None
+        except (UnicodeDecodeError, yaml.YAMLError) as e:
+            raise RunError(f"{path}: not valid YAML ({str(e).splitlines()[0]}); the run folder is damaged") from None
+        if not isinstance(cfg, dict) or not cfg:
+            raise RunError(f"{path}: a run's config is a mapping of settings, got "
+                           f"{'an empty file' if not cfg else type(cfg).__name__}; the run folder is damaged")
+        return cfg
+
+    def split(self) -> dict:
+        """``split.json``: ``kind``, ``seed`` and the sample ids of ``train``, ``val`` and ``test``."""
+        split = _read_json(self.file(SPLIT), f"not a homus run folder (no {SPLIT}); train it first")
+        for key in ("kind", "train", "val", "test"):
+            if key not in split:
+                raise RunError(f"{self.file(SPLIT)}: lacks '{key}'; the run folder is damaged")
+        return split
+
+    def metrics(self) -> dict:
+        """``metrics.json`` of a finished run."""
+        return _read_json(self.file(METRICS), f"not a finished homus run (no {METRICS}); finish it with "
+                                              f"`homus train --resume {self.path}`")
+
+    @property
+    def complete(self) -> bool:
+        return self.file(METRICS).is_file()
+
+    def data(self) -> dict:
+        """``data.json``: where the run's data was and its content hash (``{}`` for runs made before
+        homus recorded it)."""
+        return _read_json(self.file(DATA), "") if self.file(DATA).is_file() else {}
+
+    def checkpoint(self, which: str = BEST) -> dict:
+        return checkpoint.load(self.file(which))
+
+    def load_model(self, which: str = BEST) -> tuple[nn.Module, dict]:
+        """The run's model (eval mode, on the CPU) and its checkpoint dict."""
+        return checkpoint.load_model(self.file(which))
+
+    @property
+    def from_strokes(self) -> bool:
+        return bool(self.config().get("from_strokes"))
+
+    def render_settings(self) -> RenderSettings:
+        """The settings the run's own test images are drawn with."""
+        cfg = self.config()
+        if cfg.get("from_strokes"):
+            return RenderSettings.from_dict(cfg["render"])
+        return RenderSettings.from_dict(variant_info(cfg["variants"][0])["settings"])
+
+    def trained_on(self) -> list[str]:
+        """The names of what the model was trained on: its render settings, or its variant folders."""
+        cfg = self.config()
+        if cfg.get("from_strokes"):
+            return [RenderSettings.from_dict(cfg["render"]).name]
+        return [Path(p).name for p in cfg["variants"]]
+
+    # --- the data at hand against the data recorded -----------------------------------------
+    def raw_dir(self) -> Path:
+        """The raw folder the run read: the absolute one it recorded, else its setting (relative to
+        the current folder, as older runs were)."""
+        return Path(self.data().get("raw_dir") or self.config().get("raw_dir", "raw"))
+
+    def check_data(self, raw_dir: str | Path | None = None) -> None:
+        """Refuse when the run's raw strokes are not the ones it was trained on (another folder's
+        data, or files changed since). Runs that recorded no identity are not checked."""
+        recorded = self.data()
+        if not recorded.get("sha256"):
+            return
+        raw = Path(raw_dir) if raw_dir is not None else Path(recorded["raw_dir"])
+        now = raw_identity(raw, self.config().get("writers"))
+        if now["sha256"] != recorded["sha256"]:
+            raise RunError(f"{raw}: these stroke files ({now['files']:,}) are not the ones run {self.path} was "
+                           f"trained and tested on ({recorded['files']:,} files in {recorded['raw_dir']}); "
+                           "its test split would score other data. Restore that data, or train a new run")
+
+    # --- the test images, rebuilt ------------------------------------------------------------
+    def test_variants(self, variant: str | Path | None = None, strokes: dict | None = None,
+                      channels: tuple[str, ...] | None = None) -> list[Variant]:
+        """The run's test images, drawn as it drew them (or as the variant folder ``variant`` was
+        rendered). A model that reads the pen's order or the tablet's size (which no PNG holds) is
+        drawn from the strokes at the variant's settings. ``strokes``: a cache of raw samples by
+        folder, shared between the runs of an ensemble."""
+        cfg = self.config()
+        test_ids = set(self.split()["test"])
+        channels = tuple(channels or self.checkpoint().get("channels", ["ink"]))
+        if cfg.get("from_strokes") and (variant is None or channels != ("ink",)):
+            settings = RenderSettings.from_dict(cfg["render"] if variant is None else variant_info(variant)["settings"])
+            samples = [s for s in self.samples(strokes) if s.id in test_ids]
+            return [render_samples(samples, settings, str(self.raw_dir()), channels)]
+        if variant:
+            return [load_variant(variant, only=test_ids)]
+        recorded = self.data().get("variants") or [{"path": p, "sha256": None} for p in cfg["variants"]]
+        loaded = [load_variant(r["path"], only=test_ids) for r in recorded]
+        for r, v in zip(recorded, loaded, strict=True):
+            now = v.info.get("dataset", {}).get("sha256")
+            if r.get("sha256") and now != r["sha256"]:
+                raise RunError(f"{v.path}: this variant was rendered from other raw data than run {self.path} "
+                               "was trained on; its test split would score other samples. Render it again "
+                               "from the run's raw folder, or train a new run")
+        return loaded
+
+    def samples(self, cache: dict | None = None) -> list[Sample]:
+        """The raw samples the run was trained on, checked against its recorded identity."""
+        cfg = self.config()
+        raw = self.raw_dir()
+        key = (str(raw.resolve()), str(cfg.get("writers")))
+        if cache is not None and key in cache:
+            return cache[key]
+        self.check_data(raw)
+        try:
+            loaded = load_samples(raw, parse_writers(cfg.get("writers")))
+        except FileNotFoundError as e:
+            raise DataError(f"run {self.path} draws its test images from the raw strokes: {e}") from None
+        if cache is not None:
+            cache[key] = loaded
+        return loaded
