@@ -1,0 +1,65 @@
+"""Foreign images redrawn as homus draws: the pen's width and the fit are the model's, whatever the
+width and scale of the image."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from conftest import HANDMADE
+
+from homus_render.normalize import redraw, skeleton, skeleton_strokes
+from homus_render.render import RenderSettings, render
+
+S = RenderSettings(thickness=3, width=64, height=64, margin=4)
+
+
+def strokes_of(label: str) -> list[np.ndarray]:
+    return [np.array(st, np.float64) for lab, sts in HANDMADE if lab == label for st in sts]
+
+
+def ink_box(img: np.ndarray) -> tuple[int, int, int, int]:
+    ys, xs = np.nonzero(img < 128)
+    return xs.min(), ys.min(), xs.max(), ys.max()
+
+
+def stroke_width(img: np.ndarray) -> float:
+    """Ink per unit of centre line: the mean width of the strokes, in pixels."""
+    ink = (255 - img.astype(np.float64)).sum() / 255
+    return ink / skeleton(img < 128).sum()
+
+
+@pytest.mark.parametrize("label", ["Flat", "Whole-Note", "Barline"])
+@pytest.mark.parametrize("width,canvas", [(1, 96), (9, 200), (3, 64), (5, 96)])
+def test_any_pen_and_scale_comes_back_at_the_models_width_and_box(label, width, canvas):
+    strokes = strokes_of(label)
+    mine = render(strokes, S)
+    foreign = render(strokes, RenderSettings(thickness=width, width=canvas, height=canvas, margin=2))
+    again = redraw(foreign, S)
+    assert again.shape == mine.shape and again.dtype == np.uint8
+    assert np.abs(np.subtract(ink_box(again), ink_box(mine))).max() <= 2
+    assert stroke_width(again) == pytest.approx(stroke_width(mine), abs=0.6)
+    # the same strokes: nearly all ink of each lies within a pixel of the other's
+    near = lambda a, b: (cv2.dilate((b < 128).astype(np.uint8), np.ones((3, 3), np.uint8))[a < 128]).mean()  # noqa: E731
+    assert near(again, mine) > 0.95 and near(mine, again) > 0.95
+
+
+def test_skeleton_pixels_become_connected_two_point_strokes():
+    skel = np.zeros((5, 5), bool)
+    skel[2, 1:4] = True  # a short horizontal line
+    skel[0, 0] = True  # a lone pixel
+    strokes = skeleton_strokes(skel)
+    pairs = sorted(tuple(map(tuple, s.astype(int).tolist())) for s in strokes if len(s) == 2)
+    assert pairs == [((1, 2), (2, 2)), ((2, 2), (3, 2))]
+    assert [s.tolist() for s in strokes if len(s) == 1] == [[[0.0, 0.0]]]
+
+
+def test_a_blank_image_is_an_error():
+    with pytest.raises(ValueError, match="no ink"):
+        redraw(np.full((40, 40), 255, np.uint8), S)
+
+
+def test_a_tap_of_the_pen_is_drawn_as_homus_draws_a_dot():
+    img = np.full((96, 96), 255, np.uint8)
+    img[40, 30] = 0  # one pixel of ink: its centre line is itself
+    assert np.array_equal(redraw(img, S), render([np.array([[30.0, 40.0]])], S))
