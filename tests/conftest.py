@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 #: The raw dataset lives beside the repository, never inside it: <repo>/../shared/datasets/.
@@ -66,3 +67,76 @@ def write_handmade(root: Path, writers=("1", "2")) -> list[str]:
             (root / rel).write_text(sample_text(label, strokes))
             made.append(rel)
     return made
+
+
+# --- a synthetic HOMUS-format dataset: train/evaluate/study tests run without the zip ----------------
+
+#: Writers and samples per class and writer of :func:`synthetic_raw` (32 x 6 x 3 = 576 samples).
+SYNTHETIC_WRITERS = ("1", "2", "3", "4", "5", "6")
+SYNTHETIC_PER_CLASS = 3
+
+
+def _class_shape(k: int) -> list[np.ndarray]:
+    """Class ``k``'s drawing: one to three pen strokes, each a smooth curve through a few points
+    chosen once per class (so classes differ in shape, stroke count and order)."""
+    rng = np.random.default_rng(1000 + k)
+    strokes = []
+    for _ in range(1 + k % 3):
+        knots = rng.uniform(0, 100, size=(3 + k % 4, 2))
+        t = np.linspace(0, 1, 24)
+        u = np.linspace(0, 1, len(knots))
+        strokes.append(np.stack([np.interp(t, u, knots[:, 0]), np.interp(t, u, knots[:, 1])], 1))
+    return strokes
+
+
+def synthetic_samples(writers=SYNTHETIC_WRITERS, per_class: int = SYNTHETIC_PER_CLASS):
+    """``(writer, n, label, strokes)`` for every synthetic sample: each class's shape as each writer
+    draws it (their own size, slant and rotation) with per-sample jitter, in tablet coordinates."""
+    from homus_render.labels import LABELS
+
+    shapes = [_class_shape(k) for k in range(len(LABELS))]
+    out = []
+    for w in writers:
+        rng = np.random.default_rng(int(w))
+        scale, slant, turn = rng.uniform(0.7, 1.4), rng.uniform(-0.25, 0.25), np.radians(rng.uniform(-6, 6))
+        hand = scale * np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]]) @ [[1, slant], [0, 1]]
+        n = 0
+        for k, label in enumerate(LABELS):
+            for _ in range(per_class):
+                n += 1
+                shift = rng.uniform(20, 120, size=2)
+                strokes = [np.round(s @ hand.T + shift + rng.normal(0, 1.5, size=s.shape)).astype(int)
+                           for s in shapes[k]]
+                out.append((w, n, label, strokes))
+    return out
+
+
+def write_synthetic(root: Path, writers=SYNTHETIC_WRITERS, per_class: int = SYNTHETIC_PER_CLASS) -> Path:
+    """``root/<writer>/<writer>-<n>.txt`` for every synthetic sample; returns ``root``."""
+    for w, n, label, strokes in synthetic_samples(writers, per_class):
+        (root / w).mkdir(parents=True, exist_ok=True)
+        (root / w / f"{w}-{n}.txt").write_text(sample_text(label, [s.tolist() for s in strokes]), encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A HOMUS-format raw folder made from hand-drawn shapes: 32 classes x 6 writers x 3 samples.
+    Tests must not modify it (copy it first)."""
+    return write_synthetic(tmp_path_factory.mktemp("synthetic") / "raw")
+
+
+@pytest.fixture(scope="session")
+def tiny(synthetic_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic raw folder copied, and rendered at 32 px with thickness 1 and 3:
+    ``raw/``, ``rendered/t1-s32-m2``, ``rendered/t3-s32-m2``."""
+    import shutil
+
+    from homus_render.render import RenderSettings
+    from homus_render.variants import render_variants
+
+    root = tmp_path_factory.mktemp("tiny")
+    shutil.copytree(synthetic_raw, root / "raw")
+    settings = [RenderSettings(thickness=t, width=32, height=32, margin=2) for t in (1, 3)]
+    render_variants(root / "raw", root / "rendered", settings, jobs=1)
+    return root
