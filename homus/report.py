@@ -12,7 +12,6 @@ import io
 import json
 import statistics
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +21,11 @@ from classifier.plots import plt, save_figure
 from classifier.runfolder import RunError, RunFolder
 from classifier.splits import split_seed_of
 from homus_render.atomic import write_bytes, write_text
-from homus_render.distort import StrokeAugment
 from homus_render.variants import read_variant_info
 
 IGNORED = {"name", "runs_dir", "seed", "split_seed", "device", "workers", "threads", "amp"}
 #: Settings of training from strokes: shown only for runs that did.
-STROKE_ONLY = {"from_strokes", "raw_dir", "writers", "render", *(f"stroke_{f.name}" for f in fields(StrokeAugment))}
+STROKE_ONLY = {"from_strokes", "raw_dir", "writers", "render", "strokes"}
 
 
 def _settings_or_none(variant: str) -> dict:
@@ -45,11 +43,13 @@ def load_run(run: Path) -> dict:
     folder = RunFolder(run)
     metrics, cfg = folder.metrics(), folder.config()
     strokes = bool(cfg.get("from_strokes"))
-    settings = {k: v for k, v in cfg.items() if k not in IGNORED and k not in STROKE_ONLY}
+    settings = {k: v for k, v in cfg.items() if k not in IGNORED and k not in STROKE_ONLY and k != "warp"}
+    settings.update({f"warp.{k}": v for k, v in cfg["warp"].items()})
     if strokes:  # the stroke settings matter; the variant folders it was not trained on do not
-        settings.update({k: v for k, v in cfg.items() if k.startswith("stroke_") or k == "from_strokes"})
+        settings["from_strokes"] = True
+        settings.update({f"strokes.{k}": v for k, v in cfg["strokes"].items()})
         if "size" not in (cfg.get("channels") or ["ink"]):  # the size jitter moves no pixel of these runs
-            settings.pop("stroke_size", None)
+            settings.pop("strokes.size", None)
     settings["variants"] = "+".join(metrics["variants"])
     if strokes:
         renders = [cfg["render"]]
