@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -37,6 +38,8 @@ def with_config(f):
             cfg = cfgmod.load(path)
         except cfgmod.ConfigError as e:
             raise click.UsageError(str(e)) from None
+        if "cfg_path" in inspect.signature(f).parameters:  # commands that name the file in what they write
+            kwargs["cfg_path"] = path or cfgmod.DEFAULTS_FILE
         return f(cfg=cfg, **kwargs)
 
     return wrapper
@@ -321,12 +324,25 @@ def predict(run, inputs, top_k, as_json) -> None:
 
 
 @main.command("run")
+@click.option("--dry-run", is_flag=True, help="Check the study and list its runs and ensembles; train nothing.")
 @with_config
-def run_cmd(cfg) -> None:
+def run_cmd(cfg, cfg_path, dry_run) -> None:
     """Run the study in the config: fetch, render, train, cross-evaluate, report."""
-    from .study import run_study
+    from .study import plan, run_study
 
-    out = run_study(cfg, log=click.echo)
+    if dry_run:
+        p = plan(cfg, cfg_path)
+        for r in p.runs:
+            tc = p.configs[r.name]
+            what = f"from strokes at {tc.render.name}" if tc.from_strokes else f"on {', '.join(tc.variants)}"
+            fold = f", fold {tc.fold} of {tc.folds}" if tc.folds else ""
+            click.echo(f"{r.name}: {tc.arch} {what}, channels {'+'.join(tc.channels)}, {tc.epochs} epochs, "
+                       f"{tc.split} split{fold}, seed {tc.seed}, split seed {tc.split_rng_seed}")
+        for e in p.ensembles:
+            click.echo(f"ensemble {e.file[:-5]}: {' + '.join(e.runs)}")
+        click.echo(f"{len(p.runs)} runs, {len(p.ensembles)} ensemble scores; nothing trained (--dry-run)")
+        return
+    out = run_study(cfg, log=click.echo, source=cfg_path)
     click.echo(f"report: {out / 'report.md'}")
 
 

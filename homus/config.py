@@ -33,10 +33,11 @@ NULLABLE = {
     ("render", "staff_offset"): (int,),
     ("train", "name"): (str,),
     ("train", "split_seed"): (int,),
+    ("study", "split_seed"): (int,),
 }
 
 #: Mappings whose keys are other sections' settings (train settings for the study's runs).
-FREE_FORM = {("study", "train"), ("study", "overrides"), ("study", "arms")}
+FREE_FORM = {("study", "train"), ("study", "overrides"), ("study", "arms"), ("study", "ensembles")}
 
 
 class ConfigError(SettingsError):
@@ -134,6 +135,33 @@ def _check_free_form(cfg: dict, defaults: dict, path: Path) -> None:
         if not isinstance(mapping, dict):
             raise ConfigError(f"{path}: '{prefix}' must be a mapping of train settings, got {mapping!r}")
         _merge(copy.deepcopy(defaults["train"]), nest_flat(mapping), path, tuple(prefix.split(".")))
+    for name, spec in (study["ensembles"] or {}).items():
+        where = f"study.ensembles.{name}"
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", str(name)):
+            raise ConfigError(f"{path}: '{where}': an ensemble's name becomes part of a file name; "
+                              "use letters, digits and . _ + -")
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{path}: '{where}' must be a mapping like {{arms: [a, b], seeds: [0, 1]}}, "
+                              f"got {_short(spec)}")
+        for key, value in spec.items():
+            if key not in ("arms", "seeds"):
+                raise ConfigError(f"{path}: unknown key '{where}.{key}' (known here: arms, seeds)")
+            if not isinstance(value, list) or not value or not all(
+                    isinstance(v, str if key == "arms" else int) and not isinstance(v, bool) for v in value):
+                what = "arm names" if key == "arms" else "seeds"
+                raise ConfigError(f"{path}: '{where}.{key}' must be a list of {what}, got {_short(value)}")
+        unknown = sorted(set(spec.get("arms", [])) - set(study["arms"] or {}))
+        if unknown:
+            raise ConfigError(f"{path}: '{where}.arms': no arm named {unknown[0]!r} in study.arms")
+        seeds = [int(x) for x in as_list(study["seeds"])]
+        missing = sorted(set(spec.get("seeds", [])) - set(seeds))
+        if missing:
+            raise ConfigError(f"{path}: '{where}.seeds': seed {missing[0]} is not in study.seeds")
+        if len(spec.get("seeds", seeds)) > 1 and study["split_seed"] is None:
+            raise ConfigError(f"{path}: '{where}' votes models of several seeds, which must share one split: "
+                              "set study.split_seed")
+    if study["folds"] == 1 or not 0 <= study["folds"] <= 100:
+        raise ConfigError(f"{path}: 'study.folds' must be 0 (one split) or 2 to 100, got {study['folds']}")
     for name in study["arms"] or {}:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", str(name)):
             raise ConfigError(f"{path}: 'study.arms.{name}': an arm's name becomes part of a folder name; "
@@ -165,17 +193,20 @@ RENDER_SHARED = ("fit", "margin", "antialias", "staff_lines", "staff_spacing", "
 FROM_DATASET = ("raw_dir", "writers")
 
 
-def train_config(cfg: dict, overrides: dict | None = None, render: RenderSettings | None = None,
+def train_config(cfg: dict, overrides: dict | list[dict] | None = None, render: RenderSettings | None = None,
                  source: str | Path = "flags") -> TrainConfig:
     """The one path from settings to a run: the ``train`` section of ``cfg`` (pipeline.yaml < the
-    user's config), then ``overrides`` (flags, a study's settings, checked like a config's), then
-    the layout a run records: ``raw_dir`` and ``writers`` from ``dataset``; ``render`` from the
-    train section's ``thickness`` and ``size`` with the rest from the render section (or the
-    variant ``render`` given); a run from strokes reads no variant folder and uses no image warp."""
-    over = dict(overrides or {})
-    data = {k: over.pop(k) if k in over else cfg["dataset"][k] for k in FROM_DATASET}
+    user's config), then ``overrides`` (flags, or a study's layers of settings applied in order,
+    each checked like a config's), then the layout a run records: ``raw_dir`` and ``writers`` from
+    ``dataset``; ``render`` from the train section's ``thickness`` and ``size`` with the rest from
+    the render section (or the variant ``render`` given); a run from strokes reads no variant
+    folder and uses no image warp."""
+    layers = [dict(o) for o in (overrides if isinstance(overrides, list) else [overrides or {}])]
+    data = {k: cfg["dataset"][k] for k in FROM_DATASET}
     train = copy.deepcopy(cfg["train"])
-    _merge(train, nest_flat(over), source, ("train",))
+    for over in layers:  # in order, each over the last, nested mappings key by key
+        data.update({k: over.pop(k) for k in FROM_DATASET if k in over})
+        _merge(train, nest_flat(over), source, ("train",))
     thickness, size = train.pop("thickness"), train.pop("size")
     if render is None:
         w, h = parse_size(size)
