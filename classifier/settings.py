@@ -245,8 +245,8 @@ FLAT_PREFIXES = {"stroke_": "strokes", "aug_": "warp"}
 
 def nest_flat(d: dict) -> dict:
     """A run's settings in the nested layout: older runs recorded the stroke augmentation as
-    ``stroke_<name>`` and the image warp as ``aug_<name>``; they move into ``strokes`` and ``warp``.
-    Settings already nested come back unchanged (a copy)."""
+    ``stroke_<name>`` and the image warp as ``aug_<name>``; they move into ``strokes`` and ``warp``
+    (a study's arms may still be written so). Settings already nested come back unchanged (a copy)."""
     out = {}
     for k, v in d.items():
         prefix = next((p for p in FLAT_PREFIXES if isinstance(k, str) and k.startswith(p)), None)
@@ -254,8 +254,6 @@ def nest_flat(d: dict) -> dict:
             out[k] = v
         else:
             out.setdefault(FLAT_PREFIXES[prefix], {})[k[len(prefix):]] = v
-    if "strokes" in out and isinstance(out["strokes"], dict):  # runs before a strength existed had it off
-        out["strokes"] = {**{f.name: 0.0 for f in fields(StrokeAugment)}, **out["strokes"]}
     return out
 
 

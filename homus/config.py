@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from classifier.settings import TrainConfig, nest_flat, read_yaml
+from classifier.settings import TrainConfig, flag_of, nest_flat, read_yaml
 from homus_render.errors import SettingsError
 from homus_render.render import RenderSettings
 
@@ -47,7 +47,7 @@ class ConfigError(SettingsError):
 def _read(path: Path) -> dict:
     data = read_yaml(path, ConfigError)
     if data is None:
-        return {}
+        raise ConfigError(f"{path}: an empty config; give the sections to change, or leave the file out")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config is a mapping of sections, got {type(data).__name__}")
     return data
@@ -84,14 +84,17 @@ def _type_ok(value: Any, default: Any, key: tuple[str, ...]) -> bool:
     return isinstance(value, type(default))
 
 
+#: How an error names what a key takes.
+TYPE_WORDS = {"float": "a number", "int": "a whole number", "bool": "true or false", "str": "a text"}
+
+
 def _want(default: Any, key: tuple[str, ...]) -> str:
     if default is None:
         return " or ".join(t.__name__ for t in NULLABLE.get(key, ())) + " or null"
     if isinstance(default, list):
-        item = type(default[0]).__name__ if default else "value"
-        return f"a {item} or a list of them (no nulls, no nested lists)"
-    return {"float": "a number", "int": "a whole number", "bool": "true or false", "str": "a text"}.get(
-        type(default).__name__, type(default).__name__)
+        item = TYPE_WORDS.get(type(default[0]).__name__, "a value") if default else "a value"
+        return f"{item} or a list of them (no nulls, no nested lists)"
+    return TYPE_WORDS.get(type(default).__name__, type(default).__name__)
 
 
 def _short(v: Any) -> str:
@@ -104,6 +107,8 @@ def _merge(base: dict, over: dict, path: Path | str, prefix: tuple[str, ...] = (
     for k, v in over.items():
         key = (*prefix, str(k))
         dotted = ".".join(key)
+        if key[0] == "train" and flag_of(dotted[len("train."):]) and k in base and not isinstance(base[k], dict):
+            dotted += f" ({flag_of(dotted[len('train.'):])})"
         if k not in base:
             known = ", ".join(sorted(base))
             raise ConfigError(f"{path}: unknown key '{dotted}' (known here: {known})")

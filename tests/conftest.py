@@ -1,4 +1,5 @@
-"""Shared fixtures: the HOMUS zip, one full fetch per session, hand-made stroke files."""
+"""Shared fixtures: the HOMUS zip, one full fetch per session, hand-made stroke files, a synthetic
+HOMUS-format dataset; and, in CI, a skip that was not expected is a failure."""
 
 from __future__ import annotations
 
@@ -10,6 +11,32 @@ import pytest
 
 #: The raw dataset lives beside the repository, never inside it: <repo>/../shared/datasets/.
 SHARED_ZIP = Path(__file__).resolve().parents[2] / "shared/datasets/HOMUS-v2.zip"
+pytest_plugins = ("pytester",)
+
+#: Skips that CI accepts (the reason starts with one of these); any other skip fails a CI run, since
+#: CI has the dataset and every test that can run there must run. Set by env ``CI`` (GitHub, .ci/run).
+ALLOWED_SKIPS_IN_CI = ("needs a GPU", "needs CUDA", "needs root", "needs Linux")
+
+
+def skip_allowed_in_ci(reason: str) -> bool:
+    """Whether a skip with this reason is fine in CI."""
+    return reason.removeprefix("Skipped: ").startswith(ALLOWED_SKIPS_IN_CI)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """In CI (env ``CI`` set and not "false"/"0"), an unexpected skip becomes a failure naming its reason."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.skipped or os.environ.get("CI", "").lower() in ("", "0", "false") or hasattr(report, "wasxfail"):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    if not skip_allowed_in_ci(reason):
+        report.outcome = "failed"
+        report.longrepr = (f"skipped in CI, where every test must run: {reason} (allowed skip reasons start with: "
+                           f"{', '.join(ALLOWED_SKIPS_IN_CI)})")
+
+
 #: Content hash of HOMUS v2 as ``homus fetch`` computes it (sha256 over path + file sha256).
 HOMUS_V2_SHA256 = "e2bfcc910a1aad629cb62f3dc0f67d649cf9de5160b8b703eece33fe4dc6d462"
 

@@ -16,11 +16,11 @@ from homus.config import ConfigError, load
 
 
 @pytest.fixture(scope="module")
-def study(raw_full, tmp_path_factory):
-    """A two-variant study (t1, t3 at 32 px) plus their union, 5 writers, 1 epoch, run once."""
+def study(synthetic_raw, tmp_path_factory):
+    """A two-variant study (t1, t3 at 32 px) plus their union, 5 synthetic writers, 1 epoch, run once."""
     root = tmp_path_factory.mktemp("study")
     cfg = {
-        "dataset": {"raw_dir": str(raw_full), "writers": "1-5"},
+        "dataset": {"raw_dir": str(synthetic_raw), "writers": "1-5"},
         "render": {"rendered_dir": str(root / "rendered"), "margin": 2, "jobs": 1},
         "train": {"batch_size": 64, "runs_dir": str(root / "runs"), "device": "cpu"},
         "study": {"name": "tiny", "thickness": [1, 3], "size": [32], "seeds": [0], "union": True,
@@ -128,11 +128,28 @@ def test_bad_values_in_a_study_are_named(tmp_path, monkeypatch):
     assert r.exit_code == 1 and "thickness must be an integer >= 1" in r.output
 
 
-def test_shipped_configs_load():
+def test_shipped_configs_load_and_plan(tmp_path, monkeypatch):
+    """Every study in configs/ (and the shipped defaults) loads and plans: each run's settings are built
+    and checked without any data, so the full-budget studies are known to be runnable."""
+    from homus.study import plan
+
+    monkeypatch.chdir(tmp_path)
     repo = Path(__file__).resolve().parents[1]
-    for path in [repo / "pipeline.yaml", repo / "configs/quick.yaml"]:
-        cfg = load(path)
-        assert cfg["study"]["name"]
+    paths = [repo / "pipeline.yaml", *sorted((repo / "configs").glob("*.yaml"))]
+    assert {p.name for p in paths} >= {"writer-5fold.yaml", "random-2x2.yaml", "tiny.yaml"}
+    for path in paths:
+        p = plan(load(path), path)
+        assert p.runs and set(p.configs) == {r.name for r in p.runs}, path
+    five = plan(load(repo / "configs/writer-5fold.yaml"))
+    assert len(five.runs) == 20 and {c.fold for c in five.configs.values()} == set(range(5))
+    configs = five.configs.values()
+    assert {c.split_rng_seed for c in configs} == {0} and {c.epochs for c in configs} == {20}
+    assert {tuple(c.channels) for c in five.configs.values()} == {("ink", "size"), ("ink", "time", "stroke", "size")}
+    two_by_two = [e for e in five.ensembles if e.name == "2x2"]
+    assert len(two_by_two) == 5 and all(len(e.runs) == 4 for e in two_by_two)
+    r = CliRunner().invoke(main, ["run", "--config", str(repo / "configs/writer-5fold.yaml"), "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert "20 runs, 15 ensemble scores" in r.output and not (tmp_path / "runs").exists()
 
 
 def test_a_size_jitter_is_a_difference_only_for_runs_that_read_the_size(tmp_path):
@@ -146,7 +163,9 @@ def test_a_size_jitter_is_a_difference_only_for_runs_that_read_the_size(tmp_path
         return load_run(folder)
 
     old = run("old", channels=["ink"])  # written before stroke_size existed
-    new = run("new", channels=["ink"], stroke_size=0.2)
+    new = run("new", channels=["ink"], stroke_size=0.2)  # the flat layout of older runs
     assert differing([old, new]) == []  # the jitter moves no pixel of an ink model
     a, b = run("a", channels=["ink", "size"], stroke_size=0.2), run("b", channels=["ink", "size"], stroke_size=0.0)
-    assert differing([a, b]) == ["stroke_size"]
+    assert differing([a, b]) == ["strokes.size"]
+    c = run("c", channels=["ink", "size"], strokes={"size": 0.2})  # the nested layout of today's runs
+    assert differing([a, c]) == []
