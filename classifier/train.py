@@ -50,7 +50,11 @@ def make_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
     decay from ``lr`` to 0; ``constant``: keep ``lr``."""
     total = cfg.epochs * steps_per_epoch
     if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, pct_start=0.2)
+        # the warm-up needs a step of its own and the anneal at least one more: tiny data gets a longer warm-up
+        pct = 0.2 if 0.2 * total > 1 else min(0.5, 2 / max(total, 1))
+        if total < 3:
+            return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, pct_start=pct)
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     if cfg.schedule == "linear":

@@ -161,7 +161,7 @@ def run_study(cfg: dict, log=print, source: str | Path = "the study") -> Path:
             continue
         log(f"training {folder} ({'continuing' if folder.exists() else 'new'})")
         train(p.configs[r.name], resume=folder.exists(), log=log)
-    for r in p.runs:  # every model on every variant's test split: the cross matrix
+    for r in p.runs if len(p.variants) > 1 else []:  # every model on every variant's test split: the cross matrix
         folder = runs_dir / r.name
         for v in p.variants:
             if not (folder / f"eval-{v.name}.json").exists():
