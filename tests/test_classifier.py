@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import shutil
 from pathlib import Path
@@ -145,8 +146,8 @@ def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tiny, monkeypatch):
     for key in ("val_accuracy", "test_accuracy", "macro_f1", "n_test", "best_epoch"):
         assert a[key] == b[key], key
     assert (whole / "split.json").read_text() == (killed / "split.json").read_text()
-    ha = list(csv.DictReader(open(whole / "history.csv")))
-    hb = list(csv.DictReader(open(killed / "history.csv")))
+    ha = list(csv.DictReader(io.StringIO(Path(whole / "history.csv").read_text())))
+    hb = list(csv.DictReader(io.StringIO(Path(killed / "history.csv").read_text())))
     assert [(r["train_loss"], r["val_acc"]) for r in ha] == [(r["train_loss"], r["val_acc"]) for r in hb]
 
 
@@ -166,7 +167,7 @@ def test_train_errors_are_clear(tiny, tmp_path):
     two = tmp_path / "two"
     v = tiny / "rendered/t3-s32-m2"
     shutil.copytree(v, two)
-    rows = list(csv.DictReader(open(v / "manifest.csv")))
+    rows = list(csv.DictReader(io.StringIO(Path(v / "manifest.csv").read_text())))
     with open(two / "manifest.csv", "w", newline="") as f:
         w = csv.DictWriter(f, ["path", "label", "writer", "sample"])
         w.writeheader()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import shutil
 import statistics
@@ -98,7 +99,7 @@ def test_compare_groups_seeds_trained_on_one_split(study, tmp_path):
     assert r.exit_code == 0, r.output
     report = (tmp_path / "cmp/report.md").read_text()
     assert "split_seed" not in report and "Warning" not in report
-    rows = list(csv.DictReader(open(tmp_path / "cmp/results.csv")))
+    rows = list(csv.DictReader(io.StringIO(Path(tmp_path / "cmp/results.csv").read_text())))
     assert {row["run"] for row in rows} == {first.name, other.name} and "split_seed" not in rows[0]
 
 
