@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # One lent GPU, one call: fetch HOMUS, time the stroke data source against the CUDA training step,
-# then train the accuracy protocols (writer and random split, ink and the pen's order, seed after
-# seed) until the deadline, score their ensembles, and pack every small result under $OUT.
+# then run a study (the random-split 2 x 2 at this machine's settings) until LIMIT stops it, and
+# pack every small result under $OUT.
 #
 #   HOMUS_SOURCE=.devdata/HOMUS-v2.zip OUT=/tmp/out bash benchmarks/gpu_session.sh
 #
-# Settings (environment): EPOCHS (20), SEEDS ("0 1 2"), DEADLINE (minutes of training, 6.5),
+# Settings (environment): EPOCHS (20), SEEDS ("0 1"),
 # LIMIT (seconds before the accuracy step is stopped, 490), WORKERS (cores - 2), DEVICE (cuda; cpu for a
 # dry run).
 # Checkpoints stay on the machine (too big to bring back); metrics, histories and pictures come back.
@@ -13,8 +13,7 @@ set -u -o pipefail
 OUT=$(realpath -m "${OUT:-gpu-out}")  # taken from the caller's folder
 cd "$(dirname "$0")/.."
 EPOCHS=${EPOCHS:-20}
-SEEDS=${SEEDS:-0 1 2}
-DEADLINE=${DEADLINE:-6.5}
+SEEDS=${SEEDS:-0 1}
 LIMIT=${LIMIT:-490}
 WORKERS=${WORKERS:-$(( $(nproc) > 3 ? $(nproc) - 2 : 1 ))}
 RUNS=${RUNS:-runs/gpu}
@@ -34,18 +33,34 @@ torch.__version__, 'torchvision', torchvision.__version__, 'numpy', numpy.__vers
   if [ -n "$shm" ] && [ "$shm" -lt 1048576 ] && [ "$WORKERS" -gt 4 ]; then  # loader batches pass through /dev/shm
     echo "/dev/shm has ${shm} KiB free: 4 workers instead of $WORKERS"; WORKERS=4
   fi
-  echo "workers $WORKERS · epochs $EPOCHS · seeds $SEEDS · deadline $DEADLINE min · $(nproc) cores"
+  echo "workers $WORKERS · epochs $EPOCHS · seeds $SEEDS · $(nproc) cores"
   [ -f "$RAW/homus.json" ] || python3 -m homus.cli fetch --raw-dir "$RAW" || exit 1
 
   echo "## the stroke data source against the CUDA training step"
   timeout 120 python3 benchmarks/train_bench.py strokes --raw-dir "$RAW" --device "$DEVICE" \
     --workers 0 1 "$WORKERS" --channels ink ink,time,stroke --batches 40
 
-  echo "## accuracy"
-  # shellcheck disable=SC2086
-  timeout "$LIMIT" python3 benchmarks/train_bench.py accuracy --from-strokes --raw-dir "$RAW" --device "$DEVICE" \
-    --workers "$WORKERS" --epochs "$EPOCHS" --channels ink ink,time,stroke --seeds $SEEDS \
-    --protocol writer random --deadline "$DEADLINE" --runs-dir "$RUNS"
+  echo "## accuracy: a study (homus run), the 2 x 2 of configs/random-2x2.yaml at this machine's settings"
+  seeds_yaml=$(echo "$SEEDS" | tr ' ' ',')
+  cat > "$OUT/gpu-study.yaml" <<YAML
+dataset: {raw_dir: $RAW}
+render: {rendered_dir: rendered}
+train: {device: $DEVICE, workers: $WORKERS, runs_dir: $RUNS, epochs: $EPOCHS}
+study:
+  name: gpu
+  variants: [{thickness: 3, size: 64}]
+  seeds: [$seeds_yaml]
+  split_seed: 0
+  union: false
+  train: {from_strokes: true, split: random, epochs: $EPOCHS}
+  arms:
+    ink+size: {channels: [ink, size]}
+    ink+time+stroke+size: {channels: [ink, time, stroke, size]}
+  ensembles:
+    all: {arms: [ink+size, ink+time+stroke+size]}
+  reports_dir: $OUT/reports
+YAML
+  timeout "$LIMIT" python3 -m homus.cli run --config "$OUT/gpu-study.yaml"
   status=$?
   echo "accuracy step exit $status"
   date -u

@@ -1,25 +1,16 @@
-"""Training benchmarks on the full HOMUS v2 set: accuracy protocols, and whether the data path
-keeps the model busy.
+"""Training speed on the full HOMUS v2 set: whether the data path keeps the model busy. (Accuracy
+is measured by studies: `homus run --config configs/<study>.yaml`, see docs/studies.md.)
 
     python benchmarks/train_bench.py loop  --variant rendered/t3-s64          # loop/step ratio
     python benchmarks/train_bench.py strokes --size 64                        # render vs train rate
     python benchmarks/train_bench.py strokes --size 64 --channels ink,time    # ... reading the pen's order
     python benchmarks/train_bench.py epochs --workers 1 2                     # loader workers kept or not
-    python benchmarks/train_bench.py accuracy --protocol seed random writer   # the README's table
-    python benchmarks/train_bench.py accuracy --from-strokes --protocol writer random
-    python benchmarks/train_bench.py accuracy --from-strokes --epochs 20 --channels ink ink,time,stroke
-    python benchmarks/train_bench.py accuracy --from-strokes --epochs 20 --channels ink,size ink,time,stroke,size
-    python benchmarks/train_bench.py accuracy --from-strokes --device cuda --workers 15 --epochs 30 \
-        --channels ink ink,time,stroke --seeds 0 1 --deadline 8                # a GPU session (gpu_session.sh)
 
 ``loop`` times the model's own training step on ready tensors and the real training loop
 (loader + step) in the same process; the ratio must be at least 0.9. ``strokes`` times the
 stroke data source (rendering with the pipeline's stroke augmentation, through the loader with
 the default workers) against the training step, in the same process; rendering must be at least
-10x faster. ``accuracy`` trains each protocol as an ordinary run under ``runs/bench/`` (finished
-runs are reused) and prints a table; ``--from-strokes`` trains from the raw strokes instead, and
-several ``--channels`` sets train one run each and add a row for their ensemble (each model reads its
-own input, their class probabilities are averaged; its training budget is the sum of its members').
+10x faster.
 """
 
 from __future__ import annotations
@@ -37,26 +28,12 @@ from torch import nn
 
 from classifier.data import ImageSet, epoch_loader, load_variant, loader
 from classifier.engine import train_one_epoch
-from classifier.evaluate import ensemble_members, ensemble_name, vote
 from classifier.models import build_model
 from classifier.strokeset import StrokeSet, worker_init
 from classifier.train import TrainConfig, make_optimizer, make_scheduler, pick_device, split_for
-from classifier.train import train as train_run
 from homus.config import load as load_config
-from homus.config import train_settings
-from homus_render.channels import check_channels
+from homus.config import train_config
 from homus_render.dataset import load_samples
-from homus_render.variants import read_variant_info
-
-SEED_ACCURACY = 0.9428  # the published student project (pretrained ResNet, 6,874 images, random split)
-PUBLIC_BEST = 0.9795  # the best public HOMUS trainer, random split
-
-PROTOCOLS = {
-    # the seed project's protocol: random split, 5 epochs, lr 0.01 (our other defaults)
-    "seed": dict(split="random", epochs=5, lr=0.01),
-    "random": dict(split="random"),
-    "writer": dict(split="writer"),
-}
 
 
 def loop_ratio(variant: str, batches: int, batch_size: int, device: str, amp: bool) -> dict:
@@ -66,8 +43,8 @@ def loop_ratio(variant: str, batches: int, batch_size: int, device: str, amp: bo
     v = load_variant(variant)
     split, _ = split_for([v], "writer", 0)
     ds = ImageSet([v], set(split["train"]))
-    cfg = TrainConfig.from_dict({**load_config()["train"], "from_strokes": False, "variants": [variant],
-                                 "epochs": 1, "batch_size": batch_size, "amp": amp})
+    cfg = train_config(load_config(), {"from_strokes": False, "variants": [variant], "epochs": 1,
+                                       "batch_size": batch_size, "amp": amp})
     augment = cfg.augmentation()
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
@@ -141,8 +118,7 @@ def step_rate(size: int, batch_size: int, batches: int, device: str, amp: bool, 
 
 def stroke_config(raw: str, **train) -> TrainConfig:
     """pipeline.yaml's training settings from the strokes in ``raw``, with ``train`` overriding them."""
-    settings = train_settings(load_config(), {**load_config()["train"], **train})
-    return TrainConfig.from_dict({**settings, "from_strokes": True, "raw_dir": raw})
+    return train_config(load_config(), {**train, "from_strokes": True, "raw_dir": raw})
 
 
 def render_vs_train(raw: str, batches: int, batch_size: int, device: str, amp: bool, workers: list[int],
@@ -200,105 +176,21 @@ def epochs_rate(raw: str, workers: list[int], epochs: int, batches: int, batch_s
     return {"render": cfg.render_settings().name, "epochs": epochs, "images_per_epoch": len(ds), "workers": out}
 
 
-def accuracy(protocols: list[str], base: TrainConfig, tag: str = "", channel_sets: list[list[str]] | None = None,
-             seeds: list[int] | None = None, deadline: float | None = None) -> tuple[list[dict], list[str]]:
-    """Train (or reuse) one run per seed, protocol and channel set, named
-    ``<protocol>-<source>[-<channels>]<tag>[-split<s>]-seed<k>``, all on the split of ``base.seed``
-    (an ensemble's members share their test set), seed by seed so that a deadline cuts every
-    protocol alike. With ``deadline`` (seconds from now), a run is not started when the longest run
-    so far would end past it. Returns the rows (each run, then each protocol's ensembles) and the
-    names of the runs skipped."""
-    what = f"strokes-{base.render_settings().name}" if base.from_strokes else Path(base.variants[0]).name
-    rows, skipped, took, start = [], [], [], time.monotonic()
-    runs: dict[str, list[tuple[Path, dict]]] = {name: [] for name in protocols}
-    for seed in seeds or [base.seed]:
-        for name in protocols:
-            for channels in channel_sets or [list(base.channels)]:
-                chan = "" if channels == ["ink"] else "-" + "+".join(channels)
-                split = "" if seed == base.seed else f"-split{base.seed}"  # every seed on --seed's split
-                cfg = replace(base, name=f"{name}-{what}{chan}{tag}{split}-seed{seed}", channels=channels, seed=seed,
-                              split_seed=base.seed, **PROTOCOLS[name])
-                run = Path(cfg.runs_dir) / cfg.name
-                if not (run / "metrics.json").exists():
-                    if deadline is not None and took and time.monotonic() - start + max(took) > deadline:
-                        skipped.append(cfg.name)
-                        print(f"skipped {cfg.name}: it would end past the deadline ({deadline / 60:.1f} min)")
-                        continue
-                    began = time.monotonic()
-                    train_run(cfg, resume=run.exists())
-                    took.append(time.monotonic() - began)
-                m = json.loads((run / "metrics.json").read_text())
-                row = {"protocol": name, "model": "+".join(channels), "seed": seed, "split": m["split"],
-                       "epochs": m["epochs"], "lr": cfg.lr, "test_accuracy": m["test_accuracy"],
-                       "macro_f1": m["macro_f1"], "n_test": m["n_test"],
-                       "train_minutes": round(m["train_seconds"] / 60, 1), "device": m.get("device", "?"),
-                       "run": str(run)}
-                rows.append(row)
-                runs[name].append((run, row))
-    for name, done in runs.items():
-        if len(done) > 1:
-            rows += ensembles(name, done, base)
-    return rows, skipped
-
-
-def ensembles(protocol: str, done: list[tuple[Path, dict]], base: TrainConfig) -> list[dict]:
-    """One protocol's runs voting: all of them (saved as ``ensemble-...json`` with its confusion
-    matrix), and the telling subsets: one seed's channel sets, each channel set over its seeds, and
-    the first k seeds. Each model predicts once; subsets reuse its votes. Every label names the
-    models and seeds actually in it."""
-    row_of = dict(done)
-    members = dict(zip(row_of, ensemble_members(list(row_of), device=base.device), strict=True))
-    seeds = sorted({row["seed"] for row in row_of.values()})
-    models = list(dict.fromkeys(row["model"] for row in row_of.values()))
-
-    def label(chosen: list[Path]) -> str:
-        have = [row_of[r] for r in chosen]
-        kinds = [m for m in models if any(h["model"] == m for h in have)]
-        own = [str(s) for s in seeds if any(h["seed"] == s for h in have)]
-        return f"{' + '.join(kinds)}, seed{'s' if len(own) > 1 else ''} {','.join(own)}"
-
-    subsets = [[r for r, row in done if row["seed"] == seed] for seed in seeds]
-    subsets += [[r for r, row in done if row["model"] == model] for model in models]
-    subsets += [[r for r, row in done if row["seed"] in seeds[:k]] for k in range(2, len(seeds))]
-    out, rows = Path(base.runs_dir) / f"{ensemble_name(list(row_of))}.json", []
-    for chosen in [list(row_of), *subsets]:
-        if len(chosen) < 2 or any(chosen == r["runs"] for r in rows):  # a lone model, or a subset seen
-            continue
-        everything = chosen == list(row_of)
-        e = vote([members[r] for r in chosen], out if everything else None)
-        rows.append({"protocol": protocol, "model": f"ensemble{' of all' if everything else ''}: {label(chosen)}",
-                     "seed": "-", "split": e["split"], "epochs": done[0][1]["epochs"], "lr": done[0][1]["lr"],
-                     "test_accuracy": e["test_accuracy"], "macro_f1": e["macro_f1"], "n_test": e["n_test"],
-                     "train_minutes": round(sum(row_of[r]["train_minutes"] for r in chosen), 1),
-                     "device": done[0][1]["device"], "run": str(out) if everything else "", "runs": chosen})
-    return rows
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["loop", "strokes", "epochs", "accuracy"])
-    ap.add_argument("--from-strokes", action="store_true", help="accuracy: train from the raw strokes")
+    ap.add_argument("what", choices=["loop", "strokes", "epochs"])
     ap.add_argument("--raw-dir", default="raw")
     ap.add_argument("--size", type=int, help="strokes: image size (default: pipeline.yaml's train.size)")
-    ap.add_argument("--workers", type=int, nargs="+", help="strokes: loader workers to time (default: 0 and "
-                    "pipeline.yaml's); accuracy: the loader workers of every run (the first value)")
-    ap.add_argument("--channels", nargs="+", help="input channels, e.g. ink,time (default: pipeline.yaml's); "
-                    "accuracy: several sets train one run each and score them as an ensemble too")
-    ap.add_argument("--variant", help="a rendered folder: what 'loop' and image runs read (default "
-                    "rendered/t3-s64); with --from-strokes, whose render settings to draw at (default: "
-                    "pipeline.yaml's train.thickness and size)")
-    ap.add_argument("--protocol", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
-    ap.add_argument("--epochs", type=int, help="override the default epochs (not for 'seed')")
+    ap.add_argument("--workers", type=int, nargs="+", help="strokes, epochs: loader workers to time (default: "
+                    "0 and pipeline.yaml's)")
+    ap.add_argument("--channels", nargs="+", help="strokes: input channels, e.g. ink,time (default: "
+                    "pipeline.yaml's); several sets are timed one after another")
+    ap.add_argument("--variant", help="loop: the rendered folder read (default rendered/t3-s64)")
+    ap.add_argument("--epochs", type=int, help="epochs: how many whole epochs to time (default 3)")
     ap.add_argument("--batches", type=int, default=20, help="batches timed by 'loop'")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--no-amp", action="store_true")
-    ap.add_argument("--runs-dir", default="runs/bench")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--seeds", type=int, nargs="+", help="accuracy: one run per seed (and channel set), "
-                    "all on --seed's split and in the protocol's ensemble (default: --seed)")
-    ap.add_argument("--deadline", type=float, help="accuracy: minutes; start no run that would end past it "
-                    "(judged by the longest run so far), score what finished")
     args = ap.parse_args()
     gpu = f" · {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     print(f"# {platform.node()} · {platform.processor() or platform.machine()} · {os.cpu_count()} cores{gpu} · "
@@ -332,41 +224,7 @@ def main() -> None:
                   f"a fresh loader each epoch {m['fresh_images_per_s']:,.0f} img/s, workers kept "
                   f"{m['kept_images_per_s']:,.0f} img/s: {m['ratio']:.2f}x")
         return
-    cfg = load_config()  # pipeline.yaml: the same defaults `homus train` uses
-    # the settings `homus train` would use; from strokes: no image warp, drawn at pipeline.yaml's
-    # thickness and size or at the render settings of --variant
-    defaults = train_settings(cfg, {**cfg["train"], "from_strokes": args.from_strokes, "raw_dir": args.raw_dir})
-    if args.from_strokes:
-        source = {"render": read_variant_info(args.variant)["settings"]} if args.variant else {}
-    else:
-        source = {"variants": [args.variant or "rendered/t3-s64"]}
-    base = TrainConfig.from_dict({**defaults, "runs_dir": args.runs_dir, "seed": args.seed, "device": args.device,
-                                  "amp": not args.no_amp, "batch_size": args.batch_size, **source})
-    if args.epochs:
-        base = replace(base, epochs=args.epochs)
-    if args.workers:
-        base = replace(base, workers=args.workers[0])
-    if args.channels and not args.from_strokes and args.channels != ["ink"]:
-        ap.error("--channels other than ink need --from-strokes (rendered images hold neither the pen's order "
-                 "nor the tablet's size)")
-    try:
-        channel_sets = [list(check_channels(c)) for c in args.channels] if args.channels else None
-    except ValueError as e:
-        ap.error(f"--channels: {e} (one set per value, its channels joined by commas: ink,time)")
-    rows, skipped = accuracy(args.protocol, base, tag=f"-e{args.epochs}" if args.epochs else "",
-                             channel_sets=channel_sets, seeds=list(dict.fromkeys(args.seeds or [args.seed])),
-                             deadline=args.deadline * 60 if args.deadline else None)
-    print("| protocol | model | seed | split | epochs | lr | test accuracy | macro F1 | test images | train min "
-          "| device |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['protocol']} | {r['model']} | {r['seed']} | {r['split']} | {r['epochs']} | {r['lr']} | "
-              f"{r['test_accuracy']:.2%} | {r['macro_f1']:.4f} | {r['n_test']:,} | {r['train_minutes']} | "
-              f"{r['device']} |")
-    if skipped:
-        print(f"not trained (deadline): {', '.join(skipped)}")
-    print(f"seed project: {SEED_ACCURACY:.2%} · public best (random split): {PUBLIC_BEST:.2%}")
-
+    ap.error(f"unknown benchmark {args.what!r}")
 
 if __name__ == "__main__":
     main()

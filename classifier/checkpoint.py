@@ -3,11 +3,12 @@ written atomically and read without unpickling arbitrary objects."""
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 
 import torch
 
+from homus_render.atomic import write_bytes
 from homus_render.errors import HomusError
 
 FORMAT = "homus-checkpoint-1"
@@ -19,14 +20,11 @@ class CheckpointError(HomusError, ValueError):
 
 
 def save(path: str | Path, ckpt: dict) -> None:
-    """``torch.save`` to a temporary beside ``path``, fsync, rename: never a torn checkpoint."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT, **ckpt}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """``torch.save`` into memory, then :func:`~homus_render.atomic.write_bytes` (a temporary beside
+    ``path``, fsync, rename): never a torn checkpoint, and one atomic writer for every file."""
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, **ckpt}, buf)
+    write_bytes(path, buf.getvalue(), fsync=True)
 
 
 def load(path: str | Path) -> dict:

@@ -8,7 +8,7 @@ from torch import nn
 
 from homus_render.errors import HomusError
 
-ARCHS = ("resnet18", "resnet34", "resnet50")
+from .settings import ARCHS  # noqa: F401  (the choices live with the settings)
 
 
 class WeightsError(HomusError, RuntimeError):

@@ -14,7 +14,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from torch import nn
 
 from homus_render.dataset import content_hash, file_digest, list_stroke_files, load_samples, parse_writers
@@ -24,6 +23,7 @@ from homus_render.strokes import Sample
 
 from . import checkpoint
 from .data import DataError, Variant, load_variant, variant_info
+from .settings import read_yaml, upgrade_run_config
 from .strokeset import render_samples
 
 CONFIG, SPLIT, DATA, METRICS, HISTORY = "config.yaml", "split.json", "data.json", "metrics.json", "history.csv"
@@ -81,20 +81,16 @@ class RunFolder:
 
     # --- what the run recorded -------------------------------------------------------------
     def config(self) -> dict:
-        """``config.yaml``: every setting the run was made with (checked to be a mapping)."""
+        """``config.yaml``: every setting the run was made with (checked to be a mapping), in
+        today's nested layout whatever layout the run recorded (:func:`upgrade_run_config`)."""
         path = self.file(CONFIG)
-        try:
-            cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise RunError(f"{self.path}: not a homus run folder (no {CONFIG})") from None
-        except OSError as e:
-            raise user_os_error(e) or e from None
-        except (UnicodeDecodeError, yaml.YAMLError) as e:
-            raise RunError(f"{path}: not valid YAML ({str(e).splitlines()[0]}); the run folder is damaged") from None
+        if not path.exists():
+            raise RunError(f"{self.path}: not a homus run folder (no {CONFIG})")
+        cfg = read_yaml(path, RunError)
         if not isinstance(cfg, dict) or not cfg:
             raise RunError(f"{path}: a run's config is a mapping of settings, got "
                            f"{'an empty file' if not cfg else type(cfg).__name__}; the run folder is damaged")
-        return cfg
+        return upgrade_run_config(cfg)
 
     def split(self) -> dict:
         """``split.json``: ``kind``, ``seed`` and the sample ids of ``train``, ``val`` and ``test``."""

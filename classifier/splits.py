@@ -63,6 +63,33 @@ def make_split(samples: Iterable[tuple[str, str, str]], kind: str = "writer", se
     return {"kind": kind, "seed": seed, "train": train, "val": val, "test": test}
 
 
+def make_fold_split(samples: Iterable[tuple[str, str, str]], folds: int, fold: int, seed: int = 0) -> dict:
+    """Fold ``fold`` of a ``folds``-fold writer cross-validation of ``(sample id, writer, label)``
+    triples. The writers, shuffled by ``seed``, are dealt into ``folds`` groups; fold ``i`` tests on
+    group ``i``, so over all folds every writer is tested exactly once. Its validation writers
+    (15 % of all, at least one) are drawn from the other groups with ``seed`` and ``fold``; the rest
+    train. Returns ``{"kind": "writer", "seed", "folds", "fold", "train", "val", "test"}``, the same
+    for the same samples, folds, fold and seed."""
+    rows = sorted(set(samples), key=lambda r: natural_key(r[0]))
+    writers = sorted({w for _, w, _ in rows}, key=natural_key)
+    if not 2 <= folds <= len(writers) - 2:
+        raise SplitError(f"{folds}-fold writer cross-validation needs 2 to {max(2, len(writers) - 2)} folds for "
+                         f"{len(writers)} writers (each fold keeps writers for training and validation)")
+    if not 0 <= fold < folds:
+        raise SplitError(f"fold {fold} of {folds}: folds are numbered 0 to {folds - 1}")
+    order = [writers[i] for i in np.random.default_rng(seed).permutation(len(writers))]
+    test = set(order[fold::folds])
+    rest = [w for w in order if w not in test]
+    n_val = min(len(rest) - 1, max(1, int(round(len(writers) * FRACTIONS[1]))))
+    val = {rest[i] for i in np.random.default_rng([seed, fold]).permutation(len(rest))[:n_val]}
+    parts: tuple[list, list, list] = ([], [], [])
+    for sid, w, _ in rows:
+        parts[2 if w in test else 1 if w in val else 0].append(sid)
+    train, val_ids, test_ids = (sorted(p, key=natural_key) for p in parts)
+    return {"kind": "writer", "seed": seed, "folds": folds, "fold": fold, "train": train, "val": val_ids,
+            "test": test_ids}
+
+
 def check_split(split: dict, writer_of: dict[str, str] | None = None) -> None:
     """Raise if a sample (or, for a writer split, a writer) sits on two sides."""
     sides = [set(split[k]) for k in ("train", "val", "test")]

@@ -69,10 +69,6 @@ class StrokeSet(Dataset):
     def __len__(self) -> int:
         return len(self.targets)
 
-    def image(self, i: int) -> np.ndarray:
-        """Sample ``i`` as drawn in the current epoch."""
-        return self.draw(i, self.epoch)
-
     def draw(self, i: int, epoch: int) -> np.ndarray:
         """Sample ``i`` as drawn in ``epoch`` (its own random stream: seed, epoch, index)."""
         if not self.augment.active:
@@ -110,4 +106,7 @@ def augment_sheet(ds: StrokeSet, classes: tuple[str, ...] = LABELS, per_class: i
                 plain = [plain]
             rows.append((classes[t], [*plain, *drawn]))
     rows.sort(key=lambda r: classes.index(r[0]))
-    return cv2.imencode(".png", grid(rows, cell=max(48, min(96, ds.settings.height + 2))))[1].tobytes()
+    ok, png = cv2.imencode(".png", grid(rows, cell=max(48, min(96, ds.settings.height + 2))))
+    if not ok:
+        raise RuntimeError("OpenCV could not encode the training-sample sheet as PNG")
+    return png.tobytes()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -20,144 +20,19 @@ import yaml
 from torch import nn
 
 from homus_render.atomic import write_bytes, write_json, write_text
-from homus_render.channels import check_channels, ink_index
+from homus_render.channels import ink_index
 from homus_render.dataset import load_samples, parse_writers
-from homus_render.distort import StrokeAugment
-from homus_render.errors import SettingsError
 from homus_render.labels import LABELS
-from homus_render.render import RenderSettings, parse_size
 
 from . import checkpoint, plots
-from .augment import Affine
 from .data import DataError, ImageSet, Variant, epoch_loader, load_variant, loader
 from .engine import amp_dtype, evaluate, make_scaler, pick_device, train_one_epoch
 from .metrics import summarize
 from .models import build_model
 from .runfolder import DATA, RunError, raw_identity
-from .splits import check_split, make_split, split_seed_of
+from .settings import OPTIMIZERS, SCHEDULES, SEED_STRIDE, WARP_SEED_OFFSET, TrainConfig  # noqa: F401
+from .splits import check_split, make_fold_split, make_split
 from .strokeset import StrokeSet, augment_sheet, render_samples, worker_init
-
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("cosine", "onecycle", "linear", "constant")
-
-
-@dataclass
-class TrainConfig:
-    """Every setting of a run; defaults live in pipeline.yaml (section ``train``)."""
-
-    variants: list[str] = field(default_factory=lambda: ["rendered/t3-s64"])
-    arch: str = "resnet18"
-    weights: str = "none"
-    split: str = "writer"
-    seed: int = 0
-    split_seed: int | None = None  # None: seed
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 0.05
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "onecycle"
-    label_smoothing: float = 0.1
-    aug_rotate: float = 8.0
-    aug_shear: float = 8.0
-    aug_scale: float = 0.1
-    aug_translate: float = 0.05
-    from_strokes: bool = True
-    raw_dir: str = "raw"
-    writers: str | int | list | None = None  # from_strokes: only these writers, e.g. "1-5"
-    render: dict = field(default_factory=lambda: {"thickness": 3, "width": 64, "height": 64})
-    stroke_thickness: float = 0.0
-    stroke_scale: float = 0.1
-    stroke_aspect: float = 0.1
-    stroke_rotate: float = 8.0
-    stroke_shear: float = 8.0
-    stroke_translate: float = 0.05
-    stroke_elastic: float = 0.03
-    stroke_jitter: float = 0.0
-    stroke_ends: float = 0.0
-    stroke_size: float = 0.2
-    channels: list[str] = field(default_factory=lambda: ["ink"])  # from_strokes: ink, time, stroke, size
-    device: str = "auto"
-    amp: bool = True
-    workers: int = 1
-    threads: int = 0
-    runs_dir: str = "runs"
-    name: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise SettingsError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.schedule not in SCHEDULES:
-            raise SettingsError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if self.split_seed is not None and (isinstance(self.split_seed, bool) or not isinstance(self.split_seed, int)
-                                            or self.split_seed < 0):
-            raise SettingsError(f"split_seed must be a whole number >= 0 or null, got {self.split_seed!r}")
-        for key in ("epochs", "batch_size"):
-            if getattr(self, key) < 1:
-                raise SettingsError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.lr <= 0:
-            raise SettingsError(f"lr must be > 0, got {self.lr}")
-        if not self.variants and not self.from_strokes:
-            raise SettingsError("at least one --variant is needed (or --from-strokes)")
-        self.channels = list(check_channels(self.channels))
-        if self.channels != ["ink"] and not self.from_strokes:
-            raise SettingsError(f"channels {','.join(self.channels)}: the pen's order and the tablet's size exist only "
-                             "in the strokes; "
-                             "train --from-strokes (rendered folders hold ink alone)")
-        if self.from_strokes:
-            self.render_settings()  # bad render settings fail here
-            self.stroke_augment()
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        """Settings from a mapping; ``thickness`` and ``size`` (as in pipeline.yaml) go into ``render``."""
-        known = {f.name for f in fields(cls)}
-        out = {k: v for k, v in d.items() if k in known}
-        if "thickness" in d or "size" in d:
-            render = dict(out.get("render") or {})
-            if "thickness" in d:
-                render["thickness"] = d["thickness"]
-            if "size" in d:
-                render["width"], render["height"] = parse_size(d["size"])
-            out["render"] = render
-        return cls(**out)
-
-    def render_settings(self) -> RenderSettings:
-        """How a run from strokes draws its images (plain, for validation and test)."""
-        try:
-            return RenderSettings.from_dict(self.render)
-        except (TypeError, ValueError) as e:
-            raise SettingsError(f"render settings {self.render}: {e}") from None
-
-    def stroke_augment(self) -> StrokeAugment:
-        """The stroke-level augmentation of a run from strokes."""
-        return StrokeAugment(**{f.name: getattr(self, f"stroke_{f.name}") for f in fields(StrokeAugment)})
-
-    def augmentation(self) -> Affine:
-        """The image warp these settings ask for (inactive when all ranges are 0, and for runs from
-        strokes, which are distorted before drawing instead)."""
-        if self.from_strokes:
-            return Affine()
-        return Affine(self.aug_rotate, self.aug_shear, self.aug_scale, self.aug_translate)
-
-    def run_name(self) -> str:
-        if self.name:
-            return self.name
-        if self.from_strokes:
-            extra = "" if self.channels == ["ink"] else "-" + "+".join(self.channels)
-            return (f"strokes-{self.render_settings().name}{extra}-{self.arch}-{self.split}{self._split_tag()}"
-                    f"-seed{self.seed}")
-        variants = "+".join(Path(v).name for v in self.variants)
-        return f"{variants}-{self.arch}-{self.split}{self._split_tag()}-seed{self.seed}"
-
-    def _split_tag(self) -> str:
-        return "" if self.split_seed in (None, self.seed) else str(self.split_seed)
-
-    @property
-    def split_rng_seed(self) -> int:
-        """The seed the split is drawn with."""
-        return split_seed_of(self.seed, self.split_seed)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig):
@@ -175,7 +50,11 @@ def make_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
     decay from ``lr`` to 0; ``constant``: keep ``lr``."""
     total = cfg.epochs * steps_per_epoch
     if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, pct_start=0.2)
+        # the warm-up needs a step of its own and the anneal at least one more: tiny data gets a longer warm-up
+        pct = 0.2 if 0.2 * total > 1 else min(0.5, 2 / max(total, 1))
+        if total < 3:
+            return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, pct_start=pct)
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     if cfg.schedule == "linear":
@@ -192,9 +71,12 @@ def load_variants(paths: list[str]) -> list[Variant]:
     return variants
 
 
-def split_for(variants: list[Variant], kind: str, seed: int) -> tuple[dict, dict[str, str]]:
+def split_for(variants: list[Variant], kind: str, seed: int, folds: int = 0, fold: int = 0
+              ) -> tuple[dict, dict[str, str]]:
+    """The split of the variants' samples: ``make_split``'s, or fold ``fold`` of a ``folds``-fold
+    writer cross-validation (``folds`` >= 2)."""
     triples = {(s, w, lab) for v in variants for s, w, lab in zip(v.samples, v.writers, v.labels, strict=True)}
-    split = make_split(triples, kind, seed)
+    split = make_fold_split(triples, folds, fold, seed) if folds else make_split(triples, kind, seed)
     writer_of = {s: w for s, w, _ in triples}
     check_split(split, writer_of)
     return split, writer_of
@@ -242,7 +124,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
         variants = [render_samples(strokes, settings, cfg.raw_dir, tuple(cfg.channels))]
     else:
         variants = load_variants(cfg.variants)
-    split, _ = split_for(variants, cfg.split, cfg.split_rng_seed)
+    split, _ = split_for(variants, cfg.split, cfg.split_rng_seed, cfg.folds, cfg.fold)
     if resume and (run / "split.json").exists():
         saved = json.loads((run / "split.json").read_text())
         if saved != split:
@@ -296,12 +178,13 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     # a worker draws that epoch's distortions, and the order is fixed by seed and epoch. Validation
     # images are in memory: gathered here, no worker to start.
     val_loader = loader(sets["val"], cfg.batch_size * 2, shuffle=False)
-    train_loader, batches = epoch_loader(sets["train"], cfg.batch_size, cfg.seed * 100_003, cfg.workers, worker_init)
+    train_loader, batches = epoch_loader(sets["train"], cfg.batch_size, cfg.seed * SEED_STRIDE, cfg.workers,
+                                         worker_init)
     augment = cfg.augmentation()
     for epoch in range(start_epoch, cfg.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         batches.set_epoch(epoch)
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch + 1_000_000)  # same epoch, same warps
+        gen = torch.Generator().manual_seed(cfg.seed * SEED_STRIDE + epoch + WARP_SEED_OFFSET)  # same epoch, same warps
         stats = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, device, epoch, amp,
                                 scaler=scaler, transform=(lambda x, g=gen: augment(x, g)) if augment.active else None,
                                 dtype=dtype)

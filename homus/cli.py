@@ -4,13 +4,22 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import sys
 from pathlib import Path
 
 import click
 
+from classifier.settings import ARCHS, DEVICES, OPTIMIZERS, SCHEDULES, WARP_KEYS
+from classifier.splits import KINDS
+from homus_render.channels import CHANNELS
+from homus_render.distort import StrokeAugment
+from homus_render.render import FITS
+
 from . import config as cfgmod
+
+STROKE_KEYS = tuple(StrokeAugment.__dataclass_fields__)
 
 DEFAULT_CONFIG = "pipeline.yaml"
 
@@ -29,6 +38,8 @@ def with_config(f):
             cfg = cfgmod.load(path)
         except cfgmod.ConfigError as e:
             raise click.UsageError(str(e)) from None
+        if "cfg_path" in inspect.signature(f).parameters:  # commands that name the file in what they write
+            kwargs["cfg_path"] = path or cfgmod.DEFAULTS_FILE
         return f(cfg=cfg, **kwargs)
 
     return wrapper
@@ -121,7 +132,7 @@ def render_settings(cfg: dict, thickness, size, fit, margin, antialias, staff_li
 @main.command()
 @click.option("--thickness", help="Stroke width(s) in output pixels, e.g. 3 or 1,2,3.")
 @click.option("--size", help="Canvas size(s), e.g. 96, 64,96 or 128x64.")
-@click.option("--fit", type=click.Choice(["scale", "crop"]), help="Fill the canvas, or keep tablet scale.")
+@click.option("--fit", type=click.Choice(FITS), help="Fill the canvas, or keep tablet scale.")
 @click.option("--margin", type=int, help="Blank pixels on every side.")
 @click.option("--antialias/--no-antialias", default=None, help="Smooth stroke edges (default on).")
 @click.option("--staff-lines/--no-staff-lines", default=None, help="Draw five staff lines behind.")
@@ -162,18 +173,21 @@ def render(cfg, thickness, size, fit, margin, antialias, staff_lines, raw_dir, w
 
 TRAIN_FLAGS = [
     click.option("--variant", "variants", multiple=True, help="Variant folder; repeat to train on a union."),
-    click.option("--arch", type=click.Choice(["resnet18", "resnet34", "resnet50"])),
+    click.option("--arch", type=click.Choice(ARCHS)),
     click.option("--weights", help="none | imagenet | path to a homus checkpoint to fine-tune."),
-    click.option("--split", type=click.Choice(["writer", "random"]), help="Hold out writers, or samples."),
+    click.option("--split", type=click.Choice(KINDS), help="Hold out writers, or samples."),
+    click.option("--folds", type=int, help="k-fold writer cross-validation (0: one split)."),
+    click.option("--fold", type=int, help="The fold this run tests on (0 to folds-1)."),
     click.option("--seed", type=int, help="Seeds the model, the data order and (unless --split-seed) the split."),
     click.option("--split-seed", type=int, help="Seed of the split alone (default: --seed)."),
     click.option("--epochs", type=int),
     click.option("--batch-size", type=int),
     click.option("--lr", type=float, help="Peak learning rate."),
-    click.option("--optimizer", type=click.Choice(["sgd", "adamw"])),
-    click.option("--schedule", type=click.Choice(["onecycle", "cosine", "linear", "constant"])),
+    click.option("--optimizer", type=click.Choice(OPTIMIZERS)),
+    click.option("--momentum", type=float, help="SGD momentum, from 0 to below 1."),
+    click.option("--schedule", type=click.Choice(SCHEDULES)),
     click.option("--weight-decay", type=float),
-    click.option("--label-smoothing", type=float),
+    click.option("--label-smoothing", type=float, help="From 0 to below 1."),
     click.option("--no-augment", is_flag=True, default=None,
                  help="No augmentation at all (image warps and stroke distortions off)."),
     click.option("--from-strokes/--from-images", default=None,
@@ -182,21 +196,42 @@ TRAIN_FLAGS = [
     click.option("--writers", help="Only these writers, e.g. 1-5 (--from-strokes)."),
     click.option("--thickness", type=int, help="Pen width in pixels (--from-strokes)."),
     click.option("--size", help="Image size, e.g. 64 or 96x64 (--from-strokes)."),
-    *[click.option(f"--stroke-{name}", type=float, help=text) for name, text in [
+    *[click.option(f"--stroke-{name}", type=float, help=text) for name, text in [  # one per StrokeAugment field
         ("thickness", "Pen width jitter, +- pixels."), ("scale", "Shrink by up to this fraction."),
         ("aspect", "Aspect jitter, exp(+-v)."), ("rotate", "Rotation, +- degrees."), ("shear", "Shear, +- degrees."),
         ("translate", "Shift, fraction of the canvas."), ("elastic", "Smooth bending, fraction of the symbol."),
         ("jitter", "Per-point noise, fraction of the symbol."), ("ends", "Chance to shorten each stroke end."),
         ("size", "Size read by the size channel, exp(+-v) times the tablet's.")]],
-    click.option("--channels", help="Input channels (--from-strokes), e.g. ink,time: ink, time (the pen's "
+    click.option("--channels", help=f"Input channels (--from-strokes) of {', '.join(CHANNELS)}, e.g. ink,time: "
+                 "ink, time (the pen's "
                  "progress), stroke (each stroke's rank), size (the symbol's size on the tablet)."),
-    click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"])),
+    click.option("--device", type=click.Choice(DEVICES)),
     click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA."),
     click.option("--workers", type=int, help="Data-loader worker processes."),
     click.option("--threads", type=int, help="Torch CPU threads (0: default)."),
     click.option("--runs-dir", type=click.Path(file_okay=False)),
     click.option("--name", help="Run folder name."),
 ]
+
+
+def train_overrides(flags: dict) -> dict:
+    """The train flags given, as train settings (``--stroke-rotate`` -> ``strokes.rotate``;
+    ``--no-augment``: every stroke distortion and image warp 0, unless a flag sets one)."""
+    flags = dict(flags)
+    over: dict = {}
+    if flags.pop("no_augment", None):
+        over["strokes"] = dict.fromkeys(STROKE_KEYS, 0.0)
+        over["warp"] = dict.fromkeys(WARP_KEYS, 0.0)
+    if flags.get("variants") and flags.get("from_strokes") is None:  # --variant: train on that folder
+        flags["from_strokes"] = False
+    for k, v in flags.items():
+        if v is None or v == ():
+            continue
+        if k.startswith("stroke_"):
+            over.setdefault("strokes", {})[k[len("stroke_"):]] = v
+        else:
+            over[k] = list(v) if k == "variants" else v
+    return over
 
 
 def train_flags(f):
@@ -213,26 +248,15 @@ def train_flags(f):
 def train(cfg, resume_dir, **flags) -> None:
     """Train a ResNet on rendered variants (or from the raw strokes); evaluate once on the test split."""
     from classifier.runfolder import RunFolder
-    from classifier.train import TrainConfig
+    from classifier.settings import TrainConfig
     from classifier.train import train as do_train
 
-    settings = dict(cfg["train"])
-    if resume_dir:  # the run's own settings, exactly as it started
-        settings = RunFolder(resume_dir).config()
-        settings["runs_dir"], settings["name"] = str(Path(resume_dir).parent), Path(resume_dir).name
+    if resume_dir:  # the run's own settings, exactly as it started, through the same check
+        folder = RunFolder(resume_dir)
+        settings = {**folder.config(), "runs_dir": str(folder.path.parent), "name": folder.name}
+        tc = TrainConfig.from_dict(settings, folder.file("config.yaml"))
     else:
-        if flags.pop("no_augment"):
-            settings.update({k: 0.0 for k in settings if k.startswith(("aug_", "stroke_"))})
-        if flags["variants"] and flags["from_strokes"] is None:  # --variant: train on that folder
-            flags["from_strokes"] = False
-        settings.update({k: v for k, v in flags.items() if v is not None and v != ()})
-        settings["variants"] = list(flags["variants"]) or cfgmod.as_list(settings["variants"])
-        settings["channels"] = cfgmod.as_list(settings["channels"])
-        try:
-            settings = cfgmod.train_settings(cfg, settings)
-        except cfgmod.ConfigError as e:
-            raise click.UsageError(str(e)) from None
-    tc = TrainConfig.from_dict(settings)
+        tc = cfgmod.train_config(cfg, train_overrides(flags))
     run = do_train(tc, resume=bool(resume_dir), log=click.echo)
     metrics = RunFolder(run).metrics()
     click.echo(f"{run}: test accuracy {metrics['test_accuracy']:.4f} (macro F1 {metrics['macro_f1']:.4f}, "
@@ -248,7 +272,7 @@ def train(cfg, resume_dir, **flags) -> None:
               help="Several runs: where the ensemble's metrics go (default: "
                    "<first run's folder>/../ensemble-<run>+<run>.json, shortened with a hash for many runs; "
                    "a confusion matrix beside it).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto")
+@click.option("--device", type=click.Choice(DEVICES), default="auto")
 def evaluate(runs, variant, out, device) -> None:
     """A run's best model on the test split of any variant; prints and saves the metrics.
 
@@ -300,12 +324,25 @@ def predict(run, inputs, top_k, as_json) -> None:
 
 
 @main.command("run")
+@click.option("--dry-run", is_flag=True, help="Check the study and list its runs and ensembles; train nothing.")
 @with_config
-def run_cmd(cfg) -> None:
+def run_cmd(cfg, cfg_path, dry_run) -> None:
     """Run the study in the config: fetch, render, train, cross-evaluate, report."""
-    from .study import run_study
+    from .study import plan, run_study
 
-    out = run_study(cfg, log=click.echo)
+    if dry_run:
+        p = plan(cfg, cfg_path)
+        for r in p.runs:
+            tc = p.configs[r.name]
+            what = f"from strokes at {tc.render.name}" if tc.from_strokes else f"on {', '.join(tc.variants)}"
+            fold = f", fold {tc.fold} of {tc.folds}" if tc.folds else ""
+            click.echo(f"{r.name}: {tc.arch} {what}, channels {'+'.join(tc.channels)}, {tc.epochs} epochs, "
+                       f"{tc.split} split{fold}, seed {tc.seed}, split seed {tc.split_rng_seed}")
+        for e in p.ensembles:
+            click.echo(f"ensemble {e.file[:-5]}: {' + '.join(e.runs)}")
+        click.echo(f"{len(p.runs)} runs, {len(p.ensembles)} ensemble scores; nothing trained (--dry-run)")
+        return
+    out = run_study(cfg, log=click.echo, source=cfg_path)
     click.echo(f"report: {out / 'report.md'}")
 
 

@@ -4,13 +4,14 @@ both. Loaded and validated here, in one place; errors name the file and the key.
 from __future__ import annotations
 
 import copy
+import math
 import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from classifier.settings import TrainConfig, flag_of, nest_flat, read_yaml
 from homus_render.errors import SettingsError
+from homus_render.render import RenderSettings
 
 #: The shipped defaults: package data, read the same from a source checkout, an editable install or a wheel.
 DEFAULTS_RESOURCE = ("homus", "pipeline.yaml")
@@ -32,10 +33,11 @@ NULLABLE = {
     ("render", "staff_offset"): (int,),
     ("train", "name"): (str,),
     ("train", "split_seed"): (int,),
+    ("study", "split_seed"): (int,),
 }
 
 #: Mappings whose keys are other sections' settings (train settings for the study's runs).
-FREE_FORM = {("study", "train"), ("study", "overrides"), ("study", "arms")}
+FREE_FORM = {("study", "train"), ("study", "overrides"), ("study", "arms"), ("study", "ensembles")}
 
 
 class ConfigError(SettingsError):
@@ -43,50 +45,85 @@ class ConfigError(SettingsError):
 
 
 def _read(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    data = read_yaml(path, ConfigError)
+    if data is None:
+        raise ConfigError(f"{path}: an empty config; give the sections to change, or leave the file out")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config is a mapping of sections, got {type(data).__name__}")
     return data
 
 
+#: What the items of a list setting may be, by the kind of its default's items.
+ITEM_TYPES = {int: (int, str), float: (int, float), str: (str,), bool: (bool,)}
+
+
+#: Keys that take another type beside their default's (a size is 96 or "128x64").
+ALSO = {("train", "size"): (str,)}
+
+
 def _type_ok(value: Any, default: Any, key: tuple[str, ...]) -> bool:
+    if isinstance(value, ALSO.get(key, ())):
+        return True
     if value is None:
         return default is None or key in NULLABLE
+    if isinstance(value, list):  # a list where the default is one, of the default's kind of item
+        if not isinstance(default, list) and list not in NULLABLE.get(key, ()):
+            return False
+        kinds = ITEM_TYPES[type(default[0])] if isinstance(default, list) and default else (
+            (str, int) if default is None else (str, int, float, bool, dict))
+        return all(isinstance(v, kinds) and (not isinstance(v, bool) or bool in kinds) for v in value)
     if key in NULLABLE:
-        return isinstance(value, NULLABLE[key])
+        return isinstance(value, NULLABLE[key]) and not isinstance(value, bool)
     if isinstance(default, bool) or isinstance(value, bool):
         return isinstance(value, bool) and isinstance(default, bool)
     if isinstance(default, float):
         return isinstance(value, (int, float))
-    if isinstance(default, list):  # a list, or one item of the list's kind
-        return isinstance(value, (list, int, str, float))
+    if isinstance(default, list):  # one item of the list's kind
+        kinds = ITEM_TYPES[type(default[0])] if default else (int, str, float)
+        return isinstance(value, kinds) and (not isinstance(value, bool) or bool in kinds)
     return isinstance(value, type(default))
 
 
-def _merge(base: dict, over: dict, path: Path, prefix: tuple[str, ...] = ()) -> None:
+#: How an error names what a key takes.
+TYPE_WORDS = {"float": "a number", "int": "a whole number", "bool": "true or false", "str": "a text"}
+
+
+def _want(default: Any, key: tuple[str, ...]) -> str:
+    if default is None:
+        return " or ".join(t.__name__ for t in NULLABLE.get(key, ())) + " or null"
+    if isinstance(default, list):
+        item = TYPE_WORDS.get(type(default[0]).__name__, "a value") if default else "a value"
+        return f"{item} or a list of them (no nulls, no nested lists)"
+    return TYPE_WORDS.get(type(default).__name__, type(default).__name__)
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _merge(base: dict, over: dict, path: Path | str, prefix: tuple[str, ...] = ()) -> None:
+    """Set ``over``'s values into ``base``, checking every key and type against ``base``."""
     for k, v in over.items():
         key = (*prefix, str(k))
         dotted = ".".join(key)
+        if key[0] == "train" and flag_of(dotted[len("train."):]) and k in base and not isinstance(base[k], dict):
+            dotted += f" ({flag_of(dotted[len('train.'):])})"
         if k not in base:
             known = ", ".join(sorted(base))
             raise ConfigError(f"{path}: unknown key '{dotted}' (known here: {known})")
         if key in FREE_FORM:  # replaced whole, checked by _check_free_form
             if not isinstance(v, dict):
-                raise ConfigError(f"{path}: '{dotted}' must be a mapping, got {v!r}")
+                raise ConfigError(f"{path}: '{dotted}' must be a mapping, got {_short(v)}")
             base[k] = v
         elif isinstance(base[k], dict):
             if not isinstance(v, dict):
-                raise ConfigError(f"{path}: '{dotted}' must be a mapping, got {v!r}")
+                raise ConfigError(f"{path}: '{dotted}' must be a mapping, got {_short(v)}")
             _merge(base[k], v, path, key)
         elif not _type_ok(v, base[k], key):
-            want = type(base[k]).__name__ if base[k] is not None else "/".join(
-                t.__name__ for t in NULLABLE.get(key, ()))
-            raise ConfigError(f"{path}: '{dotted}' must be {want}, got {v!r}")
+            raise ConfigError(f"{path}: '{dotted}' must be {_want(base[k], key)}, got {_short(v)}")
+        elif isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{path}: '{dotted}' must be a finite number, got {v!r}")
         else:
             base[k] = v
 
@@ -102,7 +139,34 @@ def _check_free_form(cfg: dict, defaults: dict, path: Path) -> None:
             (f"study.{kind}.{name}", m) for kind in ("overrides", "arms") for name, m in (study[kind] or {}).items()]:
         if not isinstance(mapping, dict):
             raise ConfigError(f"{path}: '{prefix}' must be a mapping of train settings, got {mapping!r}")
-        _merge(copy.deepcopy(defaults["train"]), mapping, path, tuple(prefix.split(".")))
+        _merge(copy.deepcopy(defaults["train"]), nest_flat(mapping), path, tuple(prefix.split(".")))
+    for name, spec in (study["ensembles"] or {}).items():
+        where = f"study.ensembles.{name}"
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", str(name)):
+            raise ConfigError(f"{path}: '{where}': an ensemble's name becomes part of a file name; "
+                              "use letters, digits and . _ + -")
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{path}: '{where}' must be a mapping like {{arms: [a, b], seeds: [0, 1]}}, "
+                              f"got {_short(spec)}")
+        for key, value in spec.items():
+            if key not in ("arms", "seeds"):
+                raise ConfigError(f"{path}: unknown key '{where}.{key}' (known here: arms, seeds)")
+            if not isinstance(value, list) or not value or not all(
+                    isinstance(v, str if key == "arms" else int) and not isinstance(v, bool) for v in value):
+                what = "arm names" if key == "arms" else "seeds"
+                raise ConfigError(f"{path}: '{where}.{key}' must be a list of {what}, got {_short(value)}")
+        unknown = sorted(set(spec.get("arms", [])) - set(study["arms"] or {}))
+        if unknown:
+            raise ConfigError(f"{path}: '{where}.arms': no arm named {unknown[0]!r} in study.arms")
+        seeds = [int(x) for x in as_list(study["seeds"])]
+        missing = sorted(set(spec.get("seeds", [])) - set(seeds))
+        if missing:
+            raise ConfigError(f"{path}: '{where}.seeds': seed {missing[0]} is not in study.seeds")
+        if len(spec.get("seeds", seeds)) > 1 and study["split_seed"] is None:
+            raise ConfigError(f"{path}: '{where}' votes models of several seeds, which must share one split: "
+                              "set study.split_seed")
+    if study["folds"] == 1 or not 0 <= study["folds"] <= 100:
+        raise ConfigError(f"{path}: 'study.folds' must be 0 (one split) or 2 to 100, got {study['folds']}")
     for name in study["arms"] or {}:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", str(name)):
             raise ConfigError(f"{path}: 'study.arms.{name}': an arm's name becomes part of a folder name; "
@@ -128,24 +192,39 @@ def load(path: str | Path | None = None) -> dict:
     return cfg
 
 
-#: Render settings a run from strokes takes from the render section (thickness and size are its own).
+#: Render settings a run takes from the render section (thickness and size are the train section's own).
 RENDER_SHARED = ("fit", "margin", "antialias", "staff_lines", "staff_spacing", "staff_offset")
+#: Settings a run takes from the dataset section unless given.
+FROM_DATASET = ("raw_dir", "writers")
 
 
-def train_settings(cfg: dict, train: dict) -> dict:
-    """``train`` (the train section, flags applied) as a run takes it: the raw folder and writers
-    from ``dataset``, and for ``from_strokes`` the full render settings (its ``thickness`` and
-    ``size``, the rest from ``render``), so the run's config.yaml records all of them. A run from
-    strokes reads no variant folder and uses no image warp; its settings say so."""
-    out = dict(train)
-    w, h = parse_size(out.pop("size"))
-    out["render"] = {**{k: cfg["render"][k] for k in RENDER_SHARED}, "thickness": out.pop("thickness"),
-                     "width": w, "height": h}
-    out.setdefault("raw_dir", cfg["dataset"]["raw_dir"])
-    out.setdefault("writers", cfg["dataset"]["writers"])
-    if out.get("from_strokes"):  # no folders read, no image warp: config.yaml should say so
-        out.update(variants=[], aug_rotate=0.0, aug_shear=0.0, aug_scale=0.0, aug_translate=0.0)
-    return out
+def train_config(cfg: dict, overrides: dict | list[dict] | None = None, render: RenderSettings | None = None,
+                 source: str | Path = "flags") -> TrainConfig:
+    """The one path from settings to a run: the ``train`` section of ``cfg`` (pipeline.yaml < the
+    user's config), then ``overrides`` (flags, or a study's layers of settings applied in order,
+    each checked like a config's), then the layout a run records: ``raw_dir`` and ``writers`` from
+    ``dataset``; ``render`` from the train section's ``thickness`` and ``size`` with the rest from
+    the render section (or the variant ``render`` given); a run from strokes reads no variant
+    folder and uses no image warp."""
+    layers = [dict(o) for o in (overrides if isinstance(overrides, list) else [overrides or {}])]
+    data = {k: cfg["dataset"][k] for k in FROM_DATASET}
+    train = copy.deepcopy(cfg["train"])
+    for over in layers:  # in order, each over the last, nested mappings key by key
+        data.update({k: over.pop(k) for k in FROM_DATASET if k in over})
+        _merge(train, nest_flat(over), source, ("train",))
+    thickness, size = train.pop("thickness"), train.pop("size")
+    if render is None:
+        w, h = parse_size(size)
+        try:
+            render = RenderSettings(**{k: cfg["render"][k] for k in RENDER_SHARED}, thickness=thickness,
+                                    width=w, height=h)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{source}: render settings: {e}") from None
+    out = {**train, **data, "raw_dir": str(data["raw_dir"]), "render": render.to_dict(),
+           "variants": [str(v) for v in as_list(train["variants"])], "channels": as_list(train["channels"])}
+    if out["from_strokes"]:  # no folders read, no image warp: config.yaml should say so
+        out.update(variants=[], warp=dict.fromkeys(train["warp"], 0.0))
+    return TrainConfig.from_dict(out, source)
 
 
 def as_list(value: Any) -> list:

@@ -12,7 +12,6 @@ import io
 import json
 import statistics
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +21,11 @@ from classifier.plots import plt, save_figure
 from classifier.runfolder import RunError, RunFolder
 from classifier.splits import split_seed_of
 from homus_render.atomic import write_bytes, write_text
-from homus_render.distort import StrokeAugment
 from homus_render.variants import read_variant_info
 
-IGNORED = {"name", "runs_dir", "seed", "split_seed", "device", "workers", "threads", "amp"}
+IGNORED = {"name", "runs_dir", "seed", "split_seed", "fold", "device", "workers", "threads", "amp"}
 #: Settings of training from strokes: shown only for runs that did.
-STROKE_ONLY = {"from_strokes", "raw_dir", "writers", "render", *(f"stroke_{f.name}" for f in fields(StrokeAugment))}
+STROKE_ONLY = {"from_strokes", "raw_dir", "writers", "render", "strokes"}
 
 
 def _settings_or_none(variant: str) -> dict:
@@ -45,11 +43,13 @@ def load_run(run: Path) -> dict:
     folder = RunFolder(run)
     metrics, cfg = folder.metrics(), folder.config()
     strokes = bool(cfg.get("from_strokes"))
-    settings = {k: v for k, v in cfg.items() if k not in IGNORED and k not in STROKE_ONLY}
+    settings = {k: v for k, v in cfg.items() if k not in IGNORED and k not in STROKE_ONLY and k != "warp"}
+    settings.update({f"warp.{k}": v for k, v in cfg["warp"].items()})
     if strokes:  # the stroke settings matter; the variant folders it was not trained on do not
-        settings.update({k: v for k, v in cfg.items() if k.startswith("stroke_") or k == "from_strokes"})
+        settings["from_strokes"] = True
+        settings.update({f"strokes.{k}": v for k, v in cfg["strokes"].items()})
         if "size" not in (cfg.get("channels") or ["ink"]):  # the size jitter moves no pixel of these runs
-            settings.pop("stroke_size", None)
+            settings.pop("strokes.size", None)
     settings["variants"] = "+".join(metrics["variants"])
     if strokes:
         renders = [cfg["render"]]
@@ -62,7 +62,7 @@ def load_run(run: Path) -> dict:
     for f in sorted(run.glob("eval-*.json")):
         e = json.loads(f.read_text())
         evals[e["variant"]] = e["test_accuracy"]
-    return {"run": run, "name": run.name, "seed": cfg.get("seed"),
+    return {"run": run, "name": run.name, "seed": cfg.get("seed"), "fold": cfg["fold"] if cfg["folds"] else None,
             "split_seed": split_seed_of(cfg.get("seed"), cfg.get("split_seed")), "metrics": metrics,
             "settings": settings, "evals": evals}
 
@@ -85,6 +85,7 @@ def summarize(runs: list[dict], group_by: list[str]) -> list[dict]:
     rows = []
     for key, members in groups.items():
         acc = [m["metrics"]["test_accuracy"] for m in members]
+        folds = fold_figures([(m["fold"], m["metrics"]["test_accuracy"], m["metrics"]["n_test"]) for m in members])
         rows.append({"group": " · ".join(key) or members[0]["name"], "settings": dict(zip(group_by, key, strict=True)),
                      "runs": [m["name"] for m in members], "seeds": [m["seed"] for m in members],
                      "accuracies": acc, "mean": statistics.fmean(acc),
@@ -92,8 +93,38 @@ def summarize(runs: list[dict], group_by: list[str]) -> list[dict]:
                      "macro_f1": statistics.fmean(m["metrics"]["macro_f1"] for m in members),
                      "minutes": statistics.fmean(m["metrics"]["train_seconds"] / 60 for m in members),
                      "evals": {v: [m["evals"][v] for m in members if v in m["evals"]]
-                               for v in sorted({v for m in members for v in m["evals"]})}})
+                               for v in sorted({v for m in members for v in m["evals"]})}, **folds})
     return sorted(rows, key=lambda r: -r["mean"])
+
+
+def fold_figures(results: list[tuple[int | None, float, int]]) -> dict:
+    """``(fold, test accuracy, test images)`` of a group's runs -> the cross-validation figures:
+    each fold's accuracy (the mean over its seeds), their mean and spread over folds, and the pooled
+    accuracy (every test image of every run counted once). Empty when the runs are not folds."""
+    if not results or any(fold is None for fold, _, _ in results):
+        return {}
+    by_fold: dict[int, list[float]] = {}
+    for fold, acc, _ in results:
+        by_fold.setdefault(fold, []).append(acc)
+    means = [statistics.fmean(by_fold[f]) for f in sorted(by_fold)]
+    return {"by_fold": {f: statistics.fmean(by_fold[f]) for f in sorted(by_fold)},
+            "fold_mean": statistics.fmean(means), "fold_std": statistics.stdev(means) if len(means) > 1 else 0.0,
+            "pooled": sum(a * n for _, a, n in results) / sum(n for _, _, n in results)}
+
+
+def ensemble_rows(scored: list[dict]) -> list[dict]:
+    """One row per ensemble and variant: its accuracy (on one split, or over folds as
+    :func:`fold_figures`), best first."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for e in scored:
+        groups.setdefault((e["name"], e["variant"]), []).append(e)
+    rows = []
+    for (name, variant), es in groups.items():
+        acc = [e["test_accuracy"] for e in es]
+        rows.append({"name": name, "variant": variant, "members": len(es[0]["runs"]), "accuracies": acc,
+                     "mean": statistics.fmean(acc),
+                     **fold_figures([(e["fold"], e["test_accuracy"], e["n_test"]) for e in es])})
+    return sorted(rows, key=lambda r: -r.get("pooled", r["mean"]))
 
 
 def _bar_chart(rows: list[dict], path: Path, title: str) -> None:
@@ -132,10 +163,12 @@ def _matrix_chart(rows: list[dict], tests: list[str], path: Path) -> None:
 
 def write_report(run_dirs: list[Path], out: Path, title: str, variants: list[str] | None = None,
                  settings: dict | None = None, command: str = "", group_by: list[str] | None = None,
-                 extra: dict[str, dict] | None = None) -> dict:
+                 extra: dict[str, dict] | None = None, ensembles: list[dict] | None = None) -> dict:
     """Write ``report.md``, ``results.csv``, ``comparison.png`` (and ``matrix.png``) into ``out``.
     Runs are grouped by ``group_by`` (default: every setting that differs, seeds aside); ``extra``
-    adds settings by run name (a study's arm)."""
+    adds settings by run name (a study's arm); ``ensembles``: scored ensembles (name, variant, fold,
+    runs, test_accuracy, n_test). A cross-validation's rows give the mean ± std over folds and the
+    pooled accuracy. ``summary.json`` holds the figures for machines."""
     runs = [load_run(Path(r)) for r in run_dirs]
     for r in runs:
         r["settings"].update((extra or {}).get(r["name"], {}))
@@ -170,12 +203,36 @@ def write_report(run_dirs: list[Path], out: Path, title: str, variants: list[str
     if len(splits) > 1:
         md += ["**Warning: runs with the same split seed have different splits; the figures are not comparable.**",
                ""]
-    md += ["| " + " | ".join(["rank", "trained on" if group_by == ["variants"] else "setting", "test accuracy",
-                             "macro F1", "seeds", "train min"]) + " |", "|---|---|---|---|---|---|"]
-    for i, r in enumerate(rows, 1):
-        md.append(f"| {i} | {r['group']} | {_fmt(r['accuracies'])} | {r['macro_f1']:.4f} | "
-                  f"{len(r['accuracies'])} | {r['minutes']:.1f} |")
+    setting = "trained on" if group_by == ["variants"] else "setting"
+    folded = any("pooled" in r for r in rows)
+    if folded:
+        n = max(len(r["by_fold"]) for r in rows if "by_fold" in r)
+        md += [f"{n}-fold writer cross-validation: every writer is tested exactly once. Mean ± std over the "
+               "folds (each fold: the mean over its seeds), and the pooled accuracy over every test image of "
+               "every run.", "",
+               f"| rank | {setting} | mean ± std over folds | pooled | macro F1 | runs | train min |",
+               "|---|---|---|---|---|---|---|"]
+        for i, r in enumerate(rows, 1):
+            md.append(f"| {i} | {r['group']} | {r['fold_mean']:.2%} ± {r['fold_std']:.2%} | {r['pooled']:.2%} | "
+                      f"{r['macro_f1']:.4f} | {len(r['accuracies'])} | {r['minutes']:.1f} |")
+    else:
+        md += [f"| rank | {setting} | test accuracy | macro F1 | seeds | train min |", "|---|---|---|---|---|---|"]
+        for i, r in enumerate(rows, 1):
+            md.append(f"| {i} | {r['group']} | {_fmt(r['accuracies'])} | {r['macro_f1']:.4f} | "
+                      f"{len(r['accuracies'])} | {r['minutes']:.1f} |")
     md += ["", "![comparison](comparison.png)", ""]
+    erows = ensemble_rows(ensembles or [])
+    if erows:
+        md += ["## Ensembles", "", "Each ensemble's models vote on their shared test split (class probabilities "
+               "averaged, each model reading the input it was trained on).", ""]
+        if any("pooled" in e for e in erows):
+            md += ["| ensemble | on | models | mean ± std over folds | pooled |", "|---|---|---|---|---|"]
+            md += [f"| {e['name']} | {e['variant']} | {e['members']} | {e['fold_mean']:.2%} ± {e['fold_std']:.2%} | "
+                   f"{e['pooled']:.2%} |" for e in erows]
+        else:
+            md += ["| ensemble | on | models | test accuracy |", "|---|---|---|---|"]
+            md += [f"| {e['name']} | {e['variant']} | {e['members']} | {e['mean']:.2%} |" for e in erows]
+        md.append("")
     if has_matrix:
         md += ["## Train variant x test variant", "", "Mean test accuracy over seeds; rows: what the model was "
                "trained on, columns: the variant whose test split it read.", "",
@@ -190,4 +247,6 @@ def write_report(run_dirs: list[Path], out: Path, title: str, variants: list[str
     if settings:
         md += ["```yaml", yaml.safe_dump(settings, sort_keys=False).rstrip(), "```", ""]
     write_text(out / "report.md", "\n".join(md))
-    return {"rows": rows, "runs": runs, "group_by": group_by}
+    summary = {"rows": [{k: v for k, v in r.items() if k != "evals"} for r in rows], "ensembles": erows}
+    write_text(out / "summary.json", json.dumps(summary, indent=1, default=str))
+    return {"rows": rows, "runs": runs, "group_by": group_by, "ensembles": erows}

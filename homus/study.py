@@ -3,6 +3,9 @@ evaluate every model on every variant's test split, and write the report.
 
 Arms (``study.arms``) are named sets of training settings tried on every variant: fixed images
 against training from strokes, one augmentation against another. Without arms, one run per variant.
+``study.split_seed`` puts every seed on one split; ``study.folds: k`` trains every fold of a k-fold
+writer cross-validation (each writer tested exactly once); ``study.ensembles`` names groups of runs
+scored together on each variant and fold. docs/studies.md describes the schema.
 
 Everything is resumable: up-to-date variants are not rendered again, finished runs are not
 trained again, saved evaluations are not recomputed. So a killed study continues where it
@@ -12,11 +15,13 @@ stopped, and a finished one reruns in seconds.
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from classifier.evaluate import evaluate_run
-from classifier.train import TrainConfig, train
+from classifier.evaluate import evaluate_ensemble, evaluate_run
+from classifier.settings import TrainConfig
+from classifier.train import train
 from homus_render.dataset import list_stroke_files, parse_writers
 from homus_render.fetch import fetch
 from homus_render.render import RenderSettings
@@ -34,10 +39,34 @@ class StudyRun:
     variants: list[Path]  # what it trains on
     arm: str | None = None  # the arm's name, when the study has arms
     settings: RenderSettings | None = None  # the variant's render settings (not for a union)
+    fold: int | None = None  # the fold it tests on, in a cross-validation
+
+
+@dataclass
+class StudyEnsemble:
+    name: str  # the ensemble's name in study.ensembles
+    variant: str
+    fold: int | None
+    runs: list[str]  # its members' run names
+
+    @property
+    def file(self) -> str:
+        """Where its metrics go, in the study's runs folder."""
+        fold = "" if self.fold is None else f"-fold{self.fold}"
+        return f"ensemble-{self.name}-{self.variant}{fold}.json"
+
+
+@dataclass
+class StudyPlan:
+    variants: list[RenderSettings]
+    runs: list[StudyRun]
+    configs: dict[str, TrainConfig]  # each run's settings, by run name
+    ensembles: list[StudyEnsemble]
 
 
 def study_variants(cfg: dict) -> list[RenderSettings]:
-    """The study's render settings: the explicit list, else the grid; other settings from ``render``."""
+    """The study's render settings: the explicit list, else the grid; other settings from ``render``
+    (a variant that leaves out its thickness or size takes the train section's)."""
     s, r = cfg["study"], cfg["render"]
     base = {k: r[k] for k in ("margin", "antialias", "staff_spacing", "staff_offset")}
     if s["variants"]:
@@ -48,7 +77,8 @@ def study_variants(cfg: dict) -> list[RenderSettings]:
             cfgmod.as_list(s["staff_lines"]))]
     out = []
     for i, item in enumerate(items):
-        merged = {"fit": r["fit"], "staff_lines": r["staff_lines"], "thickness": 3, "size": 96, **base, **item}
+        merged = {"fit": r["fit"], "staff_lines": r["staff_lines"], "thickness": cfg["train"]["thickness"],
+                  "size": cfg["train"]["size"], **base, **item}
         w, h = cfgmod.parse_size(merged.pop("size"))
         try:
             out.append(RenderSettings(width=w, height=h, **merged))
@@ -57,65 +87,102 @@ def study_variants(cfg: dict) -> list[RenderSettings]:
     return list(dict.fromkeys(out))
 
 
-def plan(cfg: dict) -> tuple[list[RenderSettings], list[StudyRun]]:
+def plan(cfg: dict, source: str | Path = "the study") -> StudyPlan:
+    """Every run of the study with its settings, and every ensemble: built (and so checked) before
+    anything is fetched, rendered or trained."""
     s = cfg["study"]
     variants = study_variants(cfg)
     rendered = Path(cfg["render"]["rendered_dir"])
     runs = []
     arms = list((s["arms"] or {}).items()) or [(None, {})]
-    for seed in cfgmod.as_list(s["seeds"]):
+    folds = list(range(s["folds"])) if s["folds"] else [None]
+    for fold in folds:
+        tag = "" if fold is None else f"-fold{fold}"
+        for seed in cfgmod.as_list(s["seeds"]):
+            for v in variants:
+                for arm, _ in arms:
+                    name = f"{v.name}-{arm}{tag}-seed{seed}" if arm else f"{v.name}{tag}-seed{seed}"
+                    runs.append(StudyRun(name, v.name, int(seed), [rendered / v.name], arm, v, fold))
+            if s["union"] and len(variants) > 1 and len({v.size for v in variants}) == 1:
+                runs.append(StudyRun(f"union{tag}-seed{seed}", "union", int(seed),
+                                     [rendered / v.name for v in variants], fold=fold))
+    runs_dir = Path(cfg["train"]["runs_dir"]) / s["name"]
+    configs = {r.name: run_config(cfg, r, runs_dir, source) for r in runs}
+    ensembles = []
+    for name, spec in (s["ensembles"] or {}).items():
         for v in variants:
-            for arm, _ in arms:
-                name = f"{v.name}-{arm}-seed{seed}" if arm else f"{v.name}-seed{seed}"
-                runs.append(StudyRun(name, v.name, int(seed), [rendered / v.name], arm, v))
-        if s["union"] and len(variants) > 1 and len({v.size for v in variants}) == 1:
-            if cfgmod.as_list({**cfg["train"], **s["train"]}.get("channels", ["ink"])) != ["ink"]:
-                raise cfgmod.ConfigError("study.union trains on rendered folders, which hold ink alone: set "
-                                         "study.union: false to study channels other than ink")
-            runs.append(StudyRun(f"union-seed{seed}", "union", int(seed), [rendered / v.name for v in variants]))
-    return variants, runs
+            for fold in folds:
+                members = [r.name for r in runs if r.variant == v.name and r.fold == fold
+                           and r.seed in spec.get("seeds", [r.seed]) and r.arm in spec.get("arms", [r.arm])]
+                if len(members) < 2:
+                    raise cfgmod.ConfigError(f"{source}: 'study.ensembles.{name}' has {len(members)} run(s) on "
+                                             f"{v.name}; an ensemble needs at least 2")
+                ensembles.append(StudyEnsemble(name, v.name, fold, members))
+    return StudyPlan(variants, runs, configs, ensembles)
 
 
-def run_study(cfg: dict, log=print) -> Path:
+def run_config(cfg: dict, r: StudyRun, runs_dir: Path, source: str | Path) -> TrainConfig:
+    """One study run's settings, through the one settings path: the train section, the study's
+    train settings, the variant's overrides, the arm's, then what the study fixes for this run."""
+    s = cfg["study"]
+    fixed: dict = {"seed": r.seed, "name": r.name, "variants": [str(p) for p in r.variants],
+                   "runs_dir": str(runs_dir)}
+    if s["split_seed"] is not None:
+        fixed["split_seed"] = s["split_seed"]
+    if r.fold is not None:
+        fixed.update(folds=s["folds"], fold=r.fold, split="writer")
+    if r.settings is None:  # a union: several renderings, read from their folders
+        fixed["from_strokes"] = False
+    layers = [s["train"], (s["overrides"] or {}).get(r.variant, {}), (s["arms"] or {}).get(r.arm, {}), fixed]
+    tc = cfgmod.train_config(cfg, layers, render=r.settings, source=source)
+    if r.settings is None and tc.channels != ["ink"]:
+        raise cfgmod.ConfigError("study.union trains on rendered folders, which hold ink alone: set "
+                                 "study.union: false to study channels other than ink")
+    return tc
+
+
+def run_study(cfg: dict, log=print, source: str | Path = "the study") -> Path:
     """Do the whole study ``cfg`` describes; returns the report folder."""
     s, d = cfg["study"], cfg["dataset"]
-    variants, runs = plan(cfg)  # bad settings fail here, before any download
+    p = plan(cfg, source)  # bad settings fail here, before any download
     raw = Path(d["raw_dir"])
     if not raw.is_dir() or not list_stroke_files(raw):
         log(f"{raw} is empty: fetching HOMUS {d['version']}")
         log(fetch(raw, d["version"], d["source"]).summary())
-    for res in render_variants(raw, cfg["render"]["rendered_dir"], variants, jobs=cfg["render"]["jobs"],
+    for res in render_variants(raw, cfg["render"]["rendered_dir"], p.variants, jobs=cfg["render"]["jobs"],
                                writers=parse_writers(d["writers"]), log=log):
         log(f"{res.path}: {res.status}")
     runs_dir = Path(cfg["train"]["runs_dir"]) / s["name"]
-    shared = {**cfg["train"], **s["train"], "runs_dir": str(runs_dir)}
-    for r in runs:
+    device = next(iter(p.configs.values())).device
+    for r in p.runs:
         folder = runs_dir / r.name
         if (folder / "metrics.json").exists():
             log(f"{folder}: finished, not trained again")
             continue
-        settings = {**shared, **(s["overrides"] or {}).get(r.variant, {}), **(s["arms"] or {}).get(r.arm, {}),
-                    "seed": r.seed, "name": r.name, "variants": [str(p) for p in r.variants]}
-        if r.settings is None:  # a union: several renderings, read from their folders
-            settings["from_strokes"] = False
-        settings = cfgmod.train_settings(cfg, settings)
-        if r.settings is not None:
-            settings["render"] = r.settings.to_dict()
-        tc = TrainConfig.from_dict(settings)
         log(f"training {folder} ({'continuing' if folder.exists() else 'new'})")
-        train(tc, resume=folder.exists(), log=log)
-    for r in runs:  # every model on every variant's test split: the cross matrix
+        train(p.configs[r.name], resume=folder.exists(), log=log)
+    for r in p.runs if len(p.variants) > 1 else []:  # every model on every variant's test split: the cross matrix
         folder = runs_dir / r.name
-        for v in variants:
+        for v in p.variants:
             if not (folder / f"eval-{v.name}.json").exists():
-                m = evaluate_run(folder, Path(cfg["render"]["rendered_dir"]) / v.name, device=shared["device"])
+                m = evaluate_run(folder, Path(cfg["render"]["rendered_dir"]) / v.name, device=device)
                 log(f"{r.name} on {v.name}: test accuracy {m['test_accuracy']:.4f}")
+    scored = []
+    for e in p.ensembles:
+        out = runs_dir / e.file
+        if out.exists():
+            m = json.loads(out.read_text(encoding="utf-8"))
+        else:
+            m = evaluate_ensemble([runs_dir / n for n in e.runs], out, device=device)
+            log(f"ensemble {e.name} on {e.variant}{'' if e.fold is None else f' fold {e.fold}'}: "
+                f"test accuracy {m['test_accuracy']:.4f}")
+        scored.append({"name": e.name, "variant": e.variant, "fold": e.fold, "runs": e.runs,
+                       "test_accuracy": m["test_accuracy"], "n_test": m["n_test"]})
     out = Path(s["reports_dir"]) / s["name"]
     group_by = ["arm", "variants"] if s["arms"] else ["variants"]
-    if s["arms"] and len(variants) == 1 and not any(r.variant == "union" for r in runs):
+    if s["arms"] and len(p.variants) == 1 and not any(r.variant == "union" for r in p.runs):
         group_by = ["arm"]
-    write_report([runs_dir / r.name for r in runs], out, title=f"study {s['name']}",
-                 variants=[v.name for v in variants], settings=cfg, command="homus run", group_by=group_by,
-                 extra={r.name: {"arm": r.arm or "-"} for r in runs})
+    write_report([runs_dir / r.name for r in p.runs], out, title=f"study {s['name']}",
+                 variants=[v.name for v in p.variants], settings=cfg, command=f"homus run --config {source}",
+                 group_by=group_by, extra={r.name: {"arm": r.arm or "-"} for r in p.runs}, ensembles=scored)
     return out
-

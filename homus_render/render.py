@@ -117,17 +117,6 @@ def _fit(lo: np.ndarray, hi: np.ndarray, s: RenderSettings, width: float | None 
     return scale, (s.width - 1) / 2 - (x0 + x1) / 2 * scale, (s.height - 1) / 2 - (y0 + y1) / 2 * scale
 
 
-def fit_transform(strokes: Sequence[np.ndarray], s: RenderSettings) -> tuple[float, np.ndarray]:
-    """Scale and offset that map stroke coordinates onto the canvas: ``p' = p * scale + offset``.
-
-    ``scale`` fits the longer side of the *ink* (path plus half a stroke on every side) to the
-    canvas minus the margins, keeping the aspect ratio; ``crop`` keeps the tablet scale. Both
-    centre the path's bounding box on the canvas.
-    """
-    scale, ox, oy = _fit(*path_bounds(strokes), s)
-    return scale, np.array([ox, oy])
-
-
 def staff_rows(s: RenderSettings) -> list[int]:
     """Rows of the five staff lines: ``staff_offset`` + k * ``staff_spacing``, centred by default."""
     top = s.staff_offset

@@ -67,7 +67,7 @@ def _render_chunk(raw_dir: str, files: Sequence[str], targets: Sequence[tuple[Re
     for rel in files:
         path = os.path.join(raw_dir, rel)
         try:
-            data = open(path, "rb").read()
+            data = Path(path).read_bytes()
             out.digests[rel] = file_digest(data)
             sample = parse_bytes(data, path)
         except (StrokeFileError, OSError) as e:
@@ -136,7 +136,10 @@ def _preview(staging: Path, rows: list[tuple[str, str, str, str]]) -> bytes:
             by_label[label].append(rel)
     sheet = grid([(label, [cv2.imread(str(staging / r), cv2.IMREAD_GRAYSCALE) for r in by_label[label]])
                   for label in LABELS if label in by_label])
-    return cv2.imencode(".png", sheet)[1].tobytes()
+    ok, png = cv2.imencode(".png", sheet)
+    if not ok:
+        raise RuntimeError("OpenCV could not encode the preview sheet as PNG")
+    return png.tobytes()
 
 
 def _swap_into_place(staging: Path, final: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from test_classifier import assert_complete, tiny  # noqa: F401  (tiny is a fixture)
+from test_classifier import assert_complete
 
 from classifier import checkpoint, strokeset
 from classifier.evaluate import ensemble_name, evaluate_run, predict_test_split
@@ -52,7 +52,7 @@ def test_channel_names_are_checked():
         check_channels([])
 
 
-def test_ink_is_the_plain_rendering_and_every_channel_has_the_same_strokes(tiny):  # noqa: F811
+def test_ink_is_the_plain_rendering_and_every_channel_has_the_same_strokes(tiny):
     for sample in load_samples(tiny / "raw")[::37]:
         stack = render_channels(sample.strokes, S, ALL)
         assert stack.shape == (3, 64, 64) and stack.dtype == np.uint8
@@ -62,7 +62,7 @@ def test_ink_is_the_plain_rendering_and_every_channel_has_the_same_strokes(tiny)
             assert (order.astype(int) >= stack[0].astype(int) - 1).all()  # never darker than the ink (+-rounding)
 
 
-def test_plain_renderings_shared_among_processes_are_the_same_pixels(tiny, monkeypatch):  # noqa: F811
+def test_plain_renderings_shared_among_processes_are_the_same_pixels(tiny, monkeypatch):
     samples = load_samples(tiny / "raw")[:60]
     alone = strokeset.render_samples(samples, S, channels=ALL, jobs=1)
     monkeypatch.setattr(strokeset, "PARALLEL_FROM", 10)  # a pool for a set this small
@@ -103,7 +103,7 @@ def test_dots_and_a_still_pen_get_their_shade():
     assert shades[0] < shades[1] < shades[2]
 
 
-def test_without_antialiasing_the_order_channels_ink_the_same_pixels_in_their_shades(tiny):  # noqa: F811
+def test_without_antialiasing_the_order_channels_ink_the_same_pixels_in_their_shades(tiny):
     s = RenderSettings(thickness=2, width=32, height=32, margin=2, antialias=False)
     ink, time = render_channels(LINE, s, ("ink", "time"))
     assert set(np.unique(ink)) == {0, 255}
@@ -118,7 +118,7 @@ def test_without_antialiasing_the_order_channels_ink_the_same_pixels_in_their_sh
     assert [int((c < 255).sum()) for c in dot] == [1, 1, 1]
 
 
-def test_distorted_channels_share_the_draws_of_the_ink(tiny):  # noqa: F811
+def test_distorted_channels_share_the_draws_of_the_ink(tiny):
     sample = load_samples(tiny / "raw")[3]
     aug = StrokeAugment(rotate=10, shear=10, elastic=0.04, jitter=0.005, ends=0.3, thickness=1)
     stack = render_augmented(sample.strokes, S, aug, np.random.default_rng(7), ALL)
@@ -167,7 +167,7 @@ def test_the_size_jitter_moves_the_size_page_only_and_within_its_range():
     assert np.std(read) > 0.1  # it does move
 
 
-def test_a_tiny_run_that_reads_the_pens_order(tiny, tmp_path):  # noqa: F811
+def test_a_tiny_run_that_reads_the_pens_order(tiny, tmp_path):
     config = tmp_path / "pipeline.yaml"
     config.write_text(yaml.safe_dump({"dataset": {"raw_dir": str(tiny / "raw")}, "render": {"margin": 2}}))
     base = ["train", "--config", str(config), "--from-strokes", "--thickness", "3", "--size", "32", "--epochs", "1",
@@ -177,7 +177,7 @@ def test_a_tiny_run_that_reads_the_pens_order(tiny, tmp_path):  # noqa: F811
     run = tmp_path / "runs/strokes-t3-s32-m2-ink+time+stroke+size-resnet18-writer-seed0"
     assert_complete(run)
     cfg = yaml.safe_load((run / "config.yaml").read_text())
-    assert cfg["channels"] == ["ink", "time", "stroke", "size"] and cfg["stroke_size"] == 0.2
+    assert cfg["channels"] == ["ink", "time", "stroke", "size"] and cfg["strokes"]["size"] == 0.2
     model, ckpt = checkpoint.load_model(run / "best.pt")
     assert ckpt["in_channels"] == 4 and checkpoint.channels(ckpt) == ("ink", "time", "stroke", "size")
     assert model.conv1.in_channels == 4
@@ -197,7 +197,7 @@ def test_a_tiny_run_that_reads_the_pens_order(tiny, tmp_path):  # noqa: F811
     assert len(answers[0]["top"]) == 3 and "give it HOMUS .txt stroke files" in answers[1]["error"]
 
 
-def test_an_ensemble_of_an_ink_and_an_order_model(tiny, tmp_path):  # noqa: F811
+def test_an_ensemble_of_an_ink_and_an_order_model(tiny, tmp_path):
     config = tmp_path / "pipeline.yaml"
     config.write_text(yaml.safe_dump({"dataset": {"raw_dir": str(tiny / "raw")}, "render": {"margin": 2}}))
     base = ["train", "--config", str(config), "--from-strokes", "--thickness", "3", "--size", "32", "--epochs", "1",
@@ -251,7 +251,7 @@ def test_an_ensemble_of_many_runs_gets_a_file_name_the_disk_takes():
     assert ensemble_name(runs[:2]) == f"ensemble-{runs[0][5:]}+{runs[1][5:]}"  # a few runs: their names
 
 
-def test_channel_settings_that_cannot_work_are_refused(tiny, tmp_path):  # noqa: F811
+def test_channel_settings_that_cannot_work_are_refused(tiny, tmp_path):
     base = ["train", "--raw-dir", str(tiny / "raw"), "--runs-dir", str(tmp_path), "--epochs", "1"]
     r = CliRunner().invoke(main, [*base, "--channels", "ink,pressure"])
     assert r.exit_code == 1 and "unknown channel(s) 'pressure'" in r.output

@@ -1,8 +1,9 @@
-"""The classifier end to end on tiny data: run folders, splits, resume, evaluate, predict, errors."""
+"""The classifier end to end on tiny synthetic data: run folders, splits, resume, evaluate, predict, errors."""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import shutil
 from pathlib import Path
@@ -11,29 +12,19 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import SYNTHETIC_PER_CLASS
 
 from classifier import checkpoint
 from classifier.data import load_variant
 from classifier.train import TrainConfig, split_for, train
 from homus.cli import main
 from homus.config import load as load_config
+from homus.config import train_config
 from homus_render.render import RenderSettings
-from homus_render.variants import render_variants
 
-WRITERS = ("1", "2", "3", "4", "5")  # 760 samples: 3 writers train, 1 val, 1 test
+PER_WRITER = 32 * SYNTHETIC_PER_CLASS  # the synthetic dataset: each writer draws every class 3 times
 RUN_FILES = ("config.yaml", "split.json", "last.pt", "best.pt", "history.csv", "metrics.json",
              "confusion.png", "curves.png", "errors.png")
-
-
-@pytest.fixture(scope="module")
-def tiny(raw_full, tmp_path_factory):
-    """Five writers rendered at 32 px with thickness 1 and 3."""
-    root = tmp_path_factory.mktemp("tiny")
-    for w in WRITERS:
-        shutil.copytree(raw_full / w, root / "raw" / w)
-    settings = [RenderSettings(thickness=t, width=32, height=32, margin=2) for t in (1, 3)]
-    render_variants(root / "raw", root / "rendered", settings, jobs=1)
-    return root
 
 
 def assert_complete(run: Path) -> None:
@@ -43,33 +34,31 @@ def assert_complete(run: Path) -> None:
 
 
 def cfg_for(tiny: Path, **kw) -> TrainConfig:
-    base = {**load_config()["train"], "from_strokes": False, "variants": [str(tiny / "rendered/t3-s32-m2")],
-            "epochs": 1, "batch_size": 64, "lr": 0.02, "runs_dir": str(tiny / "runs"), "device": "cpu"}
-    return TrainConfig.from_dict({**base, **kw})
+    """A tiny run on the t3 variant, through the one settings path (as `homus train` builds it)."""
+    base = {"from_strokes": False, "variants": [str(tiny / "rendered/t3-s32-m2")], "epochs": 1, "batch_size": 64,
+            "lr": 0.02, "runs_dir": str(tiny / "runs"), "device": "cpu"}
+    return train_config(load_config(), {**base, **kw})
 
 
-def test_defaults_come_from_pipeline_yaml():
-    """pipeline.yaml is the one source of defaults: the code's fallbacks must not drift from it."""
-    cfg = load_config()
-    assert TrainConfig.from_dict(cfg["train"]) == TrainConfig()
-    r = cfg["render"]
-    d = RenderSettings()
-    assert (r["thickness"], r["size"], r["fit"], r["margin"], r["antialias"]) == (
-        [d.thickness], [d.width], d.fit, d.margin, d.antialias)
-
-
-def test_cli_train_leaves_a_complete_run(tiny):
+@pytest.fixture(scope="module")
+def cli_run(tiny) -> tuple[Path, str]:
+    """One run trained by `homus train` (the CLI's output returned beside its folder)."""
     runs = tiny / "runs-cli"
     result = CliRunner().invoke(main, ["train", "--variant", str(tiny / "rendered/t3-s32-m2"), "--epochs", "1",
                                        "--batch-size", "64", "--runs-dir", str(runs), "--name", "cli",
                                        "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    run = runs / "cli"
+    return runs / "cli", result.output
+
+
+def test_cli_train_leaves_a_complete_run(tiny, cli_run):
+    run, output = cli_run
+    runs = run.parent
     assert_complete(run)
     metrics = json.loads((run / "metrics.json").read_text())
     split = json.loads((run / "split.json").read_text())
     assert split["kind"] == "writer" and metrics["split"] == "writer"
-    assert metrics["n_test"] == len(split["test"]) == 152  # one writer's 152 samples
+    assert metrics["n_test"] == len(split["test"]) == PER_WRITER  # one writer's samples
     assert sum(c["support"] for c in metrics["per_class"].values()) == metrics["n_test"]
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and 0.0 <= metrics["macro_f1"] <= 1.0
     with open(run / "history.csv") as f:
@@ -79,7 +68,7 @@ def test_cli_train_leaves_a_complete_run(tiny):
     assert set(rows[0]) >= {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s"}
     best = checkpoint.load(run / "best.pt")
     assert best["render"]["width"] == 32 and len(best["classes"]) == 32 and best["epoch"] == 1
-    assert f"test accuracy {metrics['test_accuracy']:.4f}" in result.output
+    assert f"test accuracy {metrics['test_accuracy']:.4f}" in output
 
     # a finished run is never trained again by accident
     again = CliRunner().invoke(main, ["train", "--variant", str(tiny / "rendered/t3-s32-m2"), "--epochs", "1",
@@ -91,7 +80,7 @@ def test_cli_train_leaves_a_complete_run(tiny):
                                    "--device", "cpu"])
     assert ev.exit_code == 0, ev.output
     saved = json.loads((run / "eval-t1-s32-m2.json").read_text())
-    assert saved["n_test"] == 152 and saved["trained_on"] == ["t3-s32-m2"]
+    assert saved["n_test"] == PER_WRITER and saved["trained_on"] == ["t3-s32-m2"]
     assert saved["trained_size"] == saved["tested_size"] == [32, 32] and "note:" not in ev.output
 
     png = next((tiny / "rendered/t3-s32-m2/G-Clef").glob("*.png"))
@@ -128,7 +117,7 @@ def test_union_of_variants_trains_on_both(tiny):
     run = train(cfg_for(tiny, variants=[str(tiny / "rendered/t1-s32-m2"), str(tiny / "rendered/t3-s32-m2")],
                         name="union"), log=lambda m: None)
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["n_test"] == 2 * 152
+    assert metrics["n_test"] == 2 * PER_WRITER
     assert set(metrics["test_accuracy_by_variant"]) == {"t1-s32-m2", "t3-s32-m2"}
 
 
@@ -157,15 +146,13 @@ def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tiny, monkeypatch):
     for key in ("val_accuracy", "test_accuracy", "macro_f1", "n_test", "best_epoch"):
         assert a[key] == b[key], key
     assert (whole / "split.json").read_text() == (killed / "split.json").read_text()
-    ha = list(csv.DictReader(open(whole / "history.csv")))
-    hb = list(csv.DictReader(open(killed / "history.csv")))
+    ha = list(csv.DictReader(io.StringIO(Path(whole / "history.csv").read_text())))
+    hb = list(csv.DictReader(io.StringIO(Path(killed / "history.csv").read_text())))
     assert [(r["train_loss"], r["val_acc"]) for r in ha] == [(r["train_loss"], r["val_acc"]) for r in hb]
 
 
-def test_fine_tune_from_a_checkpoint(tiny):
-    base = tiny / "runs-cli/cli/best.pt"
-    if not base.exists():
-        pytest.skip("needs the CLI run")
+def test_fine_tune_from_a_checkpoint(tiny, cli_run):
+    base = cli_run[0] / "best.pt"
     run = train(cfg_for(tiny, variants=[str(tiny / "rendered/t1-s32-m2")], weights=str(base), name="ft"),
                 log=lambda m: None)
     assert (run / "metrics.json").exists()
@@ -180,7 +167,7 @@ def test_train_errors_are_clear(tiny, tmp_path):
     two = tmp_path / "two"
     v = tiny / "rendered/t3-s32-m2"
     shutil.copytree(v, two)
-    rows = list(csv.DictReader(open(v / "manifest.csv")))
+    rows = list(csv.DictReader(io.StringIO(Path(v / "manifest.csv").read_text())))
     with open(two / "manifest.csv", "w", newline="") as f:
         w = csv.DictWriter(f, ["path", "label", "writer", "sample"])
         w.writeheader()
@@ -194,13 +181,11 @@ def test_train_errors_are_clear(tiny, tmp_path):
     config = tmp_path / "bool.yaml"
     config.write_text("train:\n  split_seed: true\n")
     r = CliRunner().invoke(main, ["train", "--config", str(config), "--variant", str(v), "--runs-dir", str(tmp_path)])
-    assert r.exit_code == 1 and "split_seed must be a whole number >= 0 or null, got True" in r.output
+    assert r.exit_code == 2 and f"{config}: 'train.split_seed (--split-seed)' must be int or null, got True" in r.output
 
 
-def test_corrupted_checkpoint_is_a_clear_error(tiny, tmp_path):
-    src = tiny / "runs-cli/cli"
-    if not src.exists():
-        pytest.skip("needs the CLI run")
+def test_corrupted_checkpoint_is_a_clear_error(tiny, cli_run, tmp_path):
+    src = cli_run[0]
     run = tmp_path / "copy"
     shutil.copytree(src, run)
     data = (run / "best.pt").read_bytes()

@@ -19,7 +19,7 @@ from conftest import HOMUS_V2_SHA256
 
 import homus_render
 from homus.cli import main
-from homus_render.dataset import DATASET_INFO, hash_folder, list_stroke_files
+from homus_render.dataset import DATASET_INFO, list_stroke_files
 from homus_render.labels import LABEL_SET
 from homus_render.render import RenderSettings, render
 from homus_render.strokes import parse_file
@@ -27,6 +27,15 @@ from homus_render.strokes import parse_file
 WRITERS = ("1", "2", "3")
 SMALL_ARGS = ("--thickness", "1,3", "--size", "32,48", "--jobs", "2")
 SMALL_NAMES = ["t1-s32", "t1-s48", "t3-s32", "t3-s48"]
+
+
+def files_hash(raw, files: list[str]) -> str:
+    """The content hash of ``files`` under ``raw``, computed here from their bytes."""
+    from pathlib import Path
+
+    from homus_render.dataset import content_hash, file_digest
+
+    return content_hash({rel: file_digest(Path(raw, rel).read_bytes()) for rel in files})
 
 
 def homus(*args) -> Result:
@@ -111,7 +120,7 @@ def test_fetch(fetched, small_zip: Path):
     files = list_stroke_files(raw)
     assert len(files) == 456 and {f.split("/")[0] for f in files} == set(WRITERS)
     info = json.loads((raw / DATASET_INFO).read_text())
-    assert info["sha256"] == hash_folder(raw, files) and info["sha256"] in result.output
+    assert info["sha256"] == files_hash(raw, files) and info["sha256"] in result.output
     again = ok("fetch", "--source", small_zip, "--raw-dir", raw)
     assert "already there, nothing to do" in again.output
 
@@ -189,7 +198,7 @@ def test_variant_folder(rendered4, raw3: Path, name: str):
     assert info["settings"] == settings.to_dict()
     assert RenderSettings.from_dict(info["settings"]) == settings
     homus_json = json.loads((raw3 / DATASET_INFO).read_text())
-    assert info["dataset"]["sha256"] == homus_json["sha256"] == hash_folder(raw3, raw_files)
+    assert info["dataset"]["sha256"] == homus_json["sha256"] == files_hash(raw3, raw_files)
     assert info["dataset"]["version"] == "v2"
     assert (info["dataset"]["samples"], info["dataset"]["writers"], info["dataset"]["labels"]) == (456, 3, 32)
     assert info["homus_version"] == homus_render.__version__ == importlib.metadata.version("homus")

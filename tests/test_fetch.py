@@ -11,9 +11,18 @@ from pathlib import Path
 import pytest
 from conftest import HANDMADE, HOMUS_V2_SHA256, sample_text, write_handmade
 
-from homus_render.dataset import DATASET_INFO, hash_folder, list_stroke_files, read_info
+from homus_render.dataset import DATASET_INFO, list_stroke_files, read_info
 from homus_render.fetch import ENV_SOURCE, OFFICIAL, FetchError, fetch, resolve_source
 from homus_render.labels import LABEL_SET
+
+
+def files_hash(raw, files: list[str]) -> str:
+    """The content hash of ``files`` under ``raw``, computed here from their bytes."""
+    from pathlib import Path
+
+    from homus_render.dataset import content_hash, file_digest
+
+    return content_hash({rel: file_digest(Path(raw, rel).read_bytes()) for rel in files})
 
 
 def assert_nothing_in_place(raw: Path) -> None:
@@ -61,7 +70,7 @@ def test_full_fetch(raw_full: Path):
     assert info["version"] == "v2"
     assert (info["samples"], info["writers"], info["labels"]) == (15_200, 100, 32)
     assert info["invalid"] == []
-    assert info["sha256"] == hash_folder(raw_full, files) == HOMUS_V2_SHA256
+    assert info["sha256"] == files_hash(raw_full, files) == HOMUS_V2_SHA256
     # nothing else was left: no staging folder, no in-progress marker, no zip members besides samples
     assert sorted(p.name for p in raw_full.iterdir() if not p.name.isdigit()) == [DATASET_INFO]
 
@@ -111,7 +120,7 @@ def test_folder_source(tmp_path: Path):
     for rel in made:
         assert (raw / rel).read_bytes() == (src / rel).read_bytes()
     info = read_info(raw)
-    assert info["samples"] == len(made) and info["sha256"] == hash_folder(raw, made) == report.sha256
+    assert info["samples"] == len(made) and info["sha256"] == files_hash(raw, made) == report.sha256
     summary = report.summary()
     assert "warning: expected 15,200 samples" in summary and "found 8" in summary
     # and a second fetch sees it is there

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from test_classifier import assert_complete, tiny  # noqa: F401  (tiny is a fixture)
+from test_classifier import assert_complete
 
 from classifier.data import epoch_loader, load_variant, loader
 from classifier.evaluate import evaluate_run
@@ -27,7 +27,7 @@ AUG = StrokeAugment(thickness=1, scale=0.15, aspect=0.2, rotate=10, shear=10, tr
 
 
 @pytest.fixture(scope="module")
-def samples(tiny):  # noqa: F811
+def samples(tiny):
     return load_samples(tiny / "raw")[:200]
 
 
@@ -71,7 +71,7 @@ def test_each_sample_keeps_its_label_and_stays_ink_on_paper(samples):
     assert y.tolist() == [ds.targets[i].item() for i in range(len(ds))]
 
 
-def test_without_augmentation_the_images_are_the_rendered_variant(tiny, samples):  # noqa: F811
+def test_without_augmentation_the_images_are_the_rendered_variant(tiny, samples):
     """Evaluation renders without augmentation: the very pixels `homus render` wrote."""
     ds = StrokeSet(samples, S32, StrokeAugment(), seed=0)
     x, _ = ds[list(range(len(ds)))]
@@ -81,7 +81,7 @@ def test_without_augmentation_the_images_are_the_rendered_variant(tiny, samples)
     assert torch.equal(x[:, 0], expected)
 
 
-def test_a_tiny_run_from_strokes(tiny, tmp_path):  # noqa: F811
+def test_a_tiny_run_from_strokes(tiny, tmp_path):
     config = tmp_path / "pipeline.yaml"
     config.write_text(yaml.safe_dump({"dataset": {"raw_dir": str(tiny / "raw")}, "render": {"margin": 2}}))
     args = ["train", "--config", str(config), "--from-strokes", "--thickness", "3", "--size", "32",
@@ -94,7 +94,7 @@ def test_a_tiny_run_from_strokes(tiny, tmp_path):  # noqa: F811
     metrics = json.loads((run / "metrics.json").read_text())
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert metrics["source"] == "strokes" and metrics["variants"] == ["t3-s32-m2"]
-    assert cfg["from_strokes"] and cfg["render"]["margin"] == 2 and cfg["stroke_rotate"] == 10.0
+    assert cfg["from_strokes"] and cfg["render"]["margin"] == 2 and cfg["strokes"]["rotate"] == 10.0
     assert cfg["variants"] == []
     # the same split as a run on the rendered folder, so the two compare directly
     image_run = CliRunner().invoke(main, ["train", "--variant", str(tiny / "rendered/t3-s32-m2"), "--epochs", "1",
@@ -111,7 +111,7 @@ def test_a_tiny_run_from_strokes(tiny, tmp_path):  # noqa: F811
     assert own["trained_on"] == ["t3-s32-m2"]
 
 
-def test_bad_stroke_settings_exit_with_a_clear_message(tiny, tmp_path):  # noqa: F811
+def test_bad_stroke_settings_exit_with_a_clear_message(tiny, tmp_path):
     base = ["train", "--from-strokes", "--raw-dir", str(tiny / "raw"), "--runs-dir", str(tmp_path), "--epochs", "1"]
     r = CliRunner().invoke(main, [*base, "--stroke-scale", "1.5"])
     assert r.exit_code == 1 and "stroke scale must be < 1" in r.output
@@ -127,7 +127,7 @@ def test_bad_stroke_settings_exit_with_a_clear_message(tiny, tmp_path):  # noqa:
     assert r.exit_code == 1 and "not a rendered variant" in r.output
 
 
-def test_a_bad_stroke_file_is_named(tiny, tmp_path):  # noqa: F811
+def test_a_bad_stroke_file_is_named(tiny, tmp_path):
     import shutil
 
     raw = tmp_path / "raw"
@@ -139,7 +139,7 @@ def test_a_bad_stroke_file_is_named(tiny, tmp_path):  # noqa: F811
     assert r.exit_code == 1 and "2-7.txt:2" in r.output and "non-numeric" in r.output
 
 
-def test_an_ablation_study_with_arms(tiny, tmp_path):  # noqa: F811
+def test_an_ablation_study_with_arms(tiny, tmp_path):
     cfg = {
         "dataset": {"raw_dir": str(tiny / "raw")},
         "render": {"rendered_dir": str(tmp_path / "rendered"), "margin": 2, "jobs": 1},
@@ -157,7 +157,7 @@ def test_an_ablation_study_with_arms(tiny, tmp_path):  # noqa: F811
     assert sorted(p.name for p in runs.iterdir()) == [
         "t3-s32-m2-images-seed0", "t3-s32-m2-strokes-rotate-seed0", "t3-s32-m2-strokes-seed0"]
     stroke_cfg = yaml.safe_load((runs / "t3-s32-m2-strokes-rotate-seed0/config.yaml").read_text())
-    assert stroke_cfg["from_strokes"] and stroke_cfg["render"]["margin"] == 2 and stroke_cfg["stroke_rotate"] == 10
+    assert stroke_cfg["from_strokes"] and stroke_cfg["render"]["margin"] == 2 and stroke_cfg["strokes"]["rotate"] == 10
     with open(tmp_path / "reports/abl/results.csv") as f:
         rows = [row for row in csv.DictReader(f) if row["test_variant"] == "own"]
     assert {row["arm"] for row in rows} == {"images", "strokes", "strokes-rotate"}
@@ -186,5 +186,5 @@ def test_stroke_images_are_not_all_alike(samples):
     seen = set()
     for epoch in range(10):
         ds.set_epoch(epoch)
-        seen.add(np.asarray(ds.image(0)).tobytes())
+        seen.add(np.asarray(ds.draw(0, ds.epoch)).tobytes())
     assert len(seen) == 10

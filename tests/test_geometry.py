@@ -8,10 +8,16 @@ import cv2
 import numpy as np
 import pytest
 
-from homus_render.render import RenderSettings, draw, fit_transform, render, staff_rows
+from homus_render.render import RenderSettings, _fit, draw, path_bounds, render, staff_rows
 
 SIZES = (32, 64, 96, 128, 224)
 THICKNESSES = (1, 2, 3, 4, 5)
+
+
+def fit_transform(strokes, s: RenderSettings) -> tuple[float, np.ndarray]:
+    """Scale and offset the renderer maps stroke coordinates with: ``p' = p * scale + offset``."""
+    scale, ox, oy = _fit(*path_bounds(strokes), s)
+    return scale, np.array([ox, oy])
 
 
 def strokes(*polylines) -> list[np.ndarray]:

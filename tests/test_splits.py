@@ -1,8 +1,11 @@
-"""Splits are made on sample ids, never leak, and are fixed by the seed."""
+"""Splits are made on sample ids, never leak, and are fixed by the seed; k-fold writer
+cross-validation tests every writer exactly once."""
+
+import random
 
 import pytest
 
-from classifier.splits import SplitError, check_split, make_split
+from classifier.splits import SplitError, check_split, make_fold_split, make_split
 from homus_render.labels import LABELS
 
 
@@ -60,3 +63,38 @@ def test_check_split_catches_leaks():
     split["test"] = ["1-1"]
     with pytest.raises(SplitError, match="two sides"):
         check_split(split)
+
+
+@pytest.mark.parametrize("writers, folds", [(100, 5), (20, 5), (7, 3), (6, 2)])
+def test_every_writer_is_tested_exactly_once_over_the_folds(writers, folds):
+    data = triples(writers, per_writer=4)
+    writer_of = {s: w for s, w, _ in data}
+    tested: list[str] = []
+    for fold in range(folds):
+        split = make_fold_split(data, folds, fold, seed=7)
+        check_split(split, writer_of)  # no sample and no writer on two sides
+        sides = [{writer_of[s] for s in split[k]} for k in ("train", "val", "test")]
+        assert all(sides) and sorted(split["train"] + split["val"] + split["test"]) == sorted(writer_of)
+        assert len(sides[1]) == max(1, round(writers * 0.15)) or len(sides[1]) == writers - len(sides[2]) - 1
+        assert (split["kind"], split["folds"], split["fold"], split["seed"]) == ("writer", folds, fold, 7)
+        tested += sorted(sides[2])
+    assert sorted(tested) == sorted({w for _, w, _ in data})  # each writer once, none twice
+    sizes = [len([w for w in tested if w in group]) for group in
+             [{writer_of[s] for s in make_fold_split(data, folds, f, 7)["test"]} for f in range(folds)]]
+    assert max(sizes) - min(sizes) <= 1  # folds as even as the writers allow
+
+
+def test_folds_are_fixed_by_the_seed_and_independent_of_order():
+    data = triples(20, 4)
+    shuffled = data[:]
+    random.Random(1).shuffle(shuffled)
+    assert make_fold_split(data, 5, 2, seed=3) == make_fold_split(shuffled, 5, 2, seed=3)
+    assert make_fold_split(data, 5, 2, seed=3)["test"] != make_fold_split(data, 5, 2, seed=4)["test"]
+    assert make_fold_split(data, 5, 1, seed=3)["val"] != make_fold_split(data, 5, 2, seed=3)["val"]
+
+
+@pytest.mark.parametrize("folds, fold, words", [(1, 0, "needs 2 to"), (9, 0, "needs 2 to 8 folds for 10 writers"),
+                                               (5, 5, "fold 5 of 5: folds are numbered 0 to 4")])
+def test_impossible_folds_are_clear_errors(folds, fold, words):
+    with pytest.raises(SplitError, match=words):
+        make_fold_split(triples(10, 2), folds, fold)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import shutil
+import statistics
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -16,11 +19,11 @@ from homus.config import ConfigError, load
 
 
 @pytest.fixture(scope="module")
-def study(raw_full, tmp_path_factory):
-    """A two-variant study (t1, t3 at 32 px) plus their union, 5 writers, 1 epoch, run once."""
+def study(synthetic_raw, tmp_path_factory):
+    """A two-variant study (t1, t3 at 32 px) plus their union, 5 synthetic writers, 1 epoch, run once."""
     root = tmp_path_factory.mktemp("study")
     cfg = {
-        "dataset": {"raw_dir": str(raw_full), "writers": "1-5"},
+        "dataset": {"raw_dir": str(synthetic_raw), "writers": "1-5"},
         "render": {"rendered_dir": str(root / "rendered"), "margin": 2, "jobs": 1},
         "train": {"batch_size": 64, "runs_dir": str(root / "runs"), "device": "cpu"},
         "study": {"name": "tiny", "thickness": [1, 3], "size": [32], "seeds": [0], "union": True,
@@ -96,13 +99,13 @@ def test_compare_groups_seeds_trained_on_one_split(study, tmp_path):
     assert r.exit_code == 0, r.output
     report = (tmp_path / "cmp/report.md").read_text()
     assert "split_seed" not in report and "Warning" not in report
-    rows = list(csv.DictReader(open(tmp_path / "cmp/results.csv")))
+    rows = list(csv.DictReader(io.StringIO(Path(tmp_path / "cmp/results.csv").read_text())))
     assert {row["run"] for row in rows} == {first.name, other.name} and "split_seed" not in rows[0]
 
 
 @pytest.mark.parametrize("text, key", [
     ("render:\n  thicknes: 3\n", "render.thicknes"),
-    ("train:\n  epochs: many\n", "train.epochs"),
+    ("train:\n  epochs: many\n", "train.epochs (--epochs)"),
     ("study:\n  train: {epochz: 1}\n", "study.train.epochz"),
     ("study:\n  overrides: {t1-s32: {lr: fast}}\n", "study.overrides.t1-s32.lr"),
     ("study:\n  variants: [{thickness: 2, colour: red}]\n", "study.variants[0].colour"),
@@ -128,11 +131,28 @@ def test_bad_values_in_a_study_are_named(tmp_path, monkeypatch):
     assert r.exit_code == 1 and "thickness must be an integer >= 1" in r.output
 
 
-def test_shipped_configs_load():
+def test_shipped_configs_load_and_plan(tmp_path, monkeypatch):
+    """Every study in configs/ (and the shipped defaults) loads and plans: each run's settings are built
+    and checked without any data, so the full-budget studies are known to be runnable."""
+    from homus.study import plan
+
+    monkeypatch.chdir(tmp_path)
     repo = Path(__file__).resolve().parents[1]
-    for path in [repo / "pipeline.yaml", repo / "configs/quick.yaml"]:
-        cfg = load(path)
-        assert cfg["study"]["name"]
+    paths = [repo / "pipeline.yaml", *sorted((repo / "configs").glob("*.yaml"))]
+    assert {p.name for p in paths} >= {"writer-5fold.yaml", "random-2x2.yaml", "tiny.yaml"}
+    for path in paths:
+        p = plan(load(path), path)
+        assert p.runs and set(p.configs) == {r.name for r in p.runs}, path
+    five = plan(load(repo / "configs/writer-5fold.yaml"))
+    assert len(five.runs) == 20 and {c.fold for c in five.configs.values()} == set(range(5))
+    configs = five.configs.values()
+    assert {c.split_rng_seed for c in configs} == {0} and {c.epochs for c in configs} == {20}
+    assert {tuple(c.channels) for c in five.configs.values()} == {("ink", "size"), ("ink", "time", "stroke", "size")}
+    two_by_two = [e for e in five.ensembles if e.name == "2x2"]
+    assert len(two_by_two) == 5 and all(len(e.runs) == 4 for e in two_by_two)
+    r = CliRunner().invoke(main, ["run", "--config", str(repo / "configs/writer-5fold.yaml"), "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert "20 runs, 15 ensemble scores" in r.output and not (tmp_path / "runs").exists()
 
 
 def test_a_size_jitter_is_a_difference_only_for_runs_that_read_the_size(tmp_path):
@@ -146,7 +166,83 @@ def test_a_size_jitter_is_a_difference_only_for_runs_that_read_the_size(tmp_path
         return load_run(folder)
 
     old = run("old", channels=["ink"])  # written before stroke_size existed
-    new = run("new", channels=["ink"], stroke_size=0.2)
+    new = run("new", channels=["ink"], stroke_size=0.2)  # the flat layout of older runs
     assert differing([old, new]) == []  # the jitter moves no pixel of an ink model
     a, b = run("a", channels=["ink", "size"], stroke_size=0.2), run("b", channels=["ink", "size"], stroke_size=0.0)
-    assert differing([a, b]) == ["stroke_size"]
+    assert differing([a, b]) == ["strokes.size"]
+    c = run("c", channels=["ink", "size"], strokes={"size": 0.2})  # the nested layout of today's runs
+    assert differing([a, c]) == []
+
+
+@pytest.fixture(scope="module")
+def tiny_study(synthetic_raw, tmp_path_factory):
+    """configs/tiny.yaml (3-fold writer cross-validation, two arms, an ensemble) on the synthetic data."""
+    root = tmp_path_factory.mktemp("tiny-study")
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/tiny.yaml").read_text())
+    cfg["dataset"]["raw_dir"] = str(synthetic_raw)
+    cfg["render"]["rendered_dir"] = str(root / "rendered")
+    cfg["train"]["runs_dir"] = str(root / "runs")
+    cfg["study"]["reports_dir"] = str(root / "reports")
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    r = CliRunner().invoke(main, ["run", "--config", str(path)])
+    assert r.exit_code == 0, r.output
+    return root, path
+
+
+def test_a_cross_validation_study_tests_every_writer_once_and_reports_folds(tiny_study):
+    from classifier.settings import TrainConfig
+
+    root, _ = tiny_study
+    runs = root / "runs/tiny"
+    names = sorted(p.name for p in runs.iterdir() if p.is_dir())
+    assert names == sorted(f"t2-s32-m2-{arm}-fold{f}-seed0" for arm in ("ink", "ink+time") for f in range(3))
+    tested: list[str] = []
+    for f in range(3):
+        ink, both = (json.loads((runs / f"t2-s32-m2-{a}-fold{f}-seed0/split.json").read_text())
+                     for a in ("ink", "ink+time"))
+        assert ink == both and (ink["folds"], ink["fold"]) == (3, f)  # the arms of one fold share its split
+        tested += sorted({s.split("-")[0] for s in ink["test"]})
+    assert sorted(tested) == ["1", "2", "3", "4", "5", "6"]  # every writer tested exactly once
+    config = yaml.safe_load((runs / "t2-s32-m2-ink+time-fold1-seed0/config.yaml").read_text())
+    assert list(config) == [f.name for f in fields(TrainConfig)]  # the run records every setting
+    assert (config["folds"], config["fold"], config["channels"], config["split_seed"]) == (3, 1, ["ink", "time"], 0)
+
+    summary = json.loads((root / "reports/tiny/summary.json").read_text())
+    for row in summary["rows"]:
+        m = [json.loads((runs / n / "metrics.json").read_text()) for n in row["runs"]]
+        assert len(m) == 3
+        assert row["fold_mean"] == pytest.approx(statistics.fmean(x["test_accuracy"] for x in m))
+        assert row["fold_std"] == pytest.approx(statistics.stdev(x["test_accuracy"] for x in m))
+        assert row["pooled"] == pytest.approx(sum(x["test_accuracy"] * x["n_test"] for x in m) /
+                                              sum(x["n_test"] for x in m))
+    [ens] = summary["ensembles"]
+    scored = [json.loads((runs / f"ensemble-both-t2-s32-m2-fold{f}.json").read_text()) for f in range(3)]
+    assert ens["name"] == "both" and ens["members"] == 2
+    assert ens["pooled"] == pytest.approx(sum(e["test_accuracy"] * e["n_test"] for e in scored) / 6 / 96)
+    md = (root / "reports/tiny/report.md").read_text()
+    assert "3-fold writer cross-validation" in md and "## Ensembles" in md
+    assert f"{ens['pooled']:.2%}" in md and f"{summary['rows'][0]['pooled']:.2%}" in md
+
+
+def test_a_finished_study_reruns_without_training(tiny_study):
+    root, path = tiny_study
+    r = CliRunner().invoke(main, ["run", "--config", str(path)])
+    assert r.exit_code == 0, r.output
+    assert "training" not in r.output and r.output.count("finished, not trained again") == 6
+
+
+@pytest.mark.parametrize("study, words", [
+    ({"ensembles": {"e": {"arms": ["nope"]}}, "arms": {"a": {}}}, "'study.ensembles.e.arms': no arm named 'nope'"),
+    ({"ensembles": {"e": {"seeds": [0, 1]}}, "seeds": [0, 1]}, "must share one split: set study.split_seed"),
+    ({"ensembles": {"e": {"seeds": [5]}}}, "'study.ensembles.e.seeds': seed 5 is not in study.seeds"),
+    ({"ensembles": {"e": {"arm": ["a"]}}}, "unknown key 'study.ensembles.e.arm'"),
+    ({"ensembles": {"e": {"seeds": [0]}}, "seeds": [0]}, "'study.ensembles.e' has 1 run(s)"),
+    ({"folds": 1}, "'study.folds' must be 0 (one split) or 2 to 100"),
+])
+def test_bad_study_schemas_are_named(tmp_path, monkeypatch, study, words):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"study": {"thickness": [3], "union": False, **study}}))
+    r = CliRunner().invoke(main, ["run", "--config", str(path), "--dry-run"])
+    assert r.exit_code in (1, 2) and words in r.output and str(path) in r.output, r.output

@@ -1,0 +1,348 @@
+"""A training run's settings: :class:`TrainConfig`, built from one mapping and checked in one place.
+
+The mapping is the ``train`` section of the merged config (``pipeline.yaml`` < the user's file <
+flags) as ``homus.config.train_config`` lays it out, or a run's ``config.yaml`` read back. Every
+key must be there and known: there are no defaults here (they live in ``pipeline.yaml`` only), so
+nothing can drift. Nested: ``render`` (how a run from strokes draws, :class:`RenderSettings`),
+``strokes`` (the stroke augmentation, :class:`StrokeAugment`) and ``warp`` (the image warp of runs
+on rendered folders, :class:`~classifier.augment.Affine`).
+
+Torch-free at import, so the command line can take its choices from here without loading torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from homus_render.channels import check_channels
+from homus_render.distort import StrokeAugment
+from homus_render.errors import SettingsError
+from homus_render.render import RenderSettings
+
+from .splits import KINDS, split_seed_of
+
+if TYPE_CHECKING:
+    from .augment import Affine
+
+ARCHS = ("resnet18", "resnet34", "resnet50")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("cosine", "onecycle", "linear", "constant")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+#: The image warp's ranges (fields of :class:`~classifier.augment.Affine`).
+WARP_KEYS = ("rotate", "shear", "scale", "translate")
+
+#: Seed arithmetic of a run: the training order is drawn with ``seed * SEED_STRIDE`` and each epoch's
+#: image warps with ``seed * SEED_STRIDE + epoch + WARP_SEED_OFFSET``, so no two seeds' streams meet.
+SEED_STRIDE = 100_003
+WARP_SEED_OFFSET = 1_000_000
+
+#: Whole-number settings and their bounds (inclusive).
+INT_BOUNDS = {"folds": (0, 100), "seed": (0, 2**32 - 1), "epochs": (1, 100_000), "batch_size": (1, 65_536),
+              "workers": (0, 256), "threads": (0, 4096)}
+
+
+def flag_of(key: str) -> str:
+    """The command-line flag that sets ``key`` (a dotted train key), for error messages."""
+    section, _, name = key.rpartition(".")
+    if section == "strokes":
+        return f"--stroke-{name.replace('_', '-')}"
+    if section:
+        return ""
+    return f"--{key.replace('_', '-')}"
+
+
+def _named(key: str) -> str:
+    flag = flag_of(key)
+    return f"train.{key}" + (f" ({flag})" if flag else "")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every setting of a run. No field has a default: ``pipeline.yaml`` (section ``train``) holds them."""
+
+    variants: list[str]
+    arch: str
+    weights: str
+    split: str
+    folds: int  # 0: one split; k >= 2: k-fold writer cross-validation, this run tests on fold ``fold``
+    fold: int
+    seed: int
+    split_seed: int | None  # None: seed
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str
+    momentum: float
+    weight_decay: float
+    schedule: str
+    label_smoothing: float
+    from_strokes: bool
+    raw_dir: str
+    writers: str | int | list | None  # from_strokes: only these writers, e.g. "1-5"
+    render: RenderSettings
+    strokes: StrokeAugment
+    warp: Affine
+    channels: list[str]  # ink, time, stroke, size (from_strokes)
+    device: str
+    amp: bool
+    workers: int
+    threads: int
+    runs_dir: str
+    name: str | None
+
+    def __post_init__(self) -> None:
+        check_train(self)
+
+    # --- from and to a mapping ----------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict, source: str | Path = "settings") -> TrainConfig:
+        """Settings from the nested mapping :meth:`to_dict` gives (the layout of a run's
+        ``config.yaml``). Every key must be known and present; errors name the key and ``source``."""
+        from .augment import Affine
+
+        if not isinstance(d, dict):
+            raise SettingsError(f"{source}: train settings are a mapping, got {type(d).__name__}")
+        known = [f.name for f in fields(cls)]
+        unknown = [k for k in d if k not in known]
+        if unknown:
+            raise SettingsError(f"{source}: unknown key 'train.{unknown[0]}' (known: {', '.join(known)})")
+        missing = [k for k in known if k not in d]
+        if missing:
+            raise SettingsError(f"{source}: lacks 'train.{missing[0]}'")
+        out = dict(d)
+        for key, kind in (("render", RenderSettings), ("strokes", StrokeAugment), ("warp", Affine)):
+            out[key] = _nested(kind, key, d[key], source)
+        for key in ("variants", "channels"):
+            if isinstance(out[key], str):
+                out[key] = [v.strip() for v in out[key].split(",") if v.strip()]
+            if not isinstance(out[key], list) or not all(isinstance(v, str) for v in out[key]):
+                raise SettingsError(f"{source}: '{_named(key)}' must be a list of names, got {d[key]!r}")
+        try:
+            return cls(**out)
+        except SettingsError as e:
+            raise SettingsError(f"{source}: {e}") from None
+
+    def to_dict(self) -> dict:
+        """Every setting, nested as ``config.yaml`` records it (plain YAML types)."""
+        return asdict(self)
+
+    # --- what train() asks for ----------------------------------------------------------------
+    def render_settings(self) -> RenderSettings:
+        """How a run from strokes draws its images (plain, for validation and test)."""
+        return self.render
+
+    def stroke_augment(self) -> StrokeAugment:
+        """The stroke-level augmentation of a run from strokes."""
+        return self.strokes
+
+    def augmentation(self) -> Affine:
+        """The image warp these settings ask for (inactive when all ranges are 0, and for runs from
+        strokes, which are distorted before drawing instead)."""
+        from .augment import Affine
+
+        return Affine() if self.from_strokes else self.warp
+
+    def run_name(self) -> str:
+        """The run's folder name: ``name``, else one made of what it trains on, arch, split and seed."""
+        if self.name:
+            return self.name
+        if self.from_strokes:
+            extra = "" if self.channels == ["ink"] else "-" + "+".join(self.channels)
+            what = f"strokes-{self.render.name}{extra}"
+        else:
+            what = "+".join(Path(v).name for v in self.variants)
+        tag = "" if self.split_seed in (None, self.seed) else str(self.split_seed)
+        fold = f"-fold{self.fold}of{self.folds}" if self.folds else ""
+        return f"{what}-{self.arch}-{self.split}{tag}{fold}-seed{self.seed}"
+
+    @property
+    def split_rng_seed(self) -> int:
+        """The seed the split is drawn with."""
+        return split_seed_of(self.seed, self.split_seed)
+
+
+def _nested(kind: type, key: str, value: Any, source: str | Path):
+    if isinstance(value, kind):
+        return value
+    if not isinstance(value, dict):
+        raise SettingsError(f"{source}: 'train.{key}' must be a mapping, got {value!r}")
+    known = [f.name for f in fields(kind)]
+    unknown = [k for k in value if k not in known]
+    if unknown:
+        raise SettingsError(f"{source}: unknown key 'train.{key}.{unknown[0]}' (known: {', '.join(known)})")
+    missing = [k for k in known if k not in value]
+    if missing and kind is not RenderSettings:  # older runs recorded part of the render settings
+        raise SettingsError(f"{source}: lacks 'train.{key}.{missing[0]}'")
+    for name, v in value.items():
+        if kind is not RenderSettings and not (_number(v) and math.isfinite(v) and v >= 0):
+            raise SettingsError(f"{source}: '{_named(f'{key}.{name}')}' must be a finite number >= 0, got {v!r}")
+    try:
+        return kind(**value)
+    except (TypeError, ValueError) as e:
+        raise SettingsError(f"{source}: 'train.{key}': {e}") from None
+
+
+def check_train(c: TrainConfig) -> None:
+    """Refuse settings a run cannot use: the first problem, naming its key and flag."""
+    def bad(key: str, want: str) -> SettingsError:
+        return SettingsError(f"{_named(key)} must be {want}, got {getattr(c, key)!r}")
+
+    for key, choices in (("arch", ARCHS), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("split", KINDS),
+                         ("device", DEVICES)):
+        if getattr(c, key) not in choices:
+            raise bad(key, f"one of {', '.join(choices)}")
+    for key, (lo, hi) in INT_BOUNDS.items():
+        v = getattr(c, key)
+        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+            raise bad(key, f"a whole number from {lo} to {hi:,}")
+    if c.folds == 1 or not 0 <= c.folds <= 100:
+        raise bad("folds", "0 (one split) or a number of folds from 2 to 100")
+    if c.folds and c.split != "writer":
+        raise SettingsError(f"folds {c.folds}: cross-validation holds out writers; use --split writer")
+    if not isinstance(c.fold, int) or isinstance(c.fold, bool) or not 0 <= c.fold < max(1, c.folds):
+        raise bad("fold", f"a fold from 0 to {max(0, c.folds - 1)}")
+    if c.split_seed is not None and (isinstance(c.split_seed, bool) or not isinstance(c.split_seed, int)
+                                     or c.split_seed < 0):
+        raise SettingsError(f"split_seed must be a whole number >= 0 or null, got {c.split_seed!r}")
+    for key in ("lr", "momentum", "weight_decay", "label_smoothing"):
+        if not _number(getattr(c, key)) or not math.isfinite(getattr(c, key)):
+            raise bad(key, "a finite number")
+    if not c.lr > 0:
+        raise bad("lr", "> 0")
+    if not c.weight_decay >= 0:
+        raise bad("weight_decay", ">= 0")
+    if not 0 <= c.momentum < 1:
+        raise bad("momentum", "from 0 to below 1")
+    if not 0 <= c.label_smoothing < 1:
+        raise bad("label_smoothing", "from 0 to below 1")
+    for key in ("from_strokes", "amp"):
+        if not isinstance(getattr(c, key), bool):
+            raise bad(key, "true or false")
+    for key in ("weights", "raw_dir", "runs_dir"):
+        if not isinstance(getattr(c, key), str) or not getattr(c, key):
+            raise bad(key, "a non-empty text")
+    if c.name is not None and (not isinstance(c.name, str) or not c.name.strip() or "/" in c.name):
+        raise bad("name", "a folder name (no '/') or null")
+    if not c.variants and not c.from_strokes:
+        raise SettingsError("at least one --variant is needed (or --from-strokes)")
+    object.__setattr__(c, "channels", list(check_channels(c.channels)))
+    if c.channels != ["ink"] and not c.from_strokes:
+        raise SettingsError(f"channels {','.join(c.channels)}: the pen's order and the tablet's size exist only "
+                            "in the strokes; train --from-strokes (rendered folders hold ink alone)")
+
+
+# --- run folders written before the nested layout ------------------------------------------------
+#: Flat keys of older runs' config.yaml and where they live now.
+FLAT_PREFIXES = {"stroke_": "strokes", "aug_": "warp"}
+
+
+def nest_flat(d: dict) -> dict:
+    """A run's settings in the nested layout: older runs recorded the stroke augmentation as
+    ``stroke_<name>`` and the image warp as ``aug_<name>``; they move into ``strokes`` and ``warp``
+    (a study's arms may still be written so). Settings already nested come back unchanged (a copy)."""
+    out = {}
+    for k, v in d.items():
+        prefix = next((p for p in FLAT_PREFIXES if isinstance(k, str) and k.startswith(p)), None)
+        if prefix is None:
+            out[k] = v
+        else:
+            out.setdefault(FLAT_PREFIXES[prefix], {})[k[len(prefix):]] = v
+    return out
+
+
+def upgrade_run_config(d: dict) -> dict:
+    """A run's ``config.yaml`` in today's layout (:func:`nest_flat`). Settings older runs did not
+    record yet are filled with what their absence meant then: no split seed of its own, ink alone,
+    every writer, no stroke distortion or image warp of that kind."""
+    out = nest_flat(d)
+    out.setdefault("split_seed", None)
+    out.setdefault("folds", 0)
+    out.setdefault("fold", 0)
+    out.setdefault("channels", ["ink"])
+    out.setdefault("writers", None)
+    for key, names in (("strokes", [f.name for f in fields(StrokeAugment)]), ("warp", WARP_KEYS)):
+        if isinstance(out.get(key, {}), dict):
+            out[key] = {**dict.fromkeys(names, 0.0), **out.get(key, {})}
+    return out
+
+
+# --- YAML files that fight back -----------------------------------------------------------------
+#: The most values a YAML file may expand to through its aliases (a config holds a few hundred).
+MAX_YAML_VALUES = 100_000
+
+
+def _loader():
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """A SafeLoader that refuses documents whose aliases expand past :data:`MAX_YAML_VALUES`
+        values, or refer to themselves: the node graph is measured before anything is built."""
+
+        def construct_document(self, node):
+            _measure(node, {}, set())
+            return super().construct_document(node)
+
+    return Loader
+
+
+def _measure(node, memo: dict, open_: set) -> int:
+    import yaml
+
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in open_:
+        raise _TooBig("an alias refers to the node that holds it")
+    open_.add(key)
+    if isinstance(node, yaml.SequenceNode):
+        n = 1 + sum(_measure(c, memo, open_) for c in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        n = 1 + sum(_measure(k, memo, open_) + _measure(v, memo, open_) for k, v in node.value)
+    else:
+        n = 1
+    open_.discard(key)
+    if n > MAX_YAML_VALUES:
+        raise _TooBig(f"its aliases expand to more than {MAX_YAML_VALUES:,} values")
+    memo[key] = n
+    return n
+
+
+class _TooBig(Exception):
+    pass
+
+
+def read_yaml(path: str | Path, error: type[Exception] = SettingsError) -> Any:
+    """A YAML file's content, or ``error`` with one line naming the file: unreadable, not UTF-8,
+    not YAML, or aliases that expand without bound (a "billion laughs" file fails fast, in memory
+    bounded by the file's size)."""
+    import yaml
+
+    from homus_render.errors import user_os_error
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except OSError as e:
+        raise user_os_error(e) or error(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    try:
+        return yaml.load(text, Loader=_loader())  # noqa: S506  (a SafeLoader)
+    except _TooBig as e:
+        raise error(f"{path}: refused: {e}; write the values out") from None
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise error(f"{path}: not valid YAML{at}: {problem}") from None

@@ -1,0 +1,218 @@
+"""One settings path: TrainConfig built from pipeline.yaml < the user's config < flags, range checks
+that name the flag, config files that fight back, runs recorded in the old flat layout, and the
+CI rule that a skip must be expected."""
+
+from __future__ import annotations
+
+import math
+import time
+import tracemalloc
+from dataclasses import fields
+from pathlib import Path
+
+import click
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from classifier.augment import Affine
+from classifier.runfolder import RunError, RunFolder
+from classifier.settings import ARCHS, DEVICES, OPTIMIZERS, SCHEDULES, TrainConfig, read_yaml, upgrade_run_config
+from classifier.splits import KINDS
+from homus.cli import main, train_overrides
+from homus.config import ConfigError, load, train_config
+from homus_render.channels import CHANNELS
+from homus_render.distort import StrokeAugment
+from homus_render.errors import SettingsError
+from homus_render.render import FITS, RenderSettings
+
+
+def write(tmp_path: Path, text: str | bytes, name: str = "c.yaml") -> Path:
+    path = tmp_path / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+def test_flags_over_the_users_file_over_pipeline_yaml(tmp_path):
+    cfg = load(write(tmp_path, "train:\n  lr: 0.2\n  epochs: 7\n  strokes: {rotate: 4.0}\n"))
+    tc = train_config(cfg, {"epochs": 2, "strokes": {"shear": 1.0}, "size": "48x40", "thickness": 2})
+    defaults = load(None)["train"]
+    assert (tc.lr, tc.epochs) == (0.2, 2)  # the file's lr; the flag's epochs
+    assert tc.strokes == StrokeAugment(**{**defaults["strokes"], "rotate": 4.0, "shear": 1.0})
+    assert tc.render == RenderSettings(thickness=2, width=48, height=40, margin=4)
+    assert tc.warp == Affine(0.0, 0.0, 0.0, 0.0)  # a run from strokes uses no image warp, and records so
+    images = train_config(cfg, {"from_strokes": False})
+    assert images.warp == Affine(**defaults["warp"]) and images.variants == defaults["variants"]
+
+
+def test_the_run_records_every_setting_and_reads_back_the_same(tmp_path):
+    tc = train_config(load(None), {"channels": "ink,time", "split_seed": 3})
+    d = tc.to_dict()
+    assert list(d) == [f.name for f in fields(TrainConfig)]
+    assert set(d["render"]) == {f.name for f in fields(RenderSettings)}
+    assert set(d["strokes"]) == {f.name for f in fields(StrokeAugment)} and set(d["warp"]) == {f.name for f in
+                                                                                                 fields(Affine)}
+    path = write(tmp_path, yaml.safe_dump(d, sort_keys=False), "config.yaml")
+    assert TrainConfig.from_dict(RunFolder(tmp_path).config(), path) == tc
+
+
+def test_an_old_flat_run_config_reads_as_the_nested_one():
+    nested = train_config(load(None), {"from_strokes": False}).to_dict()
+    flat = {k: v for k, v in nested.items() if k not in ("strokes", "warp", "folds", "fold", "split_seed")}
+    flat.update({f"stroke_{k}": v for k, v in nested["strokes"].items() if k != "size"})  # before the size jitter
+    flat.update({f"aug_{k}": v for k, v in nested["warp"].items()})
+    up = upgrade_run_config(flat)
+    assert up["strokes"] == {**nested["strokes"], "size": 0.0} and up["warp"] == nested["warp"]
+    assert (up["folds"], up["fold"], up["split_seed"]) == (0, 0, None)
+    assert TrainConfig.from_dict(up).warp == TrainConfig.from_dict(nested).warp
+
+
+@pytest.mark.parametrize("bad, words", [
+    ({"extra": 1}, "unknown key 'train.extra'"),
+    ({"strokes": {"rotate": 1, "wobble": 2}}, "unknown key 'train.strokes.wobble'"),
+])
+def test_unknown_keys_in_a_run_config_are_named_with_the_file(bad, words):
+    d = {**train_config(load(None)).to_dict()}
+    for k, v in bad.items():
+        d[k] = {**d[k], **v} if isinstance(v, dict) else v
+    with pytest.raises(SettingsError, match=f"runs/x/config.yaml: {words}"):
+        TrainConfig.from_dict(d, "runs/x/config.yaml")
+    d = train_config(load(None)).to_dict()
+    del d["lr"]
+    with pytest.raises(SettingsError, match="lacks 'train.lr'"):
+        TrainConfig.from_dict(d, "here")
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--lr", "nan"], "train.lr (--lr) must be a finite number, got nan"),
+    (["--lr", "inf"], "train.lr (--lr) must be a finite number"),
+    (["--lr", "0"], "train.lr (--lr) must be > 0"),
+    (["--weight-decay", "-0.1"], "train.weight_decay (--weight-decay) must be >= 0"),
+    (["--label-smoothing", "1"], "train.label_smoothing (--label-smoothing) must be from 0 to below 1"),
+    (["--momentum", "1.0"], "train.momentum (--momentum) must be from 0 to below 1"),
+    (["--epochs", "0"], "train.epochs (--epochs) must be a whole number from 1"),
+    (["--batch-size", "0"], "train.batch_size (--batch-size) must be a whole number from 1"),
+    (["--workers", "-1"], "train.workers (--workers) must be a whole number from 0"),
+    (["--seed", "-3"], "train.seed (--seed) must be a whole number from 0"),
+    (["--stroke-rotate", "nan"], "train.strokes.rotate (--stroke-rotate) must be a finite number"),
+    (["--stroke-scale", "-1"], "train.strokes.scale (--stroke-scale) must be a finite number >= 0"),
+    (["--folds", "1"], "train.folds (--folds) must be 0 (one split) or a number of folds"),
+    (["--folds", "3", "--fold", "3"], "train.fold (--fold) must be a fold from 0 to 2"),
+])
+def test_numbers_out_of_range_are_refused_naming_the_flag(tmp_path, flags, words):
+    r = CliRunner().invoke(main, ["train", "--raw-dir", str(tmp_path / "none"), "--runs-dir", str(tmp_path), *flags])
+    key, _, rest = words.partition(" must ")
+    assert r.exit_code == 1 and key in r.output and f"must {rest}" in r.output, r.output
+    assert "Traceback" not in r.output and not any(tmp_path.iterdir())  # refused before anything is made
+
+
+def test_non_finite_numbers_in_a_config_file_are_named_with_the_file(tmp_path):
+    path = write(tmp_path, "train:\n  weight_decay: .nan\n")
+    words = rf"{path}: 'train.weight_decay \(--weight-decay\)' must be a finite number, got nan"
+    with pytest.raises(ConfigError, match=words):
+        load(path)
+    path = write(tmp_path, "train:\n  warp: {rotate: .inf}\n")
+    with pytest.raises(ConfigError, match="'train.warp.rotate' must be a finite number"):
+        load(path)
+
+
+def test_the_command_line_takes_its_choices_from_the_code():
+    cmd = main.commands["train"]
+    choices = {p.name: tuple(p.type.choices) for p in cmd.params if isinstance(p.type, click.Choice)}
+    assert choices == {"arch": ARCHS, "split": KINDS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
+                       "device": DEVICES}
+    assert tuple(next(p for p in main.commands["render"].params if p.name == "fit").type.choices) == FITS
+    strokes = {p.name[len("stroke_"):] for p in cmd.params if p.name.startswith("stroke_")}
+    assert strokes == {f.name for f in fields(StrokeAugment)}  # one flag per stroke distortion
+    assert all(c in next(p for p in cmd.params if p.name == "channels").help for c in CHANNELS)
+    over = train_overrides({"no_augment": True, "stroke_rotate": 2.0, "lr": None, "variants": ()})
+    assert over["strokes"]["rotate"] == 2.0 and over["strokes"]["scale"] == 0.0 and set(over["warp"].values()) == {0}
+
+
+# --- config files that fight back ---------------------------------------------------------------
+LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True))
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"train:\n  name: caf\xe9\n", "not UTF-8 text (byte 18); save it as UTF-8"),
+    (LAUGHS.encode(), "refused: its aliases expand to more than 100,000 values"),
+    (b"a: &a [1, *a]\n", "refused: an alias refers to the node that holds it"),
+    (b"train: [1, 2\n", "not valid YAML at line 2"),
+    (b"- train\n- render\n", "a config is a mapping of sections, got list"),
+    (b"", "empty"),
+    (b"render:\n  thickness: [3, null]\n", "'render.thickness' must be a whole number or a list of them (no nulls"),
+    (b"study:\n  seeds: [[0, 1], 2]\n", "'study.seeds' must be a whole number or a list of them (no nulls, no nested"),
+    (b"train:\n  channels: [ink, [time]]\n", "'train.channels (--channels)' must be a text or a list"),
+    (b"train:\n  lr: [0.1]\n", "'train.lr (--lr)' must be a number, got [0.1]"),
+    (b"train:\n  strokes: 3\n", "'train.strokes' must be a mapping, got 3"),
+])
+def test_bad_config_files_give_one_line_naming_the_file(tmp_path, content, words):
+    path = write(tmp_path, content)
+    tracemalloc.start()
+    start = time.perf_counter()
+    with pytest.raises(ConfigError) as e:
+        load(path)
+    took, peak = time.perf_counter() - start, tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert words in str(e.value) and str(path) in str(e.value) and "\n" not in str(e.value)
+    assert took < 5 and peak < 50 * 2**20  # fails fast, in bounded memory
+    r = CliRunner().invoke(main, ["train", "--config", str(path)])
+    assert r.exit_code == 2 and words in r.output and "Traceback" not in r.output
+
+
+def test_anchors_that_expand_a_little_are_fine(tmp_path):
+    path = write(tmp_path, "study:\n  train: &t {epochs: 2}\n  arms: {a: *t, b: {<<: *t, lr: 0.1}}\n")
+    assert load(path)["study"]["arms"] == {"a": {"epochs": 2}, "b": {"epochs": 2, "lr": 0.1}}
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"", "an empty file"),
+    (b"- 1\n- 2\n", "got list"),
+    (b"lr: [\n", "not valid YAML"),
+    (b"\xff\xfe", "not UTF-8"),
+    (LAUGHS.encode(), "aliases expand"),
+])
+def test_a_damaged_run_config_is_one_line(tmp_path, content, words):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_bytes(content)
+    with pytest.raises(RunError, match=words):
+        RunFolder(run).config()
+    r = CliRunner().invoke(main, ["train", "--resume", str(run)])
+    assert r.exit_code == 1 and words in r.output and "Traceback" not in r.output
+
+
+def test_read_yaml_names_a_missing_file(tmp_path):
+    with pytest.raises(SettingsError, match="nope.yaml: no such file"):
+        read_yaml(tmp_path / "nope.yaml")
+
+
+def test_floats_are_checked_finite_everywhere():
+    d = train_config(load(None)).to_dict()
+    for key, value in [("momentum", math.nan), ("label_smoothing", math.inf), ("lr", True), ("epochs", 2.5)]:
+        with pytest.raises(SettingsError, match=f"train.{key}"):
+            TrainConfig.from_dict({**d, key: value})
+
+
+# --- CI: an unexpected skip fails ---------------------------------------------------------------
+def test_in_ci_an_unexpected_skip_fails_and_an_allowed_one_does_not(pytester, monkeypatch):
+    pytester.makeconftest((Path(__file__).parent / "conftest.py").read_text())
+    pytester.makepyfile(test_skips="""
+        import pytest
+
+        def test_zip():
+            pytest.skip("HOMUS v2 zip not found at /x")
+
+        def test_gpu():
+            pytest.skip("needs a GPU")
+
+        def test_runs():
+            pass
+    """)
+    monkeypatch.setenv("CI", "1")
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, skipped=1, failed=1)
+    result.stdout.fnmatch_lines(["*skipped in CI, where every test must run*HOMUS v2 zip not found*"])
+    monkeypatch.delenv("CI")
+    pytester.runpytest_inprocess("-p", "no:cacheprovider").assert_outcomes(passed=1, skipped=2)
