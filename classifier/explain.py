@@ -21,11 +21,26 @@ import numpy as np
 import torch
 from torch import nn
 
+from homus_render.errors import HomusError
+
 from .plots import figure_png, plt
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 #: the fewest cells a side a stage's map needs for Grad-CAM to say where
 MIN_CELLS = 4
+
+
+class MissingExtraError(HomusError, ImportError):
+    """An optional dependency that is not installed; says which extra brings it."""
+
+
+def _captum():
+    """Captum's attribution module, or a one-line error naming the extra that installs it."""
+    try:
+        import captum.attr
+    except ImportError:
+        raise MissingExtraError("homus explain needs Captum: pip install 'homus[explain]' (or captum)") from None
+    return captum.attr
 
 
 def _grad_ready(x: torch.Tensor) -> torch.Tensor:
@@ -50,10 +65,8 @@ def pick_layer(model: nn.Module, x: torch.Tensor, min_cells: int = MIN_CELLS) ->
 def activations(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Each ResNet stage's output for input ``x`` (``(1, C, H, W)``), by Captum's LayerActivation
     (its hooks are removed when it returns)."""
-    from captum.attr import LayerActivation
-
     with torch.inference_mode(False), torch.no_grad():
-        outs = LayerActivation(model, [getattr(model, name) for name in STAGES]).attribute(_grad_ready(x))
+        outs = _captum().LayerActivation(model, [getattr(model, name) for name in STAGES]).attribute(_grad_ready(x))
     return {name: a.detach() for name, a in zip(STAGES, outs, strict=True)}
 
 
@@ -63,8 +76,7 @@ def gradcam(model: nn.Module, x: torch.Tensor, targets: Sequence[int], layer: st
     (a map with no positive evidence stays 0). ``x``: one model input ``(1, C, H, W)``, as
     :func:`classifier.data.to_input` makes it. ``layer``: a stage name or ``auto`` (see the
     module's notes). The model is expected in eval mode and is left unchanged."""
-    from captum.attr import LayerAttribution, LayerGradCam
-
+    attr = _captum()
     if x.ndim != 4 or x.shape[0] != 1:
         raise ValueError(f"gradcam takes one input of shape (1, C, H, W), got {tuple(x.shape)}")
     targets = [int(t) for t in targets]
@@ -75,8 +87,8 @@ def gradcam(model: nn.Module, x: torch.Tensor, targets: Sequence[int], layer: st
         raise ValueError(f"layer must be auto or one of {', '.join(STAGES)}, got {layer!r}")
     with torch.inference_mode(False), torch.enable_grad():
         batch = _grad_ready(x).expand(len(targets), -1, -1, -1).contiguous()
-        cam = LayerGradCam(model, getattr(model, name)).attribute(batch, target=targets, relu_attributions=True)
-        up = LayerAttribution.interpolate(cam.detach(), tuple(x.shape[-2:]), interpolate_mode="bilinear")
+        cam = attr.LayerGradCam(model, getattr(model, name)).attribute(batch, target=targets, relu_attributions=True)
+        up = attr.LayerAttribution.interpolate(cam.detach(), tuple(x.shape[-2:]), interpolate_mode="bilinear")
     maps = up[:, 0].clamp_min(0)
     peak = maps.flatten(1).max(1).values.clamp_min(1e-12)[:, None, None]
     return (maps / peak).numpy().astype(np.float32)

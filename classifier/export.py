@@ -48,6 +48,15 @@ class Probabilities(nn.Module):
         return self.model(x).softmax(dim=1)
 
 
+def _require() -> None:
+    """onnx, onnxruntime and onnxscript (the dynamo exporter's), or a one-line error naming the extra."""
+    import importlib.util
+
+    missing = [m for m in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ExportError(f"homus export needs {', '.join(missing)}: pip install 'homus[export]'")
+
+
 def homus_version() -> str:
     try:
         return importlib_metadata.version("homus")
@@ -131,6 +140,7 @@ def export_run(run: str | Path, out: str | Path, check: int = 200, tolerance: fl
     """Export run ``run``'s best model to ``out`` (ONNX, probabilities out, metadata in), checked
     on up to ``check`` of its test images (0: not checked). Nothing is written unless the check
     passes. Returns what was done: path, exporter, opset, bytes and the check's figures."""
+    _require()
     import onnx
 
     folder = RunFolder(run)
