@@ -16,12 +16,17 @@ from homus_render.atomic import write_bytes  # noqa: E402
 from .metrics import confusion  # noqa: E402
 
 
-def save_figure(fig, path: Path) -> None:
-    """PNG bytes without a timestamp or version stamp, written atomically; closes the figure."""
+def figure_png(fig) -> bytes:
+    """The figure as PNG bytes without a timestamp or version stamp; closes the figure."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
-    write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def save_figure(fig, path: Path) -> None:
+    """The figure as PNG (:func:`figure_png`), written atomically."""
+    write_bytes(path, figure_png(fig))
 
 
 def plot_confusion(targets, preds, classes: list[str], path: Path, title: str = "") -> None:

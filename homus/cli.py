@@ -364,5 +364,35 @@ def compare(runs, out, title) -> None:
     click.echo(f"report: {Path(out) / 'report.md'}")
 
 
+@main.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--out", type=click.Path(file_okay=False), default="explain", show_default=True)
+@click.option("--filters", is_flag=True, help="Also the first convolution's filters and each stage's activations.")
+@click.option("--top-k", type=click.IntRange(1, 32), default=3, show_default=True)
+def explain(run, inputs, out, filters, top_k) -> None:
+    """Grad-CAM pictures of why a run's model names each input (image or HOMUS .txt stroke file)."""
+    from classifier.explain import explain_inputs
+
+    if not explain_inputs(run, list(inputs), Path(out), filters, top_k, log=click.echo,
+                          warn=lambda m: click.secho(m, fg="red", err=True)):
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("run", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), default="model.onnx", show_default=True)
+@click.option("--check", type=click.IntRange(min=0), default=200, show_default=True,
+              help="Test images onnxruntime must score as torch does (0: no check).")
+def export(run, out, check) -> None:
+    """The run's best model as ONNX (probabilities out, classes and settings in its metadata)."""
+    from classifier.export import export_run
+
+    r = export_run(run, out, check, log=lambda m: click.secho(m, fg="yellow", err=True))
+    checked = (f"onnxruntime vs torch on {r['n']} test images: max |diff| {r['max_abs_diff']:.2e}, top-1 agrees "
+               f"on {r['top1_agreement']:.1%}" if r["n"] else "not checked (--check 0)")
+    click.echo(f"{out}: {r['bytes'] / 1e6:.1f} MB, opset {r['opset']} ({r['exporter']} exporter); {checked}")
+
+
 if __name__ == "__main__":
     main()
