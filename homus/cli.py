@@ -327,5 +327,9 @@ def compare(runs, out, title) -> None:
     click.echo(f"report: {Path(out) / 'report.md'}")
 
 
+from .serve import serve  # noqa: E402  (click alone at import; fastapi loads when the command runs)
+
+main.add_command(serve)
+
 if __name__ == "__main__":
     main()
