@@ -84,7 +84,9 @@ def load_members(runs: Sequence[str | Path]) -> list[Member]:
         raise EnsembleError("give at least one run folder")
     members: list[Member] = []
     for run in runs:
-        model, ckpt = RunFolder(run).load_model()
+        folder = RunFolder(run)
+        folder.config()  # a folder that is no run says so, before any checkpoint is looked for
+        model, ckpt = folder.load_model()
         model = model.to(memory_format=torch.channels_last)
         m = Member(Path(run), model, ckpt["arch"], tuple(ckpt["classes"]), checkpoint.channels(ckpt),
                    RenderSettings.from_dict(ckpt["render"]))
