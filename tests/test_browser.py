@@ -1,6 +1,9 @@
 """The page in a real browser: Debian's chromium (through chromium-driver and Selenium) draws a HOMUS
 test sample with pointer events on a live `homus serve`, reads the model's answer off the page,
-and saves the symbol in collect mode. Writes a screenshot (also to $HOMUS_SCREENSHOT when set)."""
+and saves the symbol in collect mode. Writes a screenshot (also to $HOMUS_SCREENSHOT when set).
+
+docs/serve/page.png is made with a finished run that reads well:
+    HOMUS_BROWSER_RUN=<run> HOMUS_SCREENSHOT=docs/serve/page.png pytest tests/test_browser.py"""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from homus.cli import main
@@ -45,11 +49,18 @@ def wait_for(fn, timeout: float = 30.0, what: str = "the condition"):
 
 
 @pytest.fixture(scope="module")
-def run(raw_full, tmp_path_factory):
+def run(request, tmp_path_factory):
+    """A tiny model trained here, or the finished run $HOMUS_BROWSER_RUN names (for a screenshot
+    of a model that reads well)."""
+    if os.environ.get("HOMUS_BROWSER_RUN"):
+        return Path(os.environ["HOMUS_BROWSER_RUN"])
+    raw_full = request.getfixturevalue("raw_full")
     runs = tmp_path_factory.mktemp("browser-runs")
+    threads = torch.get_num_threads()
     r = CliRunner().invoke(main, ["train", "--raw-dir", str(raw_full), "--writers", "1-3", "--size", "32",
                                   "--epochs", "1", "--batch-size", "32", "--schedule", "constant", "--workers", "0",
-                                  "--device", "cpu", "--runs-dir", str(runs), "--name", "tiny"])
+                                  "--threads", "1", "--device", "cpu", "--runs-dir", str(runs), "--name", "tiny"])
+    torch.set_num_threads(threads)  # --threads 1 set it for this whole process; the next tests get it back
     assert r.exit_code == 0, r.output
     return runs / "tiny"
 
