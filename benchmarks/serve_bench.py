@@ -69,8 +69,19 @@ def start_server(runs: list[str], port: int, threads: int) -> subprocess.Popen:
     raise SystemExit("homus serve did not answer within 120 s")
 
 
-def phase(url: str, bodies: list[dict], clients: int, requests: int, seconds: float) -> dict:
-    """``requests`` predictions (or as many as fit in ``seconds``) from ``clients`` threads."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process (all its threads) has used so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def phase(url: str, bodies: list[dict], clients: int, requests: int, seconds: float, server_pid: int = 0) -> dict:
+    """``requests`` predictions (or as many as fit in ``seconds``) from ``clients`` threads. Besides
+    the wall-clock figures, the CPU time the server and this client process spent per request: on a
+    machine shared with other work, that is what stays comparable."""
     lock = threading.Lock()
     issued = 0
     latencies, server_ms, errors = [], [], []
@@ -101,19 +112,24 @@ def phase(url: str, bodies: list[dict], clients: int, requests: int, seconds: fl
                         errors.append(str(getattr(r, "status_code", r)))
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
-    start = time.perf_counter()
+    start, server_cpu, client_cpu = time.perf_counter(), cpu_seconds(server_pid), time.process_time()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
+    server_cpu, client_cpu = cpu_seconds(server_pid) - server_cpu, time.process_time() - client_cpu
+    n = max(len(latencies) + len(errors), 1)
     lat = np.array(latencies) if latencies else np.array([np.nan])
     return {"clients": clients, "requests": len(latencies) + len(errors), "errors": len(errors),
             "error_kinds": sorted(set(errors))[:5], "seconds": round(wall, 2),
             "requests_per_s": round((len(latencies) + len(errors)) / wall, 1),
             "p50_ms": round(float(np.percentile(lat, 50)), 2), "p95_ms": round(float(np.percentile(lat, 95)), 2),
             "p99_ms": round(float(np.percentile(lat, 99)), 2),
-            "server_p50_ms": round(float(np.median(server_ms)), 2) if server_ms else None}
+            "server_p50_ms": round(float(np.median(server_ms)), 2) if server_ms else None,
+            "server_cpu_ms_per_request": round(server_cpu * 1000 / n, 2),
+            "client_cpu_ms_per_request": round(client_cpu * 1000 / n, 2),
+            "load_average": round(os.getloadavg()[0], 1)}
 
 
 def main() -> None:
@@ -133,16 +149,19 @@ def main() -> None:
     proc = start_server(args.runs, port, args.threads)
     url = f"http://127.0.0.1:{port}"
     try:
-        phase(url, bodies, 1, args.warmup, 60)
+        phase(url, bodies, 1, args.warmup, 60, proc.pid)
         results = []
         print(f"{len(args.runs)} model(s): {', '.join(Path(r).name for r in args.runs)}; {len(bodies)} test "
               f"samples replayed; {os.cpu_count()} CPUs")
-        print("clients  requests  errors     req/s   p50 ms   p95 ms   p99 ms   server p50 ms")
+        print("clients  requests  errors     req/s   p50 ms   p95 ms   p99 ms   server p50 ms"
+              "   server CPU ms/req   client CPU ms/req   load avg")
         for clients in [int(c) for c in args.clients.split(",")]:
-            r = phase(url, bodies, clients, args.requests, args.seconds)
+            r = phase(url, bodies, clients, args.requests, args.seconds, proc.pid)
             results.append(r)
             print(f"{r['clients']:>7}  {r['requests']:>8}  {r['errors']:>6}  {r['requests_per_s']:>8}  "
                   f"{r['p50_ms']:>7}  {r['p95_ms']:>7}  {r['p99_ms']:>7}  {r['server_p50_ms']:>14}"
+                  f"  {r['server_cpu_ms_per_request']:>18}  {r['client_cpu_ms_per_request']:>18}  "
+                  f"{r['load_average']:>8}"
                   + (f"  errors: {r['error_kinds']}" if r["errors"] else ""), flush=True)
     finally:
         proc.terminate()
