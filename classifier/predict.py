@@ -18,7 +18,7 @@ from homus_render.render import RenderSettings
 from homus_render.strokes import StrokeFileError, parse_file
 
 from . import checkpoint
-from .data import to_input
+from .inference import class_probabilities
 from .runfolder import RunFolder
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -85,8 +85,7 @@ def predict(run: str | Path, inputs: list[str | Path], top_k: int = 3) -> list[d
         except (InputError, StrokeFileError, OSError) as e:
             results.append({"input": str(p), "error": str(e)})
     if ready:
-        with torch.no_grad():
-            probs = model(to_input(np.stack([img for _, img in ready]))).softmax(1)
+        probs = torch.from_numpy(class_probabilities(model, np.stack([img for _, img in ready])))
         k = min(top_k, len(classes))
         top = probs.topk(k, dim=1)
         for (i, _), values, idx in zip(ready, top.values.tolist(), top.indices.tolist(), strict=True):

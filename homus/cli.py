@@ -394,5 +394,9 @@ def export(run, out, check) -> None:
     click.echo(f"{out}: {r['bytes'] / 1e6:.1f} MB, opset {r['opset']} ({r['exporter']} exporter); {checked}")
 
 
+from .serve import serve  # noqa: E402  (click alone at import; fastapi loads when the command runs)
+
+main.add_command(serve)
+
 if __name__ == "__main__":
     main()

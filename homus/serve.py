@@ -1,0 +1,284 @@
+"""``homus serve``: draw a symbol in a browser and see what the model reads; collect new samples.
+
+A FastAPI app (``pip install 'homus[serve]'``) around :class:`classifier.inference.Predictor`:
+the page at ``/``, the JSON API under ``/api``, the OpenAPI page at ``/docs``. Every bad request
+is answered with a 4xx and one readable message naming the field; the server keeps serving.
+
+fastapi is imported inside :func:`create_app` so the rest of the command line starts without it
+(and this module keeps real annotations: FastAPI reads them at runtime).
+"""
+
+import base64
+import logging
+import time
+from pathlib import Path
+
+import click
+
+#: Bodies above this are refused before any parsing (a symbol's strokes take a few kB).
+MAX_BODY = 1_000_000
+STATIC = Path(__file__).parent / "static"
+log = logging.getLogger("homus.serve")
+
+
+def png_data_url(img) -> str:
+    """A uint8 grayscale image as a ``data:image/png;base64,...`` URL."""
+    import cv2
+
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        raise ValueError("could not encode the image as PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
+
+
+class BodyLimit:
+    """ASGI middleware: a body over ``limit`` bytes is answered 413 before the app reads any of
+    it (by its Content-Length, or while it streams in when it has none)."""
+
+    def __init__(self, app, limit: int = MAX_BODY) -> None:
+        self.app, self.limit = app, limit
+
+    async def _refuse(self, send, status: int, message: str) -> None:
+        import json
+
+        body = json.dumps({"detail": message}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_big = f"the body is over {self.limit:,} bytes; send one symbol's strokes per request"
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            if not length.isdigit():
+                return await self._refuse(send, 400, "Content-Length is not a number")
+            if int(length) > self.limit:
+                return await self._refuse(send, 413, too_big)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                return await self._refuse(send, 413, too_big)
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
+def _field(loc) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(parts) or "body"
+
+
+def create_app(runs, collect_dir="collected", max_batch: int = 32):
+    """The web service for ``runs`` (one run, or several served as an ensemble), saving
+    collected samples under ``collect_dir``."""
+    from typing import Annotated
+
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import FileResponse, JSONResponse
+    from fastapi.staticfiles import StaticFiles
+    from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+    from classifier.inference import Predictor
+    from homus_render.collect import (
+        SampleError,
+        check_label,
+        check_strokes,
+        check_writer,
+        collected_counts,
+        save_sample,
+    )
+    from homus_render.errors import HomusError, describe
+    from homus_render.labels import LABELS
+
+    predictor = Predictor([Path(r) for r in runs], max_batch=max_batch)
+    collect_dir = Path(collect_dir)
+    n_classes = len(predictor.classes)
+    Strokes = Annotated[list[list[tuple[float, float]]], Field(
+        description="The pen's strokes in the order drawn, each a list of [x, y] points in HOMUS tablet "
+                    "units (the tablet is about 200 x 270 units): 1-64 strokes, at most 20,000 points, "
+                    "|v| <= 100,000.",
+        examples=[[[[10, 0], [10, 40], [11, 80]]]])]
+
+    class PredictRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        strokes: Strokes
+        top_k: int = Field(5, ge=1, le=n_classes, description="How many classes to return, most probable first.")
+        inputs: bool = Field(False, description="Also return the images each model read, as PNG data URLs.")
+
+        @field_validator("strokes", mode="after")
+        @classmethod
+        def _strokes(cls, v):
+            return check_strokes(v)
+
+    class SampleRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        label: str = Field(description="The symbol's true class, one of GET /api/labels.")
+        strokes: Strokes
+        writer: str = Field(description="Who drew it: a letter, then letters, digits or _ (at most 32).",
+                            examples=["alice"])
+
+        @field_validator("label", mode="after")
+        @classmethod
+        def _label(cls, v):
+            return check_label(v)
+
+        @field_validator("writer", mode="after")
+        @classmethod
+        def _writer(cls, v):
+            return check_writer(v)
+
+        @field_validator("strokes", mode="after")
+        @classmethod
+        def _strokes(cls, v):
+            return check_strokes(v)
+
+    class Guess(BaseModel):
+        label: str
+        probability: float
+
+    class ModelAnswer(BaseModel):
+        run: str
+        channels: list[str]
+        size: list[int]
+        top: Guess
+        images: list[str] | None = Field(None, description="What the model read, one PNG data URL per channel "
+                                                           "(only when the request asks `inputs`).")
+
+    class PredictResponse(BaseModel):
+        predictions: list[Guess]
+        models: list[ModelAnswer]
+        ms: float = Field(description="Server time for drawing the inputs and running the models.")
+
+    class SampleResponse(BaseModel):
+        path: str
+        sample: str
+
+    app = FastAPI(title="homus", version="1", summary="Draw a HOMUS music symbol, see what the model reads.",
+                  description="Points are in HOMUS tablet units. Errors are `{\"detail\": message}` with a 4xx.")
+    app.state.predictor = predictor
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        bad_json = next((e for e in errors if e.get("type") == "json_invalid"), None)
+        if bad_json is not None:
+            why = (bad_json.get("ctx") or {}).get("error", "")
+            return JSONResponse({"detail": f"the body is not valid JSON ({why})".replace(" ()", "")}, 400)
+        if any(tuple(e.get("loc", ())) == ("body",) for e in errors):
+            ctype = request.headers.get("content-type", "")
+            if ctype and "json" not in ctype:
+                return JSONResponse({"detail": f"the body is not JSON (Content-Type: {ctype}); send a JSON object "
+                                               "with Content-Type: application/json"}, 400)
+            return JSONResponse({"detail": "body: expected a JSON object with the fields of /docs",
+                                 "errors": [{"field": "body", "message": "expected a JSON object"}]}, 422)
+        fields = []
+        for e in errors[:10]:
+            msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+            fields.append({"field": _field(e.get("loc", ())), "message": msg})
+        detail = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
+        return JSONResponse({"detail": detail, "errors": fields}, 422)
+
+    @app.exception_handler(SampleError)
+    async def _sample(request: Request, exc: SampleError):
+        return JSONResponse({"detail": f"{exc.field}: {exc}", "errors": [{"field": exc.field, "message": str(exc)}]},
+                            422)
+
+    @app.exception_handler(HomusError)
+    async def _homus(request: Request, exc: HomusError):
+        return JSONResponse({"detail": describe(exc) or str(exc)}, 422)
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception):  # a fault of the server, not of the request
+        log.exception("%s %s failed", request.method, request.url.path)
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__}); the server keeps serving"}, 500)
+
+    @app.get("/", include_in_schema=False)
+    def index():
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/api/labels", summary="The classes the models predict, in order.")
+    def labels() -> dict:
+        return {"labels": list(predictor.classes), "homus": list(LABELS)}
+
+    @app.get("/api/health", summary="The models loaded: their runs, input channels and render settings.")
+    def health() -> dict:
+        return {"status": "ok", "models": predictor.describe(), "classes": n_classes,
+                "collect_dir": str(collect_dir)}
+
+    @app.post("/api/predict", response_model=PredictResponse, response_model_exclude_none=True,
+              summary="Name the symbol these strokes draw.")
+    def predict(req: PredictRequest):
+        start = time.perf_counter()
+        p = predictor.predict(req.strokes)
+        ms = (time.perf_counter() - start) * 1000
+        models = []
+        for m, probs, img in zip(predictor.members, p.member_probs, p.images, strict=True):
+            i = int(probs.argmax())
+            answer = {"run": m.name, "channels": list(m.channels), "size": [m.settings.width, m.settings.height],
+                      "top": {"label": predictor.classes[i], "probability": float(probs[i])}}
+            if req.inputs:
+                answer["images"] = [png_data_url(c) for c in (img if img.ndim == 3 else img[None])]
+            models.append(answer)
+        return {"predictions": [{"label": label, "probability": prob} for label, prob in p.top(req.top_k)],
+                "models": models, "ms": round(ms, 3)}
+
+    @app.post("/api/samples", status_code=201, response_model=SampleResponse,
+              summary="Save a symbol as a HOMUS stroke file: <collect-dir>/<writer>/<writer>-<n>.txt.")
+    def add_sample(req: SampleRequest):
+        path = save_sample(collect_dir, req.writer, req.label, req.strokes)
+        return {"path": str(path), "sample": path.stem}
+
+    @app.get("/api/samples", summary="How many samples the collect folder holds, per label and per writer.")
+    def samples() -> dict:
+        return collected_counts(collect_dir)
+
+    app.add_middleware(BodyLimit, limit=MAX_BODY)
+    return app
+
+
+@click.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; 0.0.0.0 opens it to the network.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--collect-dir", default="collected", show_default=True, type=click.Path(file_okay=False),
+              help="Where collected samples go, as <writer>/<writer>-<n>.txt.")
+@click.option("--threads", type=int, default=0, show_default=True, help="Torch CPU threads (0: torch's default).")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
+              show_default=True)
+def serve(runs, host, port, collect_dir, threads, log_level) -> None:
+    """Serve RUN's model (several runs: one ensemble) to a drawing page at http://HOST:PORT/ and a JSON
+    API (/docs); collected samples go to --collect-dir."""
+    try:
+        import uvicorn
+    except ModuleNotFoundError as e:
+        raise click.ClickException(f"homus serve needs the serve extra ({e.name} is missing): "
+                                   "pip install 'homus[serve]'") from None
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    app = create_app(runs, collect_dir)
+    click.echo(f"homus: {len(runs)} model(s) at http://{host}:{port}/  (API: /docs; samples -> {collect_dir})")
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level in ("info", "debug"))

@@ -1,0 +1,253 @@
+// homus drawing page: strokes in HOMUS tablet units, predicted after every stroke; collect mode saves them.
+"use strict";
+
+// The pad is the HOMUS tablet: TABLET_W x TABLET_H units, whatever its size on screen.
+const TABLET_W = 200, TABLET_H = 270;
+const $ = (id) => document.getElementById(id);
+const pad = $("pad"), ctx = pad.getContext("2d");
+
+let strokes = [];          // [[[x, y], ...], ...] in tablet units, in the order drawn
+let current = null;        // the stroke being drawn
+let activePointer = null;  // one pen, finger or mouse at a time
+let seq = 0;               // predictions asked; answers to older ones are dropped
+let mode = "predict";
+let labels = [];
+let counts = { total: 0, labels: {}, writers: {} };
+
+// What the page last sent and got, for tests and curious users.
+window.homusLastStrokes = null;
+window.homusLastPrediction = null;
+window.homusPending = 0;
+
+function toTablet(ev) {
+  const r = pad.getBoundingClientRect();
+  const x = Math.round((ev.clientX - r.left) / r.width * TABLET_W);
+  const y = Math.round((ev.clientY - r.top) / r.height * TABLET_H);
+  return [Math.min(Math.max(x, 0), TABLET_W), Math.min(Math.max(y, 0), TABLET_H)];
+}
+
+function resize() {
+  const r = pad.getBoundingClientRect(), dpr = window.devicePixelRatio || 1;
+  pad.width = Math.max(1, Math.round(r.width * dpr));
+  pad.height = Math.max(1, Math.round(r.height * dpr));
+  $("units-per-px").textContent = r.width ? (TABLET_W / r.width).toFixed(2) : "?";
+  redraw();
+}
+
+function redraw() {
+  const sx = pad.width / TABLET_W, sy = pad.height / TABLET_H;
+  ctx.setTransform(1, 0, 0, 1, 0, 0);
+  ctx.clearRect(0, 0, pad.width, pad.height);
+  ctx.strokeStyle = "#eef1f4"; ctx.lineWidth = 1;          // a 50-unit grid, to judge size
+  for (let x = 50; x < TABLET_W; x += 50) { ctx.beginPath(); ctx.moveTo(x * sx, 0); ctx.lineTo(x * sx, pad.height); ctx.stroke(); }
+  for (let y = 50; y < TABLET_H; y += 50) { ctx.beginPath(); ctx.moveTo(0, y * sy); ctx.lineTo(pad.width, y * sy); ctx.stroke(); }
+  ctx.strokeStyle = "#1b1f24"; ctx.fillStyle = "#1b1f24";
+  ctx.lineWidth = Math.max(2, 2.5 * sx); ctx.lineCap = "round"; ctx.lineJoin = "round";
+  for (const s of current ? strokes.concat([current]) : strokes) {
+    if (s.length === 1) { ctx.beginPath(); ctx.arc(s[0][0] * sx, s[0][1] * sy, ctx.lineWidth / 2, 0, 2 * Math.PI); ctx.fill(); continue; }
+    ctx.beginPath();
+    s.forEach(([x, y], i) => (i ? ctx.lineTo(x * sx, y * sy) : ctx.moveTo(x * sx, y * sy)));
+    ctx.stroke();
+  }
+  $("stroke-count").textContent = `${strokes.length} stroke${strokes.length === 1 ? "" : "s"}`;
+}
+
+function addPoint(ev) {
+  const p = toTablet(ev), last = current[current.length - 1];
+  if (!last || last[0] !== p[0] || last[1] !== p[1]) current.push(p);
+}
+
+pad.addEventListener("pointerdown", (ev) => {
+  if (activePointer !== null || ev.button > 0) return;
+  ev.preventDefault();
+  activePointer = ev.pointerId;
+  pad.setPointerCapture(ev.pointerId);
+  current = [];
+  addPoint(ev);
+  redraw();
+});
+pad.addEventListener("pointermove", (ev) => {
+  if (ev.pointerId !== activePointer) return;
+  ev.preventDefault();
+  const events = ev.getCoalescedEvents ? ev.getCoalescedEvents() : [];
+  for (const e of events.length ? events : [ev]) addPoint(e);
+  redraw();
+});
+function endStroke(ev) {
+  if (ev.pointerId !== activePointer) return;
+  ev.preventDefault();
+  activePointer = null;
+  if (current && current.length) strokes.push(current);
+  current = null;
+  redraw();
+  predict();
+}
+pad.addEventListener("pointerup", endStroke);
+pad.addEventListener("pointercancel", endStroke);
+pad.addEventListener("contextmenu", (ev) => ev.preventDefault());
+
+async function api(path, body) {
+  const opts = body === undefined ? {} : { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
+  const res = await fetch(path, opts);
+  const data = await res.json().catch(() => ({ detail: `${res.status} ${res.statusText}` }));
+  if (!res.ok) throw new Error(data.detail || `${res.status}`);
+  return data;
+}
+
+function showError(message) {
+  $("error").hidden = !message;
+  $("error").textContent = message || "";
+}
+
+function showEmpty() {
+  $("top-label").textContent = "-";
+  $("top-probability").textContent = "";
+  $("predictions").replaceChildren();
+  $("inputs").innerHTML = '<span class="muted small">Draw a symbol.</span>';
+  $("ms").textContent = "";
+}
+
+async function predict() {
+  const mine = ++seq;
+  if (!strokes.length) { showEmpty(); window.homusLastStrokes = []; return; }
+  const sent = JSON.parse(JSON.stringify(strokes));
+  window.homusPending++;
+  try {
+    const data = await api("/api/predict", { strokes: sent, top_k: 5, inputs: true });
+    if (mine !== seq) return;
+    window.homusLastStrokes = sent;
+    window.homusLastPrediction = data;
+    showError("");
+    showPrediction(data);
+  } catch (e) {
+    if (mine === seq) showError(e.message);
+  } finally {
+    window.homusPending--;
+  }
+}
+
+function showPrediction(data) {
+  const [best] = data.predictions;
+  $("top-label").textContent = best.label;
+  $("top-probability").textContent = `${(100 * best.probability).toFixed(1)} %`;
+  $("predictions").replaceChildren(...data.predictions.map((p) => {
+    const li = document.createElement("li");
+    li.dataset.label = p.label;
+    const bar = document.createElement("span"); bar.className = "bar"; bar.style.width = `${(100 * p.probability).toFixed(1)}%`;
+    const name = document.createElement("span"); name.className = "name"; name.textContent = p.label;
+    const prob = document.createElement("span"); prob.className = "p"; prob.textContent = `${(100 * p.probability).toFixed(1)} %`;
+    li.append(bar, name, prob);
+    return li;
+  }));
+  const figures = [];
+  for (const m of data.models) {
+    (m.images || []).forEach((src, i) => {
+      const fig = document.createElement("figure");
+      const img = document.createElement("img"); img.src = src; img.alt = `${m.run}: ${m.channels[i]}`;
+      const cap = document.createElement("figcaption");
+      cap.textContent = `${m.channels[i]} ${m.size.join("x")}` + (data.models.length > 1 ? ` (${m.run})` : "");
+      fig.append(img, cap);
+      figures.push(fig);
+    });
+  }
+  $("inputs").replaceChildren(...figures);
+  $("models").textContent = data.models.length > 1 ? `${data.models.length} models voting.` : `Model: ${data.models[0].run}.`;
+  $("ms").textContent = `${data.ms.toFixed(1)} ms on the server.`;
+}
+
+function undo() { if (strokes.length) { strokes.pop(); redraw(); predict(); } }
+function clearPad() { strokes = []; current = null; activePointer = null; redraw(); predict(); }
+
+// --- collect mode ---------------------------------------------------------------------------
+function setMode(m) {
+  mode = m;
+  $("collect").hidden = m !== "collect";
+  for (const [id, name] of [["mode-predict", "predict"], ["mode-collect", "collect"]]) {
+    $(id).classList.toggle("active", m === name);
+    $(id).setAttribute("aria-selected", String(m === name));
+  }
+  if (m === "collect") refreshCounts();
+}
+
+function renderCounts() {
+  const writer = $("writer").value.trim(), mine = counts.writers[writer] || {};
+  $("count-total").textContent = counts.total;
+  $("counts").replaceChildren(...labels.map((l) => {
+    const li = document.createElement("li");
+    li.dataset.label = l;
+    li.className = l === $("label").value ? "current" : "";
+    li.textContent = `${l}: ${mine[l] || 0} / ${counts.labels[l] || 0}`;
+    return li;
+  }));
+}
+
+async function refreshCounts() {
+  try { counts = await api("/api/samples"); } catch (e) { $("collect-status").textContent = e.message; }
+  renderCounts();
+}
+
+function nextLabel() {
+  const sel = $("label");
+  sel.selectedIndex = (sel.selectedIndex + 1) % sel.options.length;
+  renderCounts();
+}
+
+async function save() {
+  const writer = $("writer").value.trim();
+  if (!strokes.length) { $("collect-status").textContent = "Draw the symbol first."; return; }
+  if (!/^[A-Za-z][A-Za-z0-9_]{0,31}$/.test(writer)) {
+    $("collect-status").textContent = "Writer: a name of letters, digits or _, starting with a letter.";
+    $("writer").focus();
+    return;
+  }
+  localStorage.setItem("homus-writer", writer);
+  try {
+    const data = await api("/api/samples", { label: $("label").value, strokes, writer });
+    $("collect-status").textContent = `Saved ${data.sample} (${$("label").value}) as ${data.path}`;
+    window.homusLastSaved = data;
+    if ($("advance").checked) nextLabel();
+    clearPad();
+    await refreshCounts();
+  } catch (e) {
+    $("collect-status").textContent = `Not saved: ${e.message}`;
+  }
+}
+
+// --- keys -----------------------------------------------------------------------------------
+document.addEventListener("keydown", (ev) => {
+  const t = ev.target;
+  if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+  if (t instanceof HTMLInputElement || t instanceof HTMLSelectElement || t instanceof HTMLTextAreaElement) {
+    if (ev.key === "Enter" && mode === "collect" && t.id === "writer") { ev.preventDefault(); save(); }
+    return;
+  }
+  const k = ev.key.toLowerCase();
+  if (k === "backspace" || k === "z") { ev.preventDefault(); undo(); }
+  else if (k === "escape" || k === "c") { ev.preventDefault(); clearPad(); }
+  else if (mode === "collect" && k === "enter") { ev.preventDefault(); save(); }
+  else if (mode === "collect" && k === "n") { ev.preventDefault(); nextLabel(); }
+});
+
+$("undo").addEventListener("click", undo);
+$("clear").addEventListener("click", clearPad);
+$("mode-predict").addEventListener("click", () => setMode("predict"));
+$("mode-collect").addEventListener("click", () => setMode("collect"));
+$("save").addEventListener("click", save);
+$("next").addEventListener("click", nextLabel);
+$("label").addEventListener("change", renderCounts);
+$("writer").addEventListener("input", renderCounts);
+window.addEventListener("resize", resize);
+
+(async function init() {
+  $("writer").value = localStorage.getItem("homus-writer") || "";
+  resize();
+  try {
+    labels = (await api("/api/labels")).labels;
+    $("label").replaceChildren(...labels.map((l) => new Option(l, l)));
+    const health = await api("/api/health");
+    $("models").textContent = health.models.length > 1 ? `${health.models.length} models voting.` : `Model: ${health.models[0].run}.`;
+  } catch (e) {
+    showError(`The server did not answer: ${e.message}`);
+  }
+  document.body.dataset.ready = "1";
+})();

@@ -1,0 +1,154 @@
+"""New samples drawn by people, written as HOMUS stroke files: ``<dir>/<writer>/<writer>-<n>.txt``.
+
+Collected writers are named (``alice``, ``pen_2``), never numbered, so they cannot collide with
+HOMUS's writers 1-100, and a name is a plain identifier, so no path ever leaves the collect folder.
+Each file appears whole or not at all, and two savers never take the same number.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .dataset import natural_key
+from .errors import HomusError, user_os_error
+from .labels import LABEL_SET
+from .strokes import MAX_COORD, parse_text
+
+#: A collected writer: a letter, then letters, digits or ``_`` (32 characters at most).
+WRITER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
+#: More strokes or points than any HOMUS symbol has by far (the largest has 19 strokes and 1,500 points).
+MAX_STROKES = 64
+MAX_POINTS = 20_000
+
+
+class SampleError(HomusError, ValueError):
+    """Strokes, a label or a writer name that cannot be a sample; ``field`` names what is wrong."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(message)
+
+
+def check_strokes(strokes: Sequence[Sequence[Sequence[float]]]) -> tuple[np.ndarray, ...]:
+    """Strokes as given by a client (lists of ``[x, y]`` in tablet units), checked: 1 to
+    ``MAX_STROKES`` strokes, none empty, at most ``MAX_POINTS`` points in all, every coordinate
+    finite and within ``MAX_COORD``. Returns float ``(k, 2)`` arrays, as the parser does."""
+    if len(strokes) == 0:
+        raise SampleError("strokes", "no strokes: draw at least one")
+    if len(strokes) > MAX_STROKES:
+        raise SampleError("strokes", f"{len(strokes)} strokes: at most {MAX_STROKES} are accepted")
+    total = sum(len(s) for s in strokes)
+    if total > MAX_POINTS:
+        raise SampleError("strokes", f"{total:,} points: at most {MAX_POINTS:,} are accepted")
+    out = []
+    for i, stroke in enumerate(strokes):
+        if len(stroke) == 0:
+            raise SampleError("strokes", f"stroke {i} is empty: every stroke needs at least one point")
+        for j, point in enumerate(stroke):
+            if len(point) != 2:
+                raise SampleError("strokes", f"stroke {i}, point {j}: {len(point)} values, expected [x, y]")
+            for v in point:
+                if not math.isfinite(v):
+                    raise SampleError("strokes", f"stroke {i}, point {j}: {v} is not a finite number")
+                if abs(v) > MAX_COORD:
+                    raise SampleError("strokes", f"stroke {i}, point {j}: {v:g} is beyond any tablet "
+                                                 f"(|v| > {MAX_COORD:,.0f})")
+        out.append(np.asarray(stroke, dtype=np.float64).reshape(-1, 2))
+    return tuple(out)
+
+
+def check_writer(writer: str) -> str:
+    if not WRITER.fullmatch(writer or ""):
+        raise SampleError("writer", f"writer {writer!r}: a name of 1-32 letters, digits or _, starting with a "
+                                    "letter (e.g. alice or pen_2); HOMUS's own writers are the numbers 1-100")
+    return writer
+
+
+def check_label(label: str) -> str:
+    if label not in LABEL_SET:
+        raise SampleError("label", f"unknown label {label!r}: GET /api/labels lists the 32 HOMUS classes")
+    return label
+
+
+def _number(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
+def stroke_text(label: str, strokes: Sequence[np.ndarray]) -> str:
+    """A HOMUS stroke file: the label, then one ``x,y;x,y;`` line per stroke (integers as
+    integers, other values exactly)."""
+    lines = [label] + ["".join(f"{_number(x)},{_number(y)};" for x, y in s) for s in strokes]
+    return "\n".join(lines) + "\n"
+
+
+def save_sample(collect_dir: str | Path, writer: str, label: str, strokes: Sequence[Sequence[Sequence[float]]]) \
+        -> Path:
+    """Write one sample as ``<collect_dir>/<writer>/<writer>-<n>.txt`` with the next free ``n``.
+    The text is written and synced under a hidden name, then hard-linked to its final name, which
+    fails if another saver took that number first (then the next is tried): a reader never sees a
+    torn file and no file is ever overwritten. The text is parsed back with the project's parser
+    before it is written."""
+    writer, label = check_writer(writer), check_label(label)
+    text = stroke_text(label, check_strokes(strokes))
+    folder = Path(collect_dir) / writer
+    parse_text(text, folder / f"{writer}-1.txt")  # what training will read, checked now
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        n = next_number(folder, writer)
+        tmp = folder / f".{writer}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "x", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            while True:
+                path = folder / f"{writer}-{n}.txt"
+                try:
+                    os.link(tmp, path)
+                    return path
+                except FileExistsError:
+                    n += 1
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as e:
+        raise user_os_error(e) or e from None
+
+
+def next_number(folder: Path, writer: str) -> int:
+    """One more than the highest ``<writer>-<n>.txt`` in ``folder`` (1 when there is none)."""
+    pattern = re.compile(rf"^{re.escape(writer)}-(\d+)\.txt$")
+    taken = [int(m.group(1)) for f in os.listdir(folder) if (m := pattern.match(f))]
+    return max(taken, default=0) + 1
+
+
+def collected_counts(collect_dir: str | Path) -> dict:
+    """What a collect folder holds: ``{"total", "labels": {label: n}, "writers": {writer: {label: n}}}``,
+    read from line one of each stroke file (files that are not collected samples are left out)."""
+    root = Path(collect_dir)
+    labels: Counter = Counter()
+    writers: dict[str, Counter] = {}
+    if root.is_dir():
+        for entry in sorted(os.scandir(root), key=lambda e: natural_key(e.name)):
+            if not (entry.is_dir() and WRITER.fullmatch(entry.name)):
+                continue
+            for f in os.scandir(entry.path):
+                if not (f.name.endswith(".txt") and f.name.startswith(f"{entry.name}-") and f.is_file()):
+                    continue
+                try:
+                    with open(f.path, encoding="utf-8") as fh:
+                        label = fh.readline().strip()
+                except (OSError, UnicodeDecodeError):
+                    continue
+                if label in LABEL_SET:
+                    labels[label] += 1
+                    writers.setdefault(entry.name, Counter())[label] += 1
+    return {"total": sum(labels.values()), "labels": dict(sorted(labels.items())),
+            "writers": {w: dict(sorted(c.items())) for w, c in writers.items()}}
