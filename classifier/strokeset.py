@@ -111,3 +111,69 @@ def augment_sheet(ds: StrokeSet, classes: tuple[str, ...] = LABELS, per_class: i
             rows.append((classes[t], [*plain, *drawn]))
     rows.sort(key=lambda r: classes.index(r[0]))
     return cv2.imencode(".png", grid(rows, cell=max(48, min(96, ds.settings.height + 2))))[1].tobytes()
+
+
+RASTERS = ("cpu", "device", "auto")
+
+
+class RasterSource:
+    """Training batches drawn by the torch rasterizer (:mod:`classifier.raster`) on ``device``: the
+    strokes live there, and each batch is drawn there at once, already as the model's input
+    (``(B, C, h, w)`` float, ink 1, channels-last). The batches and their order are those of
+    :class:`~classifier.data.EpochBatches` with the same seed; sample ``i`` of epoch ``e`` is
+    distorted by the rasterizer's draws of key (``ds.seed``, ``e``, ``i``). Iterate it like a loader,
+    after :meth:`set_epoch`."""
+
+    def __init__(self, ds: StrokeSet, batch_size: int, seed: int, device: torch.device | str):
+        from .data import EpochBatches
+        from .raster import StrokeStore
+
+        self.device = torch.device(device)
+        self.store = StrokeStore(ds.strokes, self.device)
+        self.targets = ds.targets.to(self.device)
+        self.settings, self.augment, self.seed, self.channels = ds.settings, ds.augment, ds.seed, ds.channels
+        self.order = EpochBatches(len(ds), batch_size, seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.order.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def draw(self, idx: list[int] | torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples ``idx`` as drawn in ``epoch``: the model's input and their class indices."""
+        from .raster import draw_flat, sample_keys
+
+        idx = torch.as_tensor(idx, dtype=torch.int64).to(self.device)
+        keys = sample_keys(self.seed, epoch, idx) if self.augment.active else None
+        images = draw_flat(self.store.batch(idx), self.settings, self.channels, self.augment, keys)
+        x = (255 - images.float()).div_(255).contiguous(memory_format=torch.channels_last)
+        return x, self.targets[idx]
+
+    def __iter__(self):
+        for epoch, idx in self.order:
+            yield self.draw(idx, epoch)
+
+
+def raster_device(raster: str, device: torch.device) -> bool:
+    """Whether ``raster`` (cpu, device or auto) draws the training batches on the training device:
+    ``auto`` does on CUDA, where the loader's processes cannot keep up with the model."""
+    if raster not in RASTERS:
+        from homus_render.errors import SettingsError
+
+        raise SettingsError(f"raster must be one of {', '.join(RASTERS)}, got {raster!r}")
+    return raster == "device" or (raster == "auto" and torch.device(device).type == "cuda")
+
+
+def make_train_source(ds: StrokeSet, batch_size: int, seed: int, workers: int, raster: str,
+                      device: torch.device | str):
+    """The training batches of a run from strokes, and the object whose ``set_epoch`` is called
+    before each pass: ``homus_render`` drawing in ``workers`` loader processes (``raster: cpu``), or
+    the torch rasterizer on ``device`` (``device``; ``auto`` picks it on CUDA). Validation and
+    test images are not affected: they stay ``homus_render``'s plain renderings."""
+    from .data import epoch_loader
+
+    if raster_device(raster, torch.device(device)):
+        source = RasterSource(ds, batch_size, seed, device)
+        return source, source
+    return epoch_loader(ds, batch_size, seed, workers, worker_init)
