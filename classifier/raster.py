@@ -12,7 +12,7 @@ the path, not with the canvas times the number of points.
 Random draws come from a counter-based hash, not a generator's stream: sample ``index`` drawn in
 ``epoch`` of a run seeded ``seed`` has the key ``mix(mix(mix(seed) ^ epoch) ^ index)`` (``mix`` is
 the 32-bit ``lowbias32`` integer hash), and its k-th uniform number is
-``(mix(key ^ mix(k)) + 1/2) / 2**32``. A sample's picture therefore depends on (seed, epoch, index)
+``(mix(key ^ mix(k)) // 2**8 + 1/2) / 2**24``. A sample's picture therefore depends on (seed, epoch, index)
 only: not on the batch it is in, the device, or how many samples are drawn at once. The draws
 follow :class:`~homus_render.distort.StrokeAugment`'s distributions, step for step, but they are
 not the numbers NumPy's generator gives, so one sample's distortions differ between the two paths.
@@ -62,9 +62,10 @@ def sample_keys(seed: int, epoch: int, index: torch.Tensor) -> torch.Tensor:
 
 
 def uniform(keys: torch.Tensor, counter: int | torch.Tensor) -> torch.Tensor:
-    """The ``counter``-th uniform number in (0, 1) of each key (float32; broadcasts)."""
+    """The ``counter``-th uniform number in (0, 1) of each key: the hash's top 24 bits, so that
+    float32 holds it exactly (float32; broadcasts)."""
     c = torch.as_tensor(counter, dtype=torch.int64, device=keys.device)
-    return ((mix(keys ^ mix(c)).to(torch.float64) + 0.5) / 2.0 ** 32).to(torch.float32)
+    return ((mix(keys ^ mix(c)) >> 8).to(torch.float32) + 0.5) / 2.0 ** 24
 
 
 def _between(keys: torch.Tensor, counter: int, lo: float | torch.Tensor, hi: float | torch.Tensor) -> torch.Tensor:
