@@ -313,45 +313,55 @@ def _coverage(seg: _Segments, radius: torch.Tensor, s: RenderSettings, n: int, l
               antialias: bool) -> torch.Tensor:
     """Each pixel's ink (0..1) under the pen of ``radius`` (per sample): ``(n, h*w)``, or
     ``(n, LEVELS + 1, h*w)`` with one plane per shade ``level`` of the segments (the most ink any
-    segment of that level leaves there)."""
+    segment of that level leaves there).
+
+    Each piece inks the pixels of a square window around its middle, on a canvas padded by the
+    window's reach (so no pixel needs a bounds check), which is cropped at the end."""
     h, w = s.height, s.width
     dev = seg.a.device
     length = (seg.b - seg.a).norm(dim=1)
     pieces = torch.clamp(torch.ceil(length / PIECE), min=1).long()
     which = torch.repeat_interleave(torch.arange(len(pieces), device=dev), pieces)
-    j = _ranks(pieces).float()
-    m = pieces[which].float()
-    ab = seg.b - seg.a
-    a = seg.a[which] + ab[which] * (j / m)[:, None]
-    b = seg.a[which] + ab[which] * ((j + 1) / m)[:, None]
+    j = _ranks(pieces).float()[:, None]
+    m = pieces[which].float()[:, None]
+    ab = (seg.b - seg.a)[which]
+    a = seg.a[which] + ab * (j / m)
+    ab = ab / m
     sample = seg.sample[which]
-    r = radius[sample]
-    reach = int(math.ceil(float(radius.max()) + 0.5 + PIECE / 2 + 0.5)) if len(radius) else 1
-    off = torch.arange(-reach, reach + 1, device=dev)
+    # a pixel this piece inks lies less than rho from the piece's middle, on each axis
+    rho = (float(radius.max()) if len(radius) else 0.5) + 0.5 + PIECE / 2
+    span = int(math.floor(2 * rho)) + 1
+    pad = span + 1
+    hp, wp = h + 2 * pad, w + 2 * pad
+    lo = torch.ceil(a + ab / 2 - rho)  # the window's first column and row
+    lo = torch.maximum(torch.minimum(lo, torch.tensor([w + 1.0, h + 1.0], device=dev)),
+                       torch.tensor([-span - 1.0, -span - 1.0], device=dev))
+    off = torch.arange(span, device=dev, dtype=torch.float32)
     dy, dx = torch.meshgrid(off, off, indexing="ij")
-    centre = torch.round((a + b) / 2)
-    px = centre[:, :1] + dx.flatten().float()  # (Q, K)
-    py = centre[:, 1:] + dy.flatten().float()
-    abq = b - a
-    denom = (abq * abq).sum(1, keepdim=True).clamp_min(1e-12)
-    t = (((px - a[:, :1]) * abq[:, :1] + (py - a[:, 1:]) * abq[:, 1:]) / denom).clamp(0, 1)
-    ex, ey = px - a[:, :1] - t * abq[:, :1], py - a[:, 1:] - t * abq[:, 1:]
-    d = torch.sqrt(ex * ex + ey * ey)
+    dx, dy = dx.reshape(1, -1), dy.reshape(1, -1)
+    rx = (lo[:, :1] - a[:, :1]) + dx  # pixel centre minus the piece's start
+    ry = (lo[:, 1:] - a[:, 1:]) + dy
+    bx, by = ab[:, :1], ab[:, 1:]
+    t = ((rx * bx + ry * by) / (bx * bx + by * by).clamp_min(1e-12)).clamp_(0, 1)
+    ex = rx - t * bx
+    ey = ry - t * by
+    d = (ex * ex + ey * ey).sqrt_()
+    r = radius[sample][:, None]
     if antialias:
-        cov = (r[:, None] + 0.5 - d).clamp(0, 1)
+        cov = (r + 0.5 - d).clamp_(0, 1)
     else:  # solid pixels: those whose centre the pen covers; a thin dot keeps its nearest pixel
-        cov = (d <= r[:, None]).float()
-        centre_px = (dx.flatten() == 0) & (dy.flatten() == 0)
-        cov = torch.where(seg.dot[which][:, None] & centre_px, 1.0, cov)
-    inside = (px >= 0) & (px < w) & (py >= 0) & (py < h) & (cov > 0)
+        cov = (d <= r).float()
+        near = torch.round(a) - lo  # the dot's own pixel within its window
+        mine = (dx == near[:, :1]) & (dy == near[:, 1:]) & seg.dot[which][:, None]
+        cov = torch.where(mine, 1.0, cov)
     plane = sample if level is None else sample * (LEVELS + 1) + level[which]
-    idx = (plane[:, None] * (h * w) + py.long() * w + px.long())
+    base = plane * (hp * wp) + (lo[:, 1] + pad).long() * wp + (lo[:, 0] + pad).long()
+    idx = base[:, None] + (dy * wp + dx).long()
     planes = n if level is None else n * (LEVELS + 1)
-    idx = torch.where(inside, idx, planes * h * w)
-    out = torch.zeros(planes * h * w + 1, device=dev)
+    out = torch.zeros(planes * hp * wp, device=dev)
     out.scatter_reduce_(0, idx.flatten(), cov.flatten(), "amax", include_self=True)
-    out = out[:-1]
-    return out.view(n, h * w) if level is None else out.view(n, LEVELS + 1, h * w)
+    out = out.view(planes, hp, wp)[:, pad:pad + h, pad:pad + w].reshape(planes, h * w)
+    return out if level is None else out.view(n, LEVELS + 1, h * w)
 
 
 def _order_levels(flat: Flat, seg: _Segments, kind: str) -> torch.Tensor:
