@@ -177,12 +177,13 @@ def device_source(ds: StrokeSet, batch_size: int, dev: torch.device, epoch: int)
 # --- a whole run -----------------------------------------------------------------------------
 
 def epochs_run(raw: str, epochs: int, size: int, channels: tuple[str, ...], raster: str, batch_size: int,
-               workers: int, dev: torch.device, amp: bool, seed: int, lr: float) -> dict:
+               workers: int, dev: torch.device, amp: bool, seed: int, lr: float, writers: str | None = None) -> dict:
     """ResNet-18 trained from strokes on the writer split: training seconds and test accuracy on
     homus_render's plain test images."""
     from homus.config import load
+    from homus_render.dataset import parse_writers
 
-    samples = load_samples(raw)
+    samples = load_samples(raw, parse_writers(writers))
     s = RenderSettings(thickness=3, width=size, height=size)
     split = make_split({(x.id, x.writer, x.label) for x in samples}, "writer", seed)
     train_ids = set(split["train"])
@@ -234,6 +235,7 @@ def main() -> None:
     ap.add_argument("--raster", default="device", choices=["cpu", "device", "auto"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--writers", help="epochs: only these writers, e.g. 1-10 (a quick check)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -267,7 +269,7 @@ def main() -> None:
     else:
         channels = tuple(args.channels[0].split(","))
         r = epochs_run(args.raw_dir, args.epochs, args.size, channels, args.raster, args.batch_size, args.workers,
-                       dev, not args.no_amp, args.seed, args.lr)
+                       dev, not args.no_amp, args.seed, args.lr, args.writers)
         print(json.dumps(r))
         print(f"{r['epochs']} epochs at {r['size']} px ({r['channels']}, raster {r['raster']}, {r['device']}): "
               f"{r['train_seconds']:.1f} s of training, test accuracy {r['test_accuracy']:.2%}")
