@@ -57,6 +57,9 @@ torch.__version__, 'torchvision', torchvision.__version__, 'numpy', numpy.__vers
       timeout 150 python3 benchmarks/raster_bench.py epochs --raw-dir "$RAW" --device "$DEVICE" --raster cpu \
         --workers "$WORKERS" --epochs 20 --size 64 --seed "$seed" || status=$?
     done
+    echo "## raster: 20 epochs on the device with twice the batch (and lr)"
+    timeout 150 python3 benchmarks/raster_bench.py epochs --raw-dir "$RAW" --device "$DEVICE" --raster device \
+      --epochs 20 --size 64 --batch-size 256 --lr 0.1 || status=$?
   fi
   if [[ " $STEPS " == *" accuracy "* ]]; then
     echo "## the stroke data source against the CUDA training step"
