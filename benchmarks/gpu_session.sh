@@ -5,6 +5,11 @@
 #
 #   HOMUS_SOURCE=.devdata/HOMUS-v2.zip OUT=/tmp/out bash benchmarks/gpu_session.sh
 #
+# STEPS ("raster accuracy") chooses the parts: ``raster`` times the torch rasterizer's data source
+# against the CUDA step (target >= 3x) and trains ResNet-18 for 20 epochs at 64 px from strokes drawn
+# on the device (target <= 15 s of training; test accuracy against the CPU renderer's source, two
+# seeds each); ``accuracy`` runs the random-split 2 x 2 as a study (homus run). STEPS=raster alone takes about 5 minutes.
+#
 # Settings (environment): EPOCHS (20), SEEDS ("0 1"),
 # LIMIT (seconds before the accuracy step is stopped, 490), WORKERS (cores - 2), DEVICE (cuda; cpu for a
 # dry run).
@@ -19,6 +24,8 @@ WORKERS=${WORKERS:-$(( $(nproc) > 3 ? $(nproc) - 2 : 1 ))}
 RUNS=${RUNS:-runs/gpu}
 RAW=${RAW:-raw}
 DEVICE=${DEVICE:-cuda}
+STEPS=${STEPS:-raster accuracy}
+RASTER_SEEDS=${RASTER_SEEDS:-0 1}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 mkdir -p "$OUT"
 log=$OUT/log.txt
@@ -36,33 +43,53 @@ torch.__version__, 'torchvision', torchvision.__version__, 'numpy', numpy.__vers
   echo "workers $WORKERS · epochs $EPOCHS · seeds $SEEDS · $(nproc) cores"
   [ -f "$RAW/homus.json" ] || python3 -m homus.cli fetch --raw-dir "$RAW" || exit 1
 
-  echo "## the stroke data source against the CUDA training step"
-  timeout 120 python3 benchmarks/train_bench.py strokes --raw-dir "$RAW" --device "$DEVICE" \
-    --workers 0 1 "$WORKERS" --channels ink ink,time,stroke --batches 40
+  status=0
+  if [[ " $STEPS " == *" raster "* ]]; then
+    echo "## raster: the data sources against the CUDA training step (cpu, raster-cpu: $WORKERS loader workers)"
+    timeout 200 python3 benchmarks/raster_bench.py sources --raw-dir "$RAW" --device "$DEVICE" --sizes 32 64 \
+      --workers "$WORKERS" --repeats 2 --batches 40 || status=$?
+    for seed in $RASTER_SEEDS; do
+      echo "## raster: 20 epochs of ResNet-18 at 64 px, strokes drawn on the device, seed $seed"
+      timeout 150 python3 benchmarks/raster_bench.py epochs --raw-dir "$RAW" --device "$DEVICE" --raster device \
+        --epochs 20 --size 64 --seed "$seed" || status=$?
+      echo "## raster: the same run fed by the CPU renderer in $WORKERS loader workers (the accuracy to match)"
+      timeout 150 python3 benchmarks/raster_bench.py epochs --raw-dir "$RAW" --device "$DEVICE" --raster cpu \
+        --workers "$WORKERS" --epochs 20 --size 64 --seed "$seed" || status=$?
+    done
+    echo "## raster: 20 epochs on the device with twice the batch (and lr)"
+    timeout 150 python3 benchmarks/raster_bench.py epochs --raw-dir "$RAW" --device "$DEVICE" --raster device \
+      --epochs 20 --size 64 --batch-size 256 --lr 0.1 || status=$?
+  fi
+  if [[ " $STEPS " == *" accuracy "* ]]; then
+    echo "## the stroke data source against the CUDA training step"
+    timeout 120 python3 benchmarks/train_bench.py strokes --raw-dir "$RAW" --device "$DEVICE" \
+      --workers 0 1 "$WORKERS" --channels ink ink,time,stroke --batches 40
 
-  echo "## accuracy: a study (homus run), the 2 x 2 of configs/random-2x2.yaml at this machine's settings"
-  seeds_yaml=$(echo "$SEEDS" | tr ' ' ',')
-  cat > "$OUT/gpu-study.yaml" <<YAML
+    echo "## accuracy: a study (homus run), the 2 x 2 of configs/random-2x2.yaml at this machine's settings"
+    seeds_yaml=$(echo "$SEEDS" | tr ' ' ',')
+    cat > "$OUT/gpu-study.yaml" <<YAML
 dataset: {raw_dir: $RAW}
 render: {rendered_dir: rendered}
 train: {device: $DEVICE, workers: $WORKERS, runs_dir: $RUNS, epochs: $EPOCHS}
 study:
-  name: gpu
-  variants: [{thickness: 3, size: 64}]
-  seeds: [$seeds_yaml]
-  split_seed: 0
-  union: false
-  train: {from_strokes: true, split: random, epochs: $EPOCHS}
-  arms:
-    ink+size: {channels: [ink, size]}
-    ink+time+stroke+size: {channels: [ink, time, stroke, size]}
-  ensembles:
-    all: {arms: [ink+size, ink+time+stroke+size]}
-  reports_dir: $OUT/reports
+    name: gpu
+    variants: [{thickness: 3, size: 64}]
+    seeds: [$seeds_yaml]
+    split_seed: 0
+    union: false
+    train: {from_strokes: true, split: random, epochs: $EPOCHS}
+    arms:
+      ink+size: {channels: [ink, size]}
+      ink+time+stroke+size: {channels: [ink, time, stroke, size]}
+    ensembles:
+      all: {arms: [ink+size, ink+time+stroke+size]}
+    reports_dir: $OUT/reports
 YAML
-  timeout "$LIMIT" python3 -m homus.cli run --config "$OUT/gpu-study.yaml"
-  status=$?
-  echo "accuracy step exit $status"
+    timeout "$LIMIT" python3 -m homus.cli run --config "$OUT/gpu-study.yaml"
+    status=$?
+    echo "accuracy step exit $status"
+  fi
+  echo "exit $status"
   date -u
   exit $status
 } 2>&1 | tee "$log"

@@ -110,3 +110,95 @@ def augment_sheet(ds: StrokeSet, classes: tuple[str, ...] = LABELS, per_class: i
     if not ok:
         raise RuntimeError("OpenCV could not encode the training-sample sheet as PNG")
     return png.tobytes()
+
+
+RASTERS = ("cpu", "device", "auto")
+
+
+class RasterSet(Dataset):
+    """A :class:`StrokeSet`'s samples drawn by the torch rasterizer (:mod:`classifier.raster`) on
+    ``device``, a whole batch at once, already as the model's input (``(B, C, h, w)`` float, ink 1,
+    channels-last). Sample ``i`` of epoch ``e`` is distorted by the rasterizer's draws of key
+    (``ds.seed``, ``e``, ``i``). Indexed by batches like :class:`StrokeSet`, so on the CPU it serves
+    a loader's worker processes as well."""
+
+    def __init__(self, ds: StrokeSet, device: torch.device | str = "cpu"):
+        from .raster import StrokeStore
+
+        self.device = torch.device(device)
+        self.store = StrokeStore(ds.strokes, self.device)
+        self.targets = ds.targets.to(self.device)
+        self.settings, self.augment, self.seed, self.channels = ds.settings, ds.augment, ds.seed, ds.channels
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def draw(self, idx: list[int] | torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples ``idx`` as drawn in ``epoch``: the model's input and their class indices."""
+        from .raster import draw_flat, sample_keys
+
+        idx = torch.as_tensor(idx, dtype=torch.int64).to(self.device)
+        keys = sample_keys(self.seed, epoch, idx) if self.augment.active else None
+        images = draw_flat(self.store.batch(idx), self.settings, self.channels, self.augment, keys)
+        x = (255 - images.float()).div_(255).contiguous(memory_format=torch.channels_last)
+        return x, self.targets[idx]
+
+    def __getitem__(self, key: list[int] | tuple[int, list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, idx = batch_key(key, self.epoch)
+        return self.draw(idx, epoch)
+
+
+class RasterSource:
+    """Training batches drawn on the training device by a :class:`RasterSet` held there, in the
+    training process: no loader, no copies. The batches and their order are those of
+    :class:`~classifier.data.EpochBatches` with the same seed. Iterate it like a loader, after
+    :meth:`set_epoch`."""
+
+    def __init__(self, ds: StrokeSet, batch_size: int, seed: int, device: torch.device | str):
+        from .data import EpochBatches
+
+        self.set = RasterSet(ds, device)
+        self.order = EpochBatches(len(ds), batch_size, seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.order.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self):
+        for epoch, idx in self.order:
+            yield self.set.draw(idx, epoch)
+
+
+def raster_device(raster: str, device: torch.device) -> bool:
+    """Whether ``raster`` (cpu, device or auto) draws the training batches with the torch rasterizer:
+    ``auto`` does on CUDA, where the loader's processes cannot keep up with the model."""
+    if raster not in RASTERS:
+        from homus_render.errors import SettingsError
+
+        raise SettingsError(f"raster must be one of {', '.join(RASTERS)}, got {raster!r}")
+    return raster == "device" or (raster == "auto" and torch.device(device).type == "cuda")
+
+
+def make_train_source(ds: StrokeSet, batch_size: int, seed: int, workers: int, raster: str,
+                      device: torch.device | str):
+    """The training batches of a run from strokes, and the object whose ``set_epoch`` is called
+    before each pass. ``raster: cpu``: ``homus_render`` draws them in ``workers`` loader processes.
+    ``device`` (``auto`` on CUDA): the torch rasterizer draws them on ``device``; in the training
+    process on an accelerator, in the ``workers`` loader processes on the CPU (the CPU draws either
+    way, and there it overlaps with the training step). Validation and test images are not
+    affected: they stay ``homus_render``'s plain renderings."""
+    from .data import epoch_loader
+
+    device = torch.device(device)
+    if not raster_device(raster, device):
+        return epoch_loader(ds, batch_size, seed, workers, worker_init)
+    if device.type == "cpu" and workers > 0:
+        return epoch_loader(RasterSet(ds, "cpu"), batch_size, seed, workers, worker_init)
+    source = RasterSource(ds, batch_size, seed, device)
+    return source, source

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ MAX_COORD = 100_000.0
 
 _NAME = re.compile(r"^(\d+)-(\d+)$")
 _COORDS_ONLY = re.compile(r"^[-+\d\s,;.]+$")
+_NUMBER_CHARS = str.maketrans("", "", "0123456789+-")  # what is left of well-formed strokes: ",;," per line
 
 
 class StrokeFileError(HomusError, ValueError):
@@ -103,22 +105,33 @@ def parse_text(text: str, path: str | Path = "<text>") -> Sample:
 def _parse_strokes(body: list[tuple[int, str]], path: str | Path) -> tuple[np.ndarray, ...]:
     """All strokes at once (the fast path for well-formed integer files); on any doubt, line by
     line, which finds the exact line and reason."""
-    counts = [t.count(";") + 1 for _, t in body]
-    pieces = ";".join(t for _, t in body).split(";")
-    flat = ",".join(pieces).split(",")
-    try:
-        if len(flat) != 2 * sum(counts) or any(p.count(",") != 1 for p in pieces):
-            raise ValueError
-        values = np.array(list(map(int, flat)), np.float64)
-        if values.max() > MAX_COORD or values.min() < -MAX_COORD:
-            raise ValueError
-    except (ValueError, OverflowError):  # odd, non-numeric, fractional or huge: the careful parser decides
+    joined = "\n".join(t for _, t in body)
+    values = _fast_values(joined)
+    if values is None:  # odd, non-numeric, fractional or huge: the careful parser decides
         return tuple(_parse_stroke(t, path, n) for n, t in body)
+    counts = [t.count(";") + 1 for _, t in body]
     points, strokes, start = values.reshape(-1, 2), [], 0
     for n in counts:
         strokes.append(points[start:start + n])
         start += n
     return tuple(strokes)
+
+
+def _fast_values(joined: str) -> np.ndarray | None:
+    """The coordinates of well-formed strokes (lines of integer points ``x,y`` joined by ``;``),
+    parsed in C; None on any doubt. Without its digits and signs such a text is ``,;,;,`` per line."""
+    seps = joined.translate(_NUMBER_CHARS)
+    if any(line != ",;" * line.count(";") + "," for line in seps.split("\n")):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy warns (and stops) where a number does not parse
+        try:
+            values = np.fromstring(joined.replace("\n", ",").replace(";", ","), dtype=np.float64, sep=",")
+        except (DeprecationWarning, ValueError):
+            return None
+    if len(values) != 2 * seps.count(",") or np.abs(values).max() > MAX_COORD:
+        return None
+    return values
 
 
 def parse_file(path: str | Path) -> Sample:

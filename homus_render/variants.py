@@ -67,7 +67,7 @@ def _render_chunk(raw_dir: str, files: Sequence[str], targets: Sequence[tuple[Re
     for rel in files:
         path = os.path.join(raw_dir, rel)
         try:
-            data = Path(path).read_bytes()
+            data = _read(path)
             out.digests[rel] = file_digest(data)
             sample = parse_bytes(data, path)
         except (StrokeFileError, OSError) as e:
@@ -79,6 +79,18 @@ def _render_chunk(raw_dir: str, files: Sequence[str], targets: Sequence[tuple[Re
             _write_new(os.path.join(staging, png_rel), png)
         out.rows.append((png_rel, sample.label, sample.writer, sample.id))
     return out
+
+
+def _read(path: str) -> bytes:
+    """A whole (small) file with plain system calls: no buffered file object per file."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        parts = [os.read(fd, 1 << 16)]
+        while len(parts[-1]) == 1 << 16:
+            parts.append(os.read(fd, 1 << 16))
+        return b"".join(parts)
+    finally:
+        os.close(fd)
 
 
 def _write_new(path: str, data) -> None:
