@@ -45,8 +45,8 @@ def installed(tmp_path_factory) -> Path:
     purelib = run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], root).stdout.strip()
     deps = [p for p in site.getsitepackages() if Path(p).is_dir()]
     (Path(purelib) / "homus-test-deps.pth").write_text("\n".join(deps) + "\n")
-    inst = run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps", "--no-index", "--ignore-installed",
-                str(wheel)], root)
+    inst = run([sys.executable, "-m", "pip", "--python", str(py), "install", "-q", "--no-deps", "--no-index",
+                "--ignore-installed", str(wheel)], root)
     assert inst.returncode == 0, inst.stderr
     return env
 
