@@ -112,7 +112,10 @@ def to_onnx(model: nn.Module, example: torch.Tensor, log: Callable[[str], None] 
 
 def check_images(run: RunFolder, classes: list[str], limit: int) -> torch.Tensor:
     """The first ``limit`` of the run's own test images, as model inputs."""
-    variants = run.test_variants()
+    try:
+        variants = run.test_variants()
+    except HomusError as e:
+        raise ExportError(f"{e} (to export without checking, give --check 0)") from None
     ds = ImageSet(variants, set(run.split()["test"]), tuple(classes))
     n = min(limit, len(ds))
     if n == 0:

@@ -194,3 +194,9 @@ def test_cli_explains_a_model_of_several_channels(size_run, tmp_path):
     assert "reads ink,size" in r.output  # an image holds no tablet size
     fig = cv2.imdecode(np.fromfile(str(tmp_path / "5-2-explain.png"), np.uint8), cv2.IMREAD_COLOR)
     assert fig.shape[1] / fig.shape[0] > 3.5  # two input channels and three overlays (ink alone: 3.2)
+
+
+def test_auto_takes_the_deepest_stage_that_still_shows_where():
+    model = build_model("resnet18", 32, 1).eval()
+    picked = {side: pick_layer(model, torch.zeros(1, 1, side, side)) for side in (16, 32, 64, 96, 128)}
+    assert picked == {16: "layer1", 32: "layer2", 64: "layer3", 96: "layer3", 128: "layer4"}
