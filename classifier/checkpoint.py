@@ -3,11 +3,12 @@ written atomically and read without unpickling arbitrary objects."""
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 
 import torch
 
+from homus_render.atomic import write_bytes
 from homus_render.errors import HomusError
 
 FORMAT = "homus-checkpoint-1"
@@ -19,14 +20,11 @@ class CheckpointError(HomusError, ValueError):
 
 
 def save(path: str | Path, ckpt: dict) -> None:
-    """``torch.save`` to a temporary beside ``path``, fsync, rename: never a torn checkpoint."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT, **ckpt}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """``torch.save`` to a temporary beside ``path``, fsync, rename: never a torn checkpoint, and
+    no temporary left on any failure (a full disk is a one-line error naming ``path``)."""
+    buf = io.BytesIO()  # serialised first: torch reports a failed file write as a RuntimeError, not an OSError
+    torch.save({"format": FORMAT, **ckpt}, buf)
+    write_bytes(path, buf.getbuffer(), fsync=True)
 
 
 def load(path: str | Path) -> dict:
