@@ -20,11 +20,11 @@ class CheckpointError(HomusError, ValueError):
 
 
 def save(path: str | Path, ckpt: dict) -> None:
-    """``torch.save`` into memory, then :func:`~homus_render.atomic.write_bytes` (a temporary beside
-    ``path``, fsync, rename): never a torn checkpoint, and one atomic writer for every file."""
-    buf = io.BytesIO()
+    """``torch.save`` to a temporary beside ``path``, fsync, rename: never a torn checkpoint, and
+    no temporary left on any failure (a full disk is a one-line error naming ``path``)."""
+    buf = io.BytesIO()  # serialised first: torch reports a failed file write as a RuntimeError, not an OSError
     torch.save({"format": FORMAT, **ckpt}, buf)
-    write_bytes(path, buf.getvalue(), fsync=True)
+    write_bytes(path, buf.getbuffer(), fsync=True)
 
 
 def load(path: str | Path) -> dict:

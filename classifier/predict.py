@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from homus_render.channels import render_plain
-from homus_render.errors import HomusError
+from homus_render.errors import HomusError, describe, user_os_error
 from homus_render.render import RenderSettings
 from homus_render.strokes import StrokeFileError, parse_file
 
@@ -28,12 +28,63 @@ class InputError(HomusError, ValueError):
     """An input that is neither a readable image nor a stroke file."""
 
 
+def _dihedral(img: np.ndarray) -> list[np.ndarray]:
+    """The eight rotations and mirror images of ``img`` (height and width axes)."""
+    return [np.rot90(m, k, axes=(0, 1)) for m in (img, img[:, ::-1]) for k in range(4)]
+
+
+def decode_image(data: bytes, path: str | Path = "image") -> np.ndarray:
+    """An image file's pixels as stored, alpha channel and depth kept, turned upright as its EXIF
+    orientation says (OpenCV applies the orientation only when it drops the alpha channel, so the
+    turn is found by comparing the two decodings). InputError for an empty or undecodable file."""
+    if not data:
+        raise InputError(f"{path}: an empty file (0 bytes), not an image")
+    buf = np.frombuffer(data, np.uint8)
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        upright = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
+        stored = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION)
+    except cv2.error:
+        img = None
+    if img is None:
+        raise InputError(f"{path}: neither an image (PNG, JPEG, ...) nor a HOMUS .txt stroke file")
+    if upright is not None and stored is not None and not np.array_equal(upright, stored):
+        for turn, candidate in zip(_dihedral(img), _dihedral(stored), strict=True):
+            if candidate.shape == upright.shape and np.array_equal(candidate, upright):
+                return np.ascontiguousarray(turn)
+    return img
+
+
+def _to_gray(img: np.ndarray) -> np.ndarray:
+    """uint8 grayscale of any decoded image. Transparency counts: ink carried only by the alpha
+    channel (opaque strokes of one colour on a transparent sheet) is laid on paper of the opposite
+    brightness, so it shows."""
+    if img.dtype == np.uint16:
+        img = (img // 257).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        img = cv2.normalize(img.astype(np.float32), None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    if img.ndim == 2:
+        return img
+    if img.shape[2] == 1:
+        return img[..., 0]
+    if img.shape[2] == 2:
+        gray, alpha = img[..., 0], img[..., 1]
+    elif img.shape[2] == 4:
+        gray, alpha = cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2GRAY), img[..., 3]
+    else:
+        return cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2GRAY)
+    if alpha.min() == alpha.max():
+        return gray
+    a = alpha.astype(np.float32) / 255
+    ink = float((gray * a).sum() / max(a.sum(), 1e-6))  # the brightness of what is opaque
+    paper = 255.0 if ink < 128 else 0.0
+    return np.clip(gray * a + paper * (1 - a), 0, 255).round().astype(np.uint8)
+
+
 def normalize_image(img: np.ndarray, s: RenderSettings) -> np.ndarray:
-    """Any grayscale or colour image -> black ink on white, ink box fitted to the canvas minus margins."""
-    if img.ndim == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2GRAY if img.shape[2] == 4 else cv2.COLOR_BGR2GRAY)
-    if img.dtype != np.uint8:
-        img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    """Any grayscale, colour or transparent image -> black ink on white, ink box fitted to the
+    canvas minus margins."""
+    img = _to_gray(img)
     border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
     if np.median(border) < 128:  # light ink on dark paper: flip to the published polarity
         img = 255 - img
@@ -63,9 +114,11 @@ def prepare(path: str | Path, s: RenderSettings, channels: tuple[str, ...] = ("i
     if channels != ("ink",):
         raise InputError(f"{path}: this model reads {','.join(channels)}: the pen's order or the symbol's size on "
                          "the tablet, which an image does not hold; give it HOMUS .txt stroke files")
-    img = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise InputError(f"{path}: neither an image (PNG, JPEG, ...) nor a HOMUS .txt stroke file")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise user_os_error(e) or e from None
+    img = decode_image(data, path)
     try:
         return normalize_image(img, s)
     except InputError as e:
@@ -82,8 +135,8 @@ def predict(run: str | Path, inputs: list[str | Path], top_k: int = 3) -> list[d
         try:
             ready.append((len(results), prepare(p, s, channels)))
             results.append({"input": str(p)})
-        except (InputError, StrokeFileError, OSError) as e:
-            results.append({"input": str(p), "error": str(e)})
+        except (InputError, StrokeFileError, OSError) as e:  # this input alone fails; the others answer
+            results.append({"input": str(p), "error": describe(e) or str(e)})
     if ready:
         probs = torch.from_numpy(class_probabilities(model, np.stack([img for _, img in ready])))
         k = min(top_k, len(classes))

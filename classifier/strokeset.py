@@ -8,6 +8,7 @@ pixels ``homus render`` writes, so runs from strokes and from rendered folders c
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -20,6 +21,7 @@ from homus_render.distort import StrokeAugment, render_augmented
 from homus_render.labels import LABELS
 from homus_render.render import RenderSettings
 from homus_render.strokes import Sample
+from homus_render.workers import exit_with_parent
 
 from .data import Variant, batch_key, to_input
 
@@ -39,7 +41,7 @@ def render_samples(samples: list[Sample], settings: RenderSettings, source: str 
     jobs = effective_n_jobs(jobs) if heavy else 1
     if jobs > 1:  # a few chunks per process: the pool's start-up is paid once, the load stays even
         size = -(-len(strokes) // (jobs * 4))
-        parts = Parallel(n_jobs=jobs)(delayed(render_many)(strokes[i:i + size], settings, channels)
+        parts = Parallel(n_jobs=jobs)(delayed(_render_part)(strokes[i:i + size], settings, channels, os.getpid())
                                       for i in range(0, len(strokes), size))
         images = np.concatenate(parts)
     else:
@@ -48,6 +50,12 @@ def render_samples(samples: list[Sample], settings: RenderSettings, source: str 
             "channels": list(channels)}
     return Variant(Path(source), info, images, [s.id for s in samples], [s.writer for s in samples],
                    [s.label for s in samples])
+
+
+def _render_part(strokes: list, settings: RenderSettings, channels: tuple[str, ...], parent: int) -> np.ndarray:
+    """Worker: :func:`render_many`, in a process that ends should ``parent`` die."""
+    exit_with_parent(parent)
+    return render_many(strokes, settings, channels)
 
 
 class StrokeSet(Dataset):

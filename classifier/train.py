@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,14 +23,16 @@ from torch import nn
 from homus_render.atomic import write_bytes, write_json, write_text
 from homus_render.channels import ink_index
 from homus_render.dataset import load_samples, parse_writers
+from homus_render.errors import check_writable_dir, user_os_error
 from homus_render.labels import LABELS
+from homus_render.lock import writing
 
 from . import checkpoint, plots
 from .data import DataError, ImageSet, Variant, epoch_loader, load_variant, loader
 from .engine import amp_dtype, evaluate, make_scaler, pick_device, train_one_epoch
 from .metrics import summarize
 from .models import build_model
-from .runfolder import DATA, RunError, raw_identity
+from .runfolder import CONFIG, DATA, HISTORY, LAST, SPLIT, RunError, RunFolder, raw_identity
 from .settings import OPTIMIZERS, SCHEDULES, SEED_STRIDE, WARP_SEED_OFFSET, TrainConfig  # noqa: F401
 from .splits import check_split, make_fold_split, make_split
 from .strokeset import StrokeSet, augment_sheet, render_samples, worker_init
@@ -102,13 +105,45 @@ def _history_csv(history: list[dict]) -> bytes:
 
 
 def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
-    """Train (or continue) the run ``cfg`` describes; returns its folder."""
+    """Train (or continue) the run ``cfg`` describes; returns its folder.
+
+    One process at a time writes a run (a second gets :class:`~homus_render.lock.BusyError`). A
+    new run that fails or is stopped before its first checkpoint leaves no folder; one killed
+    outright leaves a folder without ``last.pt``, which the next ``train`` of that name replaces."""
     run = Path(cfg.runs_dir) / cfg.run_name()
-    if (run / "metrics.json").exists():
-        raise RunError(f"{run} is already complete; choose another --name (or delete it)")
-    if not resume and run.exists() and any(run.iterdir()):
-        raise RunError(f"{run} already exists; continue it with `homus train --resume {run}` or pick --name")
-    run.mkdir(parents=True, exist_ok=True)
+    check_writable_dir(run.parent)
+    with writing(run, "choose another --name"):
+        if (run / "metrics.json").exists():
+            raise RunError(f"{run} is already complete; choose another --name (or delete it)")
+        if not resume and run.exists() and any(run.iterdir()):
+            if not _unstarted(run):
+                raise RunError(f"{run} already exists; continue it with `homus train --resume {run}` or pick --name")
+            log(f"{run}: replacing a run that stopped before its first epoch ended")
+            shutil.rmtree(run)
+        if resume and not (run / LAST).exists():
+            log(f"{run}: no {LAST} to continue from (it stopped before its first epoch ended); starting at epoch 1")
+        try:
+            run.mkdir(parents=True, exist_ok=True)
+            return _train(run, cfg, resume, log)
+        except BaseException as e:
+            if not resume and not (run / LAST).exists():  # nothing worth keeping: no half-made run
+                shutil.rmtree(run, ignore_errors=True)
+            if isinstance(e, OSError):
+                raise user_os_error(e) or e from None
+            raise
+
+
+#: What a run folder holds before its first checkpoint: such a folder is replaced, not continued.
+_BEFORE_FIRST_EPOCH = {CONFIG, SPLIT, DATA, HISTORY, "train-samples.png"}
+
+
+def _unstarted(run: Path) -> bool:
+    """A run folder with no checkpoint yet and nothing but the files a run writes before one."""
+    return all(p.name in _BEFORE_FIRST_EPOCH or (p.name.startswith(".") and ".tmp-" in p.name)
+               for p in run.iterdir())
+
+
+def _train(run: Path, cfg: TrainConfig, resume: bool, log) -> Path:
     torch.manual_seed(cfg.seed)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -125,6 +160,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     else:
         variants = load_variants(cfg.variants)
     split, _ = split_for(variants, cfg.split, cfg.split_rng_seed, cfg.folds, cfg.fold)
+    identity = data_identity(cfg, variants)
+    if resume:  # whether from last.pt or from epoch 1: on the data the run recorded, or not at all
+        _check_same_data(run, identity)
     if resume and (run / "split.json").exists():
         saved = json.loads((run / "split.json").read_text())
         if saved != split:
@@ -132,7 +170,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
                            "changed since the run started")
     write_text(run / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
     write_json(run / "split.json", split)
-    write_json(run / DATA, data_identity(cfg, variants))
+    write_json(run / DATA, identity)
     classes = list(LABELS)
     sets = {k: ImageSet(variants, set(split[k]), classes) for k in ("train", "val", "test")}
     if cfg.from_strokes:
@@ -164,13 +202,17 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     render = variants[0].settings
     history, start_epoch, best_acc = [], 1, -1.0
     if not start_fresh(resume, run):
-        ckpt = checkpoint.load(run / "last.pt")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        history, start_epoch = ckpt["history"], ckpt["epoch"] + 1
-        if scaler is not None and "scaler" in ckpt:
-            scaler.load_state_dict(ckpt["scaler"])
+        ckpt = _resume_checkpoint(run / LAST, cfg, classes)
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            history, start_epoch = ckpt["history"], ckpt["epoch"] + 1
+            if scaler is not None and "scaler" in ckpt:
+                scaler.load_state_dict(ckpt["scaler"])
+        except (KeyError, ValueError, RuntimeError) as e:
+            why = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+            raise RunError(f"{run / LAST}: cannot continue from it ({why}); remove {run} and train again") from None
         best_acc = max((h["val_acc"] for h in history), default=-1.0)
         log(f"resuming {run} after epoch {ckpt['epoch']}")
 
@@ -242,6 +284,30 @@ def finish(run: Path, cfg: TrainConfig, sets: dict, criterion, device, amp: bool
     plots.plot_errors(ink, res["targets"], res["preds"], classes, run / "errors.png")
     write_json(run / "metrics.json", metrics)  # last: a run with metrics.json is complete
     return run
+
+
+def _check_same_data(run: Path, now: dict) -> None:
+    """Refuse to continue a run on data other than the data it started on."""
+    recorded = RunFolder(run).data()
+    if not recorded:
+        return
+    if recorded.get("sha256") != now.get("sha256") or [v.get("sha256") for v in recorded.get("variants", [])] != \
+            [v.get("sha256") for v in now.get("variants", [])]:
+        where = now.get("raw_dir") or ", ".join(v["path"] for v in now.get("variants", []))
+        was = recorded.get("raw_dir") or ", ".join(v["path"] for v in recorded.get("variants", []))
+        raise RunError(f"{run} started on the data in {was}; the data at hand ({where}) differs, so it cannot "
+                       "continue. Restore that data, or train a new run")
+
+
+def _resume_checkpoint(path: Path, cfg: TrainConfig, classes: list[str]) -> dict:
+    """``last.pt``, checked to be a checkpoint of this very model (arch, input channels, classes)."""
+    ckpt = checkpoint.load(path)
+    theirs = checkpoint.channels(ckpt)
+    if ckpt["arch"] != cfg.arch or theirs != tuple(cfg.channels) or list(ckpt["classes"]) != classes:
+        raise RunError(f"{path}: a {ckpt['arch']} reading {','.join(theirs)} with {len(ckpt['classes'])} classes, but "
+                       f"the run's config.yaml asks for a {cfg.arch} reading {','.join(cfg.channels)} with "
+                       f"{len(classes)}; the run folder is inconsistent: remove {path.parent} and train again")
+    return ckpt
 
 
 def start_fresh(resume: bool, run: Path) -> bool:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -50,24 +52,44 @@ def fail(message: str) -> None:
     sys.exit(1)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C, so that every ``finally`` runs: staging
+    folders and temporaries are removed and worker pools are shut down before the process ends."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: let the clean-up finish
+    raise Terminated()
+
+
 class HomusGroup(click.Group):
     """The one place that reports expected failures: a :class:`HomusError` (or an OS error a user
     causes: full disk, read-only folder, missing path) becomes one line on stderr and exit code 1.
-    Anything else is a bug in homus and keeps its traceback."""
+    Anything else is a bug in homus and keeps its traceback. SIGTERM stops a command as Ctrl-C
+    does, cleaning up on the way (exit code 143)."""
 
     def invoke(self, ctx: click.Context):
         from homus_render.errors import describe
 
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
+        except Terminated:
+            click.secho("error: stopped by SIGTERM; what was half-made is removed, run the command again",
+                        fg="red", err=True)
+            ctx.exit(143)
         except Exception as e:
             line = describe(e)
             if line is None:
                 raise
             click.secho(f"error: {line}", fg="red", err=True)
             ctx.exit(1)
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous)
 
 
 def pick(flag, default):

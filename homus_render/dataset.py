@@ -8,11 +8,15 @@ import os
 import re
 from pathlib import Path
 
-from .errors import MissingDataError, SettingsError
+from .errors import HomusError, MissingDataError, SettingsError
 
 #: Written by ``homus fetch`` into the raw folder: version, content hash and counts.
 DATASET_INFO = "homus.json"
 _NUM = re.compile(r"(\d+)")
+
+
+class DuplicateSampleError(HomusError, ValueError):
+    """Two raw files claim the same sample id: splits, images and scores would mix them up."""
 
 
 def natural_key(text: str) -> list:
@@ -31,7 +35,24 @@ def list_stroke_files(raw_dir: str | Path, writers: set[str] | None = None) -> l
         if entry.is_dir() and not entry.name.startswith(".") and (writers is None or entry.name in writers):
             found.extend(f"{entry.name}/{f.name}" for f in os.scandir(entry.path)
                          if f.name.endswith(".txt") and f.is_file() and not f.name.startswith("."))
-    return sorted(found, key=natural_key)
+    found.sort(key=natural_key)
+    check_unique_ids(raw_dir, found)
+    return found
+
+
+def check_unique_ids(raw_dir: str | Path, files: list[str]) -> None:
+    """Refuse two files with one sample id (``2/1-1.txt`` beside ``1/1-1.txt``; ``1/1-01.txt``
+    beside ``1/1-1.txt``): the second would silently stand in for the first."""
+    from .strokes import sample_identity
+
+    seen: dict[tuple, str] = {}
+    for rel in files:
+        key = tuple(natural_key(sample_identity(rel)[0]))
+        if key in seen:
+            first, second = (os.path.join(raw_dir, r) for r in (seen[key], rel))
+            raise DuplicateSampleError(f"{first} and {second} hold the same sample id "
+                                       f"{sample_identity(rel)[0]!r}; remove or rename one of them")
+        seen[key] = rel
 
 
 def parse_writers(spec: str | int | list | None) -> set[str] | None:

@@ -38,19 +38,21 @@ _ADVICE = {
 }
 
 
-def user_os_error(e: OSError) -> PathError | None:
+def user_os_error(e: OSError, path: str | Path | None = None) -> PathError | None:
     """``e`` as a one-line :class:`PathError` naming the path, or None when it is not a fault a
-    user causes (then it is a bug and keeps its traceback)."""
+    user causes (then it is a bug and keeps its traceback). ``path`` names the file when the error
+    itself does not (a ``write`` that fills the disk carries no file name)."""
     if isinstance(e, PathError):
         return e
     advice = _ADVICE.get(e.errno)
     if advice is None:
         return None
-    where = e.filename if e.filename is not None else "(unnamed path)"
+    filename = e.filename if e.filename is not None else (None if path is None else str(path))
+    where = filename if filename is not None else "(unnamed path)"
     if e.filename2 is not None:
         where = f"{where} -> {e.filename2}"
     err = PathError(e.errno, f"{where}: {e.strerror or os.strerror(e.errno)}: {advice}")
-    err.filename = e.filename
+    err.filename = filename
     return err
 
 
@@ -71,6 +73,8 @@ def check_writable_dir(path: str | Path) -> Path:
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a file of that name
+        raise user_os_error(OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))) from None
     except OSError as e:
         raise user_os_error(e) or e from None
     return path

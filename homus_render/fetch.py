@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from .atomic import write_json
-from .dataset import DATASET_INFO, content_hash, file_digest, list_stroke_files, read_info
-from .errors import HomusError
+from .dataset import DATASET_INFO, content_hash, file_digest, hash_folder, list_stroke_files, read_info
+from .errors import HomusError, PathError, check_writable_dir, user_os_error
 from .labels import LABELS
+from .lock import writing
 from .strokes import StrokeFileError, parse_bytes
 
 OFFICIAL = {
@@ -84,14 +85,29 @@ def fetch(raw_dir: str | Path, version: str = "v2", source: str | None = None,
     """
     raw_dir = Path(raw_dir)
     src = resolve_source(source, version)
-    info = read_info(raw_dir)
-    if info and not (raw_dir / _IN_PROGRESS).exists():
-        if info.get("version") != version:
-            raise FetchError(f"{raw_dir} already holds HOMUS {info.get('version')}; remove it or "
-                             f"choose another --raw-dir for {version}")
-        return FetchReport(raw_dir, version, info.get("source", "?"), info["samples"], info["writers"],
-                           info["labels"], [], info["sha256"], already_there=True)
-    _refuse_foreign_content(raw_dir)
+    done = _already_there(raw_dir, version)
+    if done is not None:
+        return done
+    check_writable_dir(raw_dir.parent)
+    with writing(raw_dir, "fetch into another --raw-dir"):  # one fetch per folder at a time
+        done = _already_there(raw_dir, version)  # the fetch before us may have just finished
+        if done is not None:
+            return done
+        _refuse_foreign_content(raw_dir)
+        created = not raw_dir.exists()
+        try:
+            report = _fetch_into(raw_dir, version, src, progress)
+        except BaseException as e:
+            if created:  # nothing half-made: a folder this fetch made goes with it
+                shutil.rmtree(raw_dir, ignore_errors=True)
+            if isinstance(e, OSError):
+                raise user_os_error(e, raw_dir) or e from None
+            raise
+    report.raw_dir = raw_dir
+    return report
+
+
+def _fetch_into(raw_dir: Path, version: str, src: str, progress) -> FetchReport:
     raw_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".fetch-", dir=raw_dir) as tmp:
         tmp = Path(tmp)
@@ -109,14 +125,40 @@ def fetch(raw_dir: str | Path, version: str = "v2", source: str | None = None,
             raise FetchError(f"source {src}: no such file, folder or http(s) URL")
         report = _check(staging, version, src)
         _move_into_place(staging, raw_dir, report)
-    report.raw_dir = raw_dir
     return report
 
 
+def _already_there(raw_dir: Path, version: str) -> FetchReport | None:
+    """The report of a complete earlier fetch into ``raw_dir``, checked file by file against the
+    content hash it recorded; None when there is none. A folder changed since is an error."""
+    info = read_info(raw_dir)
+    if not info or (raw_dir / _IN_PROGRESS).exists():
+        return None
+    if info.get("version") != version:
+        raise FetchError(f"{raw_dir} already holds HOMUS {info.get('version')}; remove it or "
+                         f"choose another --raw-dir for {version}")
+    files = list_stroke_files(raw_dir)
+    try:
+        now = hash_folder(raw_dir, files)
+    except OSError as e:
+        raise user_os_error(e) or e from None
+    if now != info.get("sha256"):
+        writers = len({rel.split("/")[0] for rel in files})
+        raise FetchError(f"{raw_dir} was fetched as HOMUS {version} ({info.get('samples', '?'):,} files of "
+                         f"{info.get('writers', '?')} writers) but now holds {len(files):,} files of {writers} "
+                         f"writers whose content differs: files were removed, added or changed since. Remove "
+                         f"{raw_dir} and run `homus fetch` again")
+    return FetchReport(raw_dir, version, info.get("source", "?"), info.get("samples", len(files)),
+                       info.get("writers", 0), info.get("labels", 0), [], now, already_there=True)
+
+
 def _refuse_foreign_content(raw_dir: Path) -> None:
-    """Never mix a fetch with data that homus did not put there (a killed fetch is cleaned)."""
+    """Never mix a fetch with data that homus did not put there (a killed fetch is cleaned: the
+    caller holds the folder's lock, so any staging folder in it is a leftover)."""
     if not raw_dir.is_dir():
         return
+    for p in raw_dir.glob(".fetch-*"):
+        shutil.rmtree(p, ignore_errors=True)
     if (raw_dir / _IN_PROGRESS).exists():
         for p in raw_dir.iterdir():
             if p.is_dir() and (p.name.isdigit() or p.name.startswith(".fetch-")):
@@ -141,10 +183,15 @@ def _download(url: str, dest: Path, progress) -> None:
                 done += len(block)
                 if done > MAX_TOTAL_BYTES:
                     raise FetchError(f"{url}: more than {MAX_TOTAL_BYTES:,} bytes; refusing")
-                f.write(block)
+                try:
+                    f.write(block)
+                except OSError as e:  # the disk, not the network
+                    raise user_os_error(e, dest) or e from None
                 if progress:
                     progress(done, total)
     except OSError as e:  # URLError, timeouts, refused connections
+        if isinstance(e, PathError):
+            raise
         raise FetchError(f"could not download {url}: {e}. Without network access, download the zip "
                          f"elsewhere and pass it with --source FILE or ${ENV_SOURCE}") from e
 
@@ -225,12 +272,22 @@ def _check(staging: Path, version: str, source: str) -> FetchReport:
 
 
 def _move_into_place(staging: Path, raw_dir: Path, report: FetchReport) -> None:
+    """Move the checked writers into ``raw_dir``; ``homus.json`` last. Should that fail (a full
+    disk), the writers moved so far are taken out again."""
     marker = raw_dir / _IN_PROGRESS
     marker.touch()
-    for writer in sorted(p for p in staging.iterdir()):
-        os.replace(writer, raw_dir / writer.name)
-    write_json(raw_dir / DATASET_INFO, {
-        "version": report.version, "source": report.source, "sha256": report.sha256,
-        "samples": report.samples, "writers": report.writers, "labels": report.labels,
-        "invalid": report.invalid})
+    try:
+        for writer in sorted(p for p in staging.iterdir()):
+            os.replace(writer, raw_dir / writer.name)
+        write_json(raw_dir / DATASET_INFO, {
+            "version": report.version, "source": report.source, "sha256": report.sha256,
+            "samples": report.samples, "writers": report.writers, "labels": report.labels,
+            "invalid": report.invalid})
+    except BaseException:
+        for p in raw_dir.iterdir():  # the folder held no writers before (checked at the start)
+            if p.is_dir() and p.name.isdigit():
+                shutil.rmtree(p, ignore_errors=True)
+        (raw_dir / DATASET_INFO).unlink(missing_ok=True)
+        marker.unlink(missing_ok=True)
+        raise
     marker.unlink()

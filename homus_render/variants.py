@@ -9,6 +9,7 @@ and ``variant.json`` is written last: a folder that has one is whole.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -21,13 +22,15 @@ from pathlib import Path
 import cv2
 
 from . import __version__
-from .atomic import write_bytes, write_json
+from .atomic import is_stale, write_bytes, write_json
 from .dataset import content_hash, file_digest, fingerprint, list_stroke_files, natural_key, read_info
-from .errors import HomusError
+from .errors import HomusError, check_writable_dir, user_os_error
 from .labels import LABELS
+from .lock import writing
 from .preview import grid
 from .render import RenderSettings, render
 from .strokes import StrokeFileError, parse_bytes
+from .workers import exit_with_parent
 
 #: Bump when the renderer's pixels change, so that existing variants are rendered again.
 RENDERER_VERSION = 2
@@ -60,8 +63,11 @@ class _Chunk:
     digests: dict[str, str]
 
 
-def _render_chunk(raw_dir: str, files: Sequence[str], targets: Sequence[tuple[RenderSettings, str]]) -> _Chunk:
-    """Worker: read, hash, parse and render ``files`` into every target staging folder."""
+def _render_chunk(raw_dir: str, files: Sequence[str], targets: Sequence[tuple[RenderSettings, str]],
+                  parent: int) -> _Chunk:
+    """Worker: read, hash, parse and render ``files`` into every target staging folder (ending the
+    worker should process ``parent`` die)."""
+    exit_with_parent(parent)
     cv2.setNumThreads(1)  # the parallelism is ours: one OpenCV thread per worker process
     out = _Chunk([], [], {})
     for rel in files:
@@ -94,12 +100,18 @@ def _read(path: str) -> bytes:
 
 
 def _write_new(path: str, data) -> None:
-    """Plain write into the private staging folder: the folder as a whole appears atomically."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    """Plain write into the private staging folder: the folder as a whole appears atomically. A
+    full disk is reported naming the file (a failed ``write`` names none)."""
     try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data).cast("B")
+            while view:  # os.write may write less than asked
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise user_os_error(e, path) or e from None
 
 
 def read_variant_info(folder: str | Path) -> dict:
@@ -167,21 +179,8 @@ def _clear_leftovers(rendered_dir: Path, name: str) -> None:
     """Staging folders of a run that was killed are never trusted: remove them (but not those of
     a render still running in another process)."""
     for p in rendered_dir.glob(f".{name}.*"):
-        if p.is_dir() and not _owner_alive(p.name):
+        if p.is_dir() and is_stale(p.name):
             shutil.rmtree(p, ignore_errors=True)
-
-
-def _owner_alive(folder: str) -> bool:
-    pid = folder.rsplit("-", 1)[-1]
-    if not pid.isdigit() or int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def render_variants(raw_dir: str | Path, rendered_dir: str | Path, variants: Sequence[RenderSettings], *,
@@ -195,8 +194,6 @@ def render_variants(raw_dir: str | Path, rendered_dir: str | Path, variants: Seq
     which renders the rest and records the bad ones in ``skipped.csv``. ``writers`` limits the
     run to those writers' samples. ``progress(n)`` is called with the number of samples just finished.
     """
-    from joblib import Parallel, delayed, effective_n_jobs
-
     raw_dir, rendered_dir = Path(raw_dir), Path(rendered_dir)
     files = list_stroke_files(raw_dir, writers)
     if not files:
@@ -207,33 +204,51 @@ def render_variants(raw_dir: str | Path, rendered_dir: str | Path, variants: Seq
     for s in dict.fromkeys(variants):  # the same settings twice are rendered once
         vdir = rendered_dir / s.name
         if not force and _is_up_to_date(vdir, s, fp, skip_invalid):
-            info_skipped = _read_skipped(vdir)
-            n = sum(1 for _ in open(vdir / MANIFEST)) - 1
-            results.append(VariantResult(vdir, s, "up to date", n, info_skipped))
+            results.append(VariantResult(vdir, s, "up to date", _count_images(vdir), _read_skipped(vdir)))
             log(f"{vdir}: up to date, skipped")
         else:
             todo.append(s)
     if not todo:
         return results
 
-    rendered_dir.mkdir(parents=True, exist_ok=True)
-    staging = {}
-    for s in todo:
-        _clear_leftovers(rendered_dir, s.name)
-        staging[s] = rendered_dir / f".{s.name}.partial-{os.getpid()}"
-        for label in LABELS:
-            (staging[s] / label).mkdir(parents=True)
+    check_writable_dir(rendered_dir)
+    with contextlib.ExitStack() as locks:
+        for s in todo:  # one writer per variant: a second render of it fails at once, naming the first
+            locks.enter_context(writing(rendered_dir / s.name, "render into another --rendered-dir"))
+        for s in list(todo):  # the holder before us may have just rendered it
+            vdir = rendered_dir / s.name
+            if not force and _is_up_to_date(vdir, s, fp, skip_invalid):
+                todo.remove(s)
+                results.append(VariantResult(vdir, s, "up to date", _count_images(vdir), _read_skipped(vdir)))
+                log(f"{vdir}: up to date, skipped")
+        if todo:
+            _render_todo(raw_dir, rendered_dir, files, fp, todo, jobs, skip_invalid, progress, log, results)
+    return results
+
+
+def _render_todo(raw_dir: Path, rendered_dir: Path, files: list[str], fp: str, todo: list[RenderSettings],
+                 jobs: int, skip_invalid: bool, progress, log, results: list[VariantResult]) -> None:
+    """Render ``todo`` (whose locks are held) into staging folders and swap each into place; the
+    staging folders are removed on every exit path."""
+    from joblib import Parallel, delayed, effective_n_jobs
+
+    staging, outputs = {}, None
     jobs = effective_n_jobs(jobs)
-    targets = [(s, str(staging[s])) for s in todo]
     log(f"rendering {len(files):,} samples into {len(todo)} variant(s) with {jobs} worker(s)")
     rows, errors, digests = [], [], {}
     try:
+        for s in todo:
+            _clear_leftovers(rendered_dir, s.name)
+            staging[s] = rendered_dir / f".{s.name}.partial-{os.getpid()}"
+            for label in LABELS:
+                (staging[s] / label).mkdir(parents=True)
+        targets = [(s, str(staging[s])) for s in todo]
         chunks = _chunks(files, jobs)
         if jobs > 1:
             outputs = Parallel(n_jobs=jobs, return_as="generator_unordered")(
-                delayed(_render_chunk)(str(raw_dir), c, targets) for c in chunks)
+                delayed(_render_chunk)(str(raw_dir), c, targets, os.getpid()) for c in chunks)
         else:
-            outputs = (_render_chunk(str(raw_dir), c, targets) for c in chunks)
+            outputs = (_render_chunk(str(raw_dir), c, targets, os.getpid()) for c in chunks)
         for chunk in outputs:
             rows += chunk.rows
             errors += chunk.errors
@@ -264,10 +279,18 @@ def render_variants(raw_dir: str | Path, rendered_dir: str | Path, variants: Seq
                 "renderer_version": RENDERER_VERSION, "images": len(rows), "skipped": len(errors)})
             _swap_into_place(st, rendered_dir / s.name)
             results.append(VariantResult(rendered_dir / s.name, s, "rendered", len(rows), errors))
+    except OSError as e:
+        raise user_os_error(e) or e from None
     finally:
+        if hasattr(outputs, "close"):  # stop joblib's workers before their staging folders go
+            outputs.close()
         for st in staging.values():
             shutil.rmtree(st, ignore_errors=True)
-    return results
+
+
+def _count_images(vdir: Path) -> int:
+    with open(vdir / MANIFEST) as f:
+        return sum(1 for _ in f) - 1
 
 
 def _read_skipped(vdir: Path) -> list[tuple[str, str]]:

@@ -1,0 +1,39 @@
+"""Worker processes that end with the process that started them.
+
+joblib's loky workers outlive a parent that is killed outright (SIGKILL, out-of-memory): they
+go on rendering for minutes, holding memory and the staging folders open. Each worker calls
+:func:`exit_with_parent` at the start of every task: a daemon thread notices, within
+:data:`POLL_SECONDS`, that the parent pid is gone and ends the worker. (PyTorch's DataLoader
+workers have such a watchdog of their own.)
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+POLL_SECONDS = 0.5
+_watching: int | None = None
+_lock = threading.Lock()
+
+
+def _watch(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(POLL_SECONDS)
+    os._exit(1)  # the parent is gone: nobody will read what this worker makes
+
+
+def exit_with_parent(parent: int) -> None:
+    """In a worker process: end it soon after process ``parent`` ends (started once per process;
+    a no-op in the parent itself, where the sequential path calls the same task function)."""
+    global _watching
+    if parent == os.getpid():
+        return
+    with _lock:
+        if _watching == parent:
+            return
+        _watching = parent
+    if os.getppid() != parent:  # the parent died before the task arrived
+        os._exit(1)
+    threading.Thread(target=_watch, args=(parent,), name="exit-with-parent", daemon=True).start()

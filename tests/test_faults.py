@@ -1,0 +1,571 @@
+"""Faults a hostile but ordinary user meets: full and read-only disks, files where folders belong,
+killed commands, two writers at once, duplicate samples, odd images, data that moved.
+
+Each ends in one ``error:`` line naming the path and exit code 1 (no traceback), or in a correct
+result; nothing half-made is left behind and nothing blocks the next run. The disk tests mount a
+small tmpfs and run only as root; the process tests start real ``homus`` subprocesses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+from conftest import HANDMADE, sample_text, write_handmade
+
+from classifier import checkpoint
+from classifier.predict import decode_image, normalize_image, prepare
+from homus.cli import main
+from homus_render import atomic
+from homus_render.dataset import DuplicateSampleError, list_stroke_files, load_samples
+from homus_render.lock import BusyError, lock_path, writing
+from homus_render.render import RenderSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+WRITERS = ("1", "2", "3", "4", "5")
+TINY_TRAIN = ["--from-strokes", "--size", "32", "--epochs", "1", "--batch-size", "64", "--workers", "0",
+              "--threads", "1", "--device", "cpu"]
+
+
+# --- helpers ---------------------------------------------------------------------------------
+def invoke(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_one_error(r, *names) -> str:
+    """Exit 1, no traceback, exactly one ``error:`` line, which names each of ``names``."""
+    assert r.exit_code == 1, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit), \
+        f"a traceback: {r.exception!r}\n{r.output}"
+    assert "Traceback" not in r.output
+    lines = [ln for ln in r.output.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, r.output
+    for name in names:
+        assert str(name) in lines[0], (name, lines[0])
+    return lines[0]
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Everything under ``folder`` (relative names), hidden files included."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str = "256k", ro: bool = False):
+    """A small tmpfs at ``path`` (read-only when ``ro``); skipped where mounting is impossible."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    path.mkdir(parents=True, exist_ok=True)
+    opts = f"size={size}" + (",ro" if ro else "")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def homus_cmd(*args) -> list[str]:
+    return [sys.executable, "-m", "homus.cli", *map(str, args)]
+
+
+def start(*args, log: Path) -> subprocess.Popen:
+    """``homus ARGS`` as a real process (its output into ``log``)."""
+    return subprocess.Popen(homus_cmd(*args), cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def run_homus(*args, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(homus_cmd(*args), cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _proc_table() -> dict[int, int]:
+    """pid -> parent pid of every living (not zombie) process, read from /proc."""
+    table = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                fields = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z":
+                table[int(d)] = int(fields[1])
+    return table
+
+
+def descendants(pid: int) -> set[int]:
+    table = _proc_table()
+    out, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        kids = {c for c, parent in table.items() if parent == p}
+        todo.extend(kids - out)
+        out |= kids
+    return out
+
+
+def alive(pids: set[int]) -> set[int]:
+    table = _proc_table()
+    return {p for p in pids if p in table}
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"the command ended before {what}: {log.read_text() if log else ''}")
+        time.sleep(0.05)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+# --- data --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny(raw_full, tmp_path_factory) -> Path:
+    """Five writers of the real dataset (760 samples) in ``<root>/raw``."""
+    root = tmp_path_factory.mktemp("faults")
+    for w in WRITERS:
+        shutil.copytree(raw_full / w, root / "raw" / w)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny) -> Path:
+    """A one-epoch run from strokes, trained in ``tiny`` with the relative ``--raw-dir raw``."""
+    old = Path.cwd()
+    os.chdir(tiny)
+    try:
+        r = invoke("train", "--raw-dir", "raw", "--runs-dir", "runs", "--name", "base", *TINY_TRAIN)
+    finally:
+        os.chdir(old)
+    assert r.exit_code == 0, r.output
+    return tiny / "runs/base"
+
+
+# --- 1. OS errors a user causes: one line naming the path ----------------------------------------
+def test_a_full_disk_while_rendering(tiny, tmp_path):
+    with tmpfs(tmp_path / "small") as small:
+        r = invoke("render", "--raw-dir", tiny / "raw", "--rendered-dir", small / "rendered", "--size", "32",
+                   "--jobs", "2")
+        line = assert_one_error(r, small / "rendered")
+        assert "disk is full" in line
+        assert leftovers(small) == ["rendered"]  # no staging folder, no lock, no temporary
+
+
+def test_a_full_disk_while_training(tiny, tmp_path):
+    with tmpfs(tmp_path / "small") as small:
+        r = invoke("train", "--raw-dir", tiny / "raw", "--runs-dir", small / "runs", "--name", "full", *TINY_TRAIN)
+        line = assert_one_error(r, small / "runs/full")
+        assert "disk is full" in line
+        assert leftovers(small) == ["runs"]  # the run that never finished an epoch is gone
+
+
+def test_a_full_disk_while_fetching(homus_zip, tmp_path):
+    with tmpfs(tmp_path / "small") as small:
+        r = invoke("fetch", "--source", homus_zip, "--raw-dir", small / "raw")
+        line = assert_one_error(r, small / "raw")
+        assert "disk is full" in line
+        assert leftovers(small) == []
+
+
+def test_read_only_folders(tiny, tiny_run, tmp_path):
+    with tmpfs(tmp_path / "ro", ro=True) as ro:
+        r = invoke("render", "--raw-dir", tiny / "raw", "--rendered-dir", ro / "rendered", "--size", "32")
+        assert "read-only" in assert_one_error(r, ro / "rendered")
+        r = invoke("train", "--raw-dir", tiny / "raw", "--runs-dir", ro / "runs", *TINY_TRAIN)
+        assert "read-only" in assert_one_error(r, ro / "runs")
+        r = invoke("fetch", "--source", tmp_path, "--raw-dir", ro / "raw")
+        assert "read-only" in assert_one_error(r, ro / "raw")
+    # evaluate writes beside the run: a run on a disk mounted read-only
+    with tmpfs(tmp_path / "runs", size="200m") as runs:
+        shutil.copytree(tiny_run, runs / "base")
+        subprocess.run(["mount", "-o", "remount,ro", str(runs)], check=True)
+        r = invoke("evaluate", runs / "base", "--device", "cpu")
+        assert "read-only" in assert_one_error(r, runs / "base")
+
+
+def test_a_file_where_a_folder_belongs(tiny, tiny_run, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    r = invoke("render", "--raw-dir", tiny / "raw", "--rendered-dir", blocker / "rendered", "--size", "32")
+    assert_one_error(r, blocker)
+    r = invoke("render", "--raw-dir", blocker, "--rendered-dir", tmp_path / "rendered", "--size", "32")
+    assert r.exit_code == 2 and f"Directory '{blocker}' is a file" in r.output  # click checks this flag itself
+    r = invoke("train", "--raw-dir", tiny / "raw", "--runs-dir", blocker / "runs", *TINY_TRAIN)
+    assert_one_error(r, blocker)
+    r = invoke("fetch", "--source", tmp_path, "--raw-dir", blocker / "raw")
+    assert_one_error(r, blocker)
+    r = invoke("compare", tiny_run, "--out", blocker / "report")
+    assert_one_error(r, blocker)
+    assert blocker.read_text() == "not a folder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+# --- 2. nothing half-made survives, nothing blocks a rerun ------------------------------------------
+def test_atomic_writes_leave_no_temporary_and_clear_those_of_dead_processes(tmp_path):
+    target = tmp_path / "x.json"
+
+    def fail(f):
+        f.write(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic.write_with(target, fail)
+    assert leftovers(tmp_path) == []
+    dead = _dead_pid()
+    (tmp_path / f".x.json.tmp-{dead}").write_text("left by a killed process")
+    (tmp_path / f".x.json.tmp-{os.getppid()}").write_text("a living writer's")
+    atomic.write_json(target, {"a": 1})
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert leftovers(tmp_path) == [f".x.json.tmp-{os.getppid()}", "x.json"]
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has ended."""
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid
+
+
+def test_leftovers_of_a_killed_render_are_cleared_by_the_next(tiny, tmp_path):
+    out = tmp_path / "rendered"
+    dead = _dead_pid()
+    stale = out / f".t3-s32.partial-{dead}"
+    (stale / "Barline").mkdir(parents=True)
+    (out / ".t3-s32.lock").write_text(f"{dead}\n")  # a lock file: the OS released its lock with the process
+    r = invoke("render", "--raw-dir", tiny / "raw", "--rendered-dir", out, "--size", "32", "--jobs", "1",
+               "--writers", "1")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["t3-s32"]
+
+
+def test_a_train_that_fails_before_its_first_epoch_leaves_no_run(tiny, tmp_path, monkeypatch):
+    import classifier.train as train_mod
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "train_one_epoch", interrupted)
+    r = invoke("train", "--raw-dir", tiny / "raw", "--runs-dir", tmp_path / "runs", "--name", "x", *TINY_TRAIN)
+    assert r.exit_code != 0
+    assert leftovers(tmp_path / "runs") == []
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_replaced(tiny, tiny_run, tmp_path):
+    """What a SIGKILL leaves (settings, split, data identity, no checkpoint): the same command again
+    starts afresh; ``--resume`` starts it at epoch 1 and says so."""
+    for how in (["--raw-dir", tiny / "raw", *TINY_TRAIN], ["--resume"]):
+        runs = tmp_path / how[0].strip("-")
+        run = runs / "x"
+        run.mkdir(parents=True)
+        for name in ("split.json", "data.json"):
+            shutil.copy(tiny_run / name, run / name)
+        cfg = yaml.safe_load((tiny_run / "config.yaml").read_text())  # trained with --raw-dir raw in tiny
+        (run / "config.yaml").write_text(yaml.safe_dump({**cfg, "raw_dir": str(tiny / "raw")}))
+        (run / f".last.pt.tmp-{_dead_pid()}").write_bytes(b"torn")
+        if how == ["--resume"]:
+            r = invoke("train", "--resume", run)
+            assert "no last.pt to continue from" in r.output
+        else:
+            r = invoke("train", "--runs-dir", runs, "--name", "x", *how)
+            assert "replacing a run that stopped before its first epoch" in r.output
+        assert r.exit_code == 0, r.output
+        assert (run / "metrics.json").is_file() and not list(run.glob(".*"))
+
+
+@pytest.fixture(scope="module")
+def half_run(tiny):
+    """A two-epoch run killed right after its first checkpoint: resumable."""
+    real = checkpoint.save
+
+    def save_then_die(path, ckpt):
+        real(path, ckpt)
+        if Path(path).name == "last.pt":
+            raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(checkpoint, "save", save_then_die)
+        r = invoke("train", "--raw-dir", tiny / "raw", "--runs-dir", tiny / "runs", "--name", "half",
+                   *TINY_TRAIN, "--epochs", "2")
+    assert r.exit_code != 0 and (tiny / "runs/half/last.pt").is_file()
+    return tiny / "runs/half"
+
+
+def test_resume_refuses_changed_data_and_a_foreign_checkpoint(half_run, tmp_path):
+    run = tmp_path / "half"
+    shutil.copytree(half_run, run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    # the raw data changed since: the run cannot continue on it
+    raw = tmp_path / "raw"
+    shutil.copytree(cfg["raw_dir"], raw)
+    with open(raw / "3/3-7.txt", "a") as f:
+        f.write("1,1;2,2;\n")
+    (run / "config.yaml").write_text(yaml.safe_dump({**cfg, "raw_dir": str(raw)}))
+    assert "differs, so it cannot continue" in assert_one_error(invoke("train", "--resume", run), run)
+    # the settings ask for another model than last.pt holds
+    (run / "config.yaml").write_text(yaml.safe_dump({**cfg, "arch": "resnet34"}))
+    line = assert_one_error(invoke("train", "--resume", run), run / "last.pt")
+    assert "resnet18" in line and "resnet34" in line
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    r = invoke("train", "--resume", run)
+    assert r.exit_code == 0, r.output
+    assert (run / "metrics.json").is_file()
+
+
+# --- 3. killing a command kills its workers ------------------------------------------------------
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["term", "kill"])
+def test_killing_a_render_kills_its_workers(raw_full, tmp_path, sig):
+    out = tmp_path / "rendered"
+    args = ("render", "--raw-dir", raw_full, "--rendered-dir", out, "--size", "32", "--jobs", "2")
+    proc = start(*args, log=tmp_path / "log")
+    # mid-way: the workers have written images into the staging folder
+    wait_for(lambda: any(out.glob(".t3-s32.partial-*/*/*.png")), 120, "the first images", proc, tmp_path / "log")
+    workers = wait_for(lambda: descendants(proc.pid) if len(descendants(proc.pid)) >= 2 else None, 30,
+                       "the workers")
+    proc.send_signal(sig)
+    proc.wait(timeout=30)
+    end = time.monotonic() + 10
+    while alive(workers) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert not alive(workers), f"workers outlived their parent: {alive(workers)}"
+    if sig == signal.SIGTERM:  # it cleaned up itself
+        assert proc.returncode == 143 and leftovers(out) == []
+    done = run_homus(*args)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["t3-s32"]
+    assert (out / "t3-s32/variant.json").is_file()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
+def test_killing_a_train_kills_its_loader_workers(tiny, tmp_path, sig):
+    runs = tmp_path / "runs"
+    args = ["train", "--raw-dir", tiny / "raw", "--runs-dir", runs, "--name", "k", *TINY_TRAIN]
+    proc = start(*args, "--workers", "2", log=tmp_path / "log")
+    workers = wait_for(lambda: descendants(proc.pid) if len(descendants(proc.pid)) >= 2 else None, 120,
+                       "the loader workers", proc, tmp_path / "log")
+    proc.send_signal(sig)
+    proc.wait(timeout=30)
+    end = time.monotonic() + 10
+    while alive(workers) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert not alive(workers), f"workers outlived their parent: {alive(workers)}"
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 143 and leftovers(runs) == []
+    resumable = (runs / "k/last.pt").is_file()
+    done = run_homus(*(["train", "--resume", runs / "k"] if resumable else args))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert leftovers(runs)[0] == "k" and not [n for n in leftovers(runs) if "/." in n or n.startswith(".")]
+    assert (runs / "k/metrics.json").is_file()
+
+
+# --- 4. two writers at once ----------------------------------------------------------------------
+def hold_lock(target: Path) -> subprocess.Popen:
+    """Another process holding ``target``'s lock until its stdin closes."""
+    code = ("import sys; from homus_render.lock import writing\n"
+            f"with writing({str(target)!r}):\n    print('held', flush=True); sys.stdin.read()")
+    p = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_a_second_writer_is_refused_while_the_first_writes(tiny, homus_zip, tmp_path):
+    cases = [
+        (tmp_path / "rendered/t3-s32", ["render", "--raw-dir", tiny / "raw", "--rendered-dir", tmp_path / "rendered",
+                                        "--size", "32", "--jobs", "1", "--writers", "1"]),
+        (tmp_path / "runs/x", ["train", "--raw-dir", tiny / "raw", "--runs-dir", tmp_path / "runs", "--name", "x",
+                               *TINY_TRAIN]),
+        (tmp_path / "raw", ["fetch", "--source", homus_zip, "--raw-dir", tmp_path / "raw"]),
+    ]
+    for target, args in cases:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        holder = hold_lock(target)
+        try:
+            done = run_homus(*args)
+            assert done.returncode == 1, done.stdout + done.stderr
+            errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error:")]
+            assert errors == [f"error: {target} is being written by process {holder.pid}; wait for it or "
+                              + errors[0].split("wait for it or ", 1)[1]], done.stderr
+            assert "Traceback" not in done.stderr and not target.exists()
+        finally:
+            holder.stdin.close()
+            holder.wait()
+        done = run_homus(*args)  # the holder is gone: the same command now succeeds
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert not lock_path(target).exists()
+
+
+def test_two_renders_of_one_variant_at_once(raw_full, tmp_path):
+    out = tmp_path / "rendered"
+    args = ("render", "--raw-dir", raw_full, "--rendered-dir", out, "--size", "32", "--jobs", "1")
+    first = start(*args, log=tmp_path / "first")
+    wait_for(lambda: lock_path(out / "t3-s32").exists(), 60, "the first render's lock", first, tmp_path / "first")
+    second = run_homus(*args)
+    assert first.wait(timeout=300) == 0, (tmp_path / "first").read_text()
+    assert second.returncode == 1 and f"is being written by process {first.pid}" in second.stderr, second.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["t3-s32"]
+    assert json.loads((out / "t3-s32/variant.json").read_text())["images"] == 15_200
+
+
+def test_the_lock_is_released_on_every_exit(tmp_path):
+    target = tmp_path / "t"
+    with pytest.raises(RuntimeError), writing(target):
+        with pytest.raises(BusyError, match=f"is being written by process {os.getpid()}"), writing(target):
+            pass
+        raise RuntimeError
+    with writing(target):
+        assert lock_path(target).is_file()
+    assert leftovers(tmp_path) == []
+
+
+# --- 5. no silent wrong result -------------------------------------------------------------------
+def test_two_files_with_one_sample_id_are_an_error_naming_both(tmp_path):
+    raw = tmp_path / "raw"
+    write_handmade(raw)
+    (raw / "2/1-1.txt").write_text(sample_text(*HANDMADE[1]))  # writer 2's folder, writer 1's sample id
+    for call in (lambda: list_stroke_files(raw), lambda: load_samples(raw)):
+        with pytest.raises(DuplicateSampleError, match="same sample id '1-1'") as e:
+            call()
+        assert str(raw / "1/1-1.txt") in str(e.value) and str(raw / "2/1-1.txt") in str(e.value)
+    r = invoke("render", "--raw-dir", raw, "--rendered-dir", tmp_path / "rendered", "--size", "32")
+    assert_one_error(r, raw / "1/1-1.txt", raw / "2/1-1.txt")
+    (raw / "2/1-1.txt").unlink()
+    (raw / "1/1-01.txt").write_text(sample_text(*HANDMADE[1]))  # 1-01 is sample 1-1 written another way
+    r = invoke("render", "--raw-dir", raw, "--rendered-dir", tmp_path / "rendered", "--size", "32")
+    assert_one_error(r, raw / "1/1-1.txt", raw / "1/1-01.txt")
+    assert not (tmp_path / "rendered").exists()
+
+
+def _symbol() -> np.ndarray:
+    """An asymmetric black-on-white symbol: a bar with a blob at its top right."""
+    img = np.full((60, 40), 255, np.uint8)
+    img[5:55, 8:12] = 0
+    cv2.circle(img, (28, 12), 7, 0, -1)
+    return img
+
+
+S = RenderSettings(thickness=3, width=32, height=32, margin=2)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    from PIL import Image
+
+    upright = _symbol()
+    stored = np.ascontiguousarray(np.rot90(upright, 1))  # a camera held sideways: pixels stored turned
+    for orientation, fmt in ((6, "JPEG"), (6, "PNG")):
+        im = Image.fromarray(stored)
+        exif = im.getexif()
+        exif[0x0112] = orientation  # "rotate 90 degrees clockwise to display"
+        path = tmp_path / f"photo.{fmt.lower()}"
+        im.save(path, fmt, exif=exif.tobytes(), **({"quality": 100} if fmt == "JPEG" else {}))
+        decoded = decode_image(path.read_bytes(), path)
+        assert decoded.shape == upright.shape
+        assert np.abs(decoded.astype(int) - upright).mean() < 3
+    plain = tmp_path / "plain.png"
+    cv2.imwrite(str(plain), stored)  # no EXIF: taken as stored
+    assert decode_image(plain.read_bytes()).shape == stored.shape
+
+
+def test_ink_carried_only_by_the_alpha_channel_is_read(tmp_path):
+    reference = normalize_image(_symbol(), S)
+    ink = 255 - _symbol()  # opacity: the ink is opaque, the sheet transparent
+    for colour in (0, 255):  # black ink, white ink: the colour channels alone show nothing
+        rgba = np.dstack([np.full_like(ink, colour)] * 3 + [ink])
+        path = tmp_path / f"alpha{colour}.png"
+        cv2.imwrite(str(path), rgba)
+        got = prepare(path, S)
+        assert np.abs(got.astype(int) - reference).mean() < 2, colour
+    opaque = np.dstack([_symbol()] * 3 + [np.full_like(ink, 255)])  # plain opacity changes nothing
+    assert np.array_equal(normalize_image(opaque, S), reference)
+
+
+def test_a_bad_image_fails_alone(tiny_run, tmp_path):
+    good = tmp_path / "good.png"
+    cv2.imwrite(str(good), _symbol())
+    empty, junk = tmp_path / "empty.png", tmp_path / "junk.jpg"
+    empty.write_bytes(b"")
+    junk.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg" * 10)
+    r = invoke("predict", tiny_run, good, empty, junk, tmp_path / "missing.png")
+    assert r.exit_code == 1 and (r.exception is None or isinstance(r.exception, SystemExit)), r.output
+    assert "Traceback" not in r.output
+    assert [ln.split(":")[0] for ln in r.output.splitlines()] == [str(good), str(empty), str(junk),
+                                                                  str(tmp_path / "missing.png")]
+    assert "0 bytes" in r.output and "neither an image" in r.output and "no such file" in r.output
+
+
+def test_fetch_checks_the_folder_it_calls_already_there(tmp_path):
+    src = tmp_path / "homus.zip"
+    with zipfile.ZipFile(src, "w") as z:
+        for w in ("1", "2", "3"):
+            for n, (label, strokes) in enumerate(HANDMADE, 1):
+                z.writestr(f"HOMUS/{w}/{w}-{n}.txt", sample_text(label, strokes))
+    raw = tmp_path / "raw"
+    assert invoke("fetch", "--source", src, "--raw-dir", raw).exit_code == 0
+    r = invoke("fetch", "--source", src, "--raw-dir", raw)
+    assert r.exit_code == 0 and "already there" in r.output
+    shutil.rmtree(raw / "2")  # a writer removed
+    line = assert_one_error(invoke("fetch", "--source", src, "--raw-dir", raw), raw)
+    assert "12 files of 3 writers" in line and "now holds 8 files of 2 writers" in line
+    assert "run `homus fetch` again" in line
+    shutil.rmtree(raw)
+    assert invoke("fetch", "--source", src, "--raw-dir", raw).exit_code == 0
+    (raw / "3/3-2.txt").write_text(sample_text(*HANDMADE[0]))  # a file changed
+    assert "content differs" in assert_one_error(invoke("fetch", "--source", src, "--raw-dir", raw), raw)
+
+
+def test_evaluate_from_another_folder_scores_the_recorded_data(tiny, tiny_run, tmp_path, monkeypatch):
+    """The run was trained with ``--raw-dir raw`` in another folder; here ``./raw`` holds other
+    data. evaluate reads the run's recorded absolute raw folder, never ./raw."""
+    write_handmade(tmp_path / "raw", writers=("1", "2", "3", "4", "5"))
+    monkeypatch.chdir(tmp_path)
+    r = invoke("evaluate", tiny_run, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    own = json.loads((tiny_run / "metrics.json").read_text())
+    scored = json.loads((tiny_run / f"eval-{own['variants'][0]}.json").read_text())
+    assert scored["test_accuracy"] == pytest.approx(own["test_accuracy"], abs=1e-9)
+    assert scored["n_test"] == own["n_test"] == 152
+    # the recorded data changed: refused, whatever the current folder
+    moved = tiny / "raw-moved"
+    shutil.copytree(tiny / "raw", moved)
+    try:
+        f = tiny / "raw/5/5-1.txt"
+        f.write_text(f.read_text() + "1,1;2,2;\n")
+        line = assert_one_error(invoke("evaluate", tiny_run, "--device", "cpu"), tiny / "raw")
+        assert "not the ones run" in line
+    finally:
+        shutil.rmtree(tiny / "raw")
+        moved.rename(tiny / "raw")
+
+
+def test_a_png_with_16_bit_depth_and_grey_alpha_is_read(tmp_path):
+    """Other depths and layouts of the same symbol frame the same."""
+    reference = normalize_image(_symbol(), S)
+    deep = tmp_path / "deep.png"
+    cv2.imwrite(str(deep), _symbol().astype(np.uint16) * 257)
+    assert np.array_equal(prepare(deep, S), reference)
+    from PIL import Image
+
+    la = tmp_path / "la.png"
+    Image.fromarray(np.dstack([np.zeros_like(_symbol()), 255 - _symbol()]), "LA").save(la)
+    assert np.abs(prepare(la, S).astype(int) - reference).mean() < 2
+    buf = io.BytesIO()
+    Image.fromarray(_symbol()).save(buf, "PNG")
+    assert np.array_equal(normalize_image(decode_image(buf.getvalue()), S), reference)
