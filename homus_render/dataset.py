@@ -94,6 +94,11 @@ def file_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def hash_folder(raw_dir: str | Path, files: list[str]) -> str:
+    """:func:`content_hash` of the files on disk (``fetch`` checks a folder it finds in place)."""
+    return content_hash({rel: file_digest(Path(raw_dir, rel).read_bytes()) for rel in files})
+
+
 def read_info(raw_dir: str | Path) -> dict:
     """What ``homus fetch`` recorded about this folder; ``{}`` for a folder it did not make."""
     path = Path(raw_dir) / DATASET_INFO
