@@ -247,11 +247,12 @@ def nest_flat(d: dict) -> dict:
     """A run's settings in the nested layout: older runs recorded the stroke augmentation as
     ``stroke_<name>`` and the image warp as ``aug_<name>``; they move into ``strokes`` and ``warp``
     (a study's arms may still be written so). Settings already nested come back unchanged (a copy)."""
+    known = {"strokes": {f.name for f in fields(StrokeAugment)}, "warp": set(WARP_KEYS)}
     out = {}
     for k, v in d.items():
         prefix = next((p for p in FLAT_PREFIXES if isinstance(k, str) and k.startswith(p)), None)
-        if prefix is None:
-            out[k] = v
+        if prefix is None or k[len(prefix):] not in known[FLAT_PREFIXES[prefix]]:
+            out[k] = v  # not a flat key (or a mistyped one: left as written, so an error names it so)
         else:
             out.setdefault(FLAT_PREFIXES[prefix], {})[k[len(prefix):]] = v
     return out

@@ -134,11 +134,11 @@ def run_config(cfg: dict, r: StudyRun, runs_dir: Path, source: str | Path) -> Tr
     if r.settings is None:  # a union: several renderings, read from their folders
         fixed["from_strokes"] = False
     layers = [s["train"], (s["overrides"] or {}).get(r.variant, {}), (s["arms"] or {}).get(r.arm, {}), fixed]
-    tc = cfgmod.train_config(cfg, layers, render=r.settings, source=source)
-    if r.settings is None and tc.channels != ["ink"]:
-        raise cfgmod.ConfigError("study.union trains on rendered folders, which hold ink alone: set "
+    channels = next((layer["channels"] for layer in reversed(layers) if "channels" in layer), cfg["train"]["channels"])
+    if r.settings is None and cfgmod.as_list(channels) != ["ink"]:
+        raise cfgmod.ConfigError(f"{source}: study.union trains on rendered folders, which hold ink alone: set "
                                  "study.union: false to study channels other than ink")
-    return tc
+    return cfgmod.train_config(cfg, layers, render=r.settings, source=source)
 
 
 def run_study(cfg: dict, log=print, source: str | Path = "the study") -> Path:

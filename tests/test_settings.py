@@ -216,3 +216,31 @@ def test_in_ci_an_unexpected_skip_fails_and_an_allowed_one_does_not(pytester, mo
     result.stdout.fnmatch_lines(["*skipped in CI, where every test must run*HOMUS v2 zip not found*"])
     monkeypatch.delenv("CI")
     pytester.runpytest_inprocess("-p", "no:cacheprovider").assert_outcomes(passed=1, skipped=2)
+
+
+def test_a_study_variant_without_a_size_takes_the_train_sections():
+    from homus.study import study_variants
+
+    cfg = load(None)
+    cfg["study"]["variants"] = [{"thickness": 2}]
+    cfg["train"]["size"] = "40x48"
+    assert study_variants(cfg)[0].size == (40, 48)  # no size of the study's own to drift from pipeline.yaml
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 5, 6, 11])
+def test_every_schedule_runs_on_tiny_data(steps):
+    import torch
+
+    from classifier.train import make_scheduler
+
+    for schedule in SCHEDULES:
+        tc = train_config(load(None), {"schedule": schedule, "epochs": 1})
+        model = torch.nn.Linear(2, 2)
+        opt = torch.optim.SGD(model.parameters(), lr=tc.lr)
+        sched = make_scheduler(opt, tc, steps)
+        seen = []
+        for _ in range(steps):
+            seen.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        assert all(math.isfinite(v) and 0 <= v <= tc.lr + 1e-12 for v in seen), (schedule, seen)
