@@ -106,7 +106,7 @@ def create_app(runs, collect_dir="collected", max_batch: int = 32):
         collected_counts,
         save_sample,
     )
-    from homus_render.errors import HomusError, describe
+    from homus_render.errors import HomusError, PathError, describe
     from homus_render.labels import LABELS
 
     predictor = Predictor([Path(r) for r in runs], max_batch=max_batch)
@@ -203,8 +203,8 @@ def create_app(runs, collect_dir="collected", max_batch: int = 32):
                             422)
 
     @app.exception_handler(HomusError)
-    async def _homus(request: Request, exc: HomusError):
-        return JSONResponse({"detail": describe(exc) or str(exc)}, 422)
+    async def _homus(request: Request, exc: HomusError):  # a disk fault while saving is the server's, not the request's
+        return JSONResponse({"detail": describe(exc) or str(exc)}, 500 if isinstance(exc, PathError) else 422)
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception):  # a fault of the server, not of the request
