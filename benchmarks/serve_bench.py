@@ -53,8 +53,7 @@ def start_server(runs: list[str], port: int, threads: int) -> subprocess.Popen:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     cmd = [sys.executable, "-m", "homus.cli", "serve", *runs, "--host", "127.0.0.1", "--port", str(port),
            "--log-level", "warning", "--collect-dir", tempfile.mkdtemp(prefix="serve-bench-")]
-    if threads:
-        cmd += ["--threads", str(threads)]
+    cmd += ["--threads", str(threads)]
     proc = subprocess.Popen(cmd, env=env)
     end = time.monotonic() + 120
     while time.monotonic() < end:
@@ -139,7 +138,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=5000, help="Requests per phase (at most).")
     ap.add_argument("--seconds", type=float, default=120, help="Time limit per phase.")
     ap.add_argument("--warmup", type=int, default=50, help="Requests sent first and not counted.")
-    ap.add_argument("--threads", type=int, default=0, help="homus serve --threads (torch CPU threads; 0: default).")
+    ap.add_argument("--threads", type=int, default=1, help="homus serve --threads (0: torch's default).")
     ap.add_argument("--samples", type=int, default=2000, help="Test-split samples to replay (cycled).")
     ap.add_argument("--json", dest="json_out", help="Also write the results here.")
     args = ap.parse_args()

@@ -106,7 +106,7 @@ def create_app(runs, collect_dir="collected", max_batch: int = 32):
         collected_counts,
         save_sample,
     )
-    from homus_render.errors import HomusError, describe
+    from homus_render.errors import HomusError, PathError, describe
     from homus_render.labels import LABELS
 
     predictor = Predictor([Path(r) for r in runs], max_batch=max_batch)
@@ -203,8 +203,8 @@ def create_app(runs, collect_dir="collected", max_batch: int = 32):
                             422)
 
     @app.exception_handler(HomusError)
-    async def _homus(request: Request, exc: HomusError):
-        return JSONResponse({"detail": describe(exc) or str(exc)}, 422)
+    async def _homus(request: Request, exc: HomusError):  # a disk fault while saving is the server's, not the request's
+        return JSONResponse({"detail": describe(exc) or str(exc)}, 500 if isinstance(exc, PathError) else 422)
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception):  # a fault of the server, not of the request
@@ -264,7 +264,9 @@ def create_app(runs, collect_dir="collected", max_batch: int = 32):
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--collect-dir", default="collected", show_default=True, type=click.Path(file_okay=False),
               help="Where collected samples go, as <writer>/<writer>-<n>.txt.")
-@click.option("--threads", type=int, default=0, show_default=True, help="Torch CPU threads (0: torch's default).")
+@click.option("--threads", type=int, default=1, show_default=True,
+              help="Torch CPU threads per forward pass (0: torch's default, all cores). Concurrent requests are "
+                   "batched, so one thread keeps a small CPU busiest (docs/serve.md).")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
               show_default=True)
 def serve(runs, host, port, collect_dir, threads, log_level) -> None:

@@ -282,3 +282,12 @@ def test_runs_with_other_classes_are_refused(run, tmp_path):
     assert r.exit_code == 1 and "error:" in r.output and "other classes" in r.output
     r = CliRunner().invoke(main, ["serve", str(tmp_path)])
     assert r.exit_code == 1 and "not a homus run folder" in r.output
+
+
+def test_a_collect_folder_that_cannot_be_written_is_the_servers_fault(run, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with TestClient(create_app([run], blocker / "collected")) as c:
+        r = c.post("/api/samples", json={"label": "Dot", "writer": "alice", "strokes": [[[5, 5]]]})
+        assert r.status_code == 500 and "a-file" in r.json()["detail"]
+        assert c.post("/api/predict", json={"strokes": BARLINE}).status_code == 200
