@@ -69,33 +69,34 @@ def train_one_epoch(model: nn.Module, loader, criterion, optimizer, scheduler, d
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, unit="batch", disable=None)
-    for step, (x, y) in enumerate(bar, 1):
-        if transform is not None:
-            x = transform(x)
-        x = x.to(device, memory_format=torch.channels_last, non_blocking=True)
-        y = y.to(device, non_blocking=True)
-        with autocast(device, amp, dtype):
-            out = model(x)
-            loss = criterion(out, y)
-        if not torch.isfinite(loss):
-            raise DivergedError(f"epoch {epoch}, batch {step}: the loss is {loss.item()}; training diverged. "
-                                "Lower --lr, or check --weight-decay and --label-smoothing")
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        scheduler.step()
-        n = len(y)
-        total_loss += loss.item() * n
-        correct += (out.argmax(1) == y).sum().item()
-        seen += n
-        rate = seen / (time.perf_counter() - start)
-        bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}", img_s=f"{rate:.0f}")
+    # a with block: the bar is closed on every exit path, a diverged loss and an interruption too
+    with tqdm(loader, desc=f"epoch {epoch} train", leave=False, unit="batch", disable=None) as bar:
+        for step, (x, y) in enumerate(bar, 1):
+            if transform is not None:
+                x = transform(x)
+            x = x.to(device, memory_format=torch.channels_last, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            with autocast(device, amp, dtype):
+                out = model(x)
+                loss = criterion(out, y)
+            if not torch.isfinite(loss):
+                raise DivergedError(f"epoch {epoch}, batch {step}: the loss is {loss.item()}; training diverged. "
+                                    "Lower --lr, or check --weight-decay and --label-smoothing")
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            scheduler.step()
+            n = len(y)
+            total_loss += loss.item() * n
+            correct += (out.argmax(1) == y).sum().item()
+            seen += n
+            rate = seen / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}", img_s=f"{rate:.0f}")
     seconds = time.perf_counter() - start
     return {"train_loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1),
             "seconds": seconds, "images_per_s": seen / seconds if seconds else 0.0}

@@ -569,3 +569,19 @@ def test_a_png_with_16_bit_depth_and_grey_alpha_is_read(tmp_path):
     buf = io.BytesIO()
     Image.fromarray(_symbol()).save(buf, "PNG")
     assert np.array_equal(normalize_image(decode_image(buf.getvalue()), S), reference)
+
+
+def test_a_non_finite_loss_stops_training_naming_epoch_and_batch():
+    import torch
+
+    from classifier.engine import DivergedError, train_one_epoch
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
+    batches = [(torch.ones(2, 1, 4, 4), torch.tensor([0, 1]))] * 3
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    train_one_epoch(model, batches, torch.nn.CrossEntropyLoss(), opt, sched, torch.device("cpu"), 1)  # finite
+    with torch.no_grad():
+        model[1].weight[0, 0] = float("nan")
+    with pytest.raises(DivergedError, match="epoch 3, batch 1: the loss is nan"):
+        train_one_epoch(model, batches, torch.nn.CrossEntropyLoss(), opt, sched, torch.device("cpu"), 3)
