@@ -152,6 +152,7 @@ class Predictor:
         self.members = load_members(runs)
         self.classes = self.members[0].classes
         self._forward = _Gather(self._forward_batch, max_batch)
+        self._saliency_lock = threading.Lock()
 
     def images(self, strokes: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The uint8 image (``(h, w)``, or ``(c, h, w)`` for several channels) each member reads,
@@ -176,6 +177,16 @@ class Predictor:
         member_probs = self._forward(images)
         probs = np.mean(member_probs, axis=0)
         return Prediction(self.classes, probs, member_probs, images)
+
+    def saliency(self, images: list[np.ndarray], class_index: int) -> list[np.ndarray]:
+        """Each member's Grad-CAM map (``(h, w)`` in [0, 1], :func:`classifier.explain.gradcam`) of
+        ``class_index`` on the image it read. One map at a time: Captum hooks the shared model."""
+        from .data import to_input
+        from .explain import gradcam
+
+        with self._saliency_lock:
+            return [gradcam(m.model, to_input(img[None]), [class_index])[0]
+                    for m, img in zip(self.members, images, strict=True)]
 
     def describe(self) -> list[dict]:
         return [m.describe() for m in self.members]

@@ -22,7 +22,7 @@ log = logging.getLogger("homus.serve")
 
 
 def png_data_url(img) -> str:
-    """A uint8 grayscale image as a ``data:image/png;base64,...`` URL."""
+    """A uint8 image (grayscale, or BGR) as a ``data:image/png;base64,...`` URL."""
     import cv2
 
     ok, buf = cv2.imencode(".png", img)
@@ -97,7 +97,9 @@ def create_app(runs, collect_dir="collected", max_batch: int = 32):
     from fastapi.staticfiles import StaticFiles
     from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+    from classifier.explain import overlay
     from classifier.inference import Predictor
+    from homus_render.channels import ink_index
     from homus_render.collect import (
         SampleError,
         check_label,
@@ -123,6 +125,8 @@ def create_app(runs, collect_dir="collected", max_batch: int = 32):
         strokes: Strokes
         top_k: int = Field(5, ge=1, le=n_classes, description="How many classes to return, most probable first.")
         inputs: bool = Field(False, description="Also return the images each model read, as PNG data URLs.")
+        explain: bool = Field(False, description="Also return each model's Grad-CAM saliency for the top class, "
+                                                 "laid over its ink, as a PNG data URL.")
 
         @field_validator("strokes", mode="after")
         @classmethod
@@ -162,6 +166,9 @@ def create_app(runs, collect_dir="collected", max_batch: int = 32):
         top: Guess
         images: list[str] | None = Field(None, description="What the model read, one PNG data URL per channel "
                                                            "(only when the request asks `inputs`).")
+        saliency: str | None = Field(None, description="Grad-CAM of the ensemble's top class on this model's input, "
+                                                       "over its ink (PNG data URL; only when the request asks "
+                                                       "`explain`).")
 
     class PredictResponse(BaseModel):
         predictions: list[Guess]
@@ -231,14 +238,17 @@ def create_app(runs, collect_dir="collected", max_batch: int = 32):
     def predict(req: PredictRequest):
         start = time.perf_counter()
         p = predictor.predict(req.strokes)
+        heat = predictor.saliency(p.images, int(p.probs.argmax())) if req.explain else [None] * len(p.images)
         ms = (time.perf_counter() - start) * 1000
         models = []
-        for m, probs, img in zip(predictor.members, p.member_probs, p.images, strict=True):
+        for m, probs, img, h in zip(predictor.members, p.member_probs, p.images, heat, strict=True):
             i = int(probs.argmax())
             answer = {"run": m.name, "channels": list(m.channels), "size": [m.settings.width, m.settings.height],
                       "top": {"label": predictor.classes[i], "probability": float(probs[i])}}
             if req.inputs:
                 answer["images"] = [png_data_url(c) for c in (img if img.ndim == 3 else img[None])]
+            if h is not None:
+                answer["saliency"] = png_data_url(overlay(img[ink_index(m.channels)] if img.ndim == 3 else img, h))
             models.append(answer)
         return {"predictions": [{"label": label, "probability": prob} for label, prob in p.top(req.top_k)],
                 "models": models, "ms": round(ms, 3)}

@@ -170,6 +170,9 @@ def test_draw_read_and_collect_in_chromium(server, browser, run, tmp_path):
     rows = browser.find_elements(By.CSS_SELECTOR, "#predictions li")
     assert [r.get_attribute("data-label") for r in rows] == [p["label"] for p in api["predictions"]]
     assert browser.find_elements(By.CSS_SELECTOR, "#inputs img")
+    maps = browser.find_elements(By.CSS_SELECTOR, "#saliency img")  # the top class's Grad-CAM over the ink
+    assert len(maps) == 1 and maps[0].get_attribute("src").startswith("data:image/png;base64,")
+    assert maps[0].is_displayed() and on_page in maps[0].get_attribute("alt")
     shot = tmp_path / "page.png"
     browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000

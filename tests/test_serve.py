@@ -105,6 +105,25 @@ def test_inputs_are_the_images_the_model_read(client, run):
     assert img.shape == (32, 32) and np.array_equal(img, expected)
 
 
+def test_explain_lays_the_models_grad_cam_of_the_top_class_over_its_ink(client, run):
+    from classifier.data import to_input
+    from classifier.explain import gradcam, overlay
+
+    body = client.post("/api/predict", json={"strokes": BARLINE, "explain": True}).json()
+    (answer,) = body["models"]
+    url = answer["saliency"]
+    assert url.startswith("data:image/png;base64,") and "images" not in answer
+    img = cv2.imdecode(np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8), cv2.IMREAD_UNCHANGED)
+    model, ckpt = checkpoint.load_model(run / "best.pt")
+    ink = render_plain([np.array(s, float) for s in BARLINE], RenderSettings.from_dict(ckpt["render"]))
+    top = list(ckpt["classes"]).index(body["predictions"][0]["label"])
+    expected = overlay(ink, gradcam(model, to_input(ink[None]), [top])[0])
+    assert img.shape == (32, 32, 3) and np.abs(img.astype(int) - expected).max() <= 1
+    plain = client.post("/api/predict", json={"strokes": BARLINE}).json()
+    assert "saliency" not in plain["models"][0]  # only when asked: Grad-CAM costs a backward pass
+    assert plain["predictions"] == body["predictions"]
+
+
 def _points(n: int) -> list:
     return [[i % 150, (i * 7) % 200] for i in range(n)]
 

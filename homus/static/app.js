@@ -104,6 +104,8 @@ function showEmpty() {
   $("top-probability").textContent = "";
   $("predictions").replaceChildren();
   $("inputs").innerHTML = '<span class="muted small">Draw a symbol.</span>';
+  $("saliency").replaceChildren();
+  $("saliency").hidden = true;
   $("ms").textContent = "";
 }
 
@@ -113,7 +115,7 @@ async function predict() {
   const sent = JSON.parse(JSON.stringify(strokes));
   window.homusPending++;
   try {
-    const data = await api("/api/predict", { strokes: sent, top_k: 5, inputs: true });
+    const data = await api("/api/predict", { strokes: sent, top_k: 5, inputs: true, explain: true });
     if (mine !== seq) return;
     window.homusLastStrokes = sent;
     window.homusLastPrediction = data;
@@ -151,6 +153,16 @@ function showPrediction(data) {
     });
   }
   $("inputs").replaceChildren(...figures);
+  const maps = data.models.filter((m) => m.saliency).map((m) => {
+    const fig = document.createElement("figure");
+    const img = document.createElement("img"); img.src = m.saliency; img.alt = `${m.run}: Grad-CAM of ${best.label}`;
+    const cap = document.createElement("figcaption");
+    cap.textContent = `why ${best.label}` + (data.models.length > 1 ? ` (${m.run})` : "");
+    fig.append(img, cap);
+    return fig;
+  });
+  $("saliency").replaceChildren(...maps);
+  $("saliency").hidden = !maps.length;
   $("models").textContent = data.models.length > 1 ? `${data.models.length} models voting.` : `Model: ${data.models[0].run}.`;
   $("ms").textContent = `${data.ms.toFixed(1)} ms on the server.`;
 }
