@@ -48,11 +48,12 @@ def _read_json(path: Path, missing: str) -> dict:
     return data
 
 
-def raw_identity(raw_dir: str | Path, writers: str | int | list | None = None) -> dict:
+def raw_identity(raw_dir: str | Path, writers: str | int | list | None = None,
+                 extra: list[str] | tuple = ()) -> dict:
     """The absolute identity of a raw folder's stroke files (of ``writers``): its path, the number of
     files and their content hash (the same hash ``homus fetch`` and ``homus render`` record)."""
     raw = Path(raw_dir).resolve()
-    files = list_stroke_files(raw, parse_writers(writers))
+    files = list_stroke_files(raw, parse_writers(writers), extra)
     digests = {}
     for rel in files:
         try:
@@ -152,7 +153,7 @@ class RunFolder:
         if not recorded.get("sha256"):
             return
         raw = Path(raw_dir) if raw_dir is not None else Path(recorded["raw_dir"])
-        now = raw_identity(raw, self.config().get("writers"))
+        now = raw_identity(raw, self.config().get("writers"), self.config().get("extra_raw") or ())
         if now["sha256"] != recorded["sha256"]:
             raise RunError(f"{raw}: these stroke files ({now['files']:,}) are not the ones run {self.path} was "
                            f"trained and tested on ({recorded['files']:,} files in {recorded['raw_dir']}); "
@@ -193,7 +194,7 @@ class RunFolder:
             return cache[key]
         self.check_data(raw)
         try:
-            loaded = load_samples(raw, parse_writers(cfg.get("writers")))
+            loaded = load_samples(raw, parse_writers(cfg.get("writers")), cfg.get("extra_raw") or ())
         except FileNotFoundError as e:
             raise DataError(f"run {self.path} draws its test images from the raw strokes: {e}") from None
         if cache is not None:

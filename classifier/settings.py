@@ -86,6 +86,7 @@ class TrainConfig:
     from_strokes: bool
     raw_dir: str
     writers: str | int | list | None  # from_strokes: only these writers, e.g. "1-5"
+    extra_raw: list[str]  # from_strokes: folders of collected samples, added as more writers
     render: RenderSettings
     strokes: StrokeAugment
     warp: Affine
@@ -119,7 +120,7 @@ class TrainConfig:
         out = dict(d)
         for key, kind in (("render", RenderSettings), ("strokes", StrokeAugment), ("warp", Affine)):
             out[key] = _nested(kind, key, d[key], source)
-        for key in ("variants", "channels"):
+        for key in ("variants", "channels", "extra_raw"):
             if isinstance(out[key], str):
                 out[key] = [v.strip() for v in out[key].split(",") if v.strip()]
             if not isinstance(out[key], list) or not all(isinstance(v, str) for v in out[key]):
@@ -268,6 +269,7 @@ def upgrade_run_config(d: dict) -> dict:
     out.setdefault("fold", 0)
     out.setdefault("channels", ["ink"])
     out.setdefault("writers", None)
+    out.setdefault("extra_raw", [])
     for key, names in (("strokes", [f.name for f in fields(StrokeAugment)]), ("warp", WARP_KEYS)):
         if isinstance(out.get(key, {}), dict):
             out[key] = {**dict.fromkeys(names, 0.0), **out.get(key, {})}

@@ -89,7 +89,7 @@ def data_identity(cfg: TrainConfig, variants: list[Variant]) -> dict:
     """What the run was trained and tested on, absolutely: the raw folder and its content hash (runs
     from strokes), or each variant folder with the hash of the dataset it was rendered from."""
     if cfg.from_strokes:
-        return raw_identity(cfg.raw_dir, cfg.writers)
+        return raw_identity(cfg.raw_dir, cfg.writers, cfg.extra_raw)
     return {"variants": [{"path": str(Path(v.path).resolve()), "sha256": v.info.get("dataset", {}).get("sha256")}
                          for v in variants]}
 
@@ -155,7 +155,7 @@ def _train(run: Path, cfg: TrainConfig, resume: bool, log) -> Path:
 
     if cfg.from_strokes:  # plain renderings in memory stand in for a variant folder
         settings = cfg.render_settings()
-        strokes = load_samples(cfg.raw_dir, parse_writers(cfg.writers))
+        strokes = load_samples(cfg.raw_dir, parse_writers(cfg.writers), cfg.extra_raw)
         variants = [render_samples(strokes, settings, cfg.raw_dir, tuple(cfg.channels))]
     else:
         variants = load_variants(cfg.variants)

@@ -160,13 +160,15 @@ def render_settings(cfg: dict, thickness, size, fit, margin, antialias, staff_li
 @click.option("--staff-lines/--no-staff-lines", default=None, help="Draw five staff lines behind.")
 @click.option("--raw-dir", type=click.Path(file_okay=False))
 @click.option("--writers", help="Only these writers, e.g. 1-5,9 (default: all).")
+@click.option("--extra-raw", multiple=True, type=click.Path(file_okay=False),
+              help="A folder of collected samples (homus serve --collect-dir) added as more writers; repeatable.")
 @click.option("--rendered-dir", type=click.Path(file_okay=False))
 @click.option("--jobs", type=int, help="Worker processes (-1: all cores).")
 @click.option("--force", is_flag=True, help="Render again even when up to date.")
 @click.option("--skip-invalid", is_flag=True, help="Render the good samples, list the bad ones.")
 @with_config
-def render(cfg, thickness, size, fit, margin, antialias, staff_lines, raw_dir, writers, rendered_dir, jobs,
-           force, skip_invalid) -> None:
+def render(cfg, thickness, size, fit, margin, antialias, staff_lines, raw_dir, writers, extra_raw, rendered_dir,
+           jobs, force, skip_invalid) -> None:
     """Render every raw sample into one variant folder per thickness x size."""
     from tqdm import tqdm
 
@@ -182,8 +184,9 @@ def render(cfg, thickness, size, fit, margin, antialias, staff_lines, raw_dir, w
     out = Path(pick(rendered_dir, cfg["render"]["rendered_dir"]))
     with tqdm(unit="sample", desc="render", disable=None) as bar:
         results = render_variants(raw, out, variants, jobs=pick(jobs, cfg["render"]["jobs"]),
-                                  force=force, skip_invalid=skip_invalid, writers=subset, progress=bar.update,
-                                  log=bar.write)
+                                  force=force, skip_invalid=skip_invalid, writers=subset,
+                                  extra=list(extra_raw) or cfgmod.as_list(cfg["dataset"]["extra_raw"]),
+                                  progress=bar.update, log=bar.write)
     for res in results:
         if res.skipped:
             click.secho(f"{res.path}: skipped {len(res.skipped)} bad sample(s), listed in "
@@ -216,6 +219,8 @@ TRAIN_FLAGS = [
                  help="Draw training images afresh from the raw strokes every epoch, or read --variant folders."),
     click.option("--raw-dir", type=click.Path(file_okay=False), help="Stroke files (--from-strokes)."),
     click.option("--writers", help="Only these writers, e.g. 1-5 (--from-strokes)."),
+    click.option("--extra-raw", multiple=True, type=click.Path(file_okay=False),
+                 help="A folder of collected samples added as more writers (--from-strokes); repeatable."),
     click.option("--thickness", type=int, help="Pen width in pixels (--from-strokes)."),
     click.option("--size", help="Image size, e.g. 64 or 96x64 (--from-strokes)."),
     *[click.option(f"--stroke-{name}", type=float, help=text) for name, text in [  # one per StrokeAugment field
@@ -252,7 +257,7 @@ def train_overrides(flags: dict) -> dict:
         if k.startswith("stroke_"):
             over.setdefault("strokes", {})[k[len("stroke_"):]] = v
         else:
-            over[k] = list(v) if k == "variants" else v
+            over[k] = list(v) if k in ("variants", "extra_raw") else v
     return over
 
 

@@ -195,7 +195,7 @@ def load(path: str | Path | None = None) -> dict:
 #: Render settings a run takes from the render section (thickness and size are the train section's own).
 RENDER_SHARED = ("fit", "margin", "antialias", "staff_lines", "staff_spacing", "staff_offset")
 #: Settings a run takes from the dataset section unless given.
-FROM_DATASET = ("raw_dir", "writers")
+FROM_DATASET = ("raw_dir", "writers", "extra_raw")
 
 
 def train_config(cfg: dict, overrides: dict | list[dict] | None = None, render: RenderSettings | None = None,
@@ -221,6 +221,7 @@ def train_config(cfg: dict, overrides: dict | list[dict] | None = None, render: 
         except (TypeError, ValueError) as e:
             raise ConfigError(f"{source}: render settings: {e}") from None
     out = {**train, **data, "raw_dir": str(data["raw_dir"]), "render": render.to_dict(),
+           "extra_raw": [str(e) for e in as_list(data["extra_raw"])],
            "variants": [str(v) for v in as_list(train["variants"])], "channels": as_list(train["channels"])}
     if out["from_strokes"]:  # no folders read, no image warp: config.yaml should say so
         out.update(variants=[], warp=dict.fromkeys(train["warp"], 0.0))

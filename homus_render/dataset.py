@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import HomusError, MissingDataError, SettingsError
@@ -24,17 +25,36 @@ def natural_key(text: str) -> list:
     return [int(t) if t.isdigit() else t for t in _NUM.split(text)]
 
 
-def list_stroke_files(raw_dir: str | Path, writers: set[str] | None = None) -> list[str]:
-    """Stroke files under ``raw_dir`` as paths relative to it, ``<writer>/<writer>-<n>.txt``,
-    in natural order (writer, then number); only those of ``writers`` when given."""
-    raw_dir = Path(raw_dir)
-    if not raw_dir.is_dir():
-        raise MissingDataError(f"{raw_dir}: no such folder (run `homus fetch` first)")
+def _scan(root: Path, writers: set[str] | None = None) -> list[str]:
+    """``<writer>/<file>.txt`` under ``root`` (of ``writers`` when given), unsorted."""
     found = []
-    for entry in os.scandir(raw_dir):
+    for entry in os.scandir(root):
         if entry.is_dir() and not entry.name.startswith(".") and (writers is None or entry.name in writers):
             found.extend(f"{entry.name}/{f.name}" for f in os.scandir(entry.path)
                          if f.name.endswith(".txt") and f.is_file() and not f.name.startswith("."))
+    return found
+
+
+def list_stroke_files(raw_dir: str | Path, writers: set[str] | None = None,
+                      extra: Sequence[str | Path] = ()) -> list[str]:
+    """Stroke files under ``raw_dir`` as paths relative to it, ``<writer>/<writer>-<n>.txt``,
+    in natural order (writer, then number); only those of ``writers`` when given. ``extra``: more
+    folders of the same layout (samples people collected with ``homus serve``), taken whole and
+    listed relative to ``raw_dir`` too (``../collected/alice/alice-1.txt``). Their writers must be
+    names, never numbers, so they stay apart from HOMUS's writers 1-100 in every split."""
+    raw_dir = Path(raw_dir)
+    if not raw_dir.is_dir():
+        raise MissingDataError(f"{raw_dir}: no such folder (run `homus fetch` first)")
+    found = _scan(raw_dir, writers)
+    for root in map(Path, extra):
+        if not root.is_dir():
+            raise MissingDataError(f"{root}: no such folder of extra stroke files (--extra-raw)")
+        numeric = sorted({rel.split("/")[0] for rel in _scan(root) if rel.split("/")[0].isdigit()}, key=natural_key)
+        if numeric:
+            raise SettingsError(f"{root}: writer folder(s) {', '.join(numeric[:5])} are numbers, as HOMUS's writers "
+                                "are; extra writers need names (letters first, as homus serve saves them) so "
+                                "that two people never count as one writer")
+        found.extend(os.path.relpath(root / rel, raw_dir).replace(os.sep, "/") for rel in _scan(root))
     found.sort(key=natural_key)
     check_unique_ids(raw_dir, found)
     return found
@@ -110,12 +130,13 @@ def read_info(raw_dir: str | Path) -> dict:
         return {}
 
 
-def load_samples(raw_dir: str | Path, writers: set[str] | None = None):
-    """Parse every stroke file under ``raw_dir`` (of ``writers`` when given), in natural order.
-    A bad file raises :class:`~homus_render.strokes.StrokeFileError` naming it and the line."""
+def load_samples(raw_dir: str | Path, writers: set[str] | None = None, extra: Sequence[str | Path] = ()):
+    """Parse every stroke file under ``raw_dir`` (of ``writers`` when given) and the ``extra``
+    folders, in natural order. A bad file raises :class:`~homus_render.strokes.StrokeFileError`
+    naming it and the line."""
     from .strokes import parse_file
 
-    files = list_stroke_files(raw_dir, writers)
+    files = list_stroke_files(raw_dir, writers, extra)
     if not files:
         raise MissingDataError(f"{raw_dir}: no stroke files (run `homus fetch` first)")
     return [parse_file(Path(raw_dir, rel)) for rel in files]

@@ -185,17 +185,18 @@ def _clear_leftovers(rendered_dir: Path, name: str) -> None:
 
 def render_variants(raw_dir: str | Path, rendered_dir: str | Path, variants: Sequence[RenderSettings], *,
                     jobs: int = -1, force: bool = False, skip_invalid: bool = False, writers: set[str] | None = None,
-                    progress: Callable[[int], None] | None = None,
+                    extra: Sequence[str | Path] = (), progress: Callable[[int], None] | None = None,
                     log: Callable[[str], None] = lambda msg: None) -> list[VariantResult]:
     """Render every stroke file of ``raw_dir`` with each of ``variants`` into ``rendered_dir``.
 
     Up-to-date variants are skipped unless ``force``. A bad sample stops the run before any
     variant is put in place (:class:`RenderError` lists every bad file), unless ``skip_invalid``,
     which renders the rest and records the bad ones in ``skipped.csv``. ``writers`` limits the
-    run to those writers' samples. ``progress(n)`` is called with the number of samples just finished.
+    run to those writers' samples; ``extra`` adds folders of collected samples as more writers.
+    ``progress(n)`` is called with the number of samples just finished.
     """
     raw_dir, rendered_dir = Path(raw_dir), Path(rendered_dir)
-    files = list_stroke_files(raw_dir, writers)
+    files = list_stroke_files(raw_dir, writers, extra)
     if not files:
         which = f" of writers {sorted(writers, key=natural_key)}" if writers else ""
         raise RenderError(f"{raw_dir}: no stroke files <writer>/<writer>-<n>.txt{which} (run `homus fetch` first)")
@@ -222,12 +223,13 @@ def render_variants(raw_dir: str | Path, rendered_dir: str | Path, variants: Seq
                 results.append(VariantResult(vdir, s, "up to date", _count_images(vdir), _read_skipped(vdir)))
                 log(f"{vdir}: up to date, skipped")
         if todo:
-            _render_todo(raw_dir, rendered_dir, files, fp, todo, jobs, skip_invalid, progress, log, results)
+            _render_todo(raw_dir, rendered_dir, files, fp, todo, jobs, skip_invalid, progress, log, results, extra)
     return results
 
 
 def _render_todo(raw_dir: Path, rendered_dir: Path, files: list[str], fp: str, todo: list[RenderSettings],
-                 jobs: int, skip_invalid: bool, progress, log, results: list[VariantResult]) -> None:
+                 jobs: int, skip_invalid: bool, progress, log, results: list[VariantResult],
+                 extra: Sequence[str | Path] = ()) -> None:
     """Render ``todo`` (whose locks are held) into staging folders and swap each into place; the
     staging folders are removed on every exit path."""
     from joblib import Parallel, delayed, effective_n_jobs
@@ -275,7 +277,8 @@ def _render_todo(raw_dir: Path, rendered_dir: Path, files: list[str], fp: str, t
             write_bytes(st / PREVIEW, _preview(st, rows))
             write_json(st / VARIANT_INFO, {
                 "name": s.name, "settings": s.to_dict(), "dataset": dataset,
-                "raw_dir": str(raw_dir), "raw_fingerprint": fp, "homus_version": __version__,
+                "raw_dir": str(raw_dir), "extra_raw": [str(e) for e in extra], "raw_fingerprint": fp,
+                "homus_version": __version__,
                 "renderer_version": RENDERER_VERSION, "images": len(rows), "skipped": len(errors)})
             _swap_into_place(st, rendered_dir / s.name)
             results.append(VariantResult(rendered_dir / s.name, s, "rendered", len(rows), errors))
