@@ -32,7 +32,15 @@ from homus_render.distort import StrokeAugment
 from homus_render.render import INK, PAPER, RenderSettings, staff_rows
 
 PIECE = 2.0  # longest piece of a segment, in output pixels: shorter pieces, smaller windows
-PEN_EXTRA = 0.2  # homus_render draws its pen this much wider (its 4x fill adds about a sub-pixel)
+# homus_render's strokes come out wider than its pen (its 4x fill adds about a sub-pixel): by this
+# much for a 1 px pen, falling to PEN_EXTRA_THICK from 4 px on (calibrated on the parity figures)
+PEN_EXTRA, PEN_EXTRA_THICK = 0.2, 0.15
+
+
+def pen_radius(width: torch.Tensor) -> torch.Tensor:
+    """The radius of the pen that draws as wide as ``homus_render``'s pen of ``width`` pixels."""
+    extra = (PEN_EXTRA - (width - 1) * (PEN_EXTRA - PEN_EXTRA_THICK) / 3).clamp(PEN_EXTRA_THICK, PEN_EXTRA)
+    return (width + extra) / 2
 _M32 = 0xFFFFFFFF
 # counters of a sample's draws (see the module's docstring)
 _ROT, _SHEAR, _ASPECT, _WIDTH, _SCALE, _TX, _TY, _SIZE = range(8)
@@ -417,7 +425,7 @@ def draw_flat(flat: Flat, s: RenderSettings, channels: Sequence[str] = ("ink",),
     else:
         flat, width, tablet = _plain(flat, s)
     n, hw = flat.n, s.height * s.width
-    radius = (width + PEN_EXTRA) / 2
+    radius = pen_radius(width)
     seg = _segments(flat)
     out = {}
     if "ink" in channels:
