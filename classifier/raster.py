@@ -317,11 +317,10 @@ def _segments(flat: Flat) -> _Segments:
                      first, last)
 
 
-def _coverage(seg: _Segments, radius: torch.Tensor, s: RenderSettings, n: int, level: torch.Tensor | None,
-              antialias: bool) -> torch.Tensor:
-    """Each pixel's ink (0..1) under the pen of ``radius`` (per sample): ``(n, h*w)``, or
-    ``(n, LEVELS + 1, h*w)`` with one plane per shade ``level`` of the segments (the most ink any
-    segment of that level leaves there).
+def _coverage(seg: _Segments, radius: torch.Tensor, s: RenderSettings, n: int, antialias: bool,
+              weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Each pixel's ink ``(n, h*w)`` under the pen of ``radius`` (per sample): the most any segment
+    leaves there, each segment's coverage (0..1) times its ``weight`` (default 1).
 
     Each piece inks the pixels of a square window around its middle, on a canvas padded by the
     window's reach (so no pixel needs a bounds check), which is cropped at the end."""
@@ -362,14 +361,13 @@ def _coverage(seg: _Segments, radius: torch.Tensor, s: RenderSettings, n: int, l
         near = torch.round(a) - lo  # the dot's own pixel within its window
         mine = (dx == near[:, :1]) & (dy == near[:, 1:]) & seg.dot[which][:, None]
         cov = torch.where(mine, 1.0, cov)
-    plane = sample if level is None else sample * (LEVELS + 1) + level[which]
-    base = plane * (hp * wp) + (lo[:, 1] + pad).long() * wp + (lo[:, 0] + pad).long()
+    if weight is not None:
+        cov = cov * weight[which][:, None]
+    base = sample * (hp * wp) + (lo[:, 1] + pad).long() * wp + (lo[:, 0] + pad).long()
     idx = base[:, None] + (dy * wp + dx).long()
-    planes = n if level is None else n * (LEVELS + 1)
-    out = torch.zeros(planes * hp * wp, device=dev)
+    out = torch.zeros(n * hp * wp, device=dev)
     out.scatter_reduce_(0, idx.flatten(), cov.flatten(), "amax", include_self=True)
-    out = out.view(planes, hp, wp)[:, pad:pad + h, pad:pad + w].reshape(planes, h * w)
-    return out if level is None else out.view(n, LEVELS + 1, h * w)
+    return out.view(n, hp, wp)[:, pad:pad + h, pad:pad + w].reshape(n, h * w)
 
 
 def _order_levels(flat: Flat, seg: _Segments, kind: str) -> torch.Tensor:
@@ -393,16 +391,6 @@ def _order_levels(flat: Flat, seg: _Segments, kind: str) -> torch.Tensor:
         value = torch.where(total > 0, (done / total.clamp_min(1e-30)).clamp_min(1e-9), rank.double()).float()
     v = torch.where(seg.dot, value[seg.first], (value[seg.first] + value[seg.last]) / 2)
     return torch.ceil(v * LEVELS).clamp(1, LEVELS).long()
-
-
-def _composite(planes: torch.Tensor) -> torch.Tensor:
-    """Shade planes ``(n, LEVELS + 1, h*w)`` of coverage, fainter first, later ink on top: each
-    pixel's ink amount (0..255)."""
-    amount = torch.zeros_like(planes[:, 0])
-    for lvl in range(1, LEVELS + 1):
-        c = planes[:, lvl]
-        amount = amount * (1 - c) + SHADES[lvl] * c
-    return amount
 
 
 def size_pages(tablet: torch.Tensor, s: RenderSettings) -> torch.Tensor:
@@ -429,16 +417,17 @@ def draw_flat(flat: Flat, s: RenderSettings, channels: Sequence[str] = ("ink",),
     seg = _segments(flat)
     out = {}
     if "ink" in channels:
-        cov = _coverage(seg, radius, s, n, None, s.antialias)
+        cov = _coverage(seg, radius, s, n, s.antialias)
         img = PAPER - torch.round(255 * cov)
         if s.staff_lines:
             img = img.view(n, s.height, s.width)
             rows = [r for r in staff_rows(s) if 0 <= r < s.height]
             img[:, rows, :] = INK
         out["ink"] = img.reshape(n, hw).to(torch.uint8)
+    shades = torch.tensor(SHADES, dtype=torch.float32, device=flat.pts.device)
     for kind in (c for c in channels if c in ORDER):
-        planes = _coverage(seg, radius, s, n, _order_levels(flat, seg, kind), s.antialias)
-        out[kind] = (PAPER - torch.round(_composite(planes))).clamp(0, 255).to(torch.uint8)
+        amount = _coverage(seg, radius, s, n, s.antialias, shades[_order_levels(flat, seg, kind)])
+        out[kind] = (PAPER - torch.round(amount)).clamp(0, 255).to(torch.uint8)
     if "size" in channels:
         out["size"] = size_pages(tablet, s)
     return torch.stack([out[c] for c in channels], 1).view(n, len(channels), s.height, s.width)
