@@ -318,9 +318,10 @@ def _segments(flat: Flat) -> _Segments:
 
 
 def _coverage(seg: _Segments, radius: torch.Tensor, s: RenderSettings, n: int, antialias: bool,
-              weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Each pixel's ink ``(n, h*w)`` under the pen of ``radius`` (per sample): the most any segment
-    leaves there, each segment's coverage (0..1) times its ``weight`` (default 1).
+              weights: Sequence[torch.Tensor | None] = (None,)) -> list[torch.Tensor]:
+    """Each pixel's ink ``(n, h*w)`` under the pen of ``radius`` (per sample), once per entry of
+    ``weights``: the most any segment leaves there, each segment's coverage (0..1) times its weight
+    (None: 1). The geometry is worked out once for all of them.
 
     Each piece inks the pixels of a square window around its middle, on a canvas padded by the
     window's reach (so no pixel needs a bounds check), which is cropped at the end."""
@@ -361,13 +362,16 @@ def _coverage(seg: _Segments, radius: torch.Tensor, s: RenderSettings, n: int, a
         near = torch.round(a) - lo  # the dot's own pixel within its window
         mine = (dx == near[:, :1]) & (dy == near[:, 1:]) & seg.dot[which][:, None]
         cov = torch.where(mine, 1.0, cov)
-    if weight is not None:
-        cov = cov * weight[which][:, None]
     base = sample * (hp * wp) + (lo[:, 1] + pad).long() * wp + (lo[:, 0] + pad).long()
     idx = base[:, None] + (dy * wp + dx).long()
-    out = torch.zeros(n * hp * wp, device=dev)
-    out.scatter_reduce_(0, idx.flatten(), cov.flatten(), "amax", include_self=True)
-    return out.view(n, hp, wp)[:, pad:pad + h, pad:pad + w].reshape(n, h * w)
+    idx = idx.flatten()
+    planes = []
+    for weight in weights:
+        out = torch.zeros(n * hp * wp, device=dev)
+        ink = cov if weight is None else cov * weight[which][:, None]
+        out.scatter_reduce_(0, idx, ink.flatten(), "amax", include_self=True)
+        planes.append(out.view(n, hp, wp)[:, pad:pad + h, pad:pad + w].reshape(n, h * w))
+    return planes
 
 
 def _order_levels(flat: Flat, seg: _Segments, kind: str) -> torch.Tensor:
@@ -415,19 +419,20 @@ def draw_flat(flat: Flat, s: RenderSettings, channels: Sequence[str] = ("ink",),
     n, hw = flat.n, s.height * s.width
     radius = pen_radius(width)
     seg = _segments(flat)
-    out = {}
-    if "ink" in channels:
-        cov = _coverage(seg, radius, s, n, s.antialias)
-        img = PAPER - torch.round(255 * cov)
-        if s.staff_lines:
-            img = img.view(n, s.height, s.width)
-            rows = [r for r in staff_rows(s) if 0 <= r < s.height]
-            img[:, rows, :] = INK
-        out["ink"] = img.reshape(n, hw).to(torch.uint8)
     shades = torch.tensor(SHADES, dtype=torch.float32, device=flat.pts.device)
-    for kind in (c for c in channels if c in ORDER):
-        amount = _coverage(seg, radius, s, n, s.antialias, shades[_order_levels(flat, seg, kind)])
-        out[kind] = (PAPER - torch.round(amount)).clamp(0, 255).to(torch.uint8)
+    drawn = [c for c in channels if c == "ink" or c in ORDER]
+    weights = [None if c == "ink" else shades[_order_levels(flat, seg, c)] for c in drawn]
+    out = {}
+    for c, amount in zip(drawn, _coverage(seg, radius, s, n, s.antialias, weights) if drawn else [], strict=True):
+        if c == "ink":
+            img = PAPER - torch.round(255 * amount)
+            if s.staff_lines:
+                img = img.view(n, s.height, s.width)
+                rows = [r for r in staff_rows(s) if 0 <= r < s.height]
+                img[:, rows, :] = INK
+            out[c] = img.reshape(n, hw).to(torch.uint8)
+        else:
+            out[c] = (PAPER - torch.round(amount)).clamp(0, 255).to(torch.uint8)
     if "size" in channels:
         out["size"] = size_pages(tablet, s)
     return torch.stack([out[c] for c in channels], 1).view(n, len(channels), s.height, s.width)
