@@ -32,7 +32,15 @@ from homus_render.distort import StrokeAugment
 from homus_render.render import INK, PAPER, RenderSettings, staff_rows
 
 PIECE = 2.0  # longest piece of a segment, in output pixels: shorter pieces, smaller windows
-PEN_EXTRA = 0.2  # homus_render draws its pen this much wider (its 4x fill adds about a sub-pixel)
+# homus_render's strokes come out wider than its pen (its 4x fill adds about a sub-pixel): by this
+# much for a 1 px pen, falling to PEN_EXTRA_THICK from 4 px on (calibrated on the parity figures)
+PEN_EXTRA, PEN_EXTRA_THICK = 0.2, 0.15
+
+
+def pen_radius(width: torch.Tensor) -> torch.Tensor:
+    """The radius of the pen that draws as wide as ``homus_render``'s pen of ``width`` pixels."""
+    extra = (PEN_EXTRA - (width - 1) * (PEN_EXTRA - PEN_EXTRA_THICK) / 3).clamp(PEN_EXTRA_THICK, PEN_EXTRA)
+    return (width + extra) / 2
 _M32 = 0xFFFFFFFF
 # counters of a sample's draws (see the module's docstring)
 _ROT, _SHEAR, _ASPECT, _WIDTH, _SCALE, _TX, _TY, _SIZE = range(8)
@@ -309,11 +317,11 @@ def _segments(flat: Flat) -> _Segments:
                      first, last)
 
 
-def _coverage(seg: _Segments, radius: torch.Tensor, s: RenderSettings, n: int, level: torch.Tensor | None,
-              antialias: bool) -> torch.Tensor:
-    """Each pixel's ink (0..1) under the pen of ``radius`` (per sample): ``(n, h*w)``, or
-    ``(n, LEVELS + 1, h*w)`` with one plane per shade ``level`` of the segments (the most ink any
-    segment of that level leaves there).
+def _coverage(seg: _Segments, radius: torch.Tensor, s: RenderSettings, n: int, antialias: bool,
+              weights: Sequence[torch.Tensor | None] = (None,)) -> list[torch.Tensor]:
+    """Each pixel's ink ``(n, h*w)`` under the pen of ``radius`` (per sample), once per entry of
+    ``weights``: the most any segment leaves there, each segment's coverage (0..1) times its weight
+    (None: 1). The geometry is worked out once for all of them.
 
     Each piece inks the pixels of a square window around its middle, on a canvas padded by the
     window's reach (so no pixel needs a bounds check), which is cropped at the end."""
@@ -354,14 +362,16 @@ def _coverage(seg: _Segments, radius: torch.Tensor, s: RenderSettings, n: int, l
         near = torch.round(a) - lo  # the dot's own pixel within its window
         mine = (dx == near[:, :1]) & (dy == near[:, 1:]) & seg.dot[which][:, None]
         cov = torch.where(mine, 1.0, cov)
-    plane = sample if level is None else sample * (LEVELS + 1) + level[which]
-    base = plane * (hp * wp) + (lo[:, 1] + pad).long() * wp + (lo[:, 0] + pad).long()
+    base = sample * (hp * wp) + (lo[:, 1] + pad).long() * wp + (lo[:, 0] + pad).long()
     idx = base[:, None] + (dy * wp + dx).long()
-    planes = n if level is None else n * (LEVELS + 1)
-    out = torch.zeros(planes * hp * wp, device=dev)
-    out.scatter_reduce_(0, idx.flatten(), cov.flatten(), "amax", include_self=True)
-    out = out.view(planes, hp, wp)[:, pad:pad + h, pad:pad + w].reshape(planes, h * w)
-    return out if level is None else out.view(n, LEVELS + 1, h * w)
+    idx = idx.flatten()
+    planes = []
+    for weight in weights:
+        out = torch.zeros(n * hp * wp, device=dev)
+        ink = cov if weight is None else cov * weight[which][:, None]
+        out.scatter_reduce_(0, idx, ink.flatten(), "amax", include_self=True)
+        planes.append(out.view(n, hp, wp)[:, pad:pad + h, pad:pad + w].reshape(n, h * w))
+    return planes
 
 
 def _order_levels(flat: Flat, seg: _Segments, kind: str) -> torch.Tensor:
@@ -387,16 +397,6 @@ def _order_levels(flat: Flat, seg: _Segments, kind: str) -> torch.Tensor:
     return torch.ceil(v * LEVELS).clamp(1, LEVELS).long()
 
 
-def _composite(planes: torch.Tensor) -> torch.Tensor:
-    """Shade planes ``(n, LEVELS + 1, h*w)`` of coverage, fainter first, later ink on top: each
-    pixel's ink amount (0..255)."""
-    amount = torch.zeros_like(planes[:, 0])
-    for lvl in range(1, LEVELS + 1):
-        c = planes[:, lvl]
-        amount = amount * (1 - c) + SHADES[lvl] * c
-    return amount
-
-
 def size_pages(tablet: torch.Tensor, s: RenderSettings) -> torch.Tensor:
     """``size_page`` per sample: ``(n, h*w)`` uint8, as dark as the symbol is large on the tablet."""
     amount = (torch.log2(tablet.clamp_min(1.0)) / math.log2(SIZE_FULL)).clamp(0, 1)
@@ -417,20 +417,22 @@ def draw_flat(flat: Flat, s: RenderSettings, channels: Sequence[str] = ("ink",),
     else:
         flat, width, tablet = _plain(flat, s)
     n, hw = flat.n, s.height * s.width
-    radius = (width + PEN_EXTRA) / 2
+    radius = pen_radius(width)
     seg = _segments(flat)
+    shades = torch.tensor(SHADES, dtype=torch.float32, device=flat.pts.device)
+    drawn = [c for c in channels if c == "ink" or c in ORDER]
+    weights = [None if c == "ink" else shades[_order_levels(flat, seg, c)] for c in drawn]
     out = {}
-    if "ink" in channels:
-        cov = _coverage(seg, radius, s, n, None, s.antialias)
-        img = PAPER - torch.round(255 * cov)
-        if s.staff_lines:
-            img = img.view(n, s.height, s.width)
-            rows = [r for r in staff_rows(s) if 0 <= r < s.height]
-            img[:, rows, :] = INK
-        out["ink"] = img.reshape(n, hw).to(torch.uint8)
-    for kind in (c for c in channels if c in ORDER):
-        planes = _coverage(seg, radius, s, n, _order_levels(flat, seg, kind), s.antialias)
-        out[kind] = (PAPER - torch.round(_composite(planes))).clamp(0, 255).to(torch.uint8)
+    for c, amount in zip(drawn, _coverage(seg, radius, s, n, s.antialias, weights) if drawn else [], strict=True):
+        if c == "ink":
+            img = PAPER - torch.round(255 * amount)
+            if s.staff_lines:
+                img = img.view(n, s.height, s.width)
+                rows = [r for r in staff_rows(s) if 0 <= r < s.height]
+                img[:, rows, :] = INK
+            out[c] = img.reshape(n, hw).to(torch.uint8)
+        else:
+            out[c] = (PAPER - torch.round(amount)).clamp(0, 255).to(torch.uint8)
     if "size" in channels:
         out["size"] = size_pages(tablet, s)
     return torch.stack([out[c] for c in channels], 1).view(n, len(channels), s.height, s.width)
