@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import synthetic_samples
+
 from homus.cli import main
 from homus_render.collect import save_sample
 from homus_render.dataset import list_stroke_files, load_samples
