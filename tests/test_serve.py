@@ -144,7 +144,7 @@ BAD_PREDICT = [
     ("a word for a number", {"strokes": [[["x", 2]]]}, 422, "strokes.0.0.0"),
     ("top_k 0", {"strokes": BARLINE, "top_k": 0}, 422, "top_k"),
     ("top_k 33", {"strokes": BARLINE, "top_k": 33}, 422, "top_k"),
-    ("an unknown field", {"strokes": BARLINE, "explain": True}, 422, "explain"),
+    ("an unknown field", {"strokes": BARLINE, "colour": "red"}, 422, "colour"),
 ]
 
 
