@@ -31,6 +31,9 @@ ARCHS = ("resnet18", "resnet34", "resnet50")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "onecycle", "linear", "constant")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+#: Who draws a run's training images from strokes: homus_render in loader processes (cpu), the torch
+#: rasterizer on the training device (device), or device on CUDA and cpu elsewhere (auto).
+RASTERS = ("cpu", "device", "auto")
 #: The image warp's ranges (fields of :class:`~classifier.augment.Affine`).
 WARP_KEYS = ("rotate", "shear", "scale", "translate")
 
@@ -94,6 +97,7 @@ class TrainConfig:
     device: str
     amp: bool
     workers: int
+    raster: str  # from_strokes: cpu, device or auto (RASTERS)
     threads: int
     runs_dir: str
     name: str | None
@@ -196,7 +200,7 @@ def check_train(c: TrainConfig) -> None:
         return SettingsError(f"{_named(key)} must be {want}, got {getattr(c, key)!r}")
 
     for key, choices in (("arch", ARCHS), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("split", KINDS),
-                         ("device", DEVICES)):
+                         ("device", DEVICES), ("raster", RASTERS)):
         if getattr(c, key) not in choices:
             raise bad(key, f"one of {', '.join(choices)}")
     for key, (lo, hi) in INT_BOUNDS.items():
@@ -270,6 +274,7 @@ def upgrade_run_config(d: dict) -> dict:
     out.setdefault("channels", ["ink"])
     out.setdefault("writers", None)
     out.setdefault("extra_raw", [])
+    out.setdefault("raster", "cpu")  # runs before the torch rasterizer drew on the CPU
     for key, names in (("strokes", [f.name for f in fields(StrokeAugment)]), ("warp", WARP_KEYS)):
         if isinstance(out.get(key, {}), dict):
             out[key] = {**dict.fromkeys(names, 0.0), **out.get(key, {})}

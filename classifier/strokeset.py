@@ -24,6 +24,7 @@ from homus_render.strokes import Sample
 from homus_render.workers import exit_with_parent
 
 from .data import Variant, batch_key, to_input
+from .settings import RASTERS
 
 PARALLEL_FROM = 2000  # fewer samples render faster in this process than a pool of processes starts
 
@@ -119,8 +120,6 @@ def augment_sheet(ds: StrokeSet, classes: tuple[str, ...] = LABELS, per_class: i
         raise RuntimeError("OpenCV could not encode the training-sample sheet as PNG")
     return png.tobytes()
 
-
-RASTERS = ("cpu", "device", "auto")
 
 
 class RasterSet(Dataset):

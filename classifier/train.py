@@ -35,7 +35,7 @@ from .models import build_model
 from .runfolder import CONFIG, DATA, HISTORY, LAST, SPLIT, RunError, RunFolder, raw_identity
 from .settings import OPTIMIZERS, SCHEDULES, SEED_STRIDE, WARP_SEED_OFFSET, TrainConfig  # noqa: F401
 from .splits import check_split, make_fold_split, make_split
-from .strokeset import StrokeSet, augment_sheet, render_samples, worker_init
+from .strokeset import StrokeSet, augment_sheet, make_train_source, render_samples, worker_init
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig):
@@ -220,8 +220,12 @@ def _train(run: Path, cfg: TrainConfig, resume: bool, log) -> Path:
     # a worker draws that epoch's distortions, and the order is fixed by seed and epoch. Validation
     # images are in memory: gathered here, no worker to start.
     val_loader = loader(sets["val"], cfg.batch_size * 2, shuffle=False)
-    train_loader, batches = epoch_loader(sets["train"], cfg.batch_size, cfg.seed * SEED_STRIDE, cfg.workers,
-                                         worker_init)
+    if cfg.from_strokes:  # drawn by homus_render in the workers, or by the torch rasterizer (cfg.raster)
+        train_loader, batches = make_train_source(sets["train"], cfg.batch_size, cfg.seed * SEED_STRIDE,
+                                                  cfg.workers, cfg.raster, device)
+    else:
+        train_loader, batches = epoch_loader(sets["train"], cfg.batch_size, cfg.seed * SEED_STRIDE, cfg.workers,
+                                             worker_init)
     augment = cfg.augmentation()
     for epoch in range(start_epoch, cfg.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from classifier.settings import ARCHS, DEVICES, OPTIMIZERS, SCHEDULES, WARP_KEYS
+from classifier.settings import ARCHS, DEVICES, OPTIMIZERS, RASTERS, SCHEDULES, WARP_KEYS
 from classifier.splits import KINDS
 from homus_render.channels import CHANNELS
 from homus_render.distort import StrokeAugment
@@ -233,6 +233,8 @@ TRAIN_FLAGS = [
                  "ink, time (the pen's "
                  "progress), stroke (each stroke's rank), size (the symbol's size on the tablet)."),
     click.option("--device", type=click.Choice(DEVICES)),
+    click.option("--raster", type=click.Choice(RASTERS), help="Who draws training images from strokes: cpu "
+                 "(homus_render in the loader), device (the torch rasterizer), auto (device on CUDA)."),
     click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA."),
     click.option("--workers", type=int, help="Data-loader worker processes."),
     click.option("--threads", type=int, help="Torch CPU threads (0: default)."),

@@ -169,3 +169,30 @@ def test_raster_choice():
     assert not raster_device("cpu", torch.device("cuda"))
     with pytest.raises(SettingsError, match="raster must be one of"):
         raster_device("gpu", torch.device("cpu"))
+
+
+def test_train_with_the_device_rasterizer_on_the_cpu_keeps_the_test_images(synthetic_raw, tmp_path):
+    """`homus train --raster device` trains on a CPU too; its validation and test images are the CPU
+    renderer's, byte for byte, so its figures compare with a `--raster cpu` run's."""
+    import json
+
+    import numpy as np
+    from click.testing import CliRunner
+
+    from classifier.runfolder import RunFolder
+    from homus.cli import main
+
+    runs = {}
+    for raster in ("cpu", "device"):
+        r = CliRunner().invoke(main, ["train", "--raw-dir", str(synthetic_raw), "--size", "32", "--epochs", "1",
+                                      "--batch-size", "64", "--schedule", "constant", "--workers", "0",
+                                      "--device", "cpu", "--raster", raster, "--runs-dir", str(tmp_path),
+                                      "--name", raster])
+        assert r.exit_code == 0, r.output
+        runs[raster] = RunFolder(tmp_path / raster)
+        assert runs[raster].config()["raster"] == raster
+    assert runs["cpu"].split() == runs["device"].split()
+    a, b = (runs[k].test_variants()[0] for k in ("cpu", "device"))
+    assert a.samples == b.samples and np.array_equal(a.images, b.images)
+    m = {k: json.loads(runs[k].file("metrics.json").read_text()) for k in runs}
+    assert m["cpu"]["n_test"] == m["device"]["n_test"] > 0

@@ -17,7 +17,16 @@ from click.testing import CliRunner
 
 from classifier.augment import Affine
 from classifier.runfolder import RunError, RunFolder
-from classifier.settings import ARCHS, DEVICES, OPTIMIZERS, SCHEDULES, TrainConfig, read_yaml, upgrade_run_config
+from classifier.settings import (
+    ARCHS,
+    DEVICES,
+    OPTIMIZERS,
+    RASTERS,
+    SCHEDULES,
+    TrainConfig,
+    read_yaml,
+    upgrade_run_config,
+)
 from classifier.splits import KINDS
 from homus.cli import main, train_overrides
 from homus.config import ConfigError, load, train_config
@@ -120,7 +129,7 @@ def test_the_command_line_takes_its_choices_from_the_code():
     cmd = main.commands["train"]
     choices = {p.name: tuple(p.type.choices) for p in cmd.params if isinstance(p.type, click.Choice)}
     assert choices == {"arch": ARCHS, "split": KINDS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
-                       "device": DEVICES}
+                       "device": DEVICES, "raster": RASTERS}
     assert tuple(next(p for p in main.commands["render"].params if p.name == "fit").type.choices) == FITS
     strokes = {p.name[len("stroke_"):] for p in cmd.params if p.name.startswith("stroke_")}
     assert strokes == {f.name for f in fields(StrokeAugment)}  # one flag per stroke distortion
