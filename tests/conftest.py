@@ -167,3 +167,22 @@ def tiny(synthetic_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     settings = [RenderSettings(thickness=t, width=32, height=32, margin=2) for t in (1, 3)]
     render_variants(root / "raw", root / "rendered", settings, jobs=1)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_homus_run(raw_full: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model read by the web-service tests: 1 epoch at 32 px on HOMUS writers 1-3 (its
+    accuracy does not matter there), trained once per session."""
+    import torch
+    from click.testing import CliRunner
+
+    from homus.cli import main
+
+    runs = tmp_path_factory.mktemp("serve-runs")
+    threads = torch.get_num_threads()
+    r = CliRunner().invoke(main, ["train", "--raw-dir", str(raw_full), "--writers", "1-3", "--size", "32",
+                                  "--epochs", "1", "--batch-size", "32", "--schedule", "constant", "--workers", "0",
+                                  "--threads", "1", "--device", "cpu", "--runs-dir", str(runs), "--name", "tiny"])
+    torch.set_num_threads(threads)  # --threads 1 set it for this whole process; the next tests get it back
+    assert r.exit_code == 0, r.output
+    return runs / "tiny"

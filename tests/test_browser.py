@@ -16,10 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from click.testing import CliRunner
 
-from homus.cli import main
 from homus_render.strokes import parse_file
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -54,15 +51,7 @@ def run(request, tmp_path_factory):
     of a model that reads well)."""
     if os.environ.get("HOMUS_BROWSER_RUN"):
         return Path(os.environ["HOMUS_BROWSER_RUN"])
-    raw_full = request.getfixturevalue("raw_full")
-    runs = tmp_path_factory.mktemp("browser-runs")
-    threads = torch.get_num_threads()
-    r = CliRunner().invoke(main, ["train", "--raw-dir", str(raw_full), "--writers", "1-3", "--size", "32",
-                                  "--epochs", "1", "--batch-size", "32", "--schedule", "constant", "--workers", "0",
-                                  "--threads", "1", "--device", "cpu", "--runs-dir", str(runs), "--name", "tiny"])
-    torch.set_num_threads(threads)  # --threads 1 set it for this whole process; the next tests get it back
-    assert r.exit_code == 0, r.output
-    return runs / "tiny"
+    return request.getfixturevalue("tiny_homus_run")
 
 
 @pytest.fixture(scope="module")

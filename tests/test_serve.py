@@ -31,16 +31,9 @@ BARLINE = [[[10, 0], [10, 40], [11, 80]]]
 
 
 @pytest.fixture(scope="module")
-def run(raw_full, tmp_path_factory):
+def run(tiny_homus_run):
     """A tiny model: 1 epoch at 32 px on three writers (its accuracy does not matter here)."""
-    runs = tmp_path_factory.mktemp("serve-runs")
-    threads = torch.get_num_threads()
-    r = CliRunner().invoke(main, ["train", "--raw-dir", str(raw_full), "--writers", "1-3", "--size", "32",
-                                  "--epochs", "1", "--batch-size", "32", "--schedule", "constant", "--workers", "0",
-                                  "--threads", "1", "--device", "cpu", "--runs-dir", str(runs), "--name", "tiny"])
-    torch.set_num_threads(threads)  # --threads 1 set it for this whole process; the next tests get it back
-    assert r.exit_code == 0, r.output
-    return runs / "tiny"
+    return tiny_homus_run
 
 
 @pytest.fixture(scope="module")
