@@ -20,30 +20,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def living() -> dict[int, int]:
-    """pid -> parent pid of every process that is not a zombie."""
-    table = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                fields = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] != "Z":
-                table[int(d)] = int(fields[1])
-    return table
-
-
-def descendants(pid: int) -> set[int]:
-    table, out, todo = living(), set(), [pid]
-    while todo:
-        p = todo.pop()
-        kids = {c for c, parent in table.items() if parent == p} - out
-        out |= kids
-        todo.extend(kids)
-    return out
+sys.path.insert(0, str(ROOT))
+from homus_render.workers import descendants, process_table  # noqa: E402
 
 
 def main() -> None:
@@ -69,9 +47,9 @@ def main() -> None:
     t0 = time.monotonic()
     proc.wait()
     parent = time.monotonic() - t0
-    while seen & living().keys() and time.monotonic() - t0 < a.wait:
+    while seen & process_table().keys() and time.monotonic() - t0 < a.wait:
         time.sleep(0.1)
-    left = seen & living().keys()
+    left = seen & process_table().keys()
     print(f"{a.signal}: exit code {proc.returncode}; command gone after {parent:.1f} s; "
           + (f"{len(left)} of {len(seen)} children still running after {a.wait:.0f} s: {sorted(left)}" if left
              else f"all {len(seen)} children gone after {time.monotonic() - t0:.1f} s"))

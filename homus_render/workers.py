@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from pathlib import Path
 
 POLL_SECONDS = 0.5
 _watching: int | None = None
@@ -37,3 +38,29 @@ def exit_with_parent(parent: int) -> None:
     if os.getppid() != parent:  # the parent died before the task arrived
         os._exit(1)
     threading.Thread(target=_watch, args=(parent,), name="exit-with-parent", daemon=True).start()
+
+
+def process_table() -> dict[int, int]:
+    """pid -> parent pid of every living (not zombie) process, read from ``/proc`` (Linux): what
+    the tests and ``benchmarks/kill_bench.py`` use to find workers that outlived their parent."""
+    table = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                fields = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z":
+                table[int(d)] = int(fields[1])
+    return table
+
+
+def descendants(pid: int) -> set[int]:
+    """Every living process below ``pid``: its children, theirs, and so on."""
+    table, out, todo = process_table(), set(), [pid]
+    while todo:
+        p = todo.pop()
+        kids = {c for c, parent in table.items() if parent == p} - out
+        out |= kids
+        todo.extend(kids)
+    return out

@@ -34,6 +34,7 @@ from homus_render import atomic
 from homus_render.dataset import DuplicateSampleError, list_stroke_files, load_samples
 from homus_render.lock import BusyError, lock_path, writing
 from homus_render.render import RenderSettings
+from homus_render.workers import descendants, process_table
 
 ROOT = Path(__file__).resolve().parents[1]
 WRITERS = ("1", "2", "3", "4", "5")
@@ -95,33 +96,8 @@ def run_homus(*args, timeout: float = 300) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
-def _proc_table() -> dict[int, int]:
-    """pid -> parent pid of every living (not zombie) process, read from /proc."""
-    table = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                fields = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] != "Z":
-                table[int(d)] = int(fields[1])
-    return table
-
-
-def descendants(pid: int) -> set[int]:
-    table = _proc_table()
-    out, todo = set(), [pid]
-    while todo:
-        p = todo.pop()
-        kids = {c for c, parent in table.items() if parent == p}
-        todo.extend(kids - out)
-        out |= kids
-    return out
-
-
 def alive(pids: set[int]) -> set[int]:
-    table = _proc_table()
+    table = process_table()
     return {p for p in pids if p in table}
 
 
