@@ -42,8 +42,10 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from train_bench import step_rate  # noqa: E402  (the step alone, as train_bench times it)
+
 from classifier.data import ImageSet, epoch_loader, loader  # noqa: E402
-from classifier.engine import amp_dtype, autocast, evaluate, make_scaler, pick_device, train_one_epoch  # noqa: E402
+from classifier.engine import amp_dtype, evaluate, make_scaler, pick_device, train_one_epoch  # noqa: E402
 from classifier.models import build_model  # noqa: E402
 from classifier.raster import pad_strokes, parity, path_lengths, rasterize  # noqa: E402
 from classifier.splits import make_split  # noqa: E402
@@ -98,31 +100,6 @@ def parity_grid(raw: str, n: int, thicknesses: list[int], sizes: list[int]) -> l
 
 # --- sources against the step ----------------------------------------------------------------
 
-def step_rate(size: int, channels: int, batch_size: int, batches: int, dev: torch.device, amp: bool) -> float:
-    """images/s of ResNet-18's training step alone on ready tensors (channels-last, as in training)."""
-    torch.manual_seed(0)
-    model = build_model(in_channels=channels).to(dev, memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    crit = nn.CrossEntropyLoss()
-    x = torch.rand(batch_size, channels, size, size).to(dev, memory_format=torch.channels_last)
-    y = torch.randint(0, 32, (batch_size,)).to(dev)
-
-    def run(n: int) -> float:
-        start = time.perf_counter()
-        for _ in range(n):
-            with autocast(dev, amp):
-                loss = crit(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        return n * batch_size / (time.perf_counter() - start)
-
-    run(2)
-    return run(batches)
-
-
 def source_rate(batches_of, batches: int, dev: torch.device) -> float:
     """images/s of the first ``batches`` batches out of the iterable ``batches_of`` (start-up included),
     each moved to ``dev`` as training moves it."""
@@ -153,7 +130,7 @@ def sources(raw: str, sizes: list[int], channel_sets: list[str], batch_size: int
                 kinds[f"raster-{dev.type}"] = lambda e, ds=ds: device_source(ds, batch_size, dev, e)
             for rep in range(1, repeats + 1):
                 got = {kind: source_rate(make(rep), batches, dev) for kind, make in kinds.items()}
-                step = step_rate(size, len(channels), batch_size, max(3, batches // 4), dev, amp)
+                step = step_rate(size, batch_size, max(3, batches // 4), dev, amp, len(channels))
                 rows.append({"size": size, "channels": "+".join(channels), "run": rep, "device": str(dev),
                              "workers": workers, "batch_size": batch_size, "step_images_per_s": round(step, 1),
                              **{f"{k}_images_per_s": round(v, 1) for k, v in got.items()},
