@@ -4,9 +4,9 @@ at the border) against homus' own renderings of the same test samples, in one ru
 
     python benchmarks/foreign_bench.py runs/NAME [--widths 1 3 5] [--canvases 96x96 192x96]
 
-Each foreign image is read two ways, as ``homus predict`` can: ``fit`` (the ink's box fitted to
-the run's canvas, the image resized) and ``redraw`` (the ink's centre line drawn again at the run's
-pen width, :mod:`homus_render.normalize`). homus' own renderings are read as the model was tested
+Each foreign image is read both ways ``homus predict --read`` can: ``fit`` (the ink's box fitted
+to the run's canvas, the image resized) and ``redraw`` (the default: the ink's centre line drawn
+again at the run's pen width, :mod:`homus_render.normalize`). homus' own renderings are read as the model was tested
 (``strokes``) and through both image paths, so the gap each path leaves is measured against a peer.
 Needs the bench extra (``pip install -e '.[bench]'``).
 """
@@ -31,7 +31,6 @@ from classifier.data import to_input
 from classifier.predict import normalize_image
 from classifier.runfolder import RunFolder
 from homus_render.channels import render_plain
-from homus_render.normalize import redraw
 from homus_render.render import parse_size
 
 _NAME = re.compile(r"^(?P<sample>\d+-\d+)_(?P<width>\d+)\.png$")
@@ -83,9 +82,9 @@ def main() -> None:
     t0 = time.perf_counter()
     rows.append(("homus", settings.name, "strokes", len(samples), accuracy(model, own, targets)))
     rows.append(("homus", settings.name, "fit", len(samples),
-                 accuracy(model, [normalize_image(im, settings) for im in own], targets)))
+                 accuracy(model, [normalize_image(im, settings, "fit") for im in own], targets)))
     rows.append(("homus", settings.name, "redraw", len(samples),
-                 accuracy(model, [redraw(im, settings) for im in own], targets)))
+                 accuracy(model, [normalize_image(im, settings, "redraw") for im in own], targets)))
 
     with tempfile.TemporaryDirectory(prefix="homus-foreign-") as tmp:
         raw = Path(tmp) / "raw"
@@ -110,8 +109,8 @@ def main() -> None:
                 name = f"t{width}-{w}x{h}"
                 fit, drawn = [], []
                 for im in images:
-                    fit.append(normalize_image(im, settings))
-                    drawn.append(redraw(im, settings))
+                    fit.append(normalize_image(im, settings, "fit"))
+                    drawn.append(normalize_image(im, settings, "redraw"))
                 rows.append(("omrdatasettools", name, "fit", len(images), accuracy(model, fit, labels)))
                 rows.append(("omrdatasettools", name, "redraw", len(images), accuracy(model, drawn, labels)))
     seconds = time.perf_counter() - t0

@@ -14,6 +14,7 @@ import torch
 
 from homus_render.channels import render_plain
 from homus_render.errors import HomusError, describe, user_os_error
+from homus_render.normalize import redraw
 from homus_render.render import RenderSettings
 from homus_render.strokes import StrokeFileError, parse_file
 
@@ -81,13 +82,28 @@ def _to_gray(img: np.ndarray) -> np.ndarray:
     return np.clip(gray * a + paper * (1 - a), 0, 255).round().astype(np.uint8)
 
 
-def normalize_image(img: np.ndarray, s: RenderSettings) -> np.ndarray:
-    """Any grayscale, colour or transparent image -> black ink on white, ink box fitted to the
-    canvas minus margins."""
+#: How an image is made into the model's input: ``redraw`` (its ink's centre line drawn again at the
+#: model's pen width and fit, :mod:`homus_render.normalize`) or ``fit`` (its ink box resized to the canvas).
+IMAGE_READS = ("redraw", "fit")
+
+
+def normalize_image(img: np.ndarray, s: RenderSettings, read: str = "redraw") -> np.ndarray:
+    """Any grayscale, colour or transparent image -> black ink on white at the model's canvas:
+    redrawn from its centre line (``read="redraw"``, whatever pen and scale drew it), or its ink
+    box fitted to the canvas minus margins (``read="fit"``)."""
+    if read not in IMAGE_READS:
+        raise InputError(f"read must be one of {', '.join(IMAGE_READS)}, got {read!r}")
     img = _to_gray(img)
     border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
     if np.median(border) < 128:  # light ink on dark paper: flip to the published polarity
         img = 255 - img
+    if read == "redraw":
+        if img.max() - img.min() < 16:
+            raise InputError("no ink found: the image is blank")
+        try:
+            return redraw(img, s)
+        except ValueError as e:
+            raise InputError(str(e)) from None
     _, ink = cv2.threshold(img, 0, 255, cv2.THRESH_BINARY_INV + cv2.THRESH_OTSU)
     if img.max() - img.min() < 16 or not ink.any():
         raise InputError("no ink found: the image is blank")
@@ -103,7 +119,8 @@ def normalize_image(img: np.ndarray, s: RenderSettings) -> np.ndarray:
     return out
 
 
-def prepare(path: str | Path, s: RenderSettings, channels: tuple[str, ...] = ("ink",)) -> np.ndarray:
+def prepare(path: str | Path, s: RenderSettings, channels: tuple[str, ...] = ("ink",),
+            read: str = "redraw") -> np.ndarray:
     """The model's view of one input file, as a ``uint8`` image (a ``(channels, h, w)`` stack for
     a model that reads more than ink)."""
     path = Path(path)
@@ -120,12 +137,12 @@ def prepare(path: str | Path, s: RenderSettings, channels: tuple[str, ...] = ("i
         raise user_os_error(e) or e from None
     img = decode_image(data, path)
     try:
-        return normalize_image(img, s)
+        return normalize_image(img, s, read)
     except InputError as e:
         raise InputError(f"{path}: {e}") from None
 
 
-def predict(run: str | Path, inputs: list[str | Path], top_k: int = 3) -> list[dict]:
+def predict(run: str | Path, inputs: list[str | Path], top_k: int = 3, read: str = "redraw") -> list[dict]:
     """Top-k labels with probabilities per input; a bad input gets ``{"error": ...}``, the rest answer."""
     model, ckpt = RunFolder(run).load_model()
     s = RenderSettings.from_dict(ckpt["render"])
@@ -133,7 +150,7 @@ def predict(run: str | Path, inputs: list[str | Path], top_k: int = 3) -> list[d
     results, ready = [], []
     for p in inputs:
         try:
-            ready.append((len(results), prepare(p, s, channels)))
+            ready.append((len(results), prepare(p, s, channels, read)))
             results.append({"input": str(p)})
         except (InputError, StrokeFileError, OSError) as e:  # this input alone fails; the others answer
             results.append({"input": str(p), "error": describe(e) or str(e)})

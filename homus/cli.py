@@ -334,11 +334,13 @@ def evaluate(runs, variant, out, device) -> None:
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--top-k", type=int, default=3, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON document for machines.")
-def predict(run, inputs, top_k, as_json) -> None:
+@click.option("--read", type=click.Choice(["redraw", "fit"]), default="redraw", show_default=True,
+              help="Images: redraw the ink's centre line at the model's pen width, or fit the ink box as it is.")
+def predict(run, inputs, top_k, as_json, read) -> None:
     """Classify images (any size) or raw HOMUS .txt stroke files with a run's model."""
     from classifier.predict import predict as do_predict
 
-    results = do_predict(run, list(inputs), top_k)
+    results = do_predict(run, list(inputs), top_k, read)
     if as_json:
         click.echo(json.dumps(results, indent=2))
     else:

@@ -63,3 +63,18 @@ def test_a_tap_of_the_pen_is_drawn_as_homus_draws_a_dot():
     img = np.full((96, 96), 255, np.uint8)
     img[40, 30] = 0  # one pixel of ink: its centre line is itself
     assert np.array_equal(redraw(img, S), render([np.array([[30.0, 40.0]])], S))
+
+
+def test_predict_reads_images_by_redrawing_them_unless_asked_to_fit():
+    from classifier.predict import InputError, normalize_image
+
+    foreign = render(strokes_of("Flat"), RenderSettings(thickness=16, width=150, height=150, margin=2))
+    drawn, fitted = normalize_image(foreign, S), normalize_image(foreign, S, "fit")
+    assert np.array_equal(drawn, redraw(foreign, S))
+    assert stroke_width(drawn) == pytest.approx(stroke_width(render(strokes_of("Flat"), S)), abs=0.6)
+    assert stroke_width(fitted) > stroke_width(drawn) + 0.5  # the resize keeps the foreign pen's width
+    assert np.array_equal(normalize_image(255 - foreign, S), drawn)  # light ink on dark paper, the same
+    with pytest.raises(InputError, match="no ink"):
+        normalize_image(np.full((50, 50), 255, np.uint8), S)
+    with pytest.raises(InputError, match="read must be"):
+        normalize_image(foreign, S, "squint")
