@@ -8,7 +8,9 @@ scales the maps and draws the pictures ``homus explain`` writes and the web page
 A ResNet halves the canvas five times, so its last stage (``layer4``) sees a 64-pixel symbol as
 2 x 2 cells and a 32-pixel one as a single cell: a map of one cell says nothing about where.
 ``layer="auto"`` (the default) takes the deepest stage whose map still has at least
-:data:`MIN_CELLS` cells a side (``layer4`` from 128 px, ``layer3`` at 64 px, ``layer2`` at 32 px).
+:data:`MIN_CELLS` cells a side (``layer4`` from 128 px, ``layer3`` at 64 px, ``layer2`` at 32 px);
+where that stage holds no positive evidence for a class at all (every cell's weighted sum is
+negative, and the map is blank), the next shallower stage that has some is shown instead.
 """
 
 from __future__ import annotations
@@ -82,9 +84,24 @@ def gradcam(model: nn.Module, x: torch.Tensor, targets: Sequence[int], layer: st
     targets = [int(t) for t in targets]
     if not targets:
         return np.zeros((0, *x.shape[-2:]), np.float32)
-    name = pick_layer(model, x) if layer == "auto" else layer
-    if name not in STAGES:
+    if layer != "auto" and layer not in STAGES:
         raise ValueError(f"layer must be auto or one of {', '.join(STAGES)}, got {layer!r}")
+    if layer != "auto":
+        return _gradcam_at(attr, model, x, targets, layer)
+    # auto: the picked stage, or, for a target whose map there holds no positive evidence at all
+    # (it happens: every cell's weighted sum negative), the next shallower stage that has some
+    first = pick_layer(model, x)
+    maps = _gradcam_at(attr, model, x, targets, first)
+    for name in reversed(STAGES[:STAGES.index(first)]):
+        empty = [i for i in range(len(targets)) if not maps[i].any()]
+        if not empty:
+            break
+        maps[empty] = _gradcam_at(attr, model, x, [targets[i] for i in empty], name)
+    return maps
+
+
+def _gradcam_at(attr, model: nn.Module, x: torch.Tensor, targets: list[int], name: str) -> np.ndarray:
+    """:func:`gradcam` at the stage ``name``."""
     with torch.inference_mode(False), torch.enable_grad():
         batch = _grad_ready(x).expand(len(targets), -1, -1, -1).contiguous()
         cam = attr.LayerGradCam(model, getattr(model, name)).attribute(batch, target=targets, relu_attributions=True)

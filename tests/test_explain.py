@@ -200,3 +200,26 @@ def test_auto_takes_the_deepest_stage_that_still_shows_where():
     model = build_model("resnet18", 32, 1).eval()
     picked = {side: pick_layer(model, torch.zeros(1, 1, side, side)) for side in (16, 32, 64, 96, 128)}
     assert picked == {16: "layer1", 32: "layer2", 64: "layer3", 96: "layer3", 128: "layer4"}
+
+
+def test_auto_shows_a_shallower_stage_where_the_picked_one_is_blank(monkeypatch):
+    """A class whose evidence at the picked stage is negative everywhere gets a blank map there;
+    ``auto`` then shows the next shallower stage that has some, per class."""
+    import classifier.explain as ex
+
+    model = build_model(in_channels=1).eval()
+    x = to_input(np.full((1, 64, 64), 255, np.uint8))
+    seen = []
+
+    def fake(attr, m, x_, targets, name):
+        seen.append((name, list(targets)))
+        out = np.zeros((len(targets), 64, 64), np.float32)
+        if name == "layer2":  # only the shallower stage has evidence, and only for class 5
+            out[[i for i, t in enumerate(targets) if t == 5], 10, 10] = 1.0
+        return out
+
+    monkeypatch.setattr(ex, "_gradcam_at", fake)
+    maps = ex.gradcam(model, x, [5, 7])
+    assert seen[0] == ("layer3", [5, 7]) and seen[1] == ("layer2", [5, 7])  # 64 px: layer3 first
+    assert maps[0].max() == 1.0 and not maps[1].any()  # class 7 stays blank: no stage showed it
+    assert ex.gradcam(model, x, [5], layer="layer3").max() == 0.0  # an explicit stage is kept
