@@ -20,6 +20,7 @@ import numpy as np
 
 from .channels import draw_channels
 from .errors import SettingsError
+from .normalize import redraw
 from .render import RenderSettings, _fit, draw
 
 
@@ -34,6 +35,9 @@ class StrokeAugment:
     ``jitter``: per-point noise (std) as a fraction of the symbol's size. ``ends``: chance that
     each end of a stroke is shortened (by up to 25 % of its points). ``size``: the ``size`` channel
     reads the symbol as up to ``exp(+-size)`` times its size on the tablet (writers' hands differ so).
+    ``redraw``: chance that an ink
+    image is redrawn from its centre line (:func:`~homus_render.normalize.redraw`), the view ``homus
+    predict`` gives of images from other tools.
     """
 
     thickness: float = 0.0
@@ -46,14 +50,16 @@ class StrokeAugment:
     jitter: float = 0.0
     ends: float = 0.0
     size: float = 0.0
+    redraw: float = 0.0
 
     def __post_init__(self) -> None:
         bad = [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)
                if not isinstance(getattr(self, f.name), (int, float)) or not getattr(self, f.name) >= 0]
         if bad:
             raise SettingsError(f"stroke augmentation strengths must be numbers >= 0: {', '.join(bad)}")
-        if self.scale >= 1 or self.ends > 1:
-            raise SettingsError(f"stroke scale must be < 1 and ends a probability <= 1, got {self.scale}, {self.ends}")
+        if self.scale >= 1 or self.ends > 1 or self.redraw > 1:
+            raise SettingsError(f"stroke scale must be < 1, and ends and redraw probabilities <= 1, got "
+                                f"{self.scale}, {self.ends}, {self.redraw}")
 
     @property
     def active(self) -> bool:
@@ -142,5 +148,8 @@ def render_augmented(strokes: Sequence[np.ndarray], s: RenderSettings, aug: Stro
     ``channels`` other than ink alone, a ``(channels, h, w)`` stack (:mod:`~homus_render.channels`)."""
     path, width, extent = augment_path(strokes, s, aug, rng)
     if tuple(channels) == ("ink",):
-        return draw(path, s, width)
+        img = draw(path, s, width)
+        if aug.redraw and rng.random() < aug.redraw:  # drawn last: no other draw of the stream moves
+            img = redraw(img, s)
+        return img
     return draw_channels(path, s, channels, width, extent)

@@ -124,3 +124,34 @@ def test_scale_only_shrinks_and_translate_moves():
 def test_bad_strengths_are_refused(bad):
     with pytest.raises(ValueError, match="stroke"):
         StrokeAugment(**bad)
+
+
+def test_redraw_shows_the_model_the_view_predict_gives_of_foreign_images():
+    """``redraw`` (a chance) redraws the distorted ink from its centre line, last, so every other
+    draw of the stream stays where it was; it needs the CPU renderer."""
+    from homus_render.errors import SettingsError
+    from homus_render.normalize import redraw
+
+    s = RenderSettings(thickness=3, width=48, height=48, margin=3)
+    strokes = [np.array([[0.0, 0.0], [0.0, 60.0], [10.0, 50.0], [12.0, 44.0], [8.0, 40.0], [0.0, 45.0]])]
+    plain, always = StrokeAugment(rotate=8, elastic=0.03), StrokeAugment(rotate=8, elastic=0.03, redraw=1.0)
+    a = render_augmented(strokes, s, plain, np.random.default_rng(5))
+    b = render_augmented(strokes, s, always, np.random.default_rng(5))
+    assert np.array_equal(b, redraw(a, s)) and not np.array_equal(a, b)
+    never = StrokeAugment(rotate=8, elastic=0.03, redraw=0.0)
+    assert np.array_equal(render_augmented(strokes, s, never, np.random.default_rng(5)), a)
+    with pytest.raises(SettingsError, match="redraw"):
+        StrokeAugment(redraw=1.5)
+
+
+def test_the_device_rasterizer_refuses_redraw():
+    import torch
+
+    from classifier.strokeset import StrokeSet, make_train_source
+    from homus_render.errors import SettingsError
+    from homus_render.strokes import Sample
+
+    sample = Sample("1-1", "1", "Barline", (np.array([[0.0, 0.0], [0.0, 40.0]]),))
+    ds = StrokeSet([sample], RenderSettings(width=32, height=32, margin=2), StrokeAugment(redraw=0.5), 0)
+    with pytest.raises(SettingsError, match="--raster cpu"):
+        make_train_source(ds, 8, 0, 0, "device", torch.device("cpu"))
