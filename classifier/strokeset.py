@@ -211,6 +211,8 @@ def make_train_source(ds: StrokeSet, batch_size: int, seed: int, workers: int, r
     if not raster_device(raster, device):
         return epoch_loader(ds, batch_size, seed, workers, worker_init)
     if device.type == "cpu" and workers > 0:
-        return epoch_loader(RasterSet(ds, "cpu"), batch_size, seed, workers, worker_init)
+        # torch draws in these workers: started fresh (forkserver), not forked from a process whose
+        # OpenMP threads have run, where a forked worker can hang
+        return epoch_loader(RasterSet(ds, "cpu"), batch_size, seed, workers, worker_init, "forkserver")
     source = RasterSource(ds, batch_size, seed, device)
     return source, source
