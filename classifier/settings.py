@@ -114,13 +114,7 @@ class TrainConfig:
 
         if not isinstance(d, dict):
             raise SettingsError(f"{source}: train settings are a mapping, got {type(d).__name__}")
-        known = [f.name for f in fields(cls)]
-        unknown = [k for k in d if k not in known]
-        if unknown:
-            raise SettingsError(f"{source}: unknown key 'train.{unknown[0]}' (known: {', '.join(known)})")
-        missing = [k for k in known if k not in d]
-        if missing:
-            raise SettingsError(f"{source}: lacks 'train.{missing[0]}'")
+        _check_keys(cls, d, "train", source)
         out = dict(d)
         for key, kind in (("render", RenderSettings), ("strokes", StrokeAugment), ("warp", Affine)):
             out[key] = _nested(kind, key, d[key], source)
@@ -173,18 +167,25 @@ class TrainConfig:
         return split_seed_of(self.seed, self.split_seed)
 
 
+def _check_keys(kind: type, value: dict, prefix: str, source: str | Path, complete: bool = True) -> None:
+    """Every key of ``value`` is a field of the dataclass ``kind`` (and, when ``complete``, every
+    field is there); errors name the key, ``prefix.key``, and ``source``."""
+    known = [f.name for f in fields(kind)]
+    unknown = [k for k in value if k not in known]
+    if unknown:
+        raise SettingsError(f"{source}: unknown key '{prefix}.{unknown[0]}' (known: {', '.join(known)})")
+    missing = [k for k in known if k not in value]
+    if missing and complete:
+        raise SettingsError(f"{source}: lacks '{prefix}.{missing[0]}'")
+
+
 def _nested(kind: type, key: str, value: Any, source: str | Path):
     if isinstance(value, kind):
         return value
     if not isinstance(value, dict):
         raise SettingsError(f"{source}: 'train.{key}' must be a mapping, got {value!r}")
-    known = [f.name for f in fields(kind)]
-    unknown = [k for k in value if k not in known]
-    if unknown:
-        raise SettingsError(f"{source}: unknown key 'train.{key}.{unknown[0]}' (known: {', '.join(known)})")
-    missing = [k for k in known if k not in value]
-    if missing and kind is not RenderSettings:  # older runs recorded part of the render settings
-        raise SettingsError(f"{source}: lacks 'train.{key}.{missing[0]}'")
+    # older runs recorded part of the render settings
+    _check_keys(kind, value, f"train.{key}", source, complete=kind is not RenderSettings)
     for name, v in value.items():
         if kind is not RenderSettings and not (_number(v) and math.isfinite(v) and v >= 0):
             raise SettingsError(f"{source}: '{_named(f'{key}.{name}')}' must be a finite number >= 0, got {v!r}")

@@ -96,6 +96,16 @@ def run_homus(*args, timeout: float = 300) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
+def stop_and_check_workers(proc: subprocess.Popen, sig: int, workers: set[int]) -> None:
+    """Send ``sig`` to ``proc``, wait for it, and check that ``workers`` are gone within 10 s."""
+    proc.send_signal(sig)
+    proc.wait(timeout=30)
+    end = time.monotonic() + 10
+    while alive(workers) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert not alive(workers), f"workers outlived their parent: {alive(workers)}"
+
+
 def alive(pids: set[int]) -> set[int]:
     table = process_table()
     return {p for p in pids if p in table}
@@ -316,12 +326,7 @@ def test_killing_a_render_kills_its_workers(raw_full, tmp_path, sig):
     wait_for(lambda: any(out.glob(".t3-s32.partial-*/*/*.png")), 120, "the first images", proc, tmp_path / "log")
     workers = wait_for(lambda: descendants(proc.pid) if len(descendants(proc.pid)) >= 2 else None, 30,
                        "the workers")
-    proc.send_signal(sig)
-    proc.wait(timeout=30)
-    end = time.monotonic() + 10
-    while alive(workers) and time.monotonic() < end:
-        time.sleep(0.1)
-    assert not alive(workers), f"workers outlived their parent: {alive(workers)}"
+    stop_and_check_workers(proc, sig, workers)
     if sig == signal.SIGTERM:  # it cleaned up itself
         assert proc.returncode == 143 and leftovers(out) == []
     done = run_homus(*args)
@@ -337,12 +342,7 @@ def test_killing_a_train_kills_its_loader_workers(tiny, tmp_path, sig):
     proc = start(*args, "--workers", "2", log=tmp_path / "log")
     workers = wait_for(lambda: descendants(proc.pid) if len(descendants(proc.pid)) >= 2 else None, 120,
                        "the loader workers", proc, tmp_path / "log")
-    proc.send_signal(sig)
-    proc.wait(timeout=30)
-    end = time.monotonic() + 10
-    while alive(workers) and time.monotonic() < end:
-        time.sleep(0.1)
-    assert not alive(workers), f"workers outlived their parent: {alive(workers)}"
+    stop_and_check_workers(proc, sig, workers)
     if sig == signal.SIGTERM:
         assert proc.returncode == 143 and leftovers(runs) == []
     resumable = (runs / "k/last.pt").is_file()
