@@ -2,10 +2,11 @@
 
 ``<runs_dir>/<name>/`` holds ``config.yaml`` (every setting), ``split.json`` (the sample ids of
 train, val and test), ``data.json`` (the absolute identity of the data it was trained on),
-``last.pt`` and ``best.pt`` (one checkpoint dict each), ``history.csv``, ``metrics.json`` (written
-last: a run that has it is complete) and its pictures. :class:`RunFolder` reads them, checks them,
-and rebuilds the run's test images exactly as the run drew them; ``train``, ``evaluate``,
-``predict``, the reports, the benchmarks and the web service all go through it.
+``best.pt`` (the model), ``last.pt`` (the resume state, while the run is unfinished),
+``history.csv``, ``metrics.json`` (written last: a run that has it is complete) and its pictures.
+:class:`RunFolder` reads them, checks them, and rebuilds the run's test images exactly as the run
+drew them; ``train``, ``evaluate``, ``predict``, the reports, the benchmarks and the web service
+all go through it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from .strokeset import render_samples
 
 CONFIG, SPLIT, DATA, METRICS, HISTORY = "config.yaml", "split.json", "data.json", "metrics.json", "history.csv"
 BEST, LAST = "best.pt", "last.pt"
+#: What ``last.pt`` holds beyond the model, for continuing a run; ``best.pt`` leaves it out.
+RESUME_STATE = ("optimizer", "scheduler", "scaler")
 
 
 class RunError(HomusError, RuntimeError):

@@ -2,8 +2,9 @@
 
 Training images come from rendered variant folders, or (``from_strokes``) are drawn afresh from
 the raw strokes every epoch with stroke-level augmentation. Run folder ``<runs_dir>/<name>/``:
-``config.yaml``, ``split.json``, ``last.pt``, ``best.pt``, ``history.csv``, ``metrics.json``,
-``confusion.png``, ``curves.png``, ``errors.png``.
+``config.yaml``, ``split.json``, ``best.pt`` (the model that did best on validation), ``last.pt``
+(the resume state after the latest epoch: model, optimizer, schedule; removed once the run is
+complete), ``history.csv``, ``metrics.json``, ``confusion.png``, ``curves.png``, ``errors.png``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from .data import DataError, ImageSet, Variant, epoch_loader, load_variant, load
 from .engine import amp_dtype, evaluate, make_scaler, pick_device, train_one_epoch
 from .metrics import summarize
 from .models import build_model
-from .runfolder import CONFIG, DATA, HISTORY, LAST, SPLIT, RunError, RunFolder, raw_identity
+from .runfolder import BEST, CONFIG, DATA, HISTORY, LAST, RESUME_STATE, SPLIT, RunError, RunFolder, raw_identity
 from .settings import OPTIMIZERS, SCHEDULES, SEED_STRIDE, WARP_SEED_OFFSET, TrainConfig  # noqa: F401
 from .splits import check_split, make_fold_split, make_split
 from .strokeset import StrokeSet, augment_sheet, make_train_source, render_samples, worker_init
@@ -244,10 +245,10 @@ def _train(run: Path, cfg: TrainConfig, resume: bool, log) -> Path:
                 "config": asdict(cfg)}
         if scaler is not None:
             ckpt["scaler"] = scaler.state_dict()
-        if val["acc"] > best_acc:
+        if val["acc"] > best_acc:  # the model alone: the optimizer's state only serves resuming
             best_acc = val["acc"]
-            checkpoint.save(run / "best.pt", ckpt)
-        checkpoint.save(run / "last.pt", ckpt)
+            checkpoint.save(run / BEST, {k: v for k, v in ckpt.items() if k not in RESUME_STATE})
+        checkpoint.save(run / LAST, ckpt)
         write_bytes(run / "history.csv", _history_csv(history))
 
     del train_loader  # its workers end here
@@ -257,7 +258,7 @@ def _train(run: Path, cfg: TrainConfig, resume: bool, log) -> Path:
 
 def finish(run: Path, cfg: TrainConfig, sets: dict, criterion, device, amp: bool, history: list[dict]) -> Path:
     """The one and only look at the test split: the best model on validation, then the report."""
-    model, best = checkpoint.load_model(run / "best.pt")
+    model, best = checkpoint.load_model(run / BEST)
     model.to(device)
     test = sets["test"]
     res = evaluate(model, loader(test, cfg.batch_size * 2, False), criterion, device, amp,
@@ -287,6 +288,7 @@ def finish(run: Path, cfg: TrainConfig, sets: dict, criterion, device, amp: bool
         ink = ink[:, ink_index(cfg.channels)]
     plots.plot_errors(ink, res["targets"], res["preds"], classes, run / "errors.png")
     write_json(run / "metrics.json", metrics)  # last: a run with metrics.json is complete
+    (run / LAST).unlink(missing_ok=True)  # a complete run is never continued: its resume state is dead weight
     return run
 
 
@@ -315,7 +317,7 @@ def _resume_checkpoint(path: Path, cfg: TrainConfig, classes: list[str]) -> dict
 
 
 def start_fresh(resume: bool, run: Path) -> bool:
-    return not (resume and (run / "last.pt").exists())
+    return not (resume and (run / LAST).exists())
 
 
 def _init_from_checkpoint(model: nn.Module, path: str, arch: str, classes: list[str],

@@ -3,6 +3,8 @@ that is created, stepped and saved. Checked on the CPU, where autocast can be as
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -51,8 +53,8 @@ def test_fp16_training_steps_through_the_scaler():
 def test_train_creates_the_scaler_when_fp16_is_chosen(monkeypatch, synthetic_raw, tmp_path):
     """A whole run where the device's AMP dtype is fp16 (as on GPUs without bf16) makes a scaler,
     passes it to every epoch and saves its state in the checkpoint."""
+    from classifier import checkpoint
     from classifier import train as train_mod
-    from classifier.checkpoint import load
     from homus.config import load as load_config
     from homus.config import train_config
 
@@ -66,13 +68,22 @@ def test_train_creates_the_scaler_when_fp16_is_chosen(monkeypatch, synthetic_raw
         made.append(s)
         return s
 
+    saved = {}
+    real_save = checkpoint.save
+
+    def save(path, ckpt):
+        saved[Path(path).name] = set(ckpt)
+        real_save(path, ckpt)
+
     monkeypatch.setattr(train_mod, "amp_dtype", fp16)
     monkeypatch.setattr(train_mod, "make_scaler", scaler_for)
+    monkeypatch.setattr(checkpoint, "save", save)
     cfg = train_config(load_config(), {"raw_dir": str(synthetic_raw), "size": 32, "epochs": 1, "batch_size": 64,
                                        "schedule": "constant", "workers": 0, "device": "cpu",
                                        "runs_dir": str(tmp_path), "name": "fp16"})
     run = train_mod.train(cfg, log=lambda m: None)
     (scaler,) = made
     assert scaler is not None and scaler.steps > 0 and scaler.updates == scaler.steps
-    assert "scaler" in load(run / "last.pt")
+    assert "scaler" in saved["last.pt"] and "scaler" not in saved["best.pt"]  # resume state, not the model's
+    assert not (run / "last.pt").exists()  # the run is complete
 

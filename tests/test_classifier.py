@@ -23,14 +23,17 @@ from homus.config import train_config
 from homus_render.render import RenderSettings
 
 PER_WRITER = 32 * SYNTHETIC_PER_CLASS  # the synthetic dataset: each writer draws every class 3 times
-RUN_FILES = ("config.yaml", "split.json", "last.pt", "best.pt", "history.csv", "metrics.json",
+RUN_FILES = ("config.yaml", "split.json", "best.pt", "history.csv", "metrics.json",
              "confusion.png", "curves.png", "errors.png")
 
 
 def assert_complete(run: Path) -> None:
-    """Every file of a finished run is there and not empty."""
+    """Every file of a finished run is there and not empty; the resume state has gone, and best.pt
+    holds the model without the optimizer's state."""
     for f in RUN_FILES:
         assert (run / f).is_file() and (run / f).stat().st_size > 0, f
+    assert not (run / "last.pt").exists()
+    assert not {"optimizer", "scheduler", "scaler"} & set(checkpoint.load(run / "best.pt"))
 
 
 def cfg_for(tiny: Path, **kw) -> TrainConfig:
