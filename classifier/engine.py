@@ -17,6 +17,15 @@ class DeviceError(HomusError, RuntimeError):
     """A device asked for that this machine does not have."""
 
 
+#: Progress bars: None shows them on a terminal; False never (a run beside others in one terminal).
+PROGRESS: bool | None = None
+
+
+def _no_bars() -> bool | None:
+    """tqdm's ``disable``: None hides the bar where the output is not a terminal."""
+    return None if PROGRESS is None else not PROGRESS
+
+
 def pick_device(name: str) -> torch.device:
     """``auto``: CUDA, then Apple's MPS, then the CPU."""
     if name == "auto":
@@ -70,7 +79,7 @@ def train_one_epoch(model: nn.Module, loader, criterion, optimizer, scheduler, d
     total_loss, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
     # a with block: the bar is closed on every exit path, a diverged loss and an interruption too
-    with tqdm(loader, desc=f"epoch {epoch} train", leave=False, unit="batch", disable=None) as bar:
+    with tqdm(loader, desc=f"epoch {epoch} train", leave=False, unit="batch", disable=_no_bars()) as bar:
         for step, (x, y) in enumerate(bar, 1):
             if transform is not None:
                 x = transform(x)
@@ -108,7 +117,7 @@ def evaluate(model: nn.Module, loader, criterion, device: torch.device, amp: boo
     """Loss, accuracy, and every prediction and class probability (as numpy arrays) over ``loader``."""
     model.eval()
     total_loss, preds, probs, targets = 0.0, [], [], []
-    for x, y in tqdm(loader, desc=desc, leave=False, unit="batch", disable=None):
+    for x, y in tqdm(loader, desc=desc, leave=False, unit="batch", disable=_no_bars()):
         x = x.to(device, memory_format=torch.channels_last, non_blocking=True)
         y = y.to(device, non_blocking=True)
         with autocast(device, amp):

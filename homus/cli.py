@@ -357,10 +357,23 @@ def predict(run, inputs, top_k, as_json, read) -> None:
 
 @main.command("run")
 @click.option("--dry-run", is_flag=True, help="Check the study and list its runs and ensembles; train nothing.")
+@click.option("--parallel", type=click.IntRange(1, 256), default=None,
+              help="Train up to N runs at once here: one per GPU, or a 1/N share of the CPU cores each. "
+                   "[default: study.parallel]")
+@click.option("--ray", "ray_address", default=None, metavar="auto|local|ADDRESS",
+              help="Train the runs as tasks on a Ray cluster (needs homus[ray]): auto (the cluster this machine "
+                   "joined), local (a private one here) or an address. [default: study.ray]")
 @with_config
-def run_cmd(cfg, cfg_path, dry_run) -> None:
+def run_cmd(cfg, cfg_path, dry_run, parallel, ray_address) -> None:
     """Run the study in the config: fetch, render, train, cross-evaluate, report."""
     from .study import plan, run_study
+
+    if parallel is not None:
+        cfg["study"]["parallel"] = parallel
+    if ray_address is not None:
+        if not ray_address.strip():
+            raise click.BadParameter("give auto, local or a cluster address", param_hint="--ray")
+        cfg["study"]["ray"] = ray_address.strip()
 
     if dry_run:
         p = plan(cfg, cfg_path)

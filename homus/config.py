@@ -34,6 +34,7 @@ NULLABLE = {
     ("train", "name"): (str,),
     ("train", "split_seed"): (int,),
     ("study", "split_seed"): (int,),
+    ("study", "ray"): (str,),
 }
 
 #: Mappings whose keys are other sections' settings (train settings for the study's runs).
@@ -165,6 +166,15 @@ def _check_free_form(cfg: dict, defaults: dict, path: Path) -> None:
         if len(spec.get("seeds", seeds)) > 1 and study["split_seed"] is None:
             raise ConfigError(f"{path}: '{where}' votes models of several seeds, which must share one split: "
                               "set study.split_seed")
+    if not 1 <= study["parallel"] <= 256:
+        raise ConfigError(f"{path}: 'study.parallel' must be 1 to 256 runs at once, got {study['parallel']}")
+    if not 0 < study["run_cpus"] <= 1024:
+        raise ConfigError(f"{path}: 'study.run_cpus' must be more than 0 (up to 1024), got {study['run_cpus']}")
+    if not (study["run_gpus"] == -1 or 0 <= study["run_gpus"] <= 64):
+        raise ConfigError(f"{path}: 'study.run_gpus' must be -1 (one where the cluster has GPUs) or 0 to 64, "
+                          f"got {study['run_gpus']}")
+    if study["ray"] is not None and not study["ray"].strip():
+        raise ConfigError(f"{path}: 'study.ray' must be auto, local or a cluster address, got an empty text")
     if study["folds"] == 1 or not 0 <= study["folds"] <= 100:
         raise ConfigError(f"{path}: 'study.folds' must be 0 (one split) or 2 to 100, got {study['folds']}")
     for name in study["arms"] or {}:

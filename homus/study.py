@@ -9,7 +9,8 @@ scored together on each variant and fold. docs/studies.md describes the schema.
 
 Everything is resumable: up-to-date variants are not rendered again, finished runs are not
 trained again, saved evaluations are not recomputed. So a killed study continues where it
-stopped, and a finished one reruns in seconds.
+stopped, and a finished one reruns in seconds. The runs train here one after another, several at
+once (``study.parallel``) or on a Ray cluster (``study.ray``): :mod:`homus.launch`.
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ from pathlib import Path
 
 from classifier.evaluate import evaluate_ensemble, evaluate_run
 from classifier.settings import TrainConfig
-from classifier.train import train
 from homus_render.dataset import list_stroke_files, parse_writers
 from homus_render.fetch import fetch
 from homus_render.render import RenderSettings
 from homus_render.variants import render_variants
 
 from . import config as cfgmod
+from .launch import Job, train_jobs
 from .report import write_report
 
 
@@ -154,13 +155,14 @@ def run_study(cfg: dict, log=print, source: str | Path = "the study") -> Path:
         log(f"{res.path}: {res.status}")
     runs_dir = Path(cfg["train"]["runs_dir"]) / s["name"]
     device = next(iter(p.configs.values())).device
+    jobs = []
     for r in p.runs:
         folder = runs_dir / r.name
         if (folder / "metrics.json").exists():
             log(f"{folder}: finished, not trained again")
-            continue
-        log(f"training {folder} ({'continuing' if folder.exists() else 'new'})")
-        train(p.configs[r.name], resume=folder.exists(), log=log)
+        else:
+            jobs.append(Job(p.configs[r.name], resume=folder.exists()))
+    train_jobs(jobs, parallel=s["parallel"], ray=s["ray"], run_cpus=s["run_cpus"], run_gpus=s["run_gpus"], log=log)
     for r in p.runs if len(p.variants) > 1 else []:  # every model on every variant's test split: the cross matrix
         folder = runs_dir / r.name
         for v in p.variants:
@@ -170,19 +172,19 @@ def run_study(cfg: dict, log=print, source: str | Path = "the study") -> Path:
     scored = []
     for e in p.ensembles:
         out = runs_dir / e.file
-        if out.exists():
-            m = json.loads(out.read_text(encoding="utf-8"))
-        else:
+        m = json.loads(out.read_text(encoding="utf-8")) if out.exists() else {}
+        if "errors" not in m:  # not scored yet, or scored before scores kept their errors
             m = evaluate_ensemble([runs_dir / n for n in e.runs], out, device=device)
             log(f"ensemble {e.name} on {e.variant}{'' if e.fold is None else f' fold {e.fold}'}: "
                 f"test accuracy {m['test_accuracy']:.4f}")
         scored.append({"name": e.name, "variant": e.variant, "fold": e.fold, "runs": e.runs,
-                       "test_accuracy": m["test_accuracy"], "n_test": m["n_test"]})
+                       "test_accuracy": m["test_accuracy"], "n_test": m["n_test"], "file": out})
     out = Path(s["reports_dir"]) / s["name"]
     group_by = ["arm", "variants"] if s["arms"] else ["variants"]
     if s["arms"] and len(p.variants) == 1 and not any(r.variant == "union" for r in p.runs):
         group_by = ["arm"]
     write_report([runs_dir / r.name for r in p.runs], out, title=f"study {s['name']}",
                  variants=[v.name for v in p.variants], settings=cfg, command=f"homus run --config {source}",
-                 group_by=group_by, extra={r.name: {"arm": r.arm or "-"} for r in p.runs}, ensembles=scored)
+                 group_by=group_by, extra={r.name: {"arm": r.arm or "-"} for r in p.runs}, ensembles=scored,
+                 raw_dirs=[raw, *map(Path, cfgmod.as_list(d["extra_raw"]))])
     return out

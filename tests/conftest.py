@@ -186,3 +186,25 @@ def tiny_homus_run(raw_full: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     torch.set_num_threads(threads)  # --threads 1 set it for this whole process; the next tests get it back
     assert r.exit_code == 0, r.output
     return runs / "tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_study(synthetic_raw, tmp_path_factory):
+    """configs/tiny.yaml (3-fold writer cross-validation, two arms, an ensemble) on the synthetic data, run
+    serially by `homus run`: the study folder and its config."""
+    import yaml
+    from click.testing import CliRunner
+
+    from homus.cli import main
+
+    root = tmp_path_factory.mktemp("tiny-study")
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/tiny.yaml").read_text())
+    cfg["dataset"]["raw_dir"] = str(synthetic_raw)
+    cfg["render"]["rendered_dir"] = str(root / "rendered")
+    cfg["train"]["runs_dir"] = str(root / "runs")
+    cfg["study"]["reports_dir"] = str(root / "reports")
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    r = CliRunner().invoke(main, ["run", "--config", str(path)])
+    assert r.exit_code == 0, r.output
+    return root, path

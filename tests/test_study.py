@@ -174,22 +174,6 @@ def test_a_size_jitter_is_a_difference_only_for_runs_that_read_the_size(tmp_path
     assert differing([a, c]) == []
 
 
-@pytest.fixture(scope="module")
-def tiny_study(synthetic_raw, tmp_path_factory):
-    """configs/tiny.yaml (3-fold writer cross-validation, two arms, an ensemble) on the synthetic data."""
-    root = tmp_path_factory.mktemp("tiny-study")
-    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/tiny.yaml").read_text())
-    cfg["dataset"]["raw_dir"] = str(synthetic_raw)
-    cfg["render"]["rendered_dir"] = str(root / "rendered")
-    cfg["train"]["runs_dir"] = str(root / "runs")
-    cfg["study"]["reports_dir"] = str(root / "reports")
-    path = root / "tiny.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    r = CliRunner().invoke(main, ["run", "--config", str(path)])
-    assert r.exit_code == 0, r.output
-    return root, path
-
-
 def test_a_cross_validation_study_tests_every_writer_once_and_reports_folds(tiny_study):
     from classifier.settings import TrainConfig
 
