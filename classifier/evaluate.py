@@ -12,7 +12,7 @@ from homus_render.atomic import write_json
 
 from .data import ImageSet, loader
 from .engine import evaluate, pick_device
-from .metrics import summarize
+from .metrics import confusion, summarize
 from .plots import plot_confusion
 from .runfolder import RunError, RunFolder
 
@@ -101,13 +101,21 @@ def vote(members: list[dict], out: str | Path | None = None) -> dict:
     """Test-split metrics of ``members`` (from :func:`ensemble_members`) voting together: their class
     probabilities averaged. Saved as ``out`` with a confusion matrix beside it, when given."""
     first = members[0]
-    preds = np.mean([m["probs"] for m in members], axis=0).argmax(1)
-    s = summarize(first["targets"], preds, first["classes"])
+    probs = np.mean([m["probs"] for m in members], axis=0)
+    targets, preds = np.asarray(first["targets"]), probs.argmax(1)
+    s = summarize(targets, preds, first["classes"])
+    wrong = np.nonzero(preds != targets)[0]
     metrics = {"runs": [m["run"] for m in members], "split": first["split"],
                "test_accuracy": s["accuracy"], "macro_f1": s["macro_f1"], "n_test": s["n"],
                "members": [{"run": m["run"], "variant": m["variant"], "test_accuracy": m["test_accuracy"]}
                            for m in members],
-               "per_class": s["per_class"]}
+               "per_class": s["per_class"], "classes": list(first["classes"]),
+               "confusion": confusion(targets, preds, len(first["classes"])).tolist(),
+               # every misread sample, most confident first: what a report shows as pictures
+               "errors": sorted(({"id": first["ids"][i], "target": first["classes"][targets[i]],
+                                  "pred": first["classes"][preds[i]], "confidence": round(float(probs[i, preds[i]]), 6),
+                                  "p_target": round(float(probs[i, targets[i]]), 6)} for i in wrong),
+                                key=lambda e: -e["confidence"])}
     if out is not None:
         out = Path(out)
         write_json(out, metrics)

@@ -31,7 +31,12 @@ def save_figure(fig, path: Path) -> None:
 
 def plot_confusion(targets, preds, classes: list[str], path: Path, title: str = "") -> None:
     """Row-normalised confusion matrix (each row sums to 1: recall on the diagonal)."""
-    m = confusion(targets, preds, len(classes)).astype(float)
+    plot_confusion_matrix(confusion(targets, preds, len(classes)), classes, path, title)
+
+
+def plot_confusion_matrix(counts, classes: list[str], path: Path, title: str = "") -> None:
+    """:func:`plot_confusion` of a matrix of counts (true class by row), e.g. pooled over folds."""
+    m = np.asarray(counts, dtype=float)
     m = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(13, 11.5))
     im = ax.imshow(m, cmap="Blues", vmin=0, vmax=1)

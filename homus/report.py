@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from classifier.plots import plt, save_figure
+from classifier.plots import plot_confusion_matrix, plt, save_figure
 from classifier.runfolder import RunError, RunFolder
 from classifier.splits import split_seed_of
 from homus_render.atomic import write_bytes, write_text
+from homus_render.strokes import parse_file
 from homus_render.variants import read_variant_info
 
 IGNORED = {"name", "runs_dir", "seed", "split_seed", "fold", "device", "workers", "threads", "amp"}
@@ -161,13 +162,107 @@ def _matrix_chart(rows: list[dict], tests: list[str], path: Path) -> None:
     save_figure(fig, path)
 
 
+#: How many of the final ensemble's most confident errors the report draws.
+CONFIDENT_ERRORS = 30
+
+
+def error_analysis(scored: list[dict], rows: list[dict], raw_dirs: list[Path], out: Path) -> list[str]:
+    """Where the best ensemble (first of ``rows``) errs, over every fold it was scored on: the pooled
+    confusion matrix, its most confident errors drawn from their strokes, and each class's recall
+    with its spread over folds. Writes ``confusion.png``, ``errors.png`` and ``recall.png`` into
+    ``out``; returns the report's lines (none for scores saved without their errors)."""
+    best = rows[0]
+    scores = [json.loads(Path(e["file"]).read_text(encoding="utf-8")) for e in scored
+              if e["name"] == best["name"] and e["variant"] == best["variant"] and e.get("file")]
+    if not scores or any("errors" not in m for m in scores):
+        return []
+    classes = scores[0]["classes"]
+    counts = np.sum([np.asarray(m["confusion"]) for m in scores], axis=0)
+    where = f"{len(scores)} fold{'s' if len(scores) > 1 else ''}" if best.get("by_fold") else "its test split"
+    plot_confusion_matrix(counts, classes, out / "confusion.png",
+                          f"{best['name']} on {best['variant']}: {int(np.trace(counts))} of {int(counts.sum())} "
+                          f"test images right, pooled over {where} (row-normalised)")
+    errors = sorted((e for m in scores for e in m["errors"]), key=lambda e: -e["confidence"])
+    shown = errors[:CONFIDENT_ERRORS]
+    _error_sheet(shown, raw_dirs, out / "errors.png", len(errors))
+    recalls = {c: [m["per_class"][c]["recall"] for m in scores] for c in classes}
+    order = sorted(classes, key=lambda c: statistics.fmean(recalls[c]))
+    _recall_chart(order, recalls, out / "recall.png")
+    spread = "mean ± std over folds" if len(scores) > 1 else "on the test split"
+    md = [f"## Where {best['name']} errs", "",
+          f"The ensemble {best['name']} on {best['variant']}, over {where}: {len(errors)} of {int(counts.sum())} "
+          "test images misread.", "",
+          "![confusion, pooled](confusion.png)", "",
+          f"Its {len(shown)} most confident errors, each drawn from its strokes (colour: the order of the "
+          "strokes, a dot where each starts), captioned with the true class, the ensemble's answer and its "
+          "probability:", "", "![most confident errors](errors.png)", "",
+          f"Recall per class ({spread}), worst first:", "", "![recall per class](recall.png)", "",
+          "| class | recall | test images |", "|---|---|---|"]
+    for c in order:
+        r = recalls[c]
+        cell = f"{statistics.fmean(r):.2%}" + (f" ± {statistics.stdev(r):.2%}" if len(r) > 1 else "")
+        md.append(f"| {c} | {cell} | {sum(m['per_class'][c]['support'] for m in scores)} |")
+    return md + [""]
+
+
+def _strokes_of(sample_id: str, raw_dirs: list[Path]):
+    """A sample's strokes from the first raw folder that has its file, or None (the data has moved)."""
+    writer = sample_id.rsplit("-", 1)[0]
+    for d in raw_dirs:
+        f = Path(d) / writer / f"{sample_id}.txt"
+        if f.is_file():
+            return parse_file(f).strokes
+    return None
+
+
+def _error_sheet(errors: list[dict], raw_dirs: list[Path], path: Path, total: int) -> None:
+    cols = 6
+    rows = max(1, -(-len(errors) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.1, rows * 2.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, e in zip(axes.flat, errors, strict=False):
+        strokes = _strokes_of(e["id"], raw_dirs)
+        if strokes is None:
+            ax.text(0.5, 0.5, "strokes not found", ha="center", va="center", fontsize=7, transform=ax.transAxes)
+        else:
+            colours = plt.cm.viridis(np.linspace(0, 0.85, max(1, len(strokes))))
+            for stroke, colour in zip(strokes, colours, strict=True):
+                ax.plot(stroke[:, 0], stroke[:, 1], color=colour, lw=1.6, solid_capstyle="round")
+                ax.plot(stroke[0, 0], stroke[0, 1], "o", color=colour, ms=3)
+            ax.set_aspect("equal")
+            ax.invert_yaxis()  # tablet rows grow downwards
+        ax.set_title(f"{e['id']}\n{e['target']} → {e['pred']} ({e['confidence']:.2f})", fontsize=7,
+                     color="darkred")
+    if not errors:
+        axes[0, 0].set_title("no test image was misread", fontsize=9)
+    fig.suptitle(f"the {len(errors)} most confident of {total} errors", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def _recall_chart(order: list[str], recalls: dict[str, list[float]], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(order) + 1.5))
+    means = [100 * statistics.fmean(recalls[c]) for c in order]
+    stds = [100 * statistics.stdev(recalls[c]) if len(recalls[c]) > 1 else 0.0 for c in order]
+    ax.barh(range(len(order)), means, xerr=stds, capsize=2, color="#4477aa")
+    ax.set_yticks(range(len(order)), order, fontsize=7)
+    ax.set_xlim(max(0, min(m - s for m, s in zip(means, stds, strict=True)) - 5), 100.5)
+    ax.set_xlabel("recall (%)" + (", mean ± std over folds" if any(stds) else ""))
+    ax.set_title("recall per class, worst first")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 def write_report(run_dirs: list[Path], out: Path, title: str, variants: list[str] | None = None,
                  settings: dict | None = None, command: str = "", group_by: list[str] | None = None,
-                 extra: dict[str, dict] | None = None, ensembles: list[dict] | None = None) -> dict:
+                 extra: dict[str, dict] | None = None, ensembles: list[dict] | None = None,
+                 raw_dirs: list[Path] | None = None) -> dict:
     """Write ``report.md``, ``results.csv``, ``comparison.png`` (and ``matrix.png``) into ``out``.
     Runs are grouped by ``group_by`` (default: every setting that differs, seeds aside); ``extra``
     adds settings by run name (a study's arm); ``ensembles``: scored ensembles (name, variant, fold,
-    runs, test_accuracy, n_test). A cross-validation's rows give the mean ± std over folds and the
+    runs, test_accuracy, n_test, and the ``file`` of the score, whose errors the report draws from the
+    strokes in ``raw_dirs``). A cross-validation's rows give the mean ± std over folds and the
     pooled accuracy. ``summary.json`` holds the figures for machines."""
     runs = [load_run(Path(r)) for r in run_dirs]
     for r in runs:
@@ -233,6 +328,7 @@ def write_report(run_dirs: list[Path], out: Path, title: str, variants: list[str
             md += ["| ensemble | on | models | test accuracy |", "|---|---|---|---|"]
             md += [f"| {e['name']} | {e['variant']} | {e['members']} | {e['mean']:.2%} |" for e in erows]
         md.append("")
+        md += error_analysis(ensembles, erows, raw_dirs or [], out)
     if has_matrix:
         md += ["## Train variant x test variant", "", "Mean test accuracy over seeds; rows: what the model was "
                "trained on, columns: the variant whose test split it read.", "",
