@@ -74,7 +74,7 @@ class TrainConfig:
     arch: str
     weights: str
     split: str
-    folds: int  # 0: one split; k >= 2: k-fold writer cross-validation, this run tests on fold ``fold``
+    folds: int  # 0: one split; k >= 2: k-fold cross-validation of ``split``, this run tests on fold ``fold``
     fold: int
     seed: int
     split_seed: int | None  # None: seed
@@ -210,8 +210,6 @@ def check_train(c: TrainConfig) -> None:
             raise bad(key, f"a whole number from {lo} to {hi:,}")
     if c.folds == 1 or not 0 <= c.folds <= 100:
         raise bad("folds", "0 (one split) or a number of folds from 2 to 100")
-    if c.folds and c.split != "writer":
-        raise SettingsError(f"folds {c.folds}: cross-validation holds out writers; use --split writer")
     if not isinstance(c.fold, int) or isinstance(c.fold, bool) or not 0 <= c.fold < max(1, c.folds):
         raise bad("fold", f"a fold from 0 to {max(0, c.folds - 1)}")
     if c.split_seed is not None and (isinstance(c.split_seed, bool) or not isinstance(c.split_seed, int)

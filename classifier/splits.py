@@ -3,7 +3,8 @@ rendered variant of one sample falls on the same side.
 
 ``writer``: whole musicians held out (70/15/15 of the writers), so validation and test measure
 handwriting the model never saw. ``random``: 70/15/15 of the samples, stratified by class, as the
-published HOMUS baselines did.
+published HOMUS baselines did. Either can be a k-fold cross-validation instead (every writer, or
+every sample, tested exactly once over the folds).
 """
 
 from __future__ import annotations
@@ -63,14 +64,20 @@ def make_split(samples: Iterable[tuple[str, str, str]], kind: str = "writer", se
     return {"kind": kind, "seed": seed, "train": train, "val": val, "test": test}
 
 
-def make_fold_split(samples: Iterable[tuple[str, str, str]], folds: int, fold: int, seed: int = 0) -> dict:
-    """Fold ``fold`` of a ``folds``-fold writer cross-validation of ``(sample id, writer, label)``
-    triples. The writers, shuffled by ``seed``, are dealt into ``folds`` groups; fold ``i`` tests on
-    group ``i``, so over all folds every writer is tested exactly once. Its validation writers
-    (15 % of all, at least one) are drawn from the other groups with ``seed`` and ``fold``; the rest
-    train. Returns ``{"kind": "writer", "seed", "folds", "fold", "train", "val", "test"}``, the same
-    for the same samples, folds, fold and seed."""
+def make_fold_split(samples: Iterable[tuple[str, str, str]], folds: int, fold: int, seed: int = 0,
+                    kind: str = "writer") -> dict:
+    """Fold ``fold`` of a ``folds``-fold cross-validation of ``(sample id, writer, label)`` triples, so
+    that over all folds every writer (``kind="writer"``) or every sample (``"random"``) is tested
+    exactly once. ``writer``: the writers, shuffled by ``seed``, are dealt into ``folds`` groups, and
+    fold ``i`` tests on group ``i``; its validation writers (15 % of all, at least one) are drawn from
+    the other groups with ``seed`` and ``fold``; the rest train. ``random``: the same within each
+    class, sample by sample (stratified). Returns ``{"kind", "seed", "folds", "fold", "train", "val",
+    "test"}``, the same for the same samples, folds, fold and seed."""
     rows = sorted(set(samples), key=lambda r: natural_key(r[0]))
+    if kind == "random":
+        return _random_folds(rows, folds, fold, seed)
+    if kind != "writer":
+        raise SplitError(f"unknown split kind {kind!r}: choose {' or '.join(KINDS)}")
     writers = sorted({w for _, w, _ in rows}, key=natural_key)
     if not 2 <= folds <= len(writers) - 2:
         raise SplitError(f"{folds}-fold writer cross-validation needs 2 to {max(2, len(writers) - 2)} folds for "
@@ -87,6 +94,37 @@ def make_fold_split(samples: Iterable[tuple[str, str, str]], folds: int, fold: i
         parts[2 if w in test else 1 if w in val else 0].append(sid)
     train, val_ids, test_ids = (sorted(p, key=natural_key) for p in parts)
     return {"kind": "writer", "seed": seed, "folds": folds, "fold": fold, "train": train, "val": val_ids,
+            "test": test_ids}
+
+
+def _random_folds(rows: list[tuple[str, str, str]], folds: int, fold: int, seed: int) -> dict:
+    """:func:`make_fold_split` of samples, class by class: each class's samples, shuffled by ``seed``,
+    are dealt into ``folds`` groups; fold ``i`` tests on group ``i`` of every class and validates on
+    15 % of each class drawn from the others with ``seed`` and ``fold``."""
+    by_label: dict[str, list[str]] = {}
+    for sid, _, label in rows:
+        by_label.setdefault(label, []).append(sid)
+    smallest = min((len(ids) for ids in by_label.values()), default=0)
+    if not 2 <= folds <= smallest - 2:
+        raise SplitError(f"{folds}-fold random cross-validation needs 2 to {max(2, smallest - 2)} folds when the "
+                         f"rarest class has {smallest} samples (each fold keeps some to train and validate on)")
+    if not 0 <= fold < folds:
+        raise SplitError(f"fold {fold} of {folds}: folds are numbered 0 to {folds - 1}")
+    rng, pick = np.random.default_rng(seed), np.random.default_rng([seed, fold])
+    parts: tuple[list, list, list] = ([], [], [])
+    for label in sorted(by_label):
+        ids = by_label[label]
+        order = [ids[i] for i in rng.permutation(len(ids))]
+        test = order[fold::folds]
+        held = set(test)
+        rest = [s for s in order if s not in held]
+        n_val = min(len(rest) - 1, max(1, int(round(len(ids) * FRACTIONS[1]))))
+        val = [rest[i] for i in pick.permutation(len(rest))[:n_val]]
+        parts[2].extend(test)
+        parts[1].extend(val)
+        parts[0].extend(set(rest) - set(val))
+    train, val_ids, test_ids = (sorted(p, key=natural_key) for p in parts)
+    return {"kind": "random", "seed": seed, "folds": folds, "fold": fold, "train": train, "val": val_ids,
             "test": test_ids}
 
 

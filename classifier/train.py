@@ -78,9 +78,9 @@ def load_variants(paths: list[str]) -> list[Variant]:
 def split_for(variants: list[Variant], kind: str, seed: int, folds: int = 0, fold: int = 0
               ) -> tuple[dict, dict[str, str]]:
     """The split of the variants' samples: ``make_split``'s, or fold ``fold`` of a ``folds``-fold
-    writer cross-validation (``folds`` >= 2)."""
+    cross-validation of writers or samples (``folds`` >= 2)."""
     triples = {(s, w, lab) for v in variants for s, w, lab in zip(v.samples, v.writers, v.labels, strict=True)}
-    split = make_fold_split(triples, folds, fold, seed) if folds else make_split(triples, kind, seed)
+    split = make_fold_split(triples, folds, fold, seed, kind) if folds else make_split(triples, kind, seed)
     writer_of = {s: w for s, w, _ in triples}
     check_split(split, writer_of)
     return split, writer_of

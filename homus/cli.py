@@ -201,7 +201,8 @@ TRAIN_FLAGS = [
     click.option("--arch", type=click.Choice(ARCHS)),
     click.option("--weights", help="none | imagenet | path to a homus checkpoint to fine-tune."),
     click.option("--split", type=click.Choice(KINDS), help="Hold out writers, or samples."),
-    click.option("--folds", type=int, help="k-fold writer cross-validation (0: one split)."),
+    click.option("--folds", type=int, help="k-fold cross-validation of the --split's writers or samples "
+                 "(0: one split)."),
     click.option("--fold", type=int, help="The fold this run tests on (0 to folds-1)."),
     click.option("--seed", type=int, help="Seeds the model, the data order and (unless --split-seed) the split."),
     click.option("--split-seed", type=int, help="Seed of the split alone (default: --seed)."),

@@ -302,7 +302,9 @@ def write_report(run_dirs: list[Path], out: Path, title: str, variants: list[str
     folded = any("pooled" in r for r in rows)
     if folded:
         n = max(len(r["by_fold"]) for r in rows if "by_fold" in r)
-        md += [f"{n}-fold writer cross-validation: every writer is tested exactly once. Mean ± std over the "
+        kind = runs[0]["metrics"]["split"]
+        who = "writer" if kind == "writer" else "sample"
+        md += [f"{n}-fold {kind} cross-validation: every {who} is tested exactly once. Mean ± std over the "
                "folds (each fold: the mean over its seeds), and the pooled accuracy over every test image of "
                "every run.", "",
                f"| rank | {setting} | mean ± std over folds | pooled | macro F1 | runs | train min |",

@@ -4,8 +4,9 @@ evaluate every model on every variant's test split, and write the report.
 Arms (``study.arms``) are named sets of training settings tried on every variant: fixed images
 against training from strokes, one augmentation against another. Without arms, one run per variant.
 ``study.split_seed`` puts every seed on one split; ``study.folds: k`` trains every fold of a k-fold
-writer cross-validation (each writer tested exactly once); ``study.ensembles`` names groups of runs
-scored together on each variant and fold. docs/studies.md describes the schema.
+cross-validation (each writer, or each sample on a random split, tested exactly once);
+``study.ensembles`` names groups of runs scored together on each variant and fold.
+docs/studies.md describes the schema.
 
 Everything is resumable: up-to-date variants are not rendered again, finished runs are not
 trained again, saved evaluations are not recomputed. So a killed study continues where it
@@ -131,7 +132,7 @@ def run_config(cfg: dict, r: StudyRun, runs_dir: Path, source: str | Path) -> Tr
     if s["split_seed"] is not None:
         fixed["split_seed"] = s["split_seed"]
     if r.fold is not None:
-        fixed.update(folds=s["folds"], fold=r.fold, split="writer")
+        fixed.update(folds=s["folds"], fold=r.fold)
     if r.settings is None:  # a union: several renderings, read from their folders
         fixed["from_strokes"] = False
     layers = [s["train"], (s["overrides"] or {}).get(r.variant, {}), (s["arms"] or {}).get(r.arm, {}), fixed]

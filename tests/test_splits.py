@@ -98,3 +98,48 @@ def test_folds_are_fixed_by_the_seed_and_independent_of_order():
 def test_impossible_folds_are_clear_errors(folds, fold, words):
     with pytest.raises(SplitError, match=words):
         make_fold_split(triples(10, 2), folds, fold)
+
+
+def test_every_sample_is_tested_exactly_once_over_random_folds():
+    """A random cross-validation: each class dealt into the folds, so every sample is tested once
+    and each fold's test split holds every class in its share."""
+    from collections import Counter
+
+    data = triples(10, 64)  # 20 samples of each of the 32 classes
+    label_of = {s: lab for s, _, lab in data}
+    tested: list[str] = []
+    for fold in range(5):
+        split = make_fold_split(data, 5, fold, seed=7, kind="random")
+        check_split(split)
+        assert sorted(split["train"] + split["val"] + split["test"]) == sorted(label_of)
+        assert (split["kind"], split["folds"], split["fold"]) == ("random", 5, fold)
+        assert set(Counter(label_of[s] for s in split["test"]).values()) == {4}  # 20 / 5 of every class
+        assert set(Counter(label_of[s] for s in split["val"]).values()) == {3}  # 15 % of 20
+        tested += split["test"]
+    assert sorted(tested) == sorted(label_of)
+    shuffled = data[:]
+    random.Random(1).shuffle(shuffled)
+    assert make_fold_split(shuffled, 5, 2, seed=7, kind="random") == make_fold_split(data, 5, 2, seed=7, kind="random")
+    with pytest.raises(SplitError, match="rarest class has 2 samples"):
+        make_fold_split(triples(2, 32), 2, 0, kind="random")
+
+
+def test_homus_train_on_a_fold_of_samples(synthetic_raw, tmp_path):
+    """`homus train --split random --folds 3 --fold 1`: the run tests on a third of every class and
+    records the fold."""
+    import json
+    from collections import Counter
+
+    from click.testing import CliRunner
+
+    from homus.cli import main
+
+    r = CliRunner().invoke(main, ["train", "--raw-dir", str(synthetic_raw), "--runs-dir", str(tmp_path), "--name", "f",
+                                  "--from-strokes", "--size", "32", "--epochs", "1", "--batch-size", "64", "--workers",
+                                  "0", "--device", "cpu", "--split", "random", "--folds", "3", "--fold", "1"])
+    assert r.exit_code == 0, r.output
+    split = json.loads((tmp_path / "f/split.json").read_text())
+    assert (split["kind"], split["folds"], split["fold"]) == ("random", 3, 1)
+    label_of = {f.stem: f.read_text().splitlines()[0] for f in synthetic_raw.glob("*/*.txt")}
+    assert set(Counter(label_of[s] for s in split["test"]).values()) == {18 // 3}  # 18 samples a class
+    assert json.loads((tmp_path / "f/metrics.json").read_text())["n_test"] == 192

@@ -153,6 +153,9 @@ def test_shipped_configs_load_and_plan(tmp_path, monkeypatch):
     r = CliRunner().invoke(main, ["run", "--config", str(repo / "configs/writer-5fold.yaml"), "--dry-run"])
     assert r.exit_code == 0, r.output
     assert "20 runs, 15 ensemble scores" in r.output and not (tmp_path / "runs").exists()
+    assert {c.split for c in configs} == {"writer"}
+    random5 = plan(load(repo / "configs/random-5fold.yaml")).configs.values()
+    assert {(c.split, c.folds) for c in random5} == {("random", 5)} and {c.fold for c in random5} == set(range(5))
 
 
 def test_a_size_jitter_is_a_difference_only_for_runs_that_read_the_size(tmp_path):
