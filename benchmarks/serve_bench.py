@@ -48,11 +48,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(runs: list[str], port: int, threads: int) -> subprocess.Popen:
+def start_server(runs: list[str], port: int, threads: int, collect: str) -> subprocess.Popen:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     cmd = [sys.executable, "-m", "homus.cli", "serve", *runs, "--host", "127.0.0.1", "--port", str(port),
-           "--log-level", "warning", "--collect-dir", tempfile.mkdtemp(prefix="serve-bench-")]
+           "--log-level", "warning", "--collect-dir", collect]
     cmd += ["--threads", str(threads)]
     proc = subprocess.Popen(cmd, env=env)
     end = time.monotonic() + 120
@@ -145,7 +145,8 @@ def main() -> None:
 
     bodies = [{"strokes": s, "top_k": 5} for s in replay_strokes(args.runs[0], args.samples)]
     port = free_port()
-    proc = start_server(args.runs, port, args.threads)
+    collect = tempfile.TemporaryDirectory(prefix="serve-bench-")  # the page's collect folder, removed after
+    proc = start_server(args.runs, port, args.threads, collect.name)
     url = f"http://127.0.0.1:{port}"
     try:
         phase(url, bodies, 1, args.warmup, 60, proc.pid)
@@ -168,6 +169,7 @@ def main() -> None:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+        collect.cleanup()
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"runs": args.runs, "results": results}, indent=2) + "\n")
 
