@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from classifier.settings import TrainConfig
-from homus_render.errors import HomusError, SettingsError
+from homus_render.errors import HomusError, SettingsError, describe
 
 
 class LaunchError(HomusError):
@@ -65,7 +65,7 @@ def train_job(job: Job, slots: list[tuple[str, int]] | None = None, log=None) ->
         try:
             folder = train(job.config, resume=job.resume, log=log)
         except HomusError as e:
-            return {"run": job.name, "error": str(e)}
+            return {"run": job.name, "error": describe(e) or str(e)}
     return {"run": job.name, "test_accuracy": RunFolder(folder).metrics()["test_accuracy"]}
 
 

@@ -71,6 +71,7 @@ def test_a_failed_parallel_run_is_named_and_the_others_finish(tiny_study, tmp_pa
     assert r.exit_code == 1
     [line] = [x for x in r.output.splitlines() if x.startswith("error:")]
     assert "1 of 6 runs failed (t2-s32-m2-ink-fold1-seed0:" in line and "the same command again retries" in line
+    assert "[Errno" not in line and str(blocked) in line  # the one line a user reads, naming the path
     assert len(list((tmp_path / "runs/tiny").glob("*/metrics.json"))) == 5
     assert not (tmp_path / "reports").exists()  # no report on a study with a hole in it
 
