@@ -230,7 +230,8 @@ TRAIN_FLAGS = [
         ("translate", "Shift, fraction of the canvas."), ("elastic", "Smooth bending, fraction of the symbol."),
         ("jitter", "Per-point noise, fraction of the symbol."), ("ends", "Chance to shorten each stroke end."),
         ("size", "Size read by the size channel, exp(+-v) times the tablet's."),
-        ("redraw", "Chance an ink image is redrawn from its centre line, as predict redraws images.")]],
+        ("redraw", "Chance an ink image is drawn with another tool's pen and redrawn from its centre line, as predict "
+                   "redraws images.")]],
     click.option("--channels", help=f"Input channels (--from-strokes) of {', '.join(CHANNELS)}, e.g. ink,time: "
                  "ink, time (the pen's "
                  "progress), stroke (each stroke's rank), size (the symbol's size on the tablet)."),

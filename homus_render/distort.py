@@ -36,8 +36,9 @@ class StrokeAugment:
     each end of a stroke is shortened (by up to 25 % of its points). ``size``: the ``size`` channel
     reads the symbol as up to ``exp(+-size)`` times its size on the tablet (writers' hands differ so).
     ``redraw``: chance that an ink
-    image is redrawn from its centre line (:func:`~homus_render.normalize.redraw`), the view ``homus
-    predict`` gives of images from other tools.
+    image is drawn with another tool's pen (:func:`foreign_pen`) and redrawn from its centre line
+    (:func:`~homus_render.normalize.redraw`), the view ``homus predict`` gives of images from other
+    tools.
     """
 
     thickness: float = 0.0
@@ -142,6 +143,21 @@ def augment_path(strokes: Sequence[np.ndarray], s: RenderSettings, aug: StrokeAu
     return np.split(pts, np.cumsum(lengths)[:-1]), width, extent
 
 
+#: The pens, in tablet units, that other tools draw HOMUS strokes with (omrdatasettools: 1 to 5 and
+#: up): a training image to be redrawn is first drawn with one of them at the tablet's scale, so the
+#: model learns the centre line of a pen that merged small loops and dots, as predict meets it.
+FOREIGN_PENS = (1.0, 5.0)
+
+
+def foreign_pen(strokes: Sequence[np.ndarray], path: Sequence[np.ndarray], s: RenderSettings,
+                rng: np.random.Generator) -> float:
+    """A pen drawn from :data:`FOREIGN_PENS`, in the canvas pixels of ``path`` (``strokes`` fitted
+    to the canvas), at most a quarter of the canvas."""
+    tablet = max(float(np.ptp(np.concatenate(strokes), axis=0).max()), 1.0)
+    canvas = max(float(np.ptp(np.concatenate(path), axis=0).max()), 1.0)
+    return min(rng.uniform(*FOREIGN_PENS) * canvas / tablet, min(s.width, s.height) / 4)
+
+
 def render_augmented(strokes: Sequence[np.ndarray], s: RenderSettings, aug: StrokeAugment,
                      rng: np.random.Generator, channels: Sequence[str] = ("ink",)) -> np.ndarray:
     """The symbol as :func:`render` draws it, distorted by ``aug`` with draws from ``rng``; with
@@ -150,6 +166,6 @@ def render_augmented(strokes: Sequence[np.ndarray], s: RenderSettings, aug: Stro
     if tuple(channels) == ("ink",):
         img = draw(path, s, width)
         if aug.redraw and rng.random() < aug.redraw:  # drawn last: no other draw of the stream moves
-            img = redraw(img, s)
+            img = redraw(draw(path, s, foreign_pen(strokes, path, s, rng)), s)
         return img
     return draw_channels(path, s, channels, width, extent)

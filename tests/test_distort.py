@@ -127,21 +127,43 @@ def test_bad_strengths_are_refused(bad):
 
 
 def test_redraw_shows_the_model_the_view_predict_gives_of_foreign_images():
-    """``redraw`` (a chance) redraws the distorted ink from its centre line, last, so every other
-    draw of the stream stays where it was; it needs the CPU renderer."""
+    """``redraw`` (a chance) draws the distorted path with another tool's pen (1 to 5 tablet units)
+    and redraws that ink from its centre line, last, so every other draw of the stream stays where it
+    was; it needs the CPU renderer."""
+    from homus_render.distort import FOREIGN_PENS, augment_path, foreign_pen
     from homus_render.errors import SettingsError
     from homus_render.normalize import redraw
+    from homus_render.render import draw
 
     s = RenderSettings(thickness=3, width=48, height=48, margin=3)
     strokes = [np.array([[0.0, 0.0], [0.0, 60.0], [10.0, 50.0], [12.0, 44.0], [8.0, 40.0], [0.0, 45.0]])]
     plain, always = StrokeAugment(rotate=8, elastic=0.03), StrokeAugment(rotate=8, elastic=0.03, redraw=1.0)
     a = render_augmented(strokes, s, plain, np.random.default_rng(5))
     b = render_augmented(strokes, s, always, np.random.default_rng(5))
-    assert np.array_equal(b, redraw(a, s)) and not np.array_equal(a, b)
+    rng = np.random.default_rng(5)
+    path, _, _ = augment_path(strokes, s, always, rng)
+    assert rng.random() < 1.0
+    pen = foreign_pen(strokes, path, s, rng)
+    assert np.array_equal(b, redraw(draw(path, s, pen), s)) and not np.array_equal(a, b)
+    fitted = np.ptp(np.concatenate(path), axis=0).max() / 60.0  # canvas pixels per tablet unit
+    assert FOREIGN_PENS[0] * fitted <= pen <= FOREIGN_PENS[1] * fitted
     never = StrokeAugment(rotate=8, elastic=0.03, redraw=0.0)
     assert np.array_equal(render_augmented(strokes, s, never, np.random.default_rng(5)), a)
     with pytest.raises(SettingsError, match="redraw"):
         StrokeAugment(redraw=1.5)
+
+
+def test_a_foreign_pen_is_as_wide_as_the_tablet_scale_makes_it():
+    """A small symbol fitted to the canvas is scaled up, and another tool's pen with it: its loops
+    merge into ink, as they do in images drawn at the tablet's scale; a pen never passes a quarter
+    of the canvas."""
+    from homus_render.distort import foreign_pen
+
+    s = RenderSettings(thickness=3, width=64, height=64, margin=4)
+    small = [np.array([[0.0, 0.0], [8.0, 0.0]])]
+    on_canvas = [np.array([[4.0, 32.0], [60.0, 32.0]])]  # 7 canvas pixels per tablet unit
+    pens = [foreign_pen(small, on_canvas, s, np.random.default_rng(i)) for i in range(50)]
+    assert min(pens) >= 7.0 and max(pens) <= 16.0  # 1 to 5 units would be 7 to 35 px, capped at 64 / 4
 
 
 def test_the_device_rasterizer_refuses_redraw():
