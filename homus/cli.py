@@ -376,6 +376,9 @@ def run_cmd(cfg, cfg_path, dry_run, parallel, ray_address) -> None:
         if not ray_address.strip():
             raise click.BadParameter("give auto, local or a cluster address", param_hint="--ray")
         cfg["study"]["ray"] = ray_address.strip()
+    if cfg["study"]["ray"] and cfg["study"]["parallel"] > 1:
+        raise click.UsageError("--parallel and --ray (or study.parallel and study.ray): choose one; on Ray, "
+                               "study.run_cpus and study.run_gpus decide how many runs share a machine")
 
     if dry_run:
         p = plan(cfg, cfg_path)

@@ -169,3 +169,13 @@ def test_each_run_of_a_pool_holds_its_own_gpu_slot(tmp_path):
         assert (a, b, c) == (0, 1, 0)
     with _free_slot(slots) as again:
         assert again == 0
+
+
+def test_parallel_and_ray_together_are_refused(tiny_study, tmp_path):
+    path = study_copy(tiny_study, tmp_path)
+    r = CliRunner().invoke(main, ["run", "--config", str(path), "--parallel", "2", "--ray", "auto"])
+    assert r.exit_code == 2 and "choose one" in r.output
+    for bad, words in ((["--parallel", "0"], "--parallel"), (["--ray", " "], "--ray")):
+        r = CliRunner().invoke(main, ["run", "--config", str(path), *bad])
+        assert r.exit_code == 2 and words in r.output, r.output
+    assert not (tmp_path / "runs").exists()
