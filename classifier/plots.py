@@ -71,14 +71,20 @@ def plot_curves(history: list[dict], path: Path) -> None:
     save_figure(fig, path)
 
 
+def tile_grid(n: int, cols: int, tile: tuple[float, float]):
+    """A figure of blank tiles for ``n`` small pictures (at least one row), ``tile`` inches each:
+    ``(fig, axes)`` with ``axes`` a 2-D array."""
+    rows = max(1, -(-n // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * tile[0], rows * tile[1]), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig, axes
+
+
 def plot_errors(images: np.ndarray, targets, preds, classes: list[str], path: Path, limit: int = 48) -> None:
     """A grid of misclassified images captioned ``true -> predicted`` (at most ``limit``)."""
     wrong = np.nonzero(np.asarray(targets) != np.asarray(preds))[0][:limit]
-    cols = 8
-    rows = max(1, -(-len(wrong) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.7, rows * 1.9), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
+    fig, axes = tile_grid(len(wrong), 8, (1.7, 1.9))
     for ax, i in zip(axes.flat, wrong, strict=False):
         ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
         ax.set_title(f"{classes[targets[i]]}\n-> {classes[preds[i]]}", fontsize=7, color="darkred")

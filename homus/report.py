@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from classifier.plots import plot_confusion_matrix, plt, save_figure
+from classifier.plots import plot_confusion_matrix, plt, save_figure, tile_grid
 from classifier.runfolder import RunError, RunFolder
 from classifier.splits import split_seed_of
 from homus_render.atomic import write_bytes, write_text
@@ -216,11 +216,7 @@ def _strokes_of(sample_id: str, raw_dirs: list[Path]):
 
 
 def _error_sheet(errors: list[dict], raw_dirs: list[Path], path: Path, total: int) -> None:
-    cols = 6
-    rows = max(1, -(-len(errors) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.1, rows * 2.4), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
+    fig, axes = tile_grid(len(errors), 6, (2.1, 2.4))
     for ax, e in zip(axes.flat, errors, strict=False):
         strokes = _strokes_of(e["id"], raw_dirs)
         if strokes is None:
