@@ -172,6 +172,8 @@ def _absolute(cfg: TrainConfig) -> TrainConfig:
 
 def _on_ray(jobs: list[Job], address: str, run_cpus: float, run_gpus: float, log) -> list[dict]:
     """One Ray task per run, with its resource needs; Ray places them on the cluster's nodes."""
+    # every run's epoch lines, each shown: Ray folds lines that differ only in their numbers otherwise
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     try:
         import ray
     except ImportError:
