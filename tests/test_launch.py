@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -115,6 +116,11 @@ def test_the_report_shows_where_the_final_ensemble_errs(tiny_study):
     assert rows[0].startswith(f"| {worst} | {recall[worst]:.2%}")
 
 
+#: The cluster's shared secret, given to the head and the driver alike (Ray's token authentication),
+#: so no token file another Ray left in ~/.ray is read.
+RAY_AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+
+
 @pytest.fixture(scope="module")
 def ray_head():
     """A local Ray cluster of 2 CPUs (``ray start --head``), stopped afterwards."""
@@ -123,7 +129,7 @@ def ray_head():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0", **RAY_AUTH}
     temp = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray's sockets live under it (107-byte limit)
     start = subprocess.run([str(ray_cli), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
                             "--num-cpus", "2", "--num-gpus", "0", "--include-dashboard", "false",
@@ -137,13 +143,16 @@ def ray_head():
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def test_a_study_on_a_ray_cluster_gives_the_serial_figures(tiny_study, ray_head, tmp_path, monkeypatch):
+def test_a_study_on_a_ray_cluster_gives_the_serial_figures(tiny_study, ray_head, tmp_path):
+    """`homus run --ray HOST:PORT` as a user runs it: its own process (with the cluster's token), in
+    another folder than the study's (the tasks get absolute paths: they do not start there)."""
     serial_root, _ = tiny_study
     path = study_copy(tiny_study, tmp_path, run_cpus=1)
-    monkeypatch.chdir(tmp_path)  # the tasks get absolute paths: they do not start in this folder
-    r = CliRunner().invoke(main, ["run", "--config", str(path), "--ray", ray_head])
-    assert r.exit_code == 0, r.output
-    assert r.output.count("(Ray task: 1 CPU, 0 GPU)") == 6 and r.output.count(": complete, test accuracy") == 6
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **RAY_AUTH}
+    r = subprocess.run([sys.executable, "-m", "homus.cli", "run", "--config", str(path), "--ray", ray_head],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("(Ray task: 1 CPU, 0 GPU)") == 6 and r.stdout.count(": complete, test accuracy") == 6
     assert figures(tmp_path) == figures(serial_root)
 
 
