@@ -84,9 +84,9 @@ def gradcam(model: nn.Module, x: torch.Tensor, targets: Sequence[int], layer: st
     targets = [int(t) for t in targets]
     if not targets:
         return np.zeros((0, *x.shape[-2:]), np.float32)
-    if layer != "auto" and layer not in STAGES:
-        raise ValueError(f"layer must be auto or one of {', '.join(STAGES)}, got {layer!r}")
     if layer != "auto":
+        if layer not in STAGES:
+            raise ValueError(f"layer must be auto or one of {', '.join(STAGES)}, got {layer!r}")
         return _gradcam_at(attr, model, x, targets, layer)
     # auto: the picked stage, or, for a target whose map there holds no positive evidence at all
     # (it happens: every cell's weighted sum negative), the next shallower stage that has some

@@ -74,16 +74,28 @@ def make_fold_split(samples: Iterable[tuple[str, str, str]], folds: int, fold: i
     class, sample by sample (stratified). Returns ``{"kind", "seed", "folds", "fold", "train", "val",
     "test"}``, the same for the same samples, folds, fold and seed."""
     rows = sorted(set(samples), key=lambda r: natural_key(r[0]))
-    if kind == "random":
-        return _random_folds(rows, folds, fold, seed)
-    if kind != "writer":
+    if kind == "writer":
+        parts = _deal_writers(rows, folds, fold, seed)
+    elif kind == "random":
+        parts = _deal_samples(rows, folds, fold, seed)
+    else:
         raise SplitError(f"unknown split kind {kind!r}: choose {' or '.join(KINDS)}")
+    train, val, test = (sorted(p, key=natural_key) for p in parts)
+    return {"kind": kind, "seed": seed, "folds": folds, "fold": fold, "train": train, "val": val, "test": test}
+
+
+def _check_fold(folds: int, fold: int) -> None:
+    if not 0 <= fold < folds:
+        raise SplitError(f"fold {fold} of {folds}: folds are numbered 0 to {folds - 1}")
+
+
+def _deal_writers(rows: list[tuple[str, str, str]], folds: int, fold: int, seed: int) -> tuple[list, list, list]:
+    """The train, val and test ids of fold ``fold`` of a writer cross-validation."""
     writers = sorted({w for _, w, _ in rows}, key=natural_key)
     if not 2 <= folds <= len(writers) - 2:
         raise SplitError(f"{folds}-fold writer cross-validation needs 2 to {max(2, len(writers) - 2)} folds for "
                          f"{len(writers)} writers (each fold keeps writers for training and validation)")
-    if not 0 <= fold < folds:
-        raise SplitError(f"fold {fold} of {folds}: folds are numbered 0 to {folds - 1}")
+    _check_fold(folds, fold)
     order = [writers[i] for i in np.random.default_rng(seed).permutation(len(writers))]
     test = set(order[fold::folds])
     rest = [w for w in order if w not in test]
@@ -92,15 +104,14 @@ def make_fold_split(samples: Iterable[tuple[str, str, str]], folds: int, fold: i
     parts: tuple[list, list, list] = ([], [], [])
     for sid, w, _ in rows:
         parts[2 if w in test else 1 if w in val else 0].append(sid)
-    train, val_ids, test_ids = (sorted(p, key=natural_key) for p in parts)
-    return {"kind": "writer", "seed": seed, "folds": folds, "fold": fold, "train": train, "val": val_ids,
-            "test": test_ids}
+    return parts
 
 
-def _random_folds(rows: list[tuple[str, str, str]], folds: int, fold: int, seed: int) -> dict:
-    """:func:`make_fold_split` of samples, class by class: each class's samples, shuffled by ``seed``,
-    are dealt into ``folds`` groups; fold ``i`` tests on group ``i`` of every class and validates on
-    15 % of each class drawn from the others with ``seed`` and ``fold``."""
+def _deal_samples(rows: list[tuple[str, str, str]], folds: int, fold: int, seed: int) -> tuple[list, list, list]:
+    """The train, val and test ids of fold ``fold`` of a random cross-validation, class by class:
+    each class's samples, shuffled by ``seed``, are dealt into ``folds`` groups; the fold tests on its
+    group of every class and validates on 15 % of each class drawn from the others with ``seed`` and
+    ``fold``."""
     by_label: dict[str, list[str]] = {}
     for sid, _, label in rows:
         by_label.setdefault(label, []).append(sid)
@@ -108,8 +119,7 @@ def _random_folds(rows: list[tuple[str, str, str]], folds: int, fold: int, seed:
     if not 2 <= folds <= smallest - 2:
         raise SplitError(f"{folds}-fold random cross-validation needs 2 to {max(2, smallest - 2)} folds when the "
                          f"rarest class has {smallest} samples (each fold keeps some to train and validate on)")
-    if not 0 <= fold < folds:
-        raise SplitError(f"fold {fold} of {folds}: folds are numbered 0 to {folds - 1}")
+    _check_fold(folds, fold)
     rng, pick = np.random.default_rng(seed), np.random.default_rng([seed, fold])
     parts: tuple[list, list, list] = ([], [], [])
     for label in sorted(by_label):
@@ -123,9 +133,7 @@ def _random_folds(rows: list[tuple[str, str, str]], folds: int, fold: int, seed:
         parts[2].extend(test)
         parts[1].extend(val)
         parts[0].extend(set(rest) - set(val))
-    train, val_ids, test_ids = (sorted(p, key=natural_key) for p in parts)
-    return {"kind": "random", "seed": seed, "folds": folds, "fold": fold, "train": train, "val": val_ids,
-            "test": test_ids}
+    return parts
 
 
 def check_split(split: dict, writer_of: dict[str, str] | None = None) -> None:

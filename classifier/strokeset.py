@@ -203,12 +203,13 @@ def make_train_source(ds: StrokeSet, batch_size: int, seed: int, workers: int, r
     from .data import epoch_loader
 
     device = torch.device(device)
-    if raster_device(raster, device) and ds.augment.redraw:
+    on_device = raster_device(raster, device)
+    if on_device and ds.augment.redraw:
         from homus_render.errors import SettingsError
 
         raise SettingsError("--stroke-redraw needs --raster cpu: the torch rasterizer does not redraw from the "
                             "centre line")
-    if not raster_device(raster, device):
+    if not on_device:
         return epoch_loader(ds, batch_size, seed, workers, worker_init)
     if device.type == "cpu" and workers > 0:
         # torch draws in these workers: started fresh (forkserver), not forked from a process whose

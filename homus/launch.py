@@ -103,7 +103,7 @@ def train_jobs(jobs: list[Job], parallel: int = 1, ray: str | None = None, run_c
     else:
         results = []
         for job in jobs:  # one at a time: the first fault stops the study, as it would by hand
-            log(f"training {Path(job.config.runs_dir) / job.name} ({'continuing' if job.resume else 'new'})")
+            _announce(job, log)
             r = train_job(job, log=log)
             if "error" in r:
                 raise LaunchError(r["error"])
@@ -114,8 +114,14 @@ def train_jobs(jobs: list[Job], parallel: int = 1, ray: str | None = None, run_c
                           "the same command again retries the failed ones")
 
 
-def _announce(job: Job, where: str, log) -> None:
-    log(f"training {Path(job.config.runs_dir) / job.name} ({'continuing' if job.resume else 'new'}) {where}")
+def _announce(job: Job, log, where: str = "") -> None:
+    log(f"training {Path(job.config.runs_dir) / job.name} ({'continuing' if job.resume else 'new'})"
+        + (f" {where}" if where else ""))
+
+
+def _with_threads(job: Job, threads: int) -> Job:
+    """``job`` with ``threads`` torch threads where its settings leave the number to torch (0)."""
+    return dataclasses.replace(job, config=dataclasses.replace(job.config, threads=job.config.threads or threads))
 
 
 def _in_pool(jobs: list[Job], parallel: int, log) -> list[dict]:
@@ -127,12 +133,11 @@ def _in_pool(jobs: list[Job], parallel: int, log) -> list[dict]:
     gpus = torch.cuda.device_count() if any(j.config.device in ("auto", "cuda") for j in jobs) else 0
     cores = os.cpu_count() or 1
     share = max(1, cores // n)
-    jobs = [dataclasses.replace(j, config=dataclasses.replace(j.config, threads=j.config.threads or share))
-            for j in jobs]
+    jobs = [_with_threads(j, share) for j in jobs]
     each = f"on one of {gpus} GPU(s)" if gpus else f"with {share} of {cores} CPU cores"
     log(f"{len(jobs)} runs, {n} at a time, each {each}")
     for j in jobs:
-        _announce(j, "(queued)", log)
+        _announce(j, log, "(queued)")
     results = []
     with tempfile.TemporaryDirectory(prefix="homus-slots-") as locks:
         slots = [(str(Path(locks, f"slot{i}")), i % gpus) for i in range(n)] if gpus else None
@@ -179,9 +184,9 @@ def _on_ray(jobs: list[Job], address: str, run_cpus: float, run_gpus: float, log
     except ImportError:
         raise SettingsError("--ray needs Ray: pip install 'homus[ray]' (on every node of the cluster)") from None
     started = not ray.is_initialized()
-    if started and address not in ("auto", "local"):
-        _check_reachable(address)
     if started:
+        if address not in ("auto", "local"):
+            _check_reachable(address)
         on_term = signal.getsignal(signal.SIGTERM)  # ray.init takes SIGTERM over; homus' own handler ends runs cleanly
         try:
             if address == "local":  # a private instance on this machine, ended with the study
@@ -189,8 +194,7 @@ def _on_ray(jobs: list[Job], address: str, run_cpus: float, run_gpus: float, log
             else:
                 ray.init(address=address, log_to_driver=True, configure_logging=False)
         except (ConnectionError, ValueError, RuntimeError) as e:
-            raise LaunchError(f"no Ray cluster at {address!r} ({str(e).splitlines()[0][:160]}); start one with "
-                              "`ray start --head`, pass its address, or use --ray local") from None
+            raise _no_cluster(address, str(e).splitlines()[0][:160]) from None
         finally:
             signal.signal(signal.SIGTERM, on_term)
     try:
@@ -198,12 +202,11 @@ def _on_ray(jobs: list[Job], address: str, run_cpus: float, run_gpus: float, log
             use_gpu = ray.cluster_resources().get("GPU", 0) > 0
             run_gpus = 1 if use_gpu and any(j.config.device != "cpu" for j in jobs) else 0
         task = ray.remote(_ray_task).options(num_cpus=run_cpus, num_gpus=run_gpus, max_retries=0)
-        threads = max(1, int(run_cpus))
         pending = {}
         for j in jobs:
-            cfg = _absolute(dataclasses.replace(j.config, threads=j.config.threads or threads))
-            pending[task.remote(dataclasses.replace(j, config=cfg))] = j
-            _announce(j, f"(Ray task: {run_cpus:g} CPU{'s' if run_cpus != 1 else ''}, {run_gpus:g} GPU)", log)
+            sent = _with_threads(j, max(1, int(run_cpus)))
+            pending[task.remote(dataclasses.replace(sent, config=_absolute(sent.config)))] = j
+            _announce(j, log, f"(Ray task: {run_cpus:g} CPU{'s' if run_cpus != 1 else ''}, {run_gpus:g} GPU)")
         results = []
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -234,8 +237,12 @@ def _check_reachable(address: str) -> None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
     except OSError as e:
-        raise LaunchError(f"no Ray cluster at {address!r} ({e.strerror or e}); start one with `ray start --head`, "
-                          "pass its address, or use --ray local") from None
+        raise _no_cluster(address, e.strerror or str(e)) from None
+
+
+def _no_cluster(address: str, why: str) -> LaunchError:
+    return LaunchError(f"no Ray cluster at {address!r} ({why}); start one with `ray start --head`, pass its "
+                       "address, or use --ray local")
 
 
 def _ray_task(job: Job) -> dict:

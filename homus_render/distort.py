@@ -164,8 +164,7 @@ def render_augmented(strokes: Sequence[np.ndarray], s: RenderSettings, aug: Stro
     ``channels`` other than ink alone, a ``(channels, h, w)`` stack (:mod:`~homus_render.channels`)."""
     path, width, extent = augment_path(strokes, s, aug, rng)
     if tuple(channels) == ("ink",):
-        img = draw(path, s, width)
         if aug.redraw and rng.random() < aug.redraw:  # drawn last: no other draw of the stream moves
-            img = redraw(draw(path, s, foreign_pen(strokes, path, s, rng)), s)
-        return img
+            return redraw(draw(path, s, foreign_pen(strokes, path, s, rng)), s)
+        return draw(path, s, width)
     return draw_channels(path, s, channels, width, extent)
