@@ -4,6 +4,7 @@ HOMUS-format dataset; and, in CI, a skip that was not expected is a failure."""
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,13 @@ def pytest_runtest_makereport(item, call):
 
 #: Content hash of HOMUS v2 as ``homus fetch`` computes it (sha256 over path + file sha256).
 HOMUS_V2_SHA256 = "e2bfcc910a1aad629cb62f3dc0f67d649cf9de5160b8b703eece33fe4dc6d462"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def zip_path() -> Path:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 from homus_render.strokes import parse_file
 
@@ -27,12 +27,6 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM.is_file() and CHROMEDRIVER.is_file
                                        "/usr/bin/chromedriver): apt-get install chromium chromium-driver")
 webdriver = pytest.importorskip("selenium.webdriver")
 httpx = pytest.importorskip("httpx")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(fn, timeout: float = 30.0, what: str = "the condition"):

@@ -9,7 +9,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
+from conftest import free_port
 
 from homus.cli import main
 from homus_render.workers import descendants
@@ -78,7 +78,7 @@ def test_a_failed_parallel_run_is_named_and_the_others_finish(tiny_study, tmp_pa
 
 
 def test_killing_a_parallel_study_kills_its_runs_and_it_continues(tiny_study, tmp_path):
-    from test_faults import alive, homus_cmd, wait_for
+    from test_faults import homus_cmd, stop_and_check_workers, wait_for
 
     path = study_copy(tiny_study, tmp_path)
     log = tmp_path / "log"
@@ -88,9 +88,7 @@ def test_killing_a_parallel_study_kills_its_runs_and_it_continues(tiny_study, tm
     wait_for(lambda: log.read_text().count(" train / ") >= 2, 180, "two runs to start", proc, log)
     workers = descendants(proc.pid)
     assert len(workers) >= 2
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    wait_for(lambda: not alive(workers), 15, "the pool's workers to end")
+    stop_and_check_workers(proc, signal.SIGKILL, workers)
     r = CliRunner().invoke(main, ["run", "--config", str(path), "--parallel", "2"])
     assert r.exit_code == 0, r.output
     assert len(list((tmp_path / "runs/tiny").glob("*/metrics.json"))) == 6
@@ -126,9 +124,7 @@ def ray_head():
     """A local Ray cluster of 2 CPUs (``ray start --head``), stopped afterwards."""
     pytest.importorskip("ray", reason="needs Ray (pip install 'homus[ray]')")
     ray_cli = Path(sys.executable).with_name("ray")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0", **RAY_AUTH}
     temp = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray's sockets live under it (107-byte limit)
     start = subprocess.run([str(ray_cli), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
@@ -158,9 +154,7 @@ def test_a_study_on_a_ray_cluster_gives_the_serial_figures(tiny_study, ray_head,
 
 def test_no_ray_cluster_is_one_line(tiny_study, tmp_path):
     pytest.importorskip("ray", reason="needs Ray (pip install 'homus[ray]')")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nobody listens there
+    port = free_port()  # nobody listens there
     path = study_copy(tiny_study, tmp_path)
     r = CliRunner().invoke(main, ["run", "--config", str(path), "--ray", f"127.0.0.1:{port}"])
     assert r.exit_code == 1, r.output
