@@ -36,7 +36,7 @@ from .models import build_model
 from .runfolder import BEST, CONFIG, DATA, HISTORY, LAST, RESUME_STATE, SPLIT, RunError, RunFolder, raw_identity
 from .settings import OPTIMIZERS, SCHEDULES, SEED_STRIDE, WARP_SEED_OFFSET, TrainConfig  # noqa: F401
 from .splits import check_split, make_fold_split, make_split
-from .strokeset import StrokeSet, augment_sheet, make_train_source, render_samples, worker_init
+from .strokeset import StrokeSet, augment_sheet, make_train_source, raster_device, render_samples, worker_init
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig):
@@ -280,6 +280,8 @@ def finish(run: Path, cfg: TrainConfig, sets: dict, criterion, device, amp: bool
         "train_seconds": round(train_seconds, 1),
         "train_images_per_s": round(float(np.mean([h["images_per_s"] for h in history])), 1),
         "device": str(device), "per_class": summary["per_class"],
+        # who drew the training images, once `raster: auto` is resolved (validation and test: homus_render)
+        "raster": ("device" if raster_device(cfg.raster, device) else "cpu") if cfg.from_strokes else None,
     }
     plots.plot_confusion(res["targets"], res["preds"], classes, run / "confusion.png",
                          f"{run.name}: test accuracy {summary['accuracy']:.4f}")

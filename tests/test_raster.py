@@ -196,3 +196,4 @@ def test_train_with_the_device_rasterizer_on_the_cpu_keeps_the_test_images(synth
     assert a.samples == b.samples and np.array_equal(a.images, b.images)
     m = {k: json.loads(runs[k].file("metrics.json").read_text()) for k in runs}
     assert m["cpu"]["n_test"] == m["device"]["n_test"] > 0
+    assert (m["cpu"]["raster"], m["device"]["raster"]) == ("cpu", "device")  # who drew, once resolved
