@@ -14,7 +14,7 @@ import torch
 
 from homus_render.channels import render_plain
 from homus_render.errors import HomusError, describe, user_os_error
-from homus_render.normalize import redraw
+from homus_render.normalize import READS, ink_mask, redraw, stroke_width
 from homus_render.render import RenderSettings
 from homus_render.strokes import StrokeFileError, parse_file
 
@@ -82,30 +82,33 @@ def _to_gray(img: np.ndarray) -> np.ndarray:
     return np.clip(gray * a + paper * (1 - a), 0, 255).round().astype(np.uint8)
 
 
-#: How an image is made into the model's input: ``redraw`` (its ink's centre line drawn again at the
-#: model's pen width and fit, :mod:`homus_render.normalize`) or ``fit`` (its ink box resized to the canvas).
-IMAGE_READS = ("redraw", "fit")
-
-
-def normalize_image(img: np.ndarray, s: RenderSettings, read: str = "redraw") -> np.ndarray:
+def normalize_image(img: np.ndarray, s: RenderSettings, read: str = READS[0]) -> np.ndarray:
     """Any grayscale, colour or transparent image -> black ink on white at the model's canvas:
-    redrawn from its centre line (``read="redraw"``, whatever pen and scale drew it), or its ink
-    box fitted to the canvas minus margins (``read="fit"``)."""
-    if read not in IMAGE_READS:
-        raise InputError(f"read must be one of {', '.join(IMAGE_READS)}, got {read!r}")
+    redrawn from its centre line (``read="redraw"``, whatever pen and scale drew it), its ink box
+    fitted to the canvas minus margins (``read="fit"``), or, with ``read="auto"``, redrawn when the
+    fitted ink is thinner than the model's pen and fitted otherwise (:mod:`homus_render.normalize`)."""
+    if read not in READS:
+        raise InputError(f"read must be one of {', '.join(READS)}, got {read!r}")
     img = _to_gray(img)
     border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
     if np.median(border) < 128:  # light ink on dark paper: flip to the published polarity
         img = 255 - img
-    if read == "redraw":
-        if img.max() - img.min() < 16:
-            raise InputError("no ink found: the image is blank")
-        try:
-            return redraw(img, s)
-        except ValueError as e:
-            raise InputError(str(e)) from None
+    if img.max() - img.min() < 16:
+        raise InputError("no ink found: the image is blank")
+    if read != "redraw":
+        fitted = _fit_ink(img, s)
+        if read == "fit" or stroke_width(ink_mask(fitted)) >= s.thickness:
+            return fitted
+    try:
+        return redraw(img, s)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+
+
+def _fit_ink(img: np.ndarray, s: RenderSettings) -> np.ndarray:
+    """The ink's box of a black-on-white ``img`` resized to the canvas minus margins, centred."""
     _, ink = cv2.threshold(img, 0, 255, cv2.THRESH_BINARY_INV + cv2.THRESH_OTSU)
-    if img.max() - img.min() < 16 or not ink.any():
+    if not ink.any():
         raise InputError("no ink found: the image is blank")
     ys, xs = np.nonzero(ink)
     crop = img[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
@@ -120,7 +123,7 @@ def normalize_image(img: np.ndarray, s: RenderSettings, read: str = "redraw") ->
 
 
 def prepare(path: str | Path, s: RenderSettings, channels: tuple[str, ...] = ("ink",),
-            read: str = "redraw") -> np.ndarray:
+            read: str = READS[0]) -> np.ndarray:
     """The model's view of one input file, as a ``uint8`` image (a ``(channels, h, w)`` stack for
     a model that reads more than ink)."""
     path = Path(path)
@@ -142,9 +145,19 @@ def prepare(path: str | Path, s: RenderSettings, channels: tuple[str, ...] = ("i
         raise InputError(f"{path}: {e}") from None
 
 
-def predict(run: str | Path, inputs: list[str | Path], top_k: int = 3, read: str = "redraw") -> list[dict]:
+def image_read(read: str, ckpt: dict) -> str:
+    """``read`` for a model: ``auto`` reads thick ink as it is only for a model that was trained on
+    other tools' pens (``--stroke-redraw``), and redraws every image for one that never saw them."""
+    if read not in READS:
+        raise InputError(f"read must be one of {', '.join(READS)}, got {read!r}")
+    foreign = ((ckpt.get("config") or {}).get("strokes") or {}).get("redraw", 0)
+    return "redraw" if read == "auto" and not foreign else read
+
+
+def predict(run: str | Path, inputs: list[str | Path], top_k: int = 3, read: str = READS[0]) -> list[dict]:
     """Top-k labels with probabilities per input; a bad input gets ``{"error": ...}``, the rest answer."""
     model, ckpt = RunFolder(run).load_model()
+    read = image_read(read, ckpt)
     s = RenderSettings.from_dict(ckpt["render"])
     classes, channels = ckpt["classes"], checkpoint.channels(ckpt)
     results, ready = [], []

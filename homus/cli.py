@@ -17,6 +17,7 @@ from classifier.settings import ARCHS, DEVICES, OPTIMIZERS, RASTERS, SCHEDULES, 
 from classifier.splits import KINDS
 from homus_render.channels import CHANNELS
 from homus_render.distort import StrokeAugment
+from homus_render.normalize import READS
 from homus_render.render import FITS
 
 from . import config as cfgmod
@@ -230,8 +231,8 @@ TRAIN_FLAGS = [
         ("translate", "Shift, fraction of the canvas."), ("elastic", "Smooth bending, fraction of the symbol."),
         ("jitter", "Per-point noise, fraction of the symbol."), ("ends", "Chance to shorten each stroke end."),
         ("size", "Size read by the size channel, exp(+-v) times the tablet's."),
-        ("redraw", "Chance an ink image is drawn with another tool's pen and redrawn from its centre line, as predict "
-                   "redraws images.")]],
+        ("redraw", "Chance an ink image is drawn with another tool's pen, as predict meets images from elsewhere; "
+                   "half of those are redrawn from their centre line, as predict redraws thin ink.")]],
     click.option("--channels", help=f"Input channels (--from-strokes) of {', '.join(CHANNELS)}, e.g. ink,time: "
                  "ink, time (the pen's "
                  "progress), stroke (each stroke's rank), size (the symbol's size on the tablet)."),
@@ -337,8 +338,9 @@ def evaluate(runs, variant, out, device) -> None:
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--top-k", type=int, default=3, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON document for machines.")
-@click.option("--read", type=click.Choice(["redraw", "fit"]), default="redraw", show_default=True,
-              help="Images: redraw the ink's centre line at the model's pen width, or fit the ink box as it is.")
+@click.option("--read", type=click.Choice(READS), default=READS[0], show_default=True,
+              help="Images: redraw the ink's centre line at the model's pen width, or fit the ink box as it is; "
+                   "auto redraws ink thinner than the model's pen and fits the rest.")
 def predict(run, inputs, top_k, as_json, read) -> None:
     """Classify images (any size) or raw HOMUS .txt stroke files with a run's model."""
     from classifier.predict import predict as do_predict

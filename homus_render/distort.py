@@ -36,9 +36,10 @@ class StrokeAugment:
     each end of a stroke is shortened (by up to 25 % of its points). ``size``: the ``size`` channel
     reads the symbol as up to ``exp(+-size)`` times its size on the tablet (writers' hands differ so).
     ``redraw``: chance that an ink
-    image is drawn with another tool's pen (:func:`foreign_pen`) and redrawn from its centre line
-    (:func:`~homus_render.normalize.redraw`), the view ``homus predict`` gives of images from other
-    tools.
+    image is drawn with another tool's pen (:func:`foreign_pen`), as images from other tools come
+    to ``homus predict``; a :data:`REDRAWN` share of those is then redrawn from its centre line
+    (:func:`~homus_render.normalize.redraw`), the view predict gives of thin ink, and the rest are
+    kept as drawn, the thick ink predict reads as it is.
     """
 
     thickness: float = 0.0
@@ -147,15 +148,23 @@ def augment_path(strokes: Sequence[np.ndarray], s: RenderSettings, aug: StrokeAu
 #: up): a training image to be redrawn is first drawn with one of them at the tablet's scale, so the
 #: model learns the centre line of a pen that merged small loops and dots, as predict meets it.
 FOREIGN_PENS = (1.0, 5.0)
+#: Of the training images drawn with a foreign pen, the share redrawn from the centre line.
+REDRAWN = 0.5
+
+
+def tablet_pen(strokes: Sequence[np.ndarray], path: Sequence[np.ndarray], s: RenderSettings,
+               units: float) -> float:
+    """A pen ``units`` wide at the tablet's scale, in the canvas pixels of ``path`` (``strokes``
+    fitted to the canvas), at most a quarter of the canvas."""
+    tablet = max(float(np.ptp(np.concatenate(strokes), axis=0).max()), 1.0)
+    canvas = max(float(np.ptp(np.concatenate(path), axis=0).max()), 1.0)
+    return min(units * canvas / tablet, min(s.width, s.height) / 4)
 
 
 def foreign_pen(strokes: Sequence[np.ndarray], path: Sequence[np.ndarray], s: RenderSettings,
                 rng: np.random.Generator) -> float:
-    """A pen drawn from :data:`FOREIGN_PENS`, in the canvas pixels of ``path`` (``strokes`` fitted
-    to the canvas), at most a quarter of the canvas."""
-    tablet = max(float(np.ptp(np.concatenate(strokes), axis=0).max()), 1.0)
-    canvas = max(float(np.ptp(np.concatenate(path), axis=0).max()), 1.0)
-    return min(rng.uniform(*FOREIGN_PENS) * canvas / tablet, min(s.width, s.height) / 4)
+    """A pen drawn from :data:`FOREIGN_PENS`, as :func:`tablet_pen` gives it on the canvas."""
+    return tablet_pen(strokes, path, s, rng.uniform(*FOREIGN_PENS))
 
 
 def render_augmented(strokes: Sequence[np.ndarray], s: RenderSettings, aug: StrokeAugment,
@@ -165,6 +174,7 @@ def render_augmented(strokes: Sequence[np.ndarray], s: RenderSettings, aug: Stro
     path, width, extent = augment_path(strokes, s, aug, rng)
     if tuple(channels) == ("ink",):
         if aug.redraw and rng.random() < aug.redraw:  # drawn last: no other draw of the stream moves
-            return redraw(draw(path, s, foreign_pen(strokes, path, s, rng)), s)
+            foreign = draw(path, s, foreign_pen(strokes, path, s, rng))
+            return redraw(foreign, s) if rng.random() < REDRAWN else foreign
         return draw(path, s, width)
     return draw_channels(path, s, channels, width, extent)

@@ -1,5 +1,5 @@
-"""Images drawn elsewhere, redrawn the way homus draws: the ink reduced to its centre line and
-drawn again at the model's pen width.
+"""Images drawn elsewhere, made into the model's view: thin ink reduced to its centre line and
+drawn again at the model's pen width, ink as wide as the model's pen or wider read as it is.
 
 Other renderers and scanners differ from homus in the pen's width (1 px at the tablet's scale, or
 5), in the scale (the tablet's own on a fixed canvas, where homus fits the symbol to the canvas),
@@ -8,6 +8,12 @@ trained at 3 px sees strokes of 1 or 9. The skeleton of the ink keeps what the p
 the pen; :func:`redraw` fits it to the canvas and draws it with the renderer itself, at
 ``settings.thickness``. The neighbouring skeleton pixels become short pen strokes, so the drawing
 stays connected whatever the scale.
+
+A pen thicker than the model's merges small loops, flags and dots into blobs whose centre line no
+longer tells them apart, while the blobs themselves still do (a three-flag blob is larger than a
+two-flag one). Models trained with ``--stroke-redraw`` have seen such ink, so ``read="auto"``
+(:data:`READS`) keeps it, and redraws only ink thinner than the model's pen, which resizing would
+leave faint and broken. :func:`stroke_width` measures it.
 """
 
 from __future__ import annotations
@@ -16,6 +22,11 @@ import cv2
 import numpy as np
 
 from .render import RenderSettings, render
+
+#: How ``homus predict`` reads an image (the first is the default): ``auto`` (:func:`redraw` when the
+#: ink is thinner than the model's pen, else ``fit``), ``redraw``, or ``fit`` (the ink's box resized to
+#: the canvas).
+READS = ("auto", "redraw", "fit")
 
 #: Offsets to the neighbours each skeleton pixel is joined to (each pair once: right, down, both diagonals).
 _NEXT = ((0, 1), (1, 0), (1, 1), (1, -1))
@@ -32,6 +43,13 @@ def skeleton(mask: np.ndarray) -> np.ndarray:
     from skimage.morphology import skeletonize
 
     return skeletonize(mask)
+
+
+def stroke_width(mask: np.ndarray) -> float:
+    """The mean width of the ink in ``mask``, in pixels: its area over its centre line's length (0
+    without ink)."""
+    line = int(skeleton(mask).sum())
+    return float(mask.sum()) / line if line else 0.0
 
 
 def skeleton_strokes(skel: np.ndarray) -> list[np.ndarray]:

@@ -126,11 +126,12 @@ def test_bad_strengths_are_refused(bad):
         StrokeAugment(**bad)
 
 
-def test_redraw_shows_the_model_the_view_predict_gives_of_foreign_images():
-    """``redraw`` (a chance) draws the distorted path with another tool's pen (1 to 5 tablet units)
-    and redraws that ink from its centre line, last, so every other draw of the stream stays where it
-    was; it needs the CPU renderer."""
-    from homus_render.distort import FOREIGN_PENS, augment_path, foreign_pen
+def test_redraw_shows_the_model_the_views_predict_gives_of_foreign_images():
+    """``redraw`` (a chance) draws the distorted path with another tool's pen (1 to 5 tablet units);
+    a REDRAWN share of those is redrawn from its centre line (predict's view of thin ink), the rest
+    kept as drawn (its view of thick ink). Its draws come last, so every other draw of the stream
+    stays where it was; it needs the CPU renderer."""
+    from homus_render.distort import FOREIGN_PENS, REDRAWN, augment_path, foreign_pen
     from homus_render.errors import SettingsError
     from homus_render.normalize import redraw
     from homus_render.render import draw
@@ -138,17 +139,23 @@ def test_redraw_shows_the_model_the_view_predict_gives_of_foreign_images():
     s = RenderSettings(thickness=3, width=48, height=48, margin=3)
     strokes = [np.array([[0.0, 0.0], [0.0, 60.0], [10.0, 50.0], [12.0, 44.0], [8.0, 40.0], [0.0, 45.0]])]
     plain, always = StrokeAugment(rotate=8, elastic=0.03), StrokeAugment(rotate=8, elastic=0.03, redraw=1.0)
-    a = render_augmented(strokes, s, plain, np.random.default_rng(5))
-    b = render_augmented(strokes, s, always, np.random.default_rng(5))
-    rng = np.random.default_rng(5)
-    path, _, _ = augment_path(strokes, s, always, rng)
-    assert rng.random() < 1.0
-    pen = foreign_pen(strokes, path, s, rng)
-    assert np.array_equal(b, redraw(draw(path, s, pen), s)) and not np.array_equal(a, b)
-    fitted = np.ptp(np.concatenate(path), axis=0).max() / 60.0  # canvas pixels per tablet unit
-    assert FOREIGN_PENS[0] * fitted <= pen <= FOREIGN_PENS[1] * fitted
+    kept = 0
+    for seed in range(12):
+        a = render_augmented(strokes, s, plain, np.random.default_rng(seed))
+        b = render_augmented(strokes, s, always, np.random.default_rng(seed))
+        rng = np.random.default_rng(seed)
+        path, _, _ = augment_path(strokes, s, always, rng)
+        assert rng.random() < 1.0
+        pen = foreign_pen(strokes, path, s, rng)
+        foreign = draw(path, s, pen)
+        redrawn = rng.random() < REDRAWN
+        assert np.array_equal(b, redraw(foreign, s) if redrawn else foreign) and not np.array_equal(a, b)
+        kept += not redrawn
+        fitted = np.ptp(np.concatenate(path), axis=0).max() / 60.0  # canvas pixels per tablet unit
+        assert FOREIGN_PENS[0] * fitted <= pen <= FOREIGN_PENS[1] * fitted
+    assert 0 < kept < 12  # both views occur
     never = StrokeAugment(rotate=8, elastic=0.03, redraw=0.0)
-    assert np.array_equal(render_augmented(strokes, s, never, np.random.default_rng(5)), a)
+    assert np.array_equal(render_augmented(strokes, s, never, np.random.default_rng(seed)), a)
     with pytest.raises(SettingsError, match="redraw"):
         StrokeAugment(redraw=1.5)
 

@@ -65,16 +65,52 @@ def test_a_tap_of_the_pen_is_drawn_as_homus_draws_a_dot():
     assert np.array_equal(redraw(img, S), render([np.array([[30.0, 40.0]])], S))
 
 
-def test_predict_reads_images_by_redrawing_them_unless_asked_to_fit():
+def test_predict_reads_images_by_redrawing_them_or_fitting_them():
     from classifier.predict import InputError, normalize_image
 
     foreign = render(strokes_of("Flat"), RenderSettings(thickness=16, width=150, height=150, margin=2))
-    drawn, fitted = normalize_image(foreign, S), normalize_image(foreign, S, "fit")
+    drawn, fitted = normalize_image(foreign, S, "redraw"), normalize_image(foreign, S, "fit")
     assert np.array_equal(drawn, redraw(foreign, S))
     assert stroke_width(drawn) == pytest.approx(stroke_width(render(strokes_of("Flat"), S)), abs=0.6)
     assert stroke_width(fitted) > stroke_width(drawn) + 0.5  # the resize keeps the foreign pen's width
-    assert np.array_equal(normalize_image(255 - foreign, S), drawn)  # light ink on dark paper, the same
+    assert np.array_equal(normalize_image(255 - foreign, S, "redraw"), drawn)  # light ink on dark paper, the same
     with pytest.raises(InputError, match="no ink"):
         normalize_image(np.full((50, 50), 255, np.uint8), S)
     with pytest.raises(InputError, match="read must be"):
         normalize_image(foreign, S, "squint")
+
+
+def test_the_width_of_ink_is_its_area_over_its_centre_line():
+    from homus_render.normalize import stroke_width as width
+
+    for pen in (1, 3, 5, 9):
+        bar = np.zeros((220, 60), bool)
+        bar[10:210, 30 - pen // 2:30 - pen // 2 + pen] = True  # a 200 px stroke, pen px wide
+        assert width(bar) == pytest.approx(pen, rel=0.06)  # the centre line stops short of the ends
+    assert width(np.zeros((20, 20), bool)) == 0.0
+
+
+@pytest.mark.parametrize("label", ["Flat", "Whole-Note", "Barline"])
+def test_auto_redraws_ink_thinner_than_the_models_pen_and_fits_the_rest(label):
+    """A thin pen at the tablet's scale, resized to the canvas, would be faint and broken: auto redraws it.
+    Thick ink, merged loops and all, is what a model trained on other tools' pens has learned: auto
+    keeps it, fitted to the canvas."""
+    from classifier.predict import normalize_image
+
+    for pen, way in ((1, "redraw"), (2, "redraw"), (7, "fit"), (12, "fit")):  # 96 px -> 64 px: x2/3
+        foreign = render(strokes_of(label), RenderSettings(thickness=pen, width=96, height=96, margin=2))
+        assert np.array_equal(normalize_image(foreign, S, "auto"), normalize_image(foreign, S, way)), (pen, way)
+    assert np.array_equal(normalize_image(render(strokes_of(label), S), S, "auto"),
+                          normalize_image(render(strokes_of(label), S), S, "fit"))  # homus' own: exact
+
+
+def test_auto_redraws_for_a_model_that_never_saw_other_pens():
+    """Only a run trained with --stroke-redraw has seen thick foreign ink; for any other, auto is redraw."""
+    from classifier.predict import InputError, image_read
+
+    trained = {"config": {"strokes": {"redraw": 0.6}}}
+    assert image_read("auto", trained) == "auto" and image_read("fit", trained) == "fit"
+    for plain in ({"config": {"strokes": {"redraw": 0.0}}}, {"config": {"from_strokes": False}}, {}):
+        assert image_read("auto", plain) == "redraw" and image_read("fit", plain) == "fit"
+    with pytest.raises(InputError, match="read must be"):
+        image_read("squint", trained)
