@@ -254,7 +254,7 @@ def explain_inputs(run: str | Path, inputs: Sequence[str | Path], out: Path, fil
 
     from . import checkpoint
     from .data import to_input
-    from .predict import InputError, prepare
+    from .predict import InputError, image_read, prepare
     from .runfolder import RunFolder
 
     model, ckpt = RunFolder(run).load_model()
@@ -270,10 +270,11 @@ def explain_inputs(run: str | Path, inputs: Sequence[str | Path], out: Path, fil
     if filters:
         write(out / "filters.png", filters_figure(model, channels, title=f"run {Path(run).name}"))
         log(f"first-layer filters -> {out / 'filters.png'}")
+    read = image_read("auto", ckpt)  # predict's default read, for this model
     ok = True
     for p, name in zip(inputs, output_names(inputs), strict=True):
         try:
-            image = prepare(p, settings, channels)
+            image = prepare(p, settings, channels, read)
         except (InputError, StrokeFileError, OSError) as e:
             msg = str(e) if str(e).startswith(str(p)) else f"{p}: {e}"
             warn(f"error: {msg}")
