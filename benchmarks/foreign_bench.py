@@ -144,5 +144,6 @@ def main() -> None:
               f"mean {np.mean(foreign):.2%}; homus' own (strokes) {base['strokes']:.2%}: worst gap {gap:+.2f} pts "
               f"(target: within -2.00) [{seconds:.0f} s]")
 
+
 if __name__ == "__main__":
     main()

@@ -249,6 +249,7 @@ def explain_inputs(run: str | Path, inputs: Sequence[str | Path], out: Path, fil
     Returns whether every input was."""
     from homus_render.atomic import write_bytes
     from homus_render.errors import check_writable_dir, user_os_error
+    from homus_render.normalize import READS
     from homus_render.render import RenderSettings
     from homus_render.strokes import StrokeFileError
 
@@ -270,7 +271,7 @@ def explain_inputs(run: str | Path, inputs: Sequence[str | Path], out: Path, fil
     if filters:
         write(out / "filters.png", filters_figure(model, channels, title=f"run {Path(run).name}"))
         log(f"first-layer filters -> {out / 'filters.png'}")
-    read = image_read("auto", ckpt)  # predict's default read, for this model
+    read = image_read(READS[0], ckpt)  # predict's default read, for this model
     ok = True
     for p, name in zip(inputs, output_names(inputs), strict=True):
         try:

@@ -87,8 +87,7 @@ def normalize_image(img: np.ndarray, s: RenderSettings, read: str = READS[0]) ->
     redrawn from its centre line (``read="redraw"``, whatever pen and scale drew it), its ink box
     fitted to the canvas minus margins (``read="fit"``), or, with ``read="auto"``, redrawn when the
     fitted ink is thinner than the model's pen and fitted otherwise (:mod:`homus_render.normalize`)."""
-    if read not in READS:
-        raise InputError(f"read must be one of {', '.join(READS)}, got {read!r}")
+    _check_read(read)
     img = _to_gray(img)
     border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
     if np.median(border) < 128:  # light ink on dark paper: flip to the published polarity
@@ -103,6 +102,11 @@ def normalize_image(img: np.ndarray, s: RenderSettings, read: str = READS[0]) ->
         return redraw(img, s)
     except ValueError as e:
         raise InputError(str(e)) from None
+
+
+def _check_read(read: str) -> None:
+    if read not in READS:
+        raise InputError(f"read must be one of {', '.join(READS)}, got {read!r}")
 
 
 def _fit_ink(img: np.ndarray, s: RenderSettings) -> np.ndarray:
@@ -148,8 +152,7 @@ def prepare(path: str | Path, s: RenderSettings, channels: tuple[str, ...] = ("i
 def image_read(read: str, ckpt: dict) -> str:
     """``read`` for a model: ``auto`` reads thick ink as it is only for a model that was trained on
     other tools' pens (``--stroke-redraw``), and redraws every image for one that never saw them."""
-    if read not in READS:
-        raise InputError(f"read must be one of {', '.join(READS)}, got {read!r}")
+    _check_read(read)
     foreign = ((ckpt.get("config") or {}).get("strokes") or {}).get("redraw", 0)
     return "redraw" if read == "auto" and not foreign else read
 
