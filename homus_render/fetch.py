@@ -17,12 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+import numpy as np
+
 from .atomic import write_json
-from .dataset import DATASET_INFO, content_hash, file_digest, hash_folder, list_stroke_files, read_info
+from .dataset import DATASET_INFO, content_hash, file_digest, file_stats, hash_folder, list_stroke_files, read_info
 from .errors import HomusError, PathError, check_writable_dir, user_os_error
+from .index import StrokeIndex, write_index
 from .labels import LABELS
 from .lock import writing
-from .strokes import StrokeFileError, parse_bytes
+from .strokes import Packed, StrokeFileError, parse_bytes
 
 OFFICIAL = {
     "v2": "https://github.com/apacha/OMR-Datasets/releases/download/datasets/HOMUS-2.0.zip",
@@ -123,8 +126,12 @@ def _fetch_into(raw_dir: Path, version: str, src: str, progress) -> FetchReport:
             _extract_zip(Path(src), staging)
         else:
             raise FetchError(f"source {src}: no such file, folder or http(s) URL")
-        report = _check(staging, version, src)
+        report, index = _check(staging, version, src)
         _move_into_place(staging, raw_dir, report)
+        try:  # a cache for renders; a fetch is complete without it
+            write_index(raw_dir, index)
+        except HomusError:
+            pass
     return report
 
 
@@ -254,21 +261,32 @@ def _copy_folder(src: Path, dest: Path) -> None:
         raise FetchError(f"{src}: no HOMUS files <writer>/<writer>-<n>.txt in this folder")
 
 
-def _check(staging: Path, version: str, source: str) -> FetchReport:
+def _check(staging: Path, version: str, source: str) -> tuple[FetchReport, StrokeIndex]:
+    """Read every stroke file once: hash it and parse it. Returns the report and the stroke index
+    of the files that parse."""
     files = list_stroke_files(staging)
     if not files:
         raise FetchError(f"{source}: holds no HOMUS files <writer>/<writer>-<n>.txt")
+    stats = file_stats(staging, files)  # before reading: a later change shows as a changed file
     labels, writers, invalid, digests = set(), set(), [], {}
-    for rel in files:  # each file read once: hashed and parsed
+    good, good_labels, symbols = [], [], []
+    for i, rel in enumerate(files):
         writers.add(rel.split("/")[0])
         data = (staging / rel).read_bytes()
         digests[rel] = file_digest(data)
         try:
-            labels.add(parse_bytes(data, staging / rel).label)
+            sample = parse_bytes(data, staging / rel)
         except StrokeFileError as e:
             invalid.append(str(e).replace(str(staging) + os.sep, ""))
+            continue
+        labels.add(sample.label)
+        good.append(i)
+        good_labels.append(sample.label)
+        symbols.append(sample.strokes)
+    index = StrokeIndex([files[i] for i in good], np.array([stats[i] for i in good], np.int64).reshape(-1, 2),
+                        [digests[files[i]] for i in good], good_labels, Packed.of(symbols))
     return FetchReport(staging, version, source, len(files), len(writers), len(labels), invalid,
-                       content_hash(digests))
+                       content_hash(digests)), index
 
 
 def _move_into_place(staging: Path, raw_dir: Path, report: FetchReport) -> None:

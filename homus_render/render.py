@@ -14,12 +14,16 @@ import cv2
 import numpy as np
 
 from .errors import SettingsError
+from .strokes import Packed
 
 FITS = ("scale", "crop")
 _SHIFT = 4  # OpenCV fixed-point bits: coordinates are drawn with 1/16 px precision
 _ONE = 1 << _SHIFT
 SUPERSAMPLE = 4  # strokes are drawn at 4x and area-averaged down (a power of two)
 INK, PAPER = 0, 255  # black ink on white paper, as the published HOMUS images
+#: Supersampled pixels per shared canvas in :func:`render_many` (one byte each): large enough that
+#: OpenCV's calls outweigh Python's, small enough that the canvas stays in the processor's cache.
+BATCH_PIXELS = 1 << 21
 
 
 @dataclass(frozen=True)
@@ -203,3 +207,112 @@ def render(strokes: Sequence[np.ndarray], s: RenderSettings) -> np.ndarray:
     pts = np.concatenate(strokes) if len(strokes) > 1 else strokes[0]
     scale, ox, oy = _fit(pts.min(axis=0), pts.max(axis=0), s)
     return _draw(pts, [len(st) for st in strokes], scale, ox, oy, s)
+
+
+def render_many(packed: Packed, s: RenderSettings) -> np.ndarray:
+    """Render every sample of ``packed`` -> ``(n, height, width)`` ``uint8``; image ``i`` is
+    exactly :func:`render` of sample ``i``, byte for byte.
+
+    Per sample, :func:`render` spends much of its time in Python, in small NumPy calls and on
+    blank paper. Here the fit and the mapping to sub-pixels are computed for all samples at once.
+    Each sample then takes only the columns its ink can reach (its path's columns, widened by the
+    pen and a pixel to spare), side by side with the others on one shared canvas of the full
+    height: one OpenCV call draws them all and one area-average shrinks them. Drawing is
+    invariant under a shift by whole pixels and the top and bottom edges clip as on a canvas of
+    its own, so each image is the one drawn alone. A sample whose ink would cross its own left or
+    right edge (where a canvas of its own would clip it) is drawn alone.
+    """
+    n, k, h, w = len(packed), SUPERSAMPLE, s.height, s.width
+    if n == 0:
+        return np.zeros((0, h, w), np.uint8)
+    pts, lengths = packed.points, packed.stroke_lengths
+    stroke_start = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    first_stroke = np.concatenate([[0], np.cumsum(packed.n_strokes)[:-1]])
+    sample_start = stroke_start[first_stroke]
+    owner = np.repeat(np.arange(n), np.diff(np.append(sample_start, len(pts))))  # sample of each point
+    stroke_owner = np.repeat(np.arange(n), packed.n_strokes)
+    scale, ox, oy = _fit_many(np.minimum.reduceat(pts, sample_start), np.maximum.reduceat(pts, sample_start), s)
+    a, half = scale * k * _ONE, (k - 1) / 2  # as to_subpixels, operation for operation
+    offset = np.stack([(ox * k + half) * _ONE, (oy * k + half) * _ONE], axis=1)
+    fixed = np.rint(pts * a[owner, None] + offset[owner]).astype(np.int64)
+    still = (np.minimum.reduceat(fixed, stroke_start) == np.maximum.reduceat(fixed, stroke_start)).all(axis=1)
+    pen = pen_subpixels(s)
+    reach = pen * _ONE // 2 + 2 * _ONE  # the pen's half width, and half a pixel to spare
+    left = np.minimum.reduceat(fixed[:, 0], sample_start) - reach
+    right = np.maximum.reduceat(fixed[:, 0], sample_start) + reach
+    alone = (left < 0) | (right > (w * k - 1) * _ONE)
+    px = k * _ONE  # one output pixel in fixed point
+    first_col = np.clip(left // px - 1, 0, w)  # each sample's columns [first_col, last_col)
+    last_col = np.clip(right // px + 2, 0, w)
+    span = np.where(alone, 0, last_col - first_col)
+
+    out = np.full((n, h, w), PAPER, np.uint8)
+    _render_alone(packed, s, np.flatnonzero(alone).tolist(), into=out)
+    budget = max(w, BATCH_PIXELS // (h * k * k))  # columns per canvas
+    b0 = 0
+    while b0 < n:  # samples b0 .. b1-1 share a canvas
+        b1 = b0 + 1 + int(np.searchsorted(np.cumsum(span[b0 + 1:]), budget - span[b0], side="right"))
+        b1 = min(b1, n)
+        col = np.concatenate([[0], np.cumsum(span[b0:b1])])  # each sample's first canvas column
+        if col[-1] == 0:
+            b0 = b1
+            continue
+        s0, s1 = first_stroke[b0], first_stroke[b1] if b1 < n else len(lengths)
+        p0, p1 = sample_start[b0], sample_start[b1] if b1 < n else len(pts)
+        j = owner[p0:p1] - b0
+        shifted = fixed[p0:p1].copy()
+        shifted[:, 0] += (col[:-1][j] - first_col[b0:b1][j]) * px
+        pieces = np.split(shifted.astype(np.int32).reshape(-1, 1, 2), (stroke_start[s0 + 1:s1] - p0).tolist())
+        keep = ~alone[stroke_owner[s0:s1]]
+        dots = (still[s0:s1] & keep).tolist()
+        big = np.full((h * k, int(col[-1]) * k), PAPER, np.uint8)
+        polys = [p for p, line in zip(pieces, (~still[s0:s1] & keep).tolist(), strict=True) if line]
+        if polys:
+            cv2.polylines(big, polys, False, INK, pen, cv2.LINE_8, _SHIFT)
+        for p, dot in zip(pieces, dots, strict=True):
+            if dot:  # a pen that never moved leaves a dot as wide as the stroke
+                cv2.circle(big, (int(p[0, 0, 0]), int(p[0, 0, 1])), pen * _ONE // 2, INK, -1, cv2.LINE_8, _SHIFT)
+        small = shrink(big, h)
+        if not s.antialias:
+            small = np.where(small < 128, INK, PAPER).astype(np.uint8)
+        for i in range(b0, b1):
+            if span[i]:
+                out[i, :, first_col[i]:last_col[i]] = small[:, col[i - b0]:col[i - b0 + 1]]
+        b0 = b1
+    batched = ~alone
+    if not s.antialias:
+        dot_strokes = np.flatnonzero(still & batched[stroke_owner])
+        if len(dot_strokes):  # as _draw: a thin dot astride pixel edges keeps its centre
+            xy = np.rint((fixed[stroke_start[dot_strokes]] / _ONE - half) / k).astype(int)
+            inside = (xy[:, 0] >= 0) & (xy[:, 0] < w) & (xy[:, 1] >= 0) & (xy[:, 1] < h)
+            out[stroke_owner[dot_strokes][inside], xy[inside, 1], xy[inside, 0]] = INK
+    if s.staff_lines:
+        rows = [r for r in staff_rows(s) if 0 <= r < h]
+        out[np.ix_(np.flatnonzero(batched), rows)] = INK
+    return out
+
+
+def _render_alone(packed: Packed, s: RenderSettings, which, into: np.ndarray | None = None) -> np.ndarray:
+    """:func:`render` of the samples ``which`` of ``packed``, into ``into`` (or a new array)."""
+    out = np.empty((len(packed), s.height, s.width), np.uint8) if into is None else into
+    if len(which):
+        symbols = packed.unpack()
+        for i in which:
+            out[i] = render(symbols[i], s)
+    return out
+
+
+def _fit_many(lo: np.ndarray, hi: np.ndarray, s: RenderSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_fit` for many paths at once (``lo``, ``hi``: ``(n, 2)``), with the same float
+    operations in the same order, so the results are equal bit for bit."""
+    ext = hi - lo
+    if s.fit == "scale":
+        room = np.array([s.width - 2 * s.margin - s.thickness, s.height - 2 * s.margin - s.thickness], np.float64)
+        ratios = np.where(ext > 0, room / np.where(ext > 0, ext, 1.0), np.inf)
+        scale = ratios.min(axis=1)
+        scale[np.isinf(scale)] = 1.0  # a single point has no extent to fit and keeps scale 1
+    else:
+        scale = np.ones(len(lo))
+    ox = (s.width - 1) / 2 - (lo[:, 0] + hi[:, 0]) / 2 * scale
+    oy = (s.height - 1) / 2 - (lo[:, 1] + hi[:, 1]) / 2 * scale
+    return scale, ox, oy

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,51 @@ class Sample:
     writer: str
     label: str
     strokes: tuple[np.ndarray, ...]
+
+
+@dataclass(frozen=True)
+class Packed:
+    """Many samples' strokes as three flat arrays: all points ``(P, 2)`` float64, the number of
+    points of each stroke and the number of strokes of each sample. A chunk travels to a worker
+    process in three cheap copies (thousands of small arrays pickle slowly), and drawing code can
+    work on all samples at once."""
+
+    points: np.ndarray
+    stroke_lengths: np.ndarray
+    n_strokes: np.ndarray
+
+    def __post_init__(self) -> None:
+        if (self.points.ndim != 2 or self.points.shape[1:] != (2,) or self.stroke_lengths.ndim != 1
+                or self.n_strokes.ndim != 1 or self.stroke_lengths.sum() != len(self.points)
+                or self.n_strokes.sum() != len(self.stroke_lengths) or (self.stroke_lengths < 1).any()
+                or (self.n_strokes < 1).any()):
+            raise ValueError("packed strokes: every sample needs strokes, every stroke points, "
+                             "and the counts must add up")
+
+    @classmethod
+    def of(cls, symbols: Sequence[Sequence[np.ndarray]]) -> Packed:
+        """Pack the strokes of ``symbols`` (each a sequence of ``(k, 2)`` arrays)."""
+        strokes = [st for sym in symbols for st in sym]
+        points = np.concatenate(strokes).astype(np.float64, copy=False) if strokes else np.zeros((0, 2))
+        return cls(points.reshape(-1, 2), np.array([len(st) for st in strokes], np.int64),
+                   np.array([len(sym) for sym in symbols], np.int64))
+
+    def __len__(self) -> int:
+        return len(self.n_strokes)
+
+    def slice(self, start: int, stop: int) -> Packed:
+        """Samples ``start`` to ``stop - 1``, as views."""
+        ends = np.cumsum(self.n_strokes)
+        s0, s1 = (int(ends[i - 1]) if i > 0 else 0 for i in (start, stop))
+        pends = np.cumsum(self.stroke_lengths)
+        p0, p1 = (int(pends[i - 1]) if i > 0 else 0 for i in (s0, s1))
+        return Packed(self.points[p0:p1], self.stroke_lengths[s0:s1], self.n_strokes[start:stop])
+
+    def unpack(self) -> list[tuple[np.ndarray, ...]]:
+        """Each sample's strokes, as views into ``points``."""
+        strokes = np.split(self.points, np.cumsum(self.stroke_lengths)[:-1]) if len(self.points) else []
+        ends = np.cumsum(self.n_strokes).tolist()
+        return [tuple(strokes[a:b]) for a, b in zip([0] + ends[:-1], ends, strict=True)]
 
 
 def sample_identity(path: str | Path) -> tuple[str, str]:

@@ -20,16 +20,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 from . import __version__
 from .atomic import is_stale, write_bytes, write_json
-from .dataset import content_hash, file_digest, fingerprint, list_stroke_files, natural_key, read_info
+from .dataset import content_hash, file_digest, file_stats, fingerprint, list_stroke_files, natural_key, read_info
 from .errors import HomusError, check_writable_dir, user_os_error
+from .index import StrokeIndex, read_index, write_index
 from .labels import LABELS
 from .lock import writing
 from .preview import grid
-from .render import RenderSettings, render
-from .strokes import StrokeFileError, parse_bytes
+from .render import RenderSettings, render_many
+from .strokes import Packed, StrokeFileError, parse_bytes, sample_identity
 from .workers import exit_with_parent
 
 #: Bump when the renderer's pixels change, so that existing variants are rendered again.
@@ -61,29 +63,51 @@ class _Chunk:
     rows: list[tuple[str, str, str, str]]  # (relative png path, label, writer, sample) per sample
     errors: list[tuple[str, str]]  # (raw file, reason)
     digests: dict[str, str]
+    parsed: tuple[list[str], list[str], Packed] | None = None  # (files, labels, strokes) newly parsed
+
+
+#: Images a worker holds in memory at once (drawn, then encoded and written): bounded by pixels.
+_IMAGE_PIXELS = 1 << 22
 
 
 def _render_chunk(raw_dir: str, files: Sequence[str], targets: Sequence[tuple[RenderSettings, str]],
-                  parent: int) -> _Chunk:
-    """Worker: read, hash, parse and render ``files`` into every target staging folder (ending the
-    worker should process ``parent`` die)."""
+                  parent: int, known: tuple[list[str], Packed] | None = None, keep: bool = False) -> _Chunk:
+    """Worker: render ``files`` into every target staging folder, drawing many samples at once
+    (ending the worker should process ``parent`` die). ``known`` holds the files' labels and
+    strokes from the stroke index; without it each file is read, hashed and parsed, and ``keep``
+    returns what was parsed, for the index."""
     exit_with_parent(parent)
     cv2.setNumThreads(1)  # the parallelism is ours: one OpenCV thread per worker process
     out = _Chunk([], [], {})
-    for rel in files:
-        path = os.path.join(raw_dir, rel)
-        try:
-            data = _read(path)
-            out.digests[rel] = file_digest(data)
-            sample = parse_bytes(data, path)
-        except (StrokeFileError, OSError) as e:
-            out.errors.append((rel, str(e)))
-            continue
-        png_rel = f"{sample.label}/{sample.id}.png"
-        for settings, staging in targets:
-            ok, png = cv2.imencode(".png", render(sample.strokes, settings), _PNG)
-            _write_new(os.path.join(staging, png_rel), png)
-        out.rows.append((png_rel, sample.label, sample.writer, sample.id))
+    if known is None:
+        names, labels, symbols = [], [], []
+        for rel in files:
+            path = os.path.join(raw_dir, rel)
+            try:
+                data = _read(path)
+                out.digests[rel] = file_digest(data)
+                sample = parse_bytes(data, path)
+            except (StrokeFileError, OSError) as e:
+                out.errors.append((rel, str(e)))
+                continue
+            names.append(rel)
+            labels.append(sample.label)
+            symbols.append(sample.strokes)
+        packed = Packed.of(symbols)
+        if keep:
+            out.parsed = (names, labels, packed)
+    else:
+        (labels, packed), names = known, list(files)
+    ids = [sample_identity(rel) for rel in names]
+    pngs = [f"{label}/{sid}.png" for label, (sid, _) in zip(labels, ids, strict=True)]
+    out.rows = [(png, label, writer, sid) for png, label, (sid, writer) in zip(pngs, labels, ids, strict=True)]
+    for settings, staging in targets:
+        step = max(1, _IMAGE_PIXELS // (settings.width * settings.height))
+        for a in range(0, len(names), step):
+            images = render_many(packed.slice(a, min(a + step, len(names))), settings)
+            for png_rel, image in zip(pngs[a:a + step], images, strict=True):
+                ok, png = cv2.imencode(".png", image, _PNG)
+                _write_new(os.path.join(staging, png_rel), png)
     return out
 
 
@@ -139,10 +163,11 @@ def _is_up_to_date(vdir: Path, settings: RenderSettings, fp: str, skip_invalid: 
             and info.get("renderer_version") == RENDERER_VERSION and (skip_invalid or not info.get("skipped")))
 
 
-def _chunks(files: list[str], jobs: int) -> list[list[str]]:
-    n = max(1, min(len(files), jobs * 8))
-    size = -(-len(files) // n)
-    return [files[i:i + size] for i in range(0, len(files), size)]
+def _spans(n: int, jobs: int) -> list[tuple[int, int]]:
+    """``[a, b)`` ranges that cut ``n`` items into about ``jobs * 8`` chunks: enough to even out
+    the workers, few enough that dispatch stays cheap."""
+    size = -(-n // max(1, min(n, jobs * 8))) if n else 1
+    return [(a, min(a + size, n)) for a in range(0, n, size)]
 
 
 def _csv(header: Sequence[str], rows) -> bytes:
@@ -200,7 +225,11 @@ def render_variants(raw_dir: str | Path, rendered_dir: str | Path, variants: Seq
     if not files:
         which = f" of writers {sorted(writers, key=natural_key)}" if writers else ""
         raise RenderError(f"{raw_dir}: no stroke files <writer>/<writer>-<n>.txt{which} (run `homus fetch` first)")
-    fp = fingerprint(raw_dir, files)
+    try:
+        stats = file_stats(raw_dir, files)
+    except OSError as e:
+        raise user_os_error(e) or e from None
+    fp = fingerprint(raw_dir, files, stats)
     results, todo = [], []
     for s in dict.fromkeys(variants):  # the same settings twice are rendered once
         vdir = rendered_dir / s.name
@@ -223,21 +252,29 @@ def render_variants(raw_dir: str | Path, rendered_dir: str | Path, variants: Seq
                 results.append(VariantResult(vdir, s, "up to date", _count_images(vdir), _read_skipped(vdir)))
                 log(f"{vdir}: up to date, skipped")
         if todo:
-            _render_todo(raw_dir, rendered_dir, files, fp, todo, jobs, skip_invalid, progress, log, results, extra)
+            _render_todo(raw_dir, rendered_dir, files, stats, fp, todo, jobs, skip_invalid, progress, log, results,
+                         whole=writers is None and not extra, extra=extra)
     return results
 
 
-def _render_todo(raw_dir: Path, rendered_dir: Path, files: list[str], fp: str, todo: list[RenderSettings],
-                 jobs: int, skip_invalid: bool, progress, log, results: list[VariantResult],
-                 extra: Sequence[str | Path] = ()) -> None:
+def _render_todo(raw_dir: Path, rendered_dir: Path, files: list[str], stats: list[tuple[int, int]], fp: str,
+                 todo: list[RenderSettings], jobs: int, skip_invalid: bool, progress, log, results: list[VariantResult],
+                 whole: bool, extra: Sequence[str | Path] = ()) -> None:
     """Render ``todo`` (whose locks are held) into staging folders and swap each into place; the
-    staging folders are removed on every exit path."""
+    staging folders are removed on every exit path. Files the stroke index holds unchanged are not
+    parsed again; when ``files`` are the whole raw folder (``whole``) and some had to be parsed,
+    the index is written anew."""
     from joblib import Parallel, delayed, effective_n_jobs
 
     staging, outputs = {}, None
     jobs = effective_n_jobs(jobs)
-    log(f"rendering {len(files):,} samples into {len(todo)} variant(s) with {jobs} worker(s)")
-    rows, errors, digests = [], [], {}
+    index = read_index(raw_dir)
+    where = index.lookup(files, stats) if index else [None] * len(files)
+    hits = index.take([p for p in where if p is not None]) if index else None
+    misses = [rel for rel, p in zip(files, where, strict=True) if p is None]
+    log(f"rendering {len(files):,} samples into {len(todo)} variant(s) with {jobs} worker(s)"
+        + (f" ({len(files) - len(misses):,} from the stroke index)" if hits and len(hits.files) else ""))
+    rows, errors, digests, parsed = [], [], dict(zip(hits.files, hits.digests, strict=True)) if hits else {}, []
     try:
         for s in todo:
             _clear_leftovers(rendered_dir, s.name)
@@ -245,16 +282,23 @@ def _render_todo(raw_dir: Path, rendered_dir: Path, files: list[str], fp: str, t
             for label in LABELS:
                 (staging[s] / label).mkdir(parents=True)
         targets = [(s, str(staging[s])) for s in todo]
-        chunks = _chunks(files, jobs)
+        tasks = [delayed(_render_chunk)(str(raw_dir), c, targets, os.getpid(), keep=whole)
+                 for c in (misses[a:b] for a, b in _spans(len(misses), jobs))]
+        if hits and hits.files:
+            tasks += [delayed(_render_chunk)(str(raw_dir), hits.files[a:b], targets, os.getpid(),
+                                             known=(hits.labels[a:b], hits.packed.slice(a, b)))
+                      for a, b in _spans(len(hits.files), jobs)]
         if jobs > 1:
-            outputs = Parallel(n_jobs=jobs, return_as="generator_unordered")(
-                delayed(_render_chunk)(str(raw_dir), c, targets, os.getpid()) for c in chunks)
+            # strokes go to the workers pickled: no temporary memory-mapped files to create and delete
+            outputs = Parallel(n_jobs=jobs, return_as="generator_unordered", max_nbytes=None)(tasks)
         else:
-            outputs = (_render_chunk(str(raw_dir), c, targets, os.getpid()) for c in chunks)
+            outputs = (f(*args, **kwargs) for f, args, kwargs in tasks)
         for chunk in outputs:
             rows += chunk.rows
             errors += chunk.errors
             digests.update(chunk.digests)
+            if chunk.parsed and chunk.parsed[0]:
+                parsed.append(chunk.parsed)
             if progress:
                 progress(len(chunk.rows) + len(chunk.errors))
         errors.sort(key=lambda e: natural_key(e[0]))
@@ -265,6 +309,8 @@ def _render_todo(raw_dir: Path, rendered_dir: Path, files: list[str], fp: str, t
         if not rows:
             raise RenderError(f"{raw_dir}: every stroke file is bad; nothing to render")
         rows.sort(key=lambda r: natural_key(r[3]))
+        if parsed:
+            _update_index(raw_dir, files, stats, digests, hits, parsed, log)
         info = read_info(raw_dir)
         dataset = {"version": info.get("version", "unknown"), "source": info.get("source"),
                    "sha256": content_hash(digests), "samples": len(rows),
@@ -289,6 +335,24 @@ def _render_todo(raw_dir: Path, rendered_dir: Path, files: list[str], fp: str, t
             outputs.close()
         for st in staging.values():
             shutil.rmtree(st, ignore_errors=True)
+
+
+def _update_index(raw_dir: Path, files: list[str], stats: list[tuple[int, int]], digests: dict[str, str],
+                  hits: StrokeIndex | None, parsed: list[tuple[list[str], list[str], Packed]], log) -> None:
+    """Write the stroke index of ``files``: the entries still valid and those just parsed (files
+    that failed to parse stay out). A raw folder that cannot be written to keeps no index."""
+    stat_of = dict(zip(files, stats, strict=True))
+    parts = [hits] if hits and hits.files else []
+    parts += [StrokeIndex(names, np.array([stat_of[r] for r in names], np.int64).reshape(-1, 2),
+                           [digests[r] for r in names], labels, packed)
+              for names, labels, packed in parsed]
+    merged = StrokeIndex.concat(parts)
+    order = {rel: i for i, rel in enumerate(files)}
+    merged = merged.take(sorted(range(len(merged.files)), key=lambda i: order[merged.files[i]]))
+    try:
+        write_index(raw_dir, merged)
+    except HomusError as e:
+        log(f"stroke index not written (files are parsed again next time): {e}")
 
 
 def _count_images(vdir: Path) -> int:

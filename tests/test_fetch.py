@@ -13,6 +13,7 @@ from conftest import HANDMADE, HOMUS_V2_SHA256, sample_text, write_handmade
 
 from homus_render.dataset import DATASET_INFO, list_stroke_files, read_info
 from homus_render.fetch import ENV_SOURCE, OFFICIAL, FetchError, fetch, resolve_source
+from homus_render.index import INDEX
 from homus_render.labels import LABEL_SET
 
 
@@ -71,8 +72,9 @@ def test_full_fetch(raw_full: Path):
     assert (info["samples"], info["writers"], info["labels"]) == (15_200, 100, 32)
     assert info["invalid"] == []
     assert info["sha256"] == files_hash(raw_full, files) == HOMUS_V2_SHA256
-    # nothing else was left: no staging folder, no in-progress marker, no zip members besides samples
-    assert sorted(p.name for p in raw_full.iterdir() if not p.name.isdigit()) == [DATASET_INFO]
+    # nothing else was left: no staging folder, no in-progress marker, no zip members besides samples;
+    # beside homus.json, only the stroke index that renders read instead of parsing every file
+    assert sorted(p.name for p in raw_full.iterdir() if not p.name.isdigit()) == [INDEX, DATASET_INFO]
 
 
 def test_full_fetch_labels(raw_full: Path):
@@ -94,7 +96,7 @@ def test_second_fetch_does_nothing(raw_full: Path, homus_zip: Path):
     assert report.sha256 == HOMUS_V2_SHA256
     assert "already there" in report.summary()
     assert {p: p.stat().st_mtime_ns for p in before} == before
-    assert not [p for p in raw_full.iterdir() if p.name.startswith(".")]
+    assert [p.name for p in raw_full.iterdir() if p.name.startswith(".")] == [INDEX]  # no staging left
 
 
 def test_other_version_into_the_same_folder_is_refused(raw_full: Path, homus_zip: Path):

@@ -1,0 +1,210 @@
+"""Rendering many samples at once, and the stroke index that spares a render from parsing.
+
+``render_many`` must give :func:`render`'s images byte for byte, and a render that reads the
+index must write exactly the files of one that parses; an index that is stale, damaged or
+foreign is never believed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import sample_text, synthetic_samples
+
+from homus_render.dataset import file_stats, list_stroke_files, load_samples
+from homus_render.errors import PathError
+from homus_render.fetch import fetch
+from homus_render.index import INDEX, INDEX_FORMAT, StrokeIndex, read_index
+from homus_render.render import RenderSettings, render, render_many
+from homus_render.strokes import Packed
+from homus_render.variants import RenderError, render_variants
+
+SETTINGS = [
+    RenderSettings(thickness=3, width=64, height=64),
+    RenderSettings(thickness=1, width=32, height=32, margin=0),  # ink at the edges: drawn alone
+    RenderSettings(thickness=5, width=48, height=40, margin=0),
+    RenderSettings(thickness=2, width=40, height=56, margin=1, antialias=False),
+    RenderSettings(thickness=1, width=24, height=24, margin=0, antialias=False),
+    RenderSettings(thickness=3, width=64, height=64, staff_lines=True),
+    RenderSettings(thickness=9, width=24, height=20, margin=0, staff_lines=True, staff_spacing=3),
+    RenderSettings(thickness=4, width=48, height=48, fit="crop"),
+]
+
+
+def odd_symbols() -> list[tuple[np.ndarray, ...]]:
+    """Symbols that test the edges of drawing: a single point, a pen that never moved, lines
+    without height or width, a tiny step, far-off points, and random scribbles."""
+    rng = np.random.default_rng(0)
+    odd = [(np.array([[5.0, 5.0]]),), (np.array([[0.0, 0.0], [10.0, 0.0]]),),
+           (np.array([[0.0, 0.0], [0.0, 30.0]]), np.array([[3.0, 3.0], [3.0, 3.0]])),
+           (np.array([[1.0, 1.0]] * 3),), (np.array([[0.0, 0.0], [1e-9, 0.0]]), np.array([[200.0, 400.0]]))]
+    odd += [tuple(rng.uniform(-50, 50, (rng.integers(1, 8), 2)) for _ in range(rng.integers(1, 4)))
+            for _ in range(150)]
+    return odd
+
+
+@pytest.mark.parametrize("s", SETTINGS, ids=lambda s: s.name)
+def test_render_many_draws_what_render_draws(s: RenderSettings):
+    symbols = [tuple(np.asarray(st, np.float64) for st in strokes) for *_, strokes in synthetic_samples()]
+    symbols += odd_symbols()
+    many = render_many(Packed.of(symbols), s)
+    assert many.shape == (len(symbols), s.height, s.width) and many.dtype == np.uint8
+    for i, strokes in enumerate(symbols):
+        assert np.array_equal(many[i], render(strokes, s)), f"sample {i} differs"
+
+
+def test_render_many_shares_a_canvas_yet_matches_across_canvas_breaks(monkeypatch):
+    """Several canvases of a few samples each: the breaks between canvases change nothing."""
+    import homus_render.render as R
+
+    symbols = [tuple(np.asarray(st, np.float64) for st in strokes) for *_, strokes in synthetic_samples()][:50]
+    s = RenderSettings(thickness=2, width=32, height=32)
+    whole = render_many(Packed.of(symbols), s)
+    monkeypatch.setattr(R, "BATCH_PIXELS", 3 * (32 * 4) ** 2)  # three samples per canvas
+    assert np.array_equal(render_many(Packed.of(symbols), s), whole)
+    assert render_many(Packed.of([]), s).shape == (0, 32, 32)
+
+
+def test_packed_round_trip_slices_and_bad_counts():
+    symbols = odd_symbols()[:20]
+    packed = Packed.of(symbols)
+    assert len(packed) == 20
+    for got, want in zip(packed.unpack(), symbols, strict=True):
+        assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+    part = packed.slice(5, 9).unpack()
+    assert len(part) == 4 and all(np.array_equal(a, b) for a, b in zip(part[0], symbols[5], strict=True))
+    with pytest.raises(ValueError, match="counts must add up"):
+        Packed(np.zeros((3, 2)), np.array([2]), np.array([1]))
+    with pytest.raises(ValueError, match="counts must add up"):
+        Packed(np.zeros((0, 2)), np.array([0]), np.array([1]))  # an empty stroke
+
+
+# --- the stroke index ---------------------------------------------------------------------------
+
+@pytest.fixture
+def raw(synthetic_raw: Path, tmp_path: Path) -> Path:
+    shutil.copytree(synthetic_raw, tmp_path / "raw")
+    return tmp_path / "raw"
+
+
+def rendered_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file of a rendered variant, by relative path (variant.json aside: it records times)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != "variant.json"}
+
+
+def render_logged(raw: Path, out: Path, s: RenderSettings, **kw) -> tuple[Path, list[str]]:
+    lines: list[str] = []
+    [result] = render_variants(raw, out, [s], jobs=1, force=True, log=lines.append, **kw)
+    return result.path, lines
+
+
+S = RenderSettings(thickness=2, width=32, height=32)
+
+
+def test_a_render_writes_the_index_and_the_next_reads_it_with_the_same_files(raw: Path, tmp_path: Path):
+    assert not (raw / INDEX).exists()
+    first, log1 = render_logged(raw, tmp_path / "a", S)
+    index = read_index(raw)
+    files = list_stroke_files(raw)
+    assert index is not None and index.files == files and len(index.packed) == len(files) == 576
+    assert not any("stroke index" in line for line in log1)
+    second, log2 = render_logged(raw, tmp_path / "b", S)
+    assert any("576 from the stroke index" in line for line in log2)
+    assert rendered_bytes(first) == rendered_bytes(second)
+    # what the index holds is what the parser reads
+    for got, sample in zip(index.packed.unpack(), load_samples(raw), strict=True):
+        assert all(np.array_equal(a, b) for a, b in zip(got, sample.strokes, strict=True))
+    assert index.labels == [s.label for s in load_samples(raw)]
+
+
+def test_a_changed_file_is_parsed_again(raw: Path, tmp_path: Path):
+    render_logged(raw, tmp_path / "a", S)
+    path = raw / "2/2-5.txt"
+    label = path.read_text().splitlines()[0]
+    new = [[(0, 0), (40, 0), (40, 40)]]
+    path.write_text(sample_text(label, new))
+    os.utime(path, ns=(1, 1))  # another time: the index's entry no longer applies
+    out, log = render_logged(raw, tmp_path / "b", S)
+    assert any("575 from the stroke index" in line for line in log)
+    import cv2
+
+    img = cv2.imread(str(out / label / "2-5.png"), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(img, render([np.array(new[0], np.float64)], S))
+    index = read_index(raw)
+    i = index.files.index("2/2-5.txt")
+    assert tuple(index.stats[i]) == tuple(file_stats(raw, ["2/2-5.txt"])[0])
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "other format", "counts"])
+def test_a_damaged_or_foreign_index_is_ignored_and_replaced(raw: Path, tmp_path: Path, damage: str):
+    good, _ = render_logged(raw, tmp_path / "a", S)
+    expected = rendered_bytes(good)
+    data = (raw / INDEX).read_bytes()
+    index = read_index(raw)
+    if damage == "garbage":
+        (raw / INDEX).write_bytes(b"not an index at all")
+    elif damage == "truncated":
+        (raw / INDEX).write_bytes(data[: len(data) // 2])
+    elif damage == "other format":
+        np.savez(raw / INDEX, format=np.array([INDEX_FORMAT + 1]))
+    else:  # one stroke count too many: the layout does not add up
+        np.savez(raw / INDEX, format=np.array([INDEX_FORMAT]), files=np.array(index.files), stats=index.stats,
+                 digests=np.array(index.digests), labels=np.array(index.labels), points=index.packed.points,
+                 stroke_lengths=index.packed.stroke_lengths, n_strokes=index.packed.n_strokes + 1)
+    assert read_index(raw) is None
+    out, log = render_logged(raw, tmp_path / "b", S)
+    assert not any("from the stroke index" in line for line in log)
+    assert rendered_bytes(out) == expected
+    assert read_index(raw) is not None and read_index(raw).files == index.files
+
+
+def test_a_subset_render_uses_the_index_but_never_writes_it(raw: Path, tmp_path: Path):
+    render_logged(raw, tmp_path / "a", S, writers={"1", "2"})
+    assert not (raw / INDEX).exists()
+    render_logged(raw, tmp_path / "b", S)
+    before = (raw / INDEX).stat().st_mtime_ns
+    _, log = render_logged(raw, tmp_path / "c", S, writers={"3"})
+    assert any("96 from the stroke index" in line for line in log)
+    assert (raw / INDEX).stat().st_mtime_ns == before
+
+
+def test_a_bad_file_stays_out_of_the_index_and_is_reported_every_time(raw: Path, tmp_path: Path):
+    (raw / "1/1-3.txt").write_text("Dot\n1,2;3\n")
+    for out in ("a", "b"):
+        with pytest.raises(RenderError, match=r"1-3\.txt:2: odd coordinates"):
+            render_variants(raw, tmp_path / out, [S], jobs=1)
+    render_variants(raw, tmp_path / "c", [S], jobs=1, skip_invalid=True)
+    index = read_index(raw)
+    assert index is not None and "1/1-3.txt" not in index.files and len(index.files) == 575
+    with pytest.raises(RenderError, match=r"1-3\.txt:2: odd coordinates"):
+        render_variants(raw, tmp_path / "d", [S], jobs=1)
+
+
+def test_a_raw_folder_that_cannot_take_the_index_still_renders(raw: Path, tmp_path: Path, monkeypatch):
+    import homus_render.variants as V
+
+    def refuse(folder, index):
+        raise PathError(f"{folder}: read-only folder")
+
+    monkeypatch.setattr(V, "write_index", refuse)
+    out, log = render_logged(raw, tmp_path / "a", S)
+    assert any("stroke index not written" in line and "read-only" in line for line in log)
+    assert not (raw / INDEX).exists() and len(list(out.glob("*/*.png"))) == 576
+
+
+def test_parallel_render_with_the_index_writes_the_same_files(raw: Path, tmp_path: Path):
+    first, _ = render_logged(raw, tmp_path / "a", S)
+    [second] = render_variants(raw, tmp_path / "b", [S], jobs=2, force=True)
+    assert rendered_bytes(first) == rendered_bytes(second.path)
+
+
+def test_fetch_writes_the_index_of_what_it_checked(synthetic_raw: Path, tmp_path: Path):
+    fetch(tmp_path / "raw", "v2", str(synthetic_raw))
+    index = read_index(tmp_path / "raw")
+    assert isinstance(index, StrokeIndex) and index.files == list_stroke_files(tmp_path / "raw")
+    assert index.lookup(index.files, file_stats(tmp_path / "raw", index.files)) == list(range(576))
