@@ -3,8 +3,10 @@
 What it measures, all in one process run, each PNG run starting from an empty output folder:
 
 * omrdatasettools ``HomusImageGenerator.create_images`` (the peer; single process, PIL);
-* homus ``render_variants`` with all cores, and with one process for reference;
-* homus ``render`` in memory (no disk): one process, and all cores with joblib;
+* homus ``render_variants`` with all cores, and with one process for reference, reading the
+  stroke index that ``fetch`` wrote; and with all cores and no index (each run parses every file);
+* homus drawing in memory (no disk): ``render_many`` (what ``render_variants`` draws with) in one
+  process and on all cores with joblib, and ``render`` sample by sample in one process;
 * a floor: PNG-encoding already rendered arrays and writing the 15,200 files, one process.
 
 The raw set is fetched once into ``<workdir>/raw`` (not timed); deleting outputs between runs is
@@ -43,9 +45,10 @@ from joblib import Parallel, delayed, effective_n_jobs
 
 from homus_render.dataset import list_stroke_files
 from homus_render.fetch import fetch
+from homus_render.index import INDEX
 from homus_render.labels import LABELS
-from homus_render.render import RenderSettings, render
-from homus_render.strokes import parse_file
+from homus_render.render import RenderSettings, render, render_many
+from homus_render.strokes import Packed, parse_file
 from homus_render.variants import _PNG, render_variants
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,13 +86,16 @@ def count_pngs(folder: Path) -> tuple[int, int]:
     return len(sizes), sum(sizes)
 
 
-def time_png_runs(name: str, workdir: Path, repeats: int, run: Callable[[Path], Path]) -> Timing:
-    """Time ``run(empty_folder) -> folder_with_class_subfolders`` ``repeats`` times, each from scratch."""
+def time_png_runs(name: str, workdir: Path, repeats: int, run: Callable[[Path], Path],
+                  before: Callable[[], None] = lambda: None) -> Timing:
+    """Time ``run(empty_folder) -> folder_with_class_subfolders`` ``repeats`` times, each from scratch
+    and after ``before()`` (untimed)."""
     seconds, count, size = [], 0, 0
     for i in range(repeats):
         out = workdir / f"out-{name.split()[0]}-{i}"
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
+        before()
         start = time.perf_counter()
         images_dir = run(out)
         seconds.append(time.perf_counter() - start)
@@ -147,49 +153,42 @@ def time_png_floor(images: list[tuple[str, np.ndarray]], workdir: Path, repeats:
 
 # --- in-memory rendering ---------------------------------------------------------------------
 
-def time_in_memory(strokes: list[Strokes], settings: RenderSettings, repeats: int) -> tuple[Timing, list[np.ndarray]]:
-    """``render`` over all samples in this process; returns the timing and the last run's images."""
+def time_in_memory(strokes: list[Strokes], settings: RenderSettings, repeats: int) -> tuple[Timing, Timing, np.ndarray]:
+    """Drawing in this process: ``render_many`` over all samples (as ``render_variants`` draws),
+    and ``render`` sample by sample. Returns both timings and the images."""
     cv2.setNumThreads(1)  # as in homus' workers: one OpenCV thread per process
-    seconds, images = [], []
+    packed = Packed.of(strokes)
+    many_s, one_s, images = [], [], None
     for _ in range(repeats):
         start = time.perf_counter()
-        images = [render(s, settings) for s in strokes]
-        seconds.append(time.perf_counter() - start)
-    return Timing("homus render, in memory, 1 process", seconds, len(images)), images
+        images = render_many(packed, settings)
+        many_s.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        for s in strokes:
+            render(s, settings)
+        one_s.append(time.perf_counter() - start)
+    return (Timing("homus render_many, in memory, 1 process", many_s, len(strokes)),
+            Timing("homus render per sample, in memory, 1 process", one_s, len(strokes)), images)
 
 
-def pack(chunk: list[Strokes]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A chunk as three flat arrays (points, points per stroke, strokes per sample): numpy arrays
-    travel to a worker in one cheap copy, where thousands of small ones pickle slowly."""
-    return (np.concatenate([st for s in chunk for st in s]),
-            np.array([len(st) for s in chunk for st in s]), np.array([len(s) for s in chunk]))
-
-
-def _render_count(points: np.ndarray, lengths: np.ndarray, per_sample: np.ndarray,
-                  settings: RenderSettings) -> int:
-    """Worker: unpack a chunk into strokes (views, no copies), render it, return only the count."""
+def _render_count(packed: Packed, settings: RenderSettings) -> int:
+    """Worker: draw a chunk, return only the count."""
     cv2.setNumThreads(1)
-    strokes = np.split(points, np.cumsum(lengths)[:-1])
-    n, start = 0, 0
-    for k in per_sample.tolist():
-        render(strokes[start:start + k], settings)
-        start += k
-        n += 1
-    return n
+    return len(render_many(packed, settings))
 
 
 def time_in_memory_parallel(strokes: list[Strokes], settings: RenderSettings, jobs: int, repeats: int) -> Timing:
-    """One chunk per worker; the time includes packing and sending the strokes to the workers."""
+    """``render_many``, one chunk per worker; the time includes packing and sending the strokes."""
     size = -(-len(strokes) // jobs)
     seconds, count = [], 0
-    with Parallel(n_jobs=jobs) as parallel:
-        parallel(delayed(_render_count)(*pack(strokes[:jobs]), settings) for _ in range(jobs))  # start workers
+    with Parallel(n_jobs=jobs, max_nbytes=None) as parallel:
+        parallel(delayed(_render_count)(Packed.of(strokes[:jobs]), settings) for _ in range(jobs))  # start workers
         for _ in range(repeats):
             start = time.perf_counter()
-            chunks = [pack(strokes[i:i + size]) for i in range(0, len(strokes), size)]
-            count = sum(parallel(delayed(_render_count)(*c, settings) for c in chunks))
+            chunks = [Packed.of(strokes[i:i + size]) for i in range(0, len(strokes), size)]
+            count = sum(parallel(delayed(_render_count)(c, settings) for c in chunks))
             seconds.append(time.perf_counter() - start)
-    return Timing(f"homus render, in memory, {jobs} processes", seconds, count)
+    return Timing(f"homus render_many, in memory, {jobs} processes", seconds, count)
 
 
 def pickle_seconds(strokes: list[Strokes]) -> tuple[float, int]:
@@ -307,15 +306,18 @@ def run_on_disk(args: argparse.Namespace, workdir: Path | None = None) -> None:
                               run_homus(raw, settings, jobs))
         homus1 = time_png_runs("homus render_variants (PNG, jobs=1)", workdir, args.repeats,
                                run_homus(raw, settings, 1))
+        # without the stroke index: each run reads and parses every file (and writes the index anew)
+        cold = time_png_runs(f"homus render_variants, no index (PNG, jobs={jobs})", workdir, args.repeats,
+                             run_homus(raw, settings, jobs), before=lambda: (raw / INDEX).unlink(missing_ok=True))
 
         samples = [parse_file(raw / rel) for rel in files]  # not timed
         strokes = [s.strokes for s in samples]
-        mem1, images = time_in_memory(strokes, settings, args.repeats)
+        mem1, single, images = time_in_memory(strokes, settings, args.repeats)
         memn = time_in_memory_parallel(strokes, settings, jobs, args.repeats)
         rendered = [(f"{s.label}/{s.id}.png", img) for s, img in zip(samples, images, strict=True)]
         encode, floor = time_png_floor(rendered, workdir, args.repeats)
 
-        rows = [omr, homus, homus1, mem1, memn, encode, floor]
+        rows = [omr, homus, homus1, cold, mem1, single, memn, encode, floor]
         for t in rows:
             runs = ", ".join(f"{s:.2f}" for s in t.seconds)
             mb = "" if t.png_bytes is None else f", {t.png_bytes / 1e6:.1f} MB of PNG"
@@ -337,7 +339,8 @@ def run_on_disk(args: argparse.Namespace, workdir: Path | None = None) -> None:
 
         speedup, speedup1 = omr.best / homus.best, omr.best / homus1.best
         print(f"homus PNG output is {speedup:.1f}x faster than omrdatasettools "
-              f"({jobs} processes; {speedup1:.1f}x in one process)")
+              f"({jobs} processes; {speedup1:.1f}x in one process; {omr.best / cold.best:.1f}x with {jobs} processes "
+              "when every file is parsed, as on the first render after raw files change)")
         print(f"target PNG output >= {TARGET_SPEEDUP:.0f}x omrdatasettools: {speedup:.1f}x with {jobs} processes "
               f"in {workdir} -> {verdict(speedup >= TARGET_SPEEDUP)}")
         print(f"target in memory >= {TARGET_IN_MEMORY:,} images/s: {memn.rate:,.0f} with {jobs} processes "
