@@ -29,7 +29,7 @@ import torch
 
 from homus_render.channels import LEVELS, ORDER, SHADES, SIZE_FULL, check_channels
 from homus_render.distort import StrokeAugment
-from homus_render.render import INK, PAPER, RenderSettings, staff_rows
+from homus_render.render import INK, MAX_SCALE, PAPER, RenderSettings, staff_rows
 
 PIECE = 2.0  # longest piece of a segment, in output pixels: shorter pieces, smaller windows
 # homus_render's strokes come out wider than its pen (its 4x fill adds about a sub-pixel): by this
@@ -189,7 +189,7 @@ def _fit_scale(lo: torch.Tensor, hi: torch.Tensor, s: RenderSettings, width: tor
     room = torch.stack([s.width - 2 * s.margin - width, s.height - 2 * s.margin - width], 1)
     ratio = torch.where(ext > 0, room / ext.clamp_min(1e-12), torch.full_like(ext, math.inf))
     scale = ratio.min(1).values
-    return torch.where(torch.isfinite(scale), scale, torch.ones_like(scale))
+    return torch.where(torch.isfinite(scale), scale.clamp_max(MAX_SCALE), torch.ones_like(scale))
 
 
 # --- distortions -----------------------------------------------------------------------------

@@ -70,8 +70,9 @@ def check_unique_ids(raw_dir: str | Path, files: list[str]) -> None:
     from .strokes import sample_identity
 
     stems = [rel.rpartition("/")[2].rpartition(".")[0] for rel in files]
-    if len(set(stems)) == len(stems) and not _LEADING_ZERO.search("\n".join(stems)):
-        return  # distinct names without zero-padded numbers: distinct ids (the usual case, checked fast)
+    names = "\n".join(stems)
+    if len(set(stems)) == len(stems) and names.isascii() and not _LEADING_ZERO.search(names):
+        return  # distinct ASCII names without zero-padded numbers: distinct ids (the usual case, checked fast)
     seen: dict[tuple, str] = {}
     for rel in files:
         key = natural_key(sample_identity(rel)[0])
@@ -100,15 +101,15 @@ def parse_writers(spec: str | int | list | None) -> set[str] | None:
     return out
 
 
-Stat = tuple[int, int]  # (size in bytes, modification time in ns)
+Stat = tuple[int, int, int, int]  # size in bytes, modification time (ns), inode, change time (ns)
 
 
 def file_stats(raw_dir: str | Path, files: Sequence[str]) -> list[Stat]:
-    """``(size, mtime_ns)`` of each of ``files`` (relative to ``raw_dir``)."""
+    """:data:`Stat` of each of ``files`` (relative to ``raw_dir``)."""
     out = []
     for rel in files:
         st = os.stat(os.path.join(raw_dir, rel))
-        out.append((st.st_size, st.st_mtime_ns))
+        out.append((st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
     return out
 
 
@@ -118,7 +119,7 @@ def fingerprint(raw_dir: str | Path, files: list[str], stats: Sequence[Stat] | N
     if stats is None:
         stats = file_stats(raw_dir, files)
     h = hashlib.sha256()
-    for rel, (size, mtime_ns) in zip(files, stats, strict=True):
+    for rel, (size, mtime_ns, *_) in zip(files, stats, strict=True):
         h.update(f"{rel}\0{size}\0{mtime_ns}\n".encode())
     return h.hexdigest()
 

@@ -17,8 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import numpy as np
-
 from .atomic import write_json
 from .dataset import DATASET_INFO, content_hash, file_digest, file_stats, hash_folder, list_stroke_files, read_info
 from .errors import HomusError, PathError, check_writable_dir, user_os_error
@@ -128,9 +126,9 @@ def _fetch_into(raw_dir: Path, version: str, src: str, progress) -> FetchReport:
             raise FetchError(f"source {src}: no such file, folder or http(s) URL")
         report, index = _check(staging, version, src)
         _move_into_place(staging, raw_dir, report)
-        try:  # a cache for renders; a fetch is complete without it
+        try:  # a cache for renders: a fetch is complete without it
             write_index(raw_dir, index)
-        except HomusError:
+        except Exception:  # never undo a finished fetch over its cache
             pass
     return report
 
@@ -283,8 +281,8 @@ def _check(staging: Path, version: str, source: str) -> tuple[FetchReport, Strok
         good.append(i)
         good_labels.append(sample.label)
         symbols.append(sample.strokes)
-    index = StrokeIndex([files[i] for i in good], np.array([stats[i] for i in good], np.int64).reshape(-1, 2),
-                        [digests[files[i]] for i in good], good_labels, Packed.of(symbols))
+    index = StrokeIndex.of([files[i] for i in good], [stats[i] for i in good], [digests[files[i]] for i in good],
+                           good_labels, Packed.of(symbols))
     return FetchReport(staging, version, source, len(files), len(writers), len(labels), invalid,
                        content_hash(digests)), index
 

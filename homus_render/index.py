@@ -2,57 +2,84 @@
 one file instead of parsing 15,200.
 
 ``<raw>/.homus-strokes.npz`` holds, per stroke file, its path relative to the raw folder, its
-size and modification time when it was parsed, the sha256 of its bytes, its label, and its
-strokes (:class:`~homus_render.strokes.Packed`). An entry is used only while the file's size and
-modification time are unchanged (the same test that decides whether a rendered variant is up to
-date); anything else is parsed again. The index is a cache: a missing, unreadable, foreign or
-older-format index is ignored, never trusted, and never an error.
+size, modification time, inode and change time when it was parsed, the sha256 of its bytes, its
+label, and its strokes (:class:`~homus_render.strokes.Packed`). An entry is used only while all
+four are unchanged, and only by the parser that wrote it (the index records a hash of the
+parser's source); anything else is parsed again. The index is a cache: a missing, unreadable,
+inconsistent or foreign index is ignored, never trusted, and never an error.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
-import zipfile
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 
+from . import labels as _labels_module
+from . import strokes as _strokes_module
 from .atomic import write_bytes
 from .dataset import Stat
-from .strokes import Packed
+from .labels import LABEL_SET
+from .strokes import MAX_COORD, Packed
 
 INDEX = ".homus-strokes.npz"
-#: Bump when the parser or this layout changes what an entry means: older indexes are then ignored.
+#: Bump when this file layout changes: indexes of another format are ignored.
 INDEX_FORMAT = 1
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 
-@dataclass(frozen=True)
+@cache
+def parser_identity() -> str:
+    """A hash of the parser's source (``strokes.py``, ``labels.py``): an index written by another
+    parser is ignored, so a fix to parsing can never be hidden by an old index."""
+    h = hashlib.sha256()
+    for module in (_strokes_module, _labels_module):
+        try:
+            h.update(Path(module.__file__).read_bytes())
+        except (OSError, TypeError):  # no source at hand: never trust an index
+            return "unknown"
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, eq=False)
 class StrokeIndex:
     """Parsed stroke files: entry ``i`` is ``files[i]`` with ``labels[i]``, ``digests[i]`` and the
     ``i``-th sample of ``packed``, parsed when the file had ``stats[i]``."""
 
     files: list[str]
-    stats: np.ndarray  # (n, 2) int64: size, mtime_ns
+    stats: np.ndarray  # (n, 4) int64: one Stat per file
     digests: list[str]
     labels: list[str]
     packed: Packed
 
     def __post_init__(self) -> None:
         n = len(self.files)
-        if self.stats.shape != (n, 2) or not len(self.digests) == len(self.labels) == len(self.packed) == n:
+        if self.stats.shape != (n, 4) or not len(self.digests) == len(self.labels) == len(self.packed) == n:
             raise ValueError("stroke index: the per-file lists differ in length")
+
+    @classmethod
+    def of(cls, files: Sequence[str], stats: Sequence[Stat], digests: Sequence[str], labels: Sequence[str],
+           packed: Packed) -> StrokeIndex:
+        return cls(list(files), np.array(stats, np.int64).reshape(-1, 4), list(digests), list(labels), packed)
 
     def lookup(self, files: Sequence[str], stats: Sequence[Stat]) -> list[int | None]:
         """For each of ``files`` with its current ``stats``, the position of its still valid
         entry, or None (not indexed, or changed since)."""
+        if not self.files:
+            return [None] * len(files)
         if list(files) == self.files:  # the usual case: the same listing as when indexed
             pos = np.arange(len(files))
         else:
             where = {rel: i for i, rel in enumerate(self.files)}
             pos = np.array([where.get(rel, -1) for rel in files], np.int64)
-        ok = (pos >= 0) & (self.stats[pos] == np.asarray(stats, np.int64).reshape(-1, 2)).all(axis=1)
+        now = np.asarray(stats, np.int64).reshape(-1, 4)
+        ok = (pos >= 0) & (self.stats[np.maximum(pos, 0)] == now).all(axis=1)
         return [p if good else None for p, good in zip(pos.tolist(), ok.tolist(), strict=True)]
 
     def take(self, positions: Sequence[int]) -> StrokeIndex:
@@ -61,9 +88,8 @@ class StrokeIndex:
         if np.array_equal(pos, np.arange(len(self.files))):
             return self
         packed = self.packed
-        strokes = _ranges((np.cumsum(packed.n_strokes) - packed.n_strokes)[pos], packed.n_strokes[pos])
-        points = _ranges((np.cumsum(packed.stroke_lengths) - packed.stroke_lengths)[strokes],
-                         packed.stroke_lengths[strokes])
+        strokes = _ranges(packed.first_strokes()[pos], packed.n_strokes[pos])
+        points = _ranges(packed.first_points()[strokes], packed.stroke_lengths[strokes])
         which = pos.tolist()
         return StrokeIndex([self.files[p] for p in which], self.stats[pos],
                            [self.digests[p] for p in which], [self.labels[p] for p in which],
@@ -73,8 +99,7 @@ class StrokeIndex:
     def concat(parts: Sequence[StrokeIndex]) -> StrokeIndex:
         """The entries of ``parts``, one part after the other."""
         if not parts:
-            none = np.zeros(0, np.int64)
-            return StrokeIndex([], none.reshape(0, 2), [], [], Packed(np.zeros((0, 2)), none, none))
+            return StrokeIndex.of([], [], [], [], Packed.of([]))
         return StrokeIndex([f for p in parts for f in p.files], np.concatenate([p.stats for p in parts]),
                            [d for p in parts for d in p.digests], [lab for p in parts for lab in p.labels],
                            Packed(np.concatenate([p.packed.points for p in parts]).reshape(-1, 2),
@@ -82,9 +107,10 @@ class StrokeIndex:
                                   np.concatenate([p.packed.n_strokes for p in parts]).astype(np.int64)))
 
     def to_bytes(self) -> bytes:
+        """The index as an uncompressed ``.npz`` (no pickled objects)."""
         buf = io.BytesIO()
-        np.savez(buf, format=np.array([INDEX_FORMAT]), files=np.array(self.files, dtype=str),
-                 stats=self.stats, digests=np.array(self.digests, dtype=str),
+        np.savez(buf, format=np.array([INDEX_FORMAT]), parser=np.array(parser_identity()),
+                 files=np.array(self.files, dtype=str), stats=self.stats, digests=np.array(self.digests, dtype=str),
                  labels=np.array(self.labels, dtype=str), points=self.packed.points,
                  stroke_lengths=self.packed.stroke_lengths, n_strokes=self.packed.n_strokes)
         return buf.getvalue()
@@ -96,19 +122,41 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.repeat(starts - before, lengths) + np.arange(int(lengths.sum()))
 
 
+def _strings(a: np.ndarray, n: int | None = None) -> list[str]:
+    if a.dtype.kind != "U" or a.ndim != 1 or (n is not None and len(a) != n):
+        raise ValueError("not a list of strings")
+    return a.tolist()
+
+
+def _integers(a: np.ndarray, shape: tuple) -> np.ndarray:
+    if a.dtype.kind not in "iu" or a.ndim != len(shape) or any(s is not None and s != d
+                                                               for s, d in zip(shape, a.shape, strict=True)):
+        raise ValueError("not an integer array of the expected shape")
+    return a.astype(np.int64, copy=False)
+
+
 def read_index(raw_dir: str | Path) -> StrokeIndex | None:
-    """The raw folder's stroke index, or None where there is none that this version can trust the
-    layout of (missing, unreadable, truncated, another format)."""
-    path = Path(raw_dir) / INDEX
+    """The raw folder's stroke index, or None where there is none that can be trusted: missing,
+    unreadable, truncated, of another format or parser, or inconsistent in any way checked here
+    (names, labels, digests, counts, coordinates)."""
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if z["format"].tolist() != [INDEX_FORMAT]:
+        with np.load(Path(raw_dir) / INDEX, allow_pickle=False) as z:
+            if z["format"].tolist() != [INDEX_FORMAT] or z["parser"].tolist() != parser_identity():
                 return None
-            return StrokeIndex(z["files"].tolist(), z["stats"].astype(np.int64, copy=False), z["digests"].tolist(),
-                               z["labels"].tolist(), Packed(z["points"].astype(np.float64, copy=False),
-                                                            z["stroke_lengths"].astype(np.int64, copy=False),
-                                                            z["n_strokes"].astype(np.int64, copy=False)))
-    except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile):
+            files = _strings(z["files"])
+            n = len(files)
+            digests, labels = _strings(z["digests"], n), _strings(z["labels"], n)
+            points = z["points"]
+            if points.dtype != np.float64 or points.ndim != 2 or points.shape[1:] != (2,):
+                return None
+            index = StrokeIndex(files, _integers(z["stats"], (n, 4)), digests, labels,
+                                Packed(points, _integers(z["stroke_lengths"], (None,)),
+                                       _integers(z["n_strokes"], (n,))))
+        if (len(set(files)) != n or not set(labels) <= LABEL_SET or not all(map(_DIGEST.match, digests))
+                or not (np.abs(points) <= MAX_COORD).all()):  # also false for NaN
+            return None
+        return index
+    except Exception:  # a cache: whatever is wrong with it, the files are parsed instead
         return None
 
 

@@ -24,6 +24,9 @@ INK, PAPER = 0, 255  # black ink on white paper, as the published HOMUS images
 #: Supersampled pixels per shared canvas in :func:`render_many` (one byte each): large enough that
 #: OpenCV's calls outweigh Python's, small enough that the canvas stays in the processor's cache.
 BATCH_PIXELS = 1 << 21
+#: Pixels per tablet unit at most: a path whose extent is a tiny fraction of a tablet unit (such
+#: numbers parse) is drawn as the dot it looks like, not magnified until the numbers overflow.
+MAX_SCALE = 1e6
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,7 @@ def _fit(lo: np.ndarray, hi: np.ndarray, s: RenderSettings, width: float | None 
                                                (s.height - 2 * s.margin - pen, y1 - y0))
                   if ext > 0]
         if ratios:  # a single point has no extent to fit and keeps scale 1
-            scale = min(ratios)
+            scale = min(*ratios, MAX_SCALE)
     return scale, (s.width - 1) / 2 - (x0 + x1) / 2 * scale, (s.height - 1) / 2 - (y0 + y1) / 2 * scale
 
 
@@ -226,34 +229,40 @@ def render_many(packed: Packed, s: RenderSettings) -> np.ndarray:
     if n == 0:
         return np.zeros((0, h, w), np.uint8)
     pts, lengths = packed.points, packed.stroke_lengths
-    stroke_start = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    first_stroke = np.concatenate([[0], np.cumsum(packed.n_strokes)[:-1]])
+    stroke_start, first_stroke = packed.first_points(), packed.first_strokes()
     sample_start = stroke_start[first_stroke]
     owner = np.repeat(np.arange(n), np.diff(np.append(sample_start, len(pts))))  # sample of each point
     stroke_owner = np.repeat(np.arange(n), packed.n_strokes)
     scale, ox, oy = _fit_many(np.minimum.reduceat(pts, sample_start), np.maximum.reduceat(pts, sample_start), s)
     a, half = scale * k * _ONE, (k - 1) / 2  # as to_subpixels, operation for operation
     offset = np.stack([(ox * k + half) * _ONE, (oy * k + half) * _ONE], axis=1)
-    fixed = np.rint(pts * a[owner, None] + offset[owner]).astype(np.int64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        exact = np.rint(pts * a[owner, None] + offset[owner])
+    # a fit that overflowed (extents of 1e-300 parse) leaves values no shared canvas can hold
+    odd = ~np.logical_and.reduceat((np.abs(exact) < 2.0 ** 30).all(axis=1), sample_start)
+    fixed = np.where(odd[owner, None], 0, exact).astype(np.int64)
     still = (np.minimum.reduceat(fixed, stroke_start) == np.maximum.reduceat(fixed, stroke_start)).all(axis=1)
     pen = pen_subpixels(s)
     reach = pen * _ONE // 2 + 2 * _ONE  # the pen's half width, and half a pixel to spare
     left = np.minimum.reduceat(fixed[:, 0], sample_start) - reach
     right = np.maximum.reduceat(fixed[:, 0], sample_start) + reach
-    alone = (left < 0) | (right > (w * k - 1) * _ONE)
+    alone = odd | (left < 0) | (right > (w * k - 1) * _ONE)
     px = k * _ONE  # one output pixel in fixed point
     first_col = np.clip(left // px - 1, 0, w)  # each sample's columns [first_col, last_col)
     last_col = np.clip(right // px + 2, 0, w)
     span = np.where(alone, 0, last_col - first_col)
 
     out = np.full((n, h, w), PAPER, np.uint8)
-    _render_alone(packed, s, np.flatnonzero(alone).tolist(), into=out)
+    if alone.any():
+        symbols = packed.unpack()
+        for i in np.flatnonzero(alone).tolist():
+            out[i] = render(symbols[i], s)
     budget = max(w, BATCH_PIXELS // (h * k * k))  # columns per canvas
+    total = np.concatenate([[0], np.cumsum(span)])  # columns of all samples before each one
     b0 = 0
-    while b0 < n:  # samples b0 .. b1-1 share a canvas
-        b1 = b0 + 1 + int(np.searchsorted(np.cumsum(span[b0 + 1:]), budget - span[b0], side="right"))
-        b1 = min(b1, n)
-        col = np.concatenate([[0], np.cumsum(span[b0:b1])])  # each sample's first canvas column
+    while b0 < n:  # samples b0 .. b1-1 share a canvas: as many as fit the budget, at least one
+        b1 = min(n, max(b0 + 1, int(np.searchsorted(total, total[b0] + budget, side="right")) - 1))
+        col = total[b0:b1 + 1] - total[b0]  # each sample's first canvas column
         if col[-1] == 0:
             b0 = b1
             continue
@@ -292,27 +301,17 @@ def render_many(packed: Packed, s: RenderSettings) -> np.ndarray:
     return out
 
 
-def _render_alone(packed: Packed, s: RenderSettings, which, into: np.ndarray | None = None) -> np.ndarray:
-    """:func:`render` of the samples ``which`` of ``packed``, into ``into`` (or a new array)."""
-    out = np.empty((len(packed), s.height, s.width), np.uint8) if into is None else into
-    if len(which):
-        symbols = packed.unpack()
-        for i in which:
-            out[i] = render(symbols[i], s)
-    return out
-
-
 def _fit_many(lo: np.ndarray, hi: np.ndarray, s: RenderSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`_fit` for many paths at once (``lo``, ``hi``: ``(n, 2)``), with the same float
     operations in the same order, so the results are equal bit for bit."""
     ext = hi - lo
+    scale = np.ones(len(lo))
     if s.fit == "scale":
         room = np.array([s.width - 2 * s.margin - s.thickness, s.height - 2 * s.margin - s.thickness], np.float64)
-        ratios = np.where(ext > 0, room / np.where(ext > 0, ext, 1.0), np.inf)
-        scale = ratios.min(axis=1)
-        scale[np.isinf(scale)] = 1.0  # a single point has no extent to fit and keeps scale 1
-    else:
-        scale = np.ones(len(lo))
+        with np.errstate(over="ignore"):  # as Python's division: an extent of 1e-320 gives inf
+            ratios = np.where(ext > 0, room / np.where(ext > 0, ext, 1.0), np.inf)
+        fits = (ext > 0).any(axis=1)  # a single point has no extent to fit and keeps scale 1
+        scale[fits] = np.minimum(ratios[fits].min(axis=1), MAX_SCALE)
     ox = (s.width - 1) / 2 - (lo[:, 0] + hi[:, 0]) / 2 * scale
     oy = (s.height - 1) / 2 - (lo[:, 1] + hi[:, 1]) / 2 * scale
     return scale, ox, oy

@@ -45,18 +45,21 @@ class Sample:
     strokes: tuple[np.ndarray, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Packed:
     """Many samples' strokes as three flat arrays: all points ``(P, 2)`` float64, the number of
-    points of each stroke and the number of strokes of each sample. A chunk travels to a worker
-    process in three cheap copies (thousands of small arrays pickle slowly), and drawing code can
-    work on all samples at once."""
+    points of each stroke and the number of strokes of each sample (int64). A chunk travels to a
+    worker process in three cheap copies (thousands of small arrays pickle slowly), and drawing
+    code can work on all samples at once."""
 
     points: np.ndarray
     stroke_lengths: np.ndarray
     n_strokes: np.ndarray
 
     def __post_init__(self) -> None:
+        if (self.points.dtype != np.float64 or self.stroke_lengths.dtype != np.int64
+                or self.n_strokes.dtype != np.int64):
+            raise ValueError("packed strokes: points must be float64 and counts int64")
         if (self.points.ndim != 2 or self.points.shape[1:] != (2,) or self.stroke_lengths.ndim != 1
                 or self.n_strokes.ndim != 1 or self.stroke_lengths.sum() != len(self.points)
                 or self.n_strokes.sum() != len(self.stroke_lengths) or (self.stroke_lengths < 1).any()
@@ -75,6 +78,14 @@ class Packed:
     def __len__(self) -> int:
         return len(self.n_strokes)
 
+    def first_points(self) -> np.ndarray:
+        """Each stroke's first index in ``points``."""
+        return np.cumsum(self.stroke_lengths) - self.stroke_lengths
+
+    def first_strokes(self) -> np.ndarray:
+        """Each sample's first stroke."""
+        return np.cumsum(self.n_strokes) - self.n_strokes
+
     def slice(self, start: int, stop: int) -> Packed:
         """Samples ``start`` to ``stop - 1``, as views."""
         ends = np.cumsum(self.n_strokes)
@@ -85,7 +96,7 @@ class Packed:
 
     def unpack(self) -> list[tuple[np.ndarray, ...]]:
         """Each sample's strokes, as views into ``points``."""
-        strokes = np.split(self.points, np.cumsum(self.stroke_lengths)[:-1]) if len(self.points) else []
+        strokes = np.split(self.points, self.first_points()[1:]) if len(self.points) else []
         ends = np.cumsum(self.n_strokes).tolist()
         return [tuple(strokes[a:b]) for a, b in zip([0] + ends[:-1], ends, strict=True)]
 

@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
-import numpy as np
 
 from . import __version__
 from .atomic import is_stale, write_bytes, write_json
-from .dataset import content_hash, file_digest, file_stats, fingerprint, list_stroke_files, natural_key, read_info
+from .dataset import Stat, content_hash, file_digest, file_stats, fingerprint, list_stroke_files, natural_key, read_info
 from .errors import HomusError, check_writable_dir, user_os_error
 from .index import StrokeIndex, read_index, write_index
 from .labels import LABELS
@@ -253,13 +252,13 @@ def render_variants(raw_dir: str | Path, rendered_dir: str | Path, variants: Seq
                 log(f"{vdir}: up to date, skipped")
         if todo:
             _render_todo(raw_dir, rendered_dir, files, stats, fp, todo, jobs, skip_invalid, progress, log, results,
-                         whole=writers is None and not extra, extra=extra)
+                         whole=writers is None and not extra, extra=extra, use_index=not force)
     return results
 
 
-def _render_todo(raw_dir: Path, rendered_dir: Path, files: list[str], stats: list[tuple[int, int]], fp: str,
+def _render_todo(raw_dir: Path, rendered_dir: Path, files: list[str], stats: list[Stat], fp: str,
                  todo: list[RenderSettings], jobs: int, skip_invalid: bool, progress, log, results: list[VariantResult],
-                 whole: bool, extra: Sequence[str | Path] = ()) -> None:
+                 whole: bool, extra: Sequence[str | Path] = (), use_index: bool = True) -> None:
     """Render ``todo`` (whose locks are held) into staging folders and swap each into place; the
     staging folders are removed on every exit path. Files the stroke index holds unchanged are not
     parsed again; when ``files`` are the whole raw folder (``whole``) and some had to be parsed,
@@ -268,13 +267,13 @@ def _render_todo(raw_dir: Path, rendered_dir: Path, files: list[str], stats: lis
 
     staging, outputs = {}, None
     jobs = effective_n_jobs(jobs)
-    index = read_index(raw_dir)
+    index = read_index(raw_dir) if use_index else None  # --force reads every file again
     where = index.lookup(files, stats) if index else [None] * len(files)
-    hits = index.take([p for p in where if p is not None]) if index else None
+    hits = index.take([p for p in where if p is not None]) if index else StrokeIndex.of([], [], [], [], Packed.of([]))
     misses = [rel for rel, p in zip(files, where, strict=True) if p is None]
     log(f"rendering {len(files):,} samples into {len(todo)} variant(s) with {jobs} worker(s)"
-        + (f" ({len(files) - len(misses):,} from the stroke index)" if hits and len(hits.files) else ""))
-    rows, errors, digests, parsed = [], [], dict(zip(hits.files, hits.digests, strict=True)) if hits else {}, []
+        + (f" ({len(hits.files):,} from the stroke index)" if hits.files else ""))
+    rows, errors, digests, parsed = [], [], dict(zip(hits.files, hits.digests, strict=True)), []
     try:
         for s in todo:
             _clear_leftovers(rendered_dir, s.name)
@@ -284,7 +283,7 @@ def _render_todo(raw_dir: Path, rendered_dir: Path, files: list[str], stats: lis
         targets = [(s, str(staging[s])) for s in todo]
         tasks = [delayed(_render_chunk)(str(raw_dir), c, targets, os.getpid(), keep=whole)
                  for c in (misses[a:b] for a, b in _spans(len(misses), jobs))]
-        if hits and hits.files:
+        if hits.files:
             tasks += [delayed(_render_chunk)(str(raw_dir), hits.files[a:b], targets, os.getpid(),
                                              known=(hits.labels[a:b], hits.packed.slice(a, b)))
                       for a, b in _spans(len(hits.files), jobs)]
@@ -337,21 +336,20 @@ def _render_todo(raw_dir: Path, rendered_dir: Path, files: list[str], stats: lis
             shutil.rmtree(st, ignore_errors=True)
 
 
-def _update_index(raw_dir: Path, files: list[str], stats: list[tuple[int, int]], digests: dict[str, str],
-                  hits: StrokeIndex | None, parsed: list[tuple[list[str], list[str], Packed]], log) -> None:
+def _update_index(raw_dir: Path, files: list[str], stats: list[Stat], digests: dict[str, str], hits: StrokeIndex,
+                  parsed: list[tuple[list[str], list[str], Packed]], log) -> None:
     """Write the stroke index of ``files``: the entries still valid and those just parsed (files
-    that failed to parse stay out). A raw folder that cannot be written to keeps no index."""
+    that failed to parse stay out). The index is a cache: should writing it fail, the render
+    goes on and the files are parsed again next time."""
     stat_of = dict(zip(files, stats, strict=True))
-    parts = [hits] if hits and hits.files else []
-    parts += [StrokeIndex(names, np.array([stat_of[r] for r in names], np.int64).reshape(-1, 2),
-                           [digests[r] for r in names], labels, packed)
-              for names, labels, packed in parsed]
+    parts = [hits] + [StrokeIndex.of(names, [stat_of[r] for r in names], [digests[r] for r in names], labels, packed)
+                      for names, labels, packed in parsed]
     merged = StrokeIndex.concat(parts)
     order = {rel: i for i, rel in enumerate(files)}
-    merged = merged.take(sorted(range(len(merged.files)), key=lambda i: order[merged.files[i]]))
     try:
+        merged = merged.take(sorted(range(len(merged.files)), key=lambda i: order[merged.files[i]]))
         write_index(raw_dir, merged)
-    except HomusError as e:
+    except Exception as e:  # a cache never fails the render it speeds up
         log(f"stroke index not written (files are parsed again next time): {e}")
 
 

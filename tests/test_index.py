@@ -18,7 +18,7 @@ from conftest import sample_text, synthetic_samples
 from homus_render.dataset import file_stats, list_stroke_files, load_samples
 from homus_render.errors import PathError
 from homus_render.fetch import fetch
-from homus_render.index import INDEX, INDEX_FORMAT, StrokeIndex, read_index
+from homus_render.index import INDEX, INDEX_FORMAT, StrokeIndex, parser_identity, read_index
 from homus_render.render import RenderSettings, render, render_many
 from homus_render.strokes import Packed
 from homus_render.variants import RenderError, render_variants
@@ -41,7 +41,10 @@ def odd_symbols() -> list[tuple[np.ndarray, ...]]:
     rng = np.random.default_rng(0)
     odd = [(np.array([[5.0, 5.0]]),), (np.array([[0.0, 0.0], [10.0, 0.0]]),),
            (np.array([[0.0, 0.0], [0.0, 30.0]]), np.array([[3.0, 3.0], [3.0, 3.0]])),
-           (np.array([[1.0, 1.0]] * 3),), (np.array([[0.0, 0.0], [1e-9, 0.0]]), np.array([[200.0, 400.0]]))]
+           (np.array([[1.0, 1.0]] * 3),), (np.array([[0.0, 0.0], [1e-9, 0.0]]), np.array([[200.0, 400.0]])),
+           # extents so small that the fit overflows (such numbers parse): whatever render draws
+           (np.array([[100000.0, 0.0], [100000.0, 1e-300]]),), (np.array([[0.0, 100000.0], [1e-300, 100000.0]]),),
+           (np.array([[0.0, 0.0], [1e-320, 0.0]]),)]
     odd += [tuple(rng.uniform(-50, 50, (rng.integers(1, 8), 2)) for _ in range(rng.integers(1, 4)))
             for _ in range(150)]
     return odd
@@ -99,7 +102,7 @@ def rendered_bytes(folder: Path) -> dict[str, bytes]:
 
 def render_logged(raw: Path, out: Path, s: RenderSettings, **kw) -> tuple[Path, list[str]]:
     lines: list[str] = []
-    [result] = render_variants(raw, out, [s], jobs=1, force=True, log=lines.append, **kw)
+    [result] = render_variants(raw, out, [s], jobs=1, log=lines.append, **kw)
     return result.path, lines
 
 
@@ -122,6 +125,34 @@ def test_a_render_writes_the_index_and_the_next_reads_it_with_the_same_files(raw
     assert index.labels == [s.label for s in load_samples(raw)]
 
 
+def test_force_reads_every_file_again(raw: Path, tmp_path: Path):
+    render_logged(raw, tmp_path / "a", S)
+    before = (raw / INDEX).stat().st_mtime_ns
+    _, log = render_logged(raw, tmp_path / "a", S, force=True)
+    assert not any("from the stroke index" in line for line in log)
+    assert (raw / INDEX).stat().st_mtime_ns != before and read_index(raw) is not None
+
+
+def test_a_file_rewritten_with_its_old_size_and_time_is_parsed_again(raw: Path, tmp_path: Path):
+    """Same size, modification time put back (as cp -p or rsync -t do): the inode's change time
+    still tells, so the index's entry is not used."""
+    render_logged(raw, tmp_path / "a", S)
+    path = raw / "3/3-7.txt"
+    old, st = path.read_text(), path.stat()
+    label = old.splitlines()[0]
+    body = "0,0;30,0;30,30;\n"
+    new = label + "\n" + body.rjust(len(old) - len(label) - 1, " ")  # same length, other strokes
+    assert len(new) == len(old)
+    path.write_text(new)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    out, log = render_logged(raw, tmp_path / "b", S)
+    assert any("575 from the stroke index" in line for line in log)
+    import cv2
+
+    img = cv2.imread(str(out / label / "3-7.png"), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(img, render([np.array([[0, 0], [30, 0], [30, 30]], np.float64)], S))
+
+
 def test_a_changed_file_is_parsed_again(raw: Path, tmp_path: Path):
     render_logged(raw, tmp_path / "a", S)
     path = raw / "2/2-5.txt"
@@ -140,7 +171,8 @@ def test_a_changed_file_is_parsed_again(raw: Path, tmp_path: Path):
     assert tuple(index.stats[i]) == tuple(file_stats(raw, ["2/2-5.txt"])[0])
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "other format", "counts"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "other format", "other parser", "counts", "label",
+                                    "files 2-D", "nan point", "raw member", "digest"])
 def test_a_damaged_or_foreign_index_is_ignored_and_replaced(raw: Path, tmp_path: Path, damage: str):
     good, _ = render_logged(raw, tmp_path / "a", S)
     expected = rendered_bytes(good)
@@ -152,10 +184,31 @@ def test_a_damaged_or_foreign_index_is_ignored_and_replaced(raw: Path, tmp_path:
         (raw / INDEX).write_bytes(data[: len(data) // 2])
     elif damage == "other format":
         np.savez(raw / INDEX, format=np.array([INDEX_FORMAT + 1]))
-    else:  # one stroke count too many: the layout does not add up
-        np.savez(raw / INDEX, format=np.array([INDEX_FORMAT]), files=np.array(index.files), stats=index.stats,
-                 digests=np.array(index.digests), labels=np.array(index.labels), points=index.packed.points,
-                 stroke_lengths=index.packed.stroke_lengths, n_strokes=index.packed.n_strokes + 1)
+    elif damage == "raw member":  # a zip member that is not an array at all
+        import zipfile
+
+        with zipfile.ZipFile(raw / INDEX, "w") as z:
+            z.writestr("format", b"1")
+    else:
+        fields = dict(format=np.array([INDEX_FORMAT]), parser=np.array(parser_identity()), files=np.array(index.files),
+                      stats=index.stats, digests=np.array(index.digests), labels=np.array(index.labels),
+                      points=index.packed.points, stroke_lengths=index.packed.stroke_lengths,
+                      n_strokes=index.packed.n_strokes)
+        if damage == "other parser":
+            fields["parser"] = np.array("0" * 64)
+        elif damage == "counts":  # one stroke count too many: the layout does not add up
+            fields["n_strokes"] = index.packed.n_strokes + 1
+        elif damage == "label":  # a label is also a folder name: never one from a foreign file
+            fields["labels"] = np.array(["../../outside"] + index.labels[1:])
+        elif damage == "files 2-D":
+            fields["files"] = np.array(index.files).reshape(-1, 2)
+        elif damage == "nan point":
+            points = index.packed.points.copy()
+            points[5, 1] = np.nan
+            fields["points"] = points
+        else:
+            fields["digests"] = np.array(["not a digest"] * len(index.files))
+        np.savez(raw / INDEX, **fields)
     assert read_index(raw) is None
     out, log = render_logged(raw, tmp_path / "b", S)
     assert not any("from the stroke index" in line for line in log)
@@ -199,7 +252,7 @@ def test_a_raw_folder_that_cannot_take_the_index_still_renders(raw: Path, tmp_pa
 
 def test_parallel_render_with_the_index_writes_the_same_files(raw: Path, tmp_path: Path):
     first, _ = render_logged(raw, tmp_path / "a", S)
-    [second] = render_variants(raw, tmp_path / "b", [S], jobs=2, force=True)
+    [second] = render_variants(raw, tmp_path / "b", [S], jobs=2)
     assert rendered_bytes(first) == rendered_bytes(second.path)
 
 
@@ -208,3 +261,39 @@ def test_fetch_writes_the_index_of_what_it_checked(synthetic_raw: Path, tmp_path
     index = read_index(tmp_path / "raw")
     assert isinstance(index, StrokeIndex) and index.files == list_stroke_files(tmp_path / "raw")
     assert index.lookup(index.files, file_stats(tmp_path / "raw", index.files)) == list(range(576))
+
+
+def test_an_empty_index_is_harmless(tmp_path: Path):
+    """A fetch where no file parses writes an index of nothing; the render then says what is wrong."""
+    src = tmp_path / "src/1"
+    src.mkdir(parents=True)
+    (src / "1-1.txt").write_text("Dot\n1,2;3\n")
+    fetch(tmp_path / "raw", "v2", str(tmp_path / "src"))
+    index = read_index(tmp_path / "raw")
+    assert index is not None and index.files == []
+    assert index.lookup(["1/1-1.txt", "1/1-2.txt"], [(1, 2, 3, 4)] * 2) == [None, None]
+    with pytest.raises(RenderError, match="every stroke file is bad"):
+        render_variants(tmp_path / "raw", tmp_path / "out", [S], jobs=1, skip_invalid=True)
+
+
+def test_names_that_differ_only_in_unicode_digits_are_one_sample_id(tmp_path: Path):
+    from homus_render.dataset import DuplicateSampleError
+
+    (tmp_path / "1").mkdir()
+    for name in ("1-1.txt", "1-\u0661.txt"):  # ARABIC-INDIC DIGIT ONE reads as 1
+        (tmp_path / "1" / name).write_text(sample_text("Dot", [[(1, 1)]]))
+    with pytest.raises(DuplicateSampleError, match="same sample id"):
+        list_stroke_files(tmp_path)
+
+
+def test_a_path_too_small_to_fit_is_drawn_as_a_dot_without_warnings():
+    """Extents of 1e-300 tablet units parse; the fit must not magnify them until numbers overflow."""
+    import warnings
+
+    s = RenderSettings(thickness=3, width=32, height=32)
+    dot = render([np.array([[7.0, 7.0]])], s)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for path in ([[1e5, 0.0], [1e5, 1e-300]], [[0.0, 1e5], [1e-300, 1e5]], [[0.0, 0.0], [1e-320, 0.0]]):
+            assert np.array_equal(render([np.array(path)], s), dot)
+            assert np.array_equal(render_many(Packed.of([(np.array(path),)]), s)[0], dot)
