@@ -49,7 +49,7 @@ from homus_render.index import INDEX
 from homus_render.labels import LABELS
 from homus_render.render import RenderSettings, render, render_many
 from homus_render.strokes import Packed, parse_file
-from homus_render.variants import _PNG, render_variants
+from homus_render.variants import _IMAGE_PIXELS, _PNG, _spans, render_variants
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SOURCE = REPO.parent / "shared/datasets/HOMUS-v2.zip"
@@ -119,7 +119,7 @@ def run_omr(raw: Path, settings: RenderSettings) -> Callable[[Path], Path]:
 
 def run_homus(raw: Path, settings: RenderSettings, jobs: int) -> Callable[[Path], Path]:
     def run(out: Path) -> Path:
-        [result] = render_variants(raw, out, [settings], jobs=jobs, force=True)
+        [result] = render_variants(raw, out, [settings], jobs=jobs)  # a fresh folder: nothing is up to date
         return result.path
     return run
 
@@ -153,15 +153,18 @@ def time_png_floor(images: list[tuple[str, np.ndarray]], workdir: Path, repeats:
 
 # --- in-memory rendering ---------------------------------------------------------------------
 
-def time_in_memory(strokes: list[Strokes], settings: RenderSettings, repeats: int) -> tuple[Timing, Timing, np.ndarray]:
-    """Drawing in this process: ``render_many`` over all samples (as ``render_variants`` draws),
-    and ``render`` sample by sample. Returns both timings and the images."""
+def time_in_memory(strokes: list[Strokes], settings: RenderSettings, jobs: int,
+                   repeats: int) -> tuple[Timing, Timing, list[np.ndarray]]:
+    """Drawing in this process: ``render_many`` over the chunks ``render_variants`` gives its
+    ``jobs`` workers, in the groups a worker draws at once, and ``render`` sample by sample.
+    Returns both timings and the images."""
     cv2.setNumThreads(1)  # as in homus' workers: one OpenCV thread per process
-    packed = Packed.of(strokes)
-    many_s, one_s, images = [], [], None
+    step = max(1, _IMAGE_PIXELS // (settings.width * settings.height))
+    groups = [Packed.of(strokes[i:min(i + step, b)]) for a, b in _spans(len(strokes), jobs) for i in range(a, b, step)]
+    many_s, one_s, images = [], [], []
     for _ in range(repeats):
         start = time.perf_counter()
-        images = render_many(packed, settings)
+        images = [img for g in groups for img in render_many(g, settings)]
         many_s.append(time.perf_counter() - start)
         start = time.perf_counter()
         for s in strokes:
@@ -312,7 +315,7 @@ def run_on_disk(args: argparse.Namespace, workdir: Path | None = None) -> None:
 
         samples = [parse_file(raw / rel) for rel in files]  # not timed
         strokes = [s.strokes for s in samples]
-        mem1, single, images = time_in_memory(strokes, settings, args.repeats)
+        mem1, single, images = time_in_memory(strokes, settings, jobs, args.repeats)
         memn = time_in_memory_parallel(strokes, settings, jobs, args.repeats)
         rendered = [(f"{s.label}/{s.id}.png", img) for s, img in zip(samples, images, strict=True)]
         encode, floor = time_png_floor(rendered, workdir, args.repeats)
