@@ -271,16 +271,19 @@ def render_many(packed: Packed, s: RenderSettings) -> np.ndarray:
         j = owner[p0:p1] - b0
         shifted = fixed[p0:p1].copy()
         shifted[:, 0] += (col[:-1][j] - first_col[b0:b1][j]) * px
-        pieces = np.split(shifted.astype(np.int32).reshape(-1, 1, 2), (stroke_start[s0 + 1:s1] - p0).tolist())
+        shifted = shifted.astype(np.int32).reshape(-1, 1, 2)
+        starts = (stroke_start[s0:s1] - p0).tolist()
+        ends = starts[1:] + [int(p1 - p0)]
         keep = ~alone[stroke_owner[s0:s1]]
-        dots = (still[s0:s1] & keep).tolist()
         big = np.full((h * k, int(col[-1]) * k), PAPER, np.uint8)
-        polys = [p for p, line in zip(pieces, (~still[s0:s1] & keep).tolist(), strict=True) if line]
+        polys = [shifted[a:b] for a, b, line in zip(starts, ends, (~still[s0:s1] & keep).tolist(), strict=True)
+                 if line]
         if polys:
             cv2.polylines(big, polys, False, INK, pen, cv2.LINE_8, _SHIFT)
-        for p, dot in zip(pieces, dots, strict=True):
+        for a, dot in zip(starts, (still[s0:s1] & keep).tolist(), strict=True):
             if dot:  # a pen that never moved leaves a dot as wide as the stroke
-                cv2.circle(big, (int(p[0, 0, 0]), int(p[0, 0, 1])), pen * _ONE // 2, INK, -1, cv2.LINE_8, _SHIFT)
+                cv2.circle(big, (int(shifted[a, 0, 0]), int(shifted[a, 0, 1])), pen * _ONE // 2, INK, -1,
+                           cv2.LINE_8, _SHIFT)
         small = shrink(big, h)
         if not s.antialias:
             small = np.where(small < 128, INK, PAPER).astype(np.uint8)
