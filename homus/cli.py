@@ -165,7 +165,8 @@ def render_settings(cfg: dict, thickness, size, fit, margin, antialias, staff_li
               help="A folder of collected samples (homus serve --collect-dir) added as more writers; repeatable.")
 @click.option("--rendered-dir", type=click.Path(file_okay=False))
 @click.option("--jobs", type=int, help="Worker processes (-1: all cores).")
-@click.option("--force", is_flag=True, help="Render again even when up to date.")
+@click.option("--force", is_flag=True,
+              help="Render again even when up to date, reading every raw file (not the stroke index).")
 @click.option("--skip-invalid", is_flag=True, help="Render the good samples, list the bad ones.")
 @with_config
 def render(cfg, thickness, size, fit, margin, antialias, staff_lines, raw_dir, writers, extra_raw, rendered_dir,

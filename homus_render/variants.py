@@ -106,6 +106,8 @@ def _render_chunk(raw_dir: str, files: Sequence[str], targets: Sequence[tuple[Re
             images = render_many(packed.slice(a, min(a + step, len(names))), settings)
             for png_rel, image in zip(pngs[a:a + step], images, strict=True):
                 ok, png = cv2.imencode(".png", image, _PNG)
+                if not ok:
+                    raise RenderError(f"{png_rel}: OpenCV could not encode the image as PNG")
                 _write_new(os.path.join(staging, png_rel), png)
     return out
 
