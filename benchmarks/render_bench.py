@@ -5,7 +5,7 @@ What it measures, all in one process run, each PNG run starting from an empty ou
 * omrdatasettools ``HomusImageGenerator.create_images`` (the peer; single process, PIL);
 * homus ``render_variants`` with all cores, and with one process for reference, reading the
   stroke index that ``fetch`` wrote; and with all cores and no index (each run parses every file);
-* homus drawing in memory (no disk): ``render_many`` (what ``render_variants`` draws with) in one
+* homus drawing in memory (no disk): ``render_packed`` (what ``render_variants`` draws with) in one
   process and on all cores with joblib, and ``render`` sample by sample in one process;
 * a floor: PNG-encoding already rendered arrays and writing the 15,200 files, one process.
 
@@ -47,7 +47,7 @@ from homus_render.dataset import list_stroke_files
 from homus_render.fetch import fetch
 from homus_render.index import INDEX
 from homus_render.labels import LABELS
-from homus_render.render import RenderSettings, render, render_many
+from homus_render.render import RenderSettings, render, render_packed
 from homus_render.strokes import Packed, parse_file
 from homus_render.variants import _IMAGE_PIXELS, _PNG, _spans, render_variants
 
@@ -155,7 +155,7 @@ def time_png_floor(images: list[tuple[str, np.ndarray]], workdir: Path, repeats:
 
 def time_in_memory(strokes: list[Strokes], settings: RenderSettings, jobs: int,
                    repeats: int) -> tuple[Timing, Timing, list[np.ndarray]]:
-    """Drawing in this process: ``render_many`` over the chunks ``render_variants`` gives its
+    """Drawing in this process: ``render_packed`` over the chunks ``render_variants`` gives its
     ``jobs`` workers, in the groups a worker draws at once, and ``render`` sample by sample.
     Returns both timings and the images."""
     cv2.setNumThreads(1)  # as in homus' workers: one OpenCV thread per process
@@ -164,24 +164,24 @@ def time_in_memory(strokes: list[Strokes], settings: RenderSettings, jobs: int,
     many_s, one_s, images = [], [], []
     for _ in range(repeats):
         start = time.perf_counter()
-        images = [img for g in groups for img in render_many(g, settings)]
+        images = [img for g in groups for img in render_packed(g, settings)]
         many_s.append(time.perf_counter() - start)
         start = time.perf_counter()
         for s in strokes:
             render(s, settings)
         one_s.append(time.perf_counter() - start)
-    return (Timing("homus render_many, in memory, 1 process", many_s, len(strokes)),
+    return (Timing("homus render_packed, in memory, 1 process", many_s, len(strokes)),
             Timing("homus render per sample, in memory, 1 process", one_s, len(strokes)), images)
 
 
 def _render_count(packed: Packed, settings: RenderSettings) -> int:
     """Worker: draw a chunk, return only the count."""
     cv2.setNumThreads(1)
-    return len(render_many(packed, settings))
+    return len(render_packed(packed, settings))
 
 
 def time_in_memory_parallel(strokes: list[Strokes], settings: RenderSettings, jobs: int, repeats: int) -> Timing:
-    """``render_many``, one chunk per worker; the time includes packing and sending the strokes."""
+    """``render_packed``, one chunk per worker; the time includes packing and sending the strokes."""
     size = -(-len(strokes) // jobs)
     seconds, count = [], 0
     with Parallel(n_jobs=jobs, max_nbytes=None) as parallel:
@@ -191,7 +191,7 @@ def time_in_memory_parallel(strokes: list[Strokes], settings: RenderSettings, jo
             chunks = [Packed.of(strokes[i:i + size]) for i in range(0, len(strokes), size)]
             count = sum(parallel(delayed(_render_count)(c, settings) for c in chunks))
             seconds.append(time.perf_counter() - start)
-    return Timing(f"homus render_many, in memory, {jobs} processes", seconds, count)
+    return Timing(f"homus render_packed, in memory, {jobs} processes", seconds, count)
 
 
 def pickle_seconds(strokes: list[Strokes]) -> tuple[float, int]:

@@ -21,7 +21,7 @@ _SHIFT = 4  # OpenCV fixed-point bits: coordinates are drawn with 1/16 px precis
 _ONE = 1 << _SHIFT
 SUPERSAMPLE = 4  # strokes are drawn at 4x and area-averaged down (a power of two)
 INK, PAPER = 0, 255  # black ink on white paper, as the published HOMUS images
-#: Supersampled pixels per shared canvas in :func:`render_many` (one byte each): large enough that
+#: Supersampled pixels per shared canvas in :func:`render_packed` (one byte each): large enough that
 #: OpenCV's calls outweigh Python's, small enough that the canvas stays in the processor's cache.
 BATCH_PIXELS = 1 << 21
 #: Pixels per tablet unit at most: a path whose extent is a tiny fraction of a tablet unit (such
@@ -212,7 +212,7 @@ def render(strokes: Sequence[np.ndarray], s: RenderSettings) -> np.ndarray:
     return _draw(pts, [len(st) for st in strokes], scale, ox, oy, s)
 
 
-def render_many(packed: Packed, s: RenderSettings) -> np.ndarray:
+def render_packed(packed: Packed, s: RenderSettings) -> np.ndarray:
     """Render every sample of ``packed`` -> ``(n, height, width)`` ``uint8``; image ``i`` is
     exactly :func:`render` of sample ``i``, byte for byte.
 

@@ -29,7 +29,7 @@ from .index import StrokeIndex, read_index, write_index
 from .labels import LABELS
 from .lock import writing
 from .preview import grid
-from .render import RenderSettings, render_many
+from .render import RenderSettings, render_packed
 from .strokes import Packed, StrokeFileError, parse_bytes, sample_identity
 from .workers import exit_with_parent
 
@@ -103,7 +103,7 @@ def _render_chunk(raw_dir: str, files: Sequence[str], targets: Sequence[tuple[Re
     for settings, staging in targets:
         step = max(1, _IMAGE_PIXELS // (settings.width * settings.height))
         for a in range(0, len(names), step):
-            images = render_many(packed.slice(a, min(a + step, len(names))), settings)
+            images = render_packed(packed.slice(a, min(a + step, len(names))), settings)
             for png_rel, image in zip(pngs[a:a + step], images, strict=True):
                 ok, png = cv2.imencode(".png", image, _PNG)
                 if not ok:

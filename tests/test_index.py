@@ -1,6 +1,6 @@
 """Rendering many samples at once, and the stroke index that spares a render from parsing.
 
-``render_many`` must give :func:`render`'s images byte for byte, and a render that reads the
+``render_packed`` must give :func:`render`'s images byte for byte, and a render that reads the
 index must write exactly the files of one that parses; an index that is stale, damaged or
 foreign is never believed.
 """
@@ -19,7 +19,7 @@ from homus_render.dataset import file_stats, list_stroke_files, load_samples
 from homus_render.errors import PathError
 from homus_render.fetch import fetch
 from homus_render.index import INDEX, INDEX_FORMAT, StrokeIndex, parser_identity, read_index
-from homus_render.render import RenderSettings, render, render_many
+from homus_render.render import RenderSettings, render, render_packed
 from homus_render.strokes import Packed
 from homus_render.variants import RenderError, render_variants
 
@@ -51,25 +51,37 @@ def odd_symbols() -> list[tuple[np.ndarray, ...]]:
 
 
 @pytest.mark.parametrize("s", SETTINGS, ids=lambda s: s.name)
-def test_render_many_draws_what_render_draws(s: RenderSettings):
+def test_render_packed_draws_what_render_draws(s: RenderSettings):
     symbols = [tuple(np.asarray(st, np.float64) for st in strokes) for *_, strokes in synthetic_samples()]
     symbols += odd_symbols()
-    many = render_many(Packed.of(symbols), s)
+    many = render_packed(Packed.of(symbols), s)
     assert many.shape == (len(symbols), s.height, s.width) and many.dtype == np.uint8
     for i, strokes in enumerate(symbols):
         assert np.array_equal(many[i], render(strokes, s)), f"sample {i} differs"
 
 
-def test_render_many_shares_a_canvas_yet_matches_across_canvas_breaks(monkeypatch):
+def test_render_packed_shares_a_canvas_yet_matches_across_canvas_breaks(monkeypatch):
     """Several canvases of a few samples each: the breaks between canvases change nothing."""
     import homus_render.render as R
 
     symbols = [tuple(np.asarray(st, np.float64) for st in strokes) for *_, strokes in synthetic_samples()][:50]
     s = RenderSettings(thickness=2, width=32, height=32)
-    whole = render_many(Packed.of(symbols), s)
+    whole = render_packed(Packed.of(symbols), s)
     monkeypatch.setattr(R, "BATCH_PIXELS", 3 * (32 * 4) ** 2)  # three samples per canvas
-    assert np.array_equal(render_many(Packed.of(symbols), s), whole)
-    assert render_many(Packed.of([]), s).shape == (0, 32, 32)
+    assert np.array_equal(render_packed(Packed.of(symbols), s), whole)
+    assert render_packed(Packed.of([]), s).shape == (0, 32, 32)
+
+
+def test_the_set_renderer_of_runs_from_strokes_draws_the_same_ink():
+    """channels.render_many (test and validation images of runs from strokes) draws ink alone
+    many at a time; its images stay render's."""
+    from homus_render.channels import render_many
+
+    symbols = [tuple(np.asarray(st, np.float64) for st in strokes) for *_, strokes in synthetic_samples()][:80]
+    s = RenderSettings(thickness=3, width=32, height=32)
+    assert np.array_equal(render_many(symbols, s), np.stack([render(x, s) for x in symbols]))
+    both = render_many(symbols, s, ("ink", "time"))
+    assert both.shape == (80, 2, 32, 32) and np.array_equal(both[:, 0], render_many(symbols, s))
 
 
 def test_packed_round_trip_slices_and_bad_counts():
@@ -296,4 +308,4 @@ def test_a_path_too_small_to_fit_is_drawn_as_a_dot_without_warnings():
         warnings.simplefilter("error")
         for path in ([[1e5, 0.0], [1e5, 1e-300]], [[0.0, 1e5], [1e-300, 1e5]], [[0.0, 0.0], [1e-320, 0.0]]):
             assert np.array_equal(render([np.array(path)], s), dot)
-            assert np.array_equal(render_many(Packed.of([(np.array(path),)]), s)[0], dot)
+            assert np.array_equal(render_packed(Packed.of([(np.array(path),)]), s)[0], dot)
