@@ -182,7 +182,7 @@ def _bounds(pts: torch.Tensor, sample: torch.Tensor, n: int) -> tuple[torch.Tens
 
 
 def _fit_scale(lo: torch.Tensor, hi: torch.Tensor, s: RenderSettings, width: torch.Tensor) -> torch.Tensor:
-    """:func:`homus_render.render._fit`'s scale, per sample (pen ``width`` per sample)."""
+    """:func:`homus_render.render.fit_path`'s scale, per sample (pen ``width`` per sample)."""
     if s.fit != "scale":
         return torch.ones_like(width)
     ext = hi - lo
@@ -456,11 +456,11 @@ def rasterize(points: torch.Tensor, lengths: torch.Tensor, s: RenderSettings, ch
 
 def path_lengths(symbols: Sequence[Sequence[np.ndarray]], s: RenderSettings) -> np.ndarray:
     """Each symbol's pen path length in output pixels once fitted to ``s`` (pen-up jumps left out)."""
-    from homus_render.render import _fit, path_bounds
+    from homus_render.render import fit_path, path_bounds
 
     out = []
     for strokes in symbols:
-        scale = _fit(*path_bounds(strokes), s)[0]
+        scale = fit_path(*path_bounds(strokes), s)[0]
         out.append(scale * sum(float(np.hypot(*np.diff(st, axis=0).T).sum()) for st in strokes if len(st) > 1))
     return np.array(out)
 

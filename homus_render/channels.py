@@ -29,13 +29,13 @@ import numpy as np
 
 from .errors import SettingsError
 from .render import (
-    _ONE,
-    _SHIFT,
+    FIXED_ONE,
+    FIXED_SHIFT,
     PAPER,
     SUPERSAMPLE,
     RenderSettings,
-    _draw,
-    _fit,
+    draw_mapped,
+    fit_path,
     path_bounds,
     pen_subpixels,
     render,
@@ -91,7 +91,7 @@ def _draw_order(pts: np.ndarray, lengths: list[int], s: RenderSettings, kinds: S
     geometry is worked out once and shared by all of them."""
     k = SUPERSAMPLE
     pen = pen_subpixels(s, width)
-    radius = pen * _ONE // 2
+    radius = pen * FIXED_ONE // 2
     fixed = to_subpixels(pts, scale, ox, oy)
     starts, still = still_strokes(fixed, lengths)
     moving = ~np.repeat(still, lengths)[:-1]  # segments drawn as lines: within a stroke that moved
@@ -100,8 +100,8 @@ def _draw_order(pts: np.ndarray, lengths: list[int], s: RenderSettings, kinds: S
     dots = fixed[starts[still]]
     if not s.antialias:  # the plain rendering's pixels and ink amounts, without staff lines (not pen strokes)
         plain = replace(s, staff_lines=False)
-        inked = _draw(pts, lengths, scale, ox, oy, plain, width) < 128
-        smooth = _draw(pts, lengths, scale, ox, oy, replace(plain, antialias=True), width)
+        inked = draw_mapped(pts, lengths, scale, ox, oy, plain, width) < 128
+        smooth = draw_mapped(pts, lengths, scale, ox, oy, replace(plain, antialias=True), width)
         cover = (PAPER - smooth.astype(np.float64)).clip(1, None)
     out = []
     for kind in kinds:
@@ -116,9 +116,9 @@ def _draw_order(pts: np.ndarray, lengths: list[int], s: RenderSettings, kinds: S
         for lvl in range(1, LEVELS + 1):  # fainter first: later ink lies on top
             lo, hi = bounds[lvl - 1], bounds[lvl]
             if hi > lo:
-                cv2.polylines(big, segs[order[lo:hi]], False, SHADES[lvl], pen, cv2.LINE_8, _SHIFT)
+                cv2.polylines(big, segs[order[lo:hi]], False, SHADES[lvl], pen, cv2.LINE_8, FIXED_SHIFT)
             for x, y in dots_at.get(lvl, ()):
-                cv2.circle(big, (x, y), radius, SHADES[lvl], -1, cv2.LINE_8, _SHIFT)
+                cv2.circle(big, (x, y), radius, SHADES[lvl], -1, cv2.LINE_8, FIXED_SHIFT)
         amount = shrink(big, s.height)
         if not s.antialias:  # the plain rendering's pixels, each in its ink's mean shade
             shade = np.maximum(np.rint(255.0 * amount / cover), SHADES[1]).clip(None, 255)
@@ -155,7 +155,7 @@ def _stack(strokes: Sequence[np.ndarray], s: RenderSettings, channels: Sequence[
     kinds = [c for c in channels if c in ORDER]
     drawn = dict(zip(kinds, _draw_order(pts, lengths, s, kinds, width, scale, ox, oy), strict=True)) if kinds else {}
     if "ink" in channels:
-        drawn["ink"] = _draw(pts, lengths, scale, ox, oy, s, width)
+        drawn["ink"] = draw_mapped(pts, lengths, scale, ox, oy, s, width)
     if "size" in channels:
         if extent is None:
             raise ValueError("the size channel needs the symbol's size on the tablet (extent)")
@@ -175,7 +175,7 @@ def render_channels(strokes: Sequence[np.ndarray], s: RenderSettings, channels: 
     its ``ink`` channel is exactly ``render``'s image."""
     if not strokes:
         raise ValueError("a symbol needs at least one stroke")
-    return _stack(strokes, s, channels, None, *_fit(*path_bounds(strokes), s), path_extent(strokes))
+    return _stack(strokes, s, channels, None, *fit_path(*path_bounds(strokes), s), path_extent(strokes))
 
 
 def render_plain(strokes: Sequence[np.ndarray], s: RenderSettings, channels: Sequence[str] = ("ink",)) -> np.ndarray:

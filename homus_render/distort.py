@@ -21,7 +21,7 @@ import numpy as np
 from .channels import draw_channels
 from .errors import SettingsError
 from .normalize import redraw
-from .render import RenderSettings, _fit, draw
+from .render import RenderSettings, draw, fit_path
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ def augment_path(strokes: Sequence[np.ndarray], s: RenderSettings, aug: StrokeAu
 
     lo, hi = pts.min(axis=0), pts.max(axis=0)
     size = np.array([s.width, s.height], dtype=np.float64)
-    scale = _fit(lo, hi, s, width)[0]  # the renderer's own fit, for the jittered pen
+    scale = fit_path(lo, hi, s, width)[0]  # the renderer's own fit, for the jittered pen
     if aug.scale:
         scale *= rng.uniform(1 - aug.scale, 1.0)
     mid = (size - 1) / 2

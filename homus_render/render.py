@@ -17,8 +17,8 @@ from .errors import SettingsError
 from .strokes import Packed
 
 FITS = ("scale", "crop")
-_SHIFT = 4  # OpenCV fixed-point bits: coordinates are drawn with 1/16 px precision
-_ONE = 1 << _SHIFT
+FIXED_SHIFT = 4  # OpenCV fixed-point bits: coordinates are drawn with 1/16 px precision
+FIXED_ONE = 1 << FIXED_SHIFT
 SUPERSAMPLE = 4  # strokes are drawn at 4x and area-averaged down (a power of two)
 INK, PAPER = 0, 255  # black ink on white paper, as the published HOMUS images
 #: Supersampled pixels per shared canvas in :func:`render_packed` (one byte each): large enough that
@@ -109,9 +109,11 @@ def path_bounds(strokes: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return pts.min(axis=0), pts.max(axis=0)
 
 
-def _fit(lo: np.ndarray, hi: np.ndarray, s: RenderSettings, width: float | None = None) -> tuple[float, float, float]:
+def fit_path(lo: np.ndarray, hi: np.ndarray, s: RenderSettings,
+             width: float | None = None) -> tuple[float, float, float]:
     """Scale and offset (x, y) for a path spanning ``lo``..``hi``, drawn with a pen ``width``
-    pixels wide (default ``s.thickness``)."""
+    pixels wide (default ``s.thickness``): how :func:`render` fits a symbol, shared with the
+    channels, the distortions and the torch rasterizer so that all fit alike."""
     (x0, y0), (x1, y1) = lo.tolist(), hi.tolist()
     pen = s.thickness if width is None else width
     scale = 1.0
@@ -135,7 +137,7 @@ def staff_rows(s: RenderSettings) -> list[int]:
 def draw(strokes: Sequence[np.ndarray], s: RenderSettings, width: float | None = None) -> np.ndarray:
     """Draw strokes already in canvas coordinates (no fitting) onto a fresh page; ``width`` (in
     pixels, to 1/4 px) replaces ``s.thickness`` when given."""
-    return _draw(np.concatenate(strokes), [len(st) for st in strokes], 1.0, 0.0, 0.0, s, width)
+    return draw_mapped(np.concatenate(strokes), [len(st) for st in strokes], 1.0, 0.0, 0.0, s, width)
 
 
 def pen_subpixels(s: RenderSettings, width: float | None = None) -> int:
@@ -147,8 +149,8 @@ def to_subpixels(pts: np.ndarray, scale: float, ox: float, oy: float) -> np.ndar
     """Map ``pts`` by ``scale`` and offset onto the supersampled canvas, as OpenCV fixed point."""
     k = SUPERSAMPLE
     # pixel i at 1x spans sub-pixels k*i .. k*i+k-1, so its centre lies at k*i + (k-1)/2
-    a, half = scale * k * _ONE, (k - 1) / 2
-    return np.rint(pts * a + [(ox * k + half) * _ONE, (oy * k + half) * _ONE]).astype(np.int32)
+    a, half = scale * k * FIXED_ONE, (k - 1) / 2
+    return np.rint(pts * a + [(ox * k + half) * FIXED_ONE, (oy * k + half) * FIXED_ONE]).astype(np.int32)
 
 
 def shrink(big: np.ndarray, height: int) -> np.ndarray:
@@ -165,9 +167,10 @@ def still_strokes(fixed: np.ndarray, lengths: list[int]) -> tuple[np.ndarray, np
     return starts, (np.minimum.reduceat(fixed, starts) == np.maximum.reduceat(fixed, starts)).all(axis=1)
 
 
-def _draw(pts: np.ndarray, lengths: list[int], scale: float, ox: float, oy: float,
-          s: RenderSettings, width: float | None = None) -> np.ndarray:
-    """Map ``pts`` by ``scale`` and offset, then draw them as strokes of the given lengths.
+def draw_mapped(pts: np.ndarray, lengths: list[int], scale: float, ox: float, oy: float,
+                s: RenderSettings, width: float | None = None) -> np.ndarray:
+    """Map ``pts`` by ``scale`` and offset, then draw them as strokes of the given lengths: the
+    drawing step of :func:`render`, which the channels share.
 
     OpenCV's own thick lines come out one or two pixels too wide, and its antialiased ones wider
     still, so the path is drawn solid at ``SUPERSAMPLE`` times the resolution and area-averaged
@@ -186,14 +189,14 @@ def _draw(pts: np.ndarray, lengths: list[int], scale: float, ox: float, oy: floa
         else:
             polys.append(fixed[start:start + n].reshape(-1, 1, 2))
     if polys:
-        cv2.polylines(big, polys, False, INK, pen, cv2.LINE_8, _SHIFT)
+        cv2.polylines(big, polys, False, INK, pen, cv2.LINE_8, FIXED_SHIFT)
     for d in dots:  # a pen that never moved leaves a dot as wide as the stroke
-        cv2.circle(big, (int(d[0]), int(d[1])), pen * _ONE // 2, INK, -1, cv2.LINE_8, _SHIFT)
+        cv2.circle(big, (int(d[0]), int(d[1])), pen * FIXED_ONE // 2, INK, -1, cv2.LINE_8, FIXED_SHIFT)
     img = shrink(big, s.height)
     if not s.antialias:
         img = np.where(img < 128, INK, PAPER).astype(np.uint8)
         for d in dots:  # a thin dot astride pixel edges is under half ink everywhere: keep its centre
-            x, y = np.rint((d / _ONE - half) / k).astype(int).tolist()
+            x, y = np.rint((d / FIXED_ONE - half) / k).astype(int).tolist()
             if 0 <= x < s.width and 0 <= y < s.height:
                 img[y, x] = INK
     if s.staff_lines:
@@ -208,8 +211,8 @@ def render(strokes: Sequence[np.ndarray], s: RenderSettings) -> np.ndarray:
     if not strokes:
         raise ValueError("a symbol needs at least one stroke")
     pts = np.concatenate(strokes) if len(strokes) > 1 else strokes[0]
-    scale, ox, oy = _fit(pts.min(axis=0), pts.max(axis=0), s)
-    return _draw(pts, [len(st) for st in strokes], scale, ox, oy, s)
+    scale, ox, oy = fit_path(pts.min(axis=0), pts.max(axis=0), s)
+    return draw_mapped(pts, [len(st) for st in strokes], scale, ox, oy, s)
 
 
 def render_packed(packed: Packed, s: RenderSettings) -> np.ndarray:
@@ -234,8 +237,8 @@ def render_packed(packed: Packed, s: RenderSettings) -> np.ndarray:
     owner = np.repeat(np.arange(n), np.diff(np.append(sample_start, len(pts))))  # sample of each point
     stroke_owner = np.repeat(np.arange(n), packed.n_strokes)
     scale, ox, oy = _fit_many(np.minimum.reduceat(pts, sample_start), np.maximum.reduceat(pts, sample_start), s)
-    a, half = scale * k * _ONE, (k - 1) / 2  # as to_subpixels, operation for operation
-    offset = np.stack([(ox * k + half) * _ONE, (oy * k + half) * _ONE], axis=1)
+    a, half = scale * k * FIXED_ONE, (k - 1) / 2  # as to_subpixels, operation for operation
+    offset = np.stack([(ox * k + half) * FIXED_ONE, (oy * k + half) * FIXED_ONE], axis=1)
     with np.errstate(invalid="ignore", over="ignore"):
         exact = np.rint(pts * a[owner, None] + offset[owner])
     # a fit that overflowed (extents of 1e-300 parse) leaves values no shared canvas can hold
@@ -243,11 +246,11 @@ def render_packed(packed: Packed, s: RenderSettings) -> np.ndarray:
     fixed = np.where(odd[owner, None], 0, exact).astype(np.int64)
     still = (np.minimum.reduceat(fixed, stroke_start) == np.maximum.reduceat(fixed, stroke_start)).all(axis=1)
     pen = pen_subpixels(s)
-    reach = pen * _ONE // 2 + 2 * _ONE  # the pen's half width, and half a pixel to spare
+    reach = pen * FIXED_ONE // 2 + 2 * FIXED_ONE  # the pen's half width, and half a pixel to spare
     left = np.minimum.reduceat(fixed[:, 0], sample_start) - reach
     right = np.maximum.reduceat(fixed[:, 0], sample_start) + reach
-    alone = odd | (left < 0) | (right > (w * k - 1) * _ONE)
-    px = k * _ONE  # one output pixel in fixed point
+    alone = odd | (left < 0) | (right > (w * k - 1) * FIXED_ONE)
+    px = k * FIXED_ONE  # one output pixel in fixed point
     first_col = np.clip(left // px - 1, 0, w)  # each sample's columns [first_col, last_col)
     last_col = np.clip(right // px + 2, 0, w)
     span = np.where(alone, 0, last_col - first_col)
@@ -279,11 +282,11 @@ def render_packed(packed: Packed, s: RenderSettings) -> np.ndarray:
         polys = [shifted[a:b] for a, b, line in zip(starts, ends, (~still[s0:s1] & keep).tolist(), strict=True)
                  if line]
         if polys:
-            cv2.polylines(big, polys, False, INK, pen, cv2.LINE_8, _SHIFT)
+            cv2.polylines(big, polys, False, INK, pen, cv2.LINE_8, FIXED_SHIFT)
         for a, dot in zip(starts, (still[s0:s1] & keep).tolist(), strict=True):
             if dot:  # a pen that never moved leaves a dot as wide as the stroke
-                cv2.circle(big, (int(shifted[a, 0, 0]), int(shifted[a, 0, 1])), pen * _ONE // 2, INK, -1,
-                           cv2.LINE_8, _SHIFT)
+                cv2.circle(big, (int(shifted[a, 0, 0]), int(shifted[a, 0, 1])), pen * FIXED_ONE // 2, INK, -1,
+                           cv2.LINE_8, FIXED_SHIFT)
         small = shrink(big, h)
         if not s.antialias:
             small = np.where(small < 128, INK, PAPER).astype(np.uint8)
@@ -294,8 +297,8 @@ def render_packed(packed: Packed, s: RenderSettings) -> np.ndarray:
     batched = ~alone
     if not s.antialias:
         dot_strokes = np.flatnonzero(still & batched[stroke_owner])
-        if len(dot_strokes):  # as _draw: a thin dot astride pixel edges keeps its centre
-            xy = np.rint((fixed[stroke_start[dot_strokes]] / _ONE - half) / k).astype(int)
+        if len(dot_strokes):  # as draw_mapped: a thin dot astride pixel edges keeps its centre
+            xy = np.rint((fixed[stroke_start[dot_strokes]] / FIXED_ONE - half) / k).astype(int)
             inside = (xy[:, 0] >= 0) & (xy[:, 0] < w) & (xy[:, 1] >= 0) & (xy[:, 1] < h)
             out[stroke_owner[dot_strokes][inside], xy[inside, 1], xy[inside, 0]] = INK
     if s.staff_lines:
@@ -305,7 +308,7 @@ def render_packed(packed: Packed, s: RenderSettings) -> np.ndarray:
 
 
 def _fit_many(lo: np.ndarray, hi: np.ndarray, s: RenderSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`_fit` for many paths at once (``lo``, ``hi``: ``(n, 2)``), with the same float
+    """:func:`fit_path` for many paths at once (``lo``, ``hi``: ``(n, 2)``), with the same float
     operations in the same order, so the results are equal bit for bit."""
     ext = hi - lo
     scale = np.ones(len(lo))

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from homus_render.render import RenderSettings, _fit, draw, path_bounds, render, staff_rows
+from homus_render.render import RenderSettings, draw, fit_path, path_bounds, render, staff_rows
 
 SIZES = (32, 64, 96, 128, 224)
 THICKNESSES = (1, 2, 3, 4, 5)
@@ -16,7 +16,7 @@ THICKNESSES = (1, 2, 3, 4, 5)
 
 def fit_transform(strokes, s: RenderSettings) -> tuple[float, np.ndarray]:
     """Scale and offset the renderer maps stroke coordinates with: ``p' = p * scale + offset``."""
-    scale, ox, oy = _fit(*path_bounds(strokes), s)
+    scale, ox, oy = fit_path(*path_bounds(strokes), s)
     return scale, np.array([ox, oy])
 
 
@@ -193,7 +193,7 @@ def test_thicker_pen_more_ink():
     ink = [coverage(render(shape, RenderSettings(thickness=t, width=96, height=96))) for t in THICKNESSES]
     assert all(a < b for a, b in zip(ink, ink[1:], strict=False))
     # a circle of diameter 88 - t drawn t wide holds pi * (88 - t) * t of ink: the mean width is t
-    # (OpenCV's solid lines add a quarter pixel, documented in render._draw)
+    # (OpenCV's solid lines add a quarter pixel, documented in render.draw_mapped)
     for t, got in zip(THICKNESSES, ink, strict=True):
         assert abs(got / (math.pi * (88 - t)) - t) <= 0.5
 
