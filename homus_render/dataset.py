@@ -25,7 +25,7 @@ class DuplicateSampleError(HomusError, ValueError):
 @functools.lru_cache(maxsize=1 << 17)
 def natural_key(text: str) -> tuple:
     """Sort ``2-10`` after ``2-9`` and writer ``10`` after ``9``. Cached: a render sorts the same
-    15,200 names several times (files, rows, content hash)."""
+    names several times (files, rows, content hash)."""
     return tuple(int(t) if t.isdigit() else t for t in _NUM.split(text))
 
 

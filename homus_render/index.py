@@ -1,11 +1,11 @@
 """The stroke index: every parsed stroke file of a raw folder in one file, so that a render reads
-one file instead of parsing 15,200.
+one file instead of parsing every stroke file.
 
-``<raw>/.homus-strokes.npz`` holds, per stroke file, its path relative to the raw folder, its
-size, modification time, inode and change time when it was parsed, the sha256 of its bytes, its
-label, and its strokes (:class:`~homus_render.strokes.Packed`). An entry is used only while all
-four are unchanged, and only by the parser that wrote it (the index records a hash of the
-parser's source); anything else is parsed again. The index is a cache: a missing, unreadable,
+``<raw>/.homus-strokes.npz`` holds, per stroke file, its path relative to the raw folder, the sha256
+of its bytes, its label, its strokes (:class:`~homus_render.strokes.Packed`), and four stats taken
+when it was parsed: size, modification time, inode and change time. An entry is used only while
+those four stats are unchanged, and only by the parser that wrote it (the index records a hash of
+the parser's source); anything else is parsed again. The index is a cache: a missing, unreadable,
 inconsistent or foreign index is ignored, never trusted, and never an error.
 """
 
@@ -31,7 +31,7 @@ from .strokes import MAX_COORD, Packed
 INDEX = ".homus-strokes.npz"
 #: Bump when this file layout changes: indexes of another format are ignored.
 INDEX_FORMAT = 1
-_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+_DIGEST = re.compile(r"[0-9a-f]{64}")  # used with fullmatch
 
 
 @cache
@@ -139,6 +139,8 @@ def read_index(raw_dir: str | Path) -> StrokeIndex | None:
     """The raw folder's stroke index, or None where there is none that can be trusted: missing,
     unreadable, truncated, of another format or parser, or inconsistent in any way checked here
     (names, labels, digests, counts, coordinates)."""
+    if parser_identity() == "unknown":
+        return None
     try:
         with np.load(Path(raw_dir) / INDEX, allow_pickle=False) as z:
             if z["format"].tolist() != [INDEX_FORMAT] or z["parser"].tolist() != parser_identity():
@@ -152,7 +154,7 @@ def read_index(raw_dir: str | Path) -> StrokeIndex | None:
             index = StrokeIndex(files, _integers(z["stats"], (n, 4)), digests, labels,
                                 Packed(points, _integers(z["stroke_lengths"], (None,)),
                                        _integers(z["n_strokes"], (n,))))
-        if (len(set(files)) != n or not set(labels) <= LABEL_SET or not all(map(_DIGEST.match, digests))
+        if (len(set(files)) != n or not set(labels) <= LABEL_SET or not all(map(_DIGEST.fullmatch, digests))
                 or not (np.abs(points) <= MAX_COORD).all()):  # also false for NaN
             return None
         return index
@@ -161,5 +163,7 @@ def read_index(raw_dir: str | Path) -> StrokeIndex | None:
 
 
 def write_index(raw_dir: str | Path, index: StrokeIndex) -> None:
-    """Write ``index`` atomically into ``raw_dir`` (a reader sees the old index or the new one)."""
-    write_bytes(Path(raw_dir) / INDEX, index.to_bytes())
+    """Write ``index`` atomically into ``raw_dir`` (a reader sees the old index or the new one);
+    nothing where the parser's source cannot be read, since such an index is never trusted."""
+    if parser_identity() != "unknown":
+        write_bytes(Path(raw_dir) / INDEX, index.to_bytes())

@@ -222,7 +222,7 @@ def render_packed(packed: Packed, s: RenderSettings) -> np.ndarray:
     Per sample, :func:`render` spends much of its time in Python, in small NumPy calls and on
     blank paper. Here the fit and the mapping to sub-pixels are computed for all samples at once.
     Each sample then takes only the columns its ink can reach (its path's columns, widened by the
-    pen and a pixel to spare), side by side with the others on one shared canvas of the full
+    pen, half a pixel and a whole column on each side), side by side with the others on one shared canvas of the full
     height: one OpenCV call draws them all and one area-average shrinks them. Drawing is
     invariant under a shift by whole pixels and the top and bottom edges clip as on a canvas of
     its own, so each image is the one drawn alone. A sample whose ink would cross its own left or
@@ -246,7 +246,7 @@ def render_packed(packed: Packed, s: RenderSettings) -> np.ndarray:
     fixed = np.where(odd[owner, None], 0, exact).astype(np.int64)
     still = (np.minimum.reduceat(fixed, stroke_start) == np.maximum.reduceat(fixed, stroke_start)).all(axis=1)
     pen = pen_subpixels(s)
-    reach = pen * FIXED_ONE // 2 + 2 * FIXED_ONE  # the pen's half width, and half a pixel to spare
+    reach = pen * FIXED_ONE // 2 + 2 * FIXED_ONE  # the pen's half width, and 2 sub-pixels (half a pixel)
     left = np.minimum.reduceat(fixed[:, 0], sample_start) - reach
     right = np.maximum.reduceat(fixed[:, 0], sample_start) + reach
     alone = odd | (left < 0) | (right > (w * k - 1) * FIXED_ONE)

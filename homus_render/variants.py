@@ -303,6 +303,8 @@ def _render_todo(raw_dir: Path, rendered_dir: Path, files: list[str], stats: lis
             if progress:
                 progress(len(chunk.rows) + len(chunk.errors))
         errors.sort(key=lambda e: natural_key(e[0]))
+        if parsed:  # the files that parsed are worth keeping even when others stop the render
+            _update_index(raw_dir, files, stats, digests, hits, parsed, log)
         if errors and not skip_invalid:
             listing = "\n".join(f"  {reason}" for _, reason in errors)
             raise RenderError(f"{len(errors)} bad stroke file(s); nothing was written "
@@ -310,8 +312,6 @@ def _render_todo(raw_dir: Path, rendered_dir: Path, files: list[str], stats: lis
         if not rows:
             raise RenderError(f"{raw_dir}: every stroke file is bad; nothing to render")
         rows.sort(key=lambda r: natural_key(r[3]))
-        if parsed:
-            _update_index(raw_dir, files, stats, digests, hits, parsed, log)
         info = read_info(raw_dir)
         dataset = {"version": info.get("version", "unknown"), "source": info.get("source"),
                    "sha256": content_hash(digests), "samples": len(rows),

@@ -239,15 +239,21 @@ def test_a_subset_render_uses_the_index_but_never_writes_it(raw: Path, tmp_path:
 
 
 def test_a_bad_file_stays_out_of_the_index_and_is_reported_every_time(raw: Path, tmp_path: Path):
+    """The files that parse are indexed even by a render that a bad file stops, so the rerun after
+    the fix parses only what changed."""
     (raw / "1/1-3.txt").write_text("Dot\n1,2;3\n")
     for out in ("a", "b"):
         with pytest.raises(RenderError, match=r"1-3\.txt:2: odd coordinates"):
             render_variants(raw, tmp_path / out, [S], jobs=1)
+        index = read_index(raw)
+        assert index is not None and "1/1-3.txt" not in index.files and len(index.files) == 575
     render_variants(raw, tmp_path / "c", [S], jobs=1, skip_invalid=True)
-    index = read_index(raw)
-    assert index is not None and "1/1-3.txt" not in index.files and len(index.files) == 575
     with pytest.raises(RenderError, match=r"1-3\.txt:2: odd coordinates"):
         render_variants(raw, tmp_path / "d", [S], jobs=1)
+    (raw / "1/1-3.txt").write_text(sample_text("Dot", [[(1, 2), (3, 4)]]))
+    _, log = render_logged(raw, tmp_path / "e", S)
+    assert any("575 from the stroke index" in line for line in log)
+    assert len(read_index(raw).files) == 576
 
 
 def test_a_raw_folder_that_cannot_take_the_index_still_renders(raw: Path, tmp_path: Path, monkeypatch):
@@ -309,3 +315,25 @@ def test_a_path_too_small_to_fit_is_drawn_as_a_dot_without_warnings():
         for path in ([[1e5, 0.0], [1e5, 1e-300]], [[0.0, 1e5], [1e-300, 1e5]], [[0.0, 0.0], [1e-320, 0.0]]):
             assert np.array_equal(render([np.array(path)], s), dot)
             assert np.array_equal(render_packed(Packed.of([(np.array(path),)]), s)[0], dot)
+
+
+def test_an_index_is_never_trusted_or_written_without_the_parser_source(raw: Path, tmp_path: Path, monkeypatch):
+    import homus_render.index as I
+
+    render_logged(raw, tmp_path / "a", S)
+    assert read_index(raw) is not None
+    monkeypatch.setattr(I, "parser_identity", lambda: "unknown")
+    assert read_index(raw) is None
+    (raw / INDEX).unlink()
+    render_logged(raw, tmp_path / "b", S)
+    assert not (raw / INDEX).exists()
+
+
+def test_a_digest_with_a_trailing_newline_is_not_a_digest(raw: Path, tmp_path: Path):
+    render_logged(raw, tmp_path / "a", S)
+    index = read_index(raw)
+    np.savez(raw / INDEX, format=np.array([INDEX_FORMAT]), parser=np.array(parser_identity()),
+             files=np.array(index.files), stats=index.stats, digests=np.array([d + "\n" for d in index.digests]),
+             labels=np.array(index.labels), points=index.packed.points, stroke_lengths=index.packed.stroke_lengths,
+             n_strokes=index.packed.n_strokes)
+    assert read_index(raw) is None
