@@ -93,7 +93,10 @@ class StrokeSet(Dataset):
 
 
 def worker_init(_: int) -> None:
-    """One OpenCV thread per loader process: the processes are the parallelism."""
+    """The loader process ends soon after its parent does (the training process, or the forkserver
+    that ends with it), whatever it is doing: torch's own check waits for the current batch and a
+    5 s poll. Then one OpenCV thread per loader process: the processes are the parallelism."""
+    exit_with_parent(os.getppid())
     cv2.setNumThreads(1)
 
 

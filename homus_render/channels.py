@@ -39,12 +39,10 @@ from .render import (
     path_bounds,
     pen_subpixels,
     render,
-    render_packed,
     shrink,
     still_strokes,
     to_subpixels,
 )
-from .strokes import Packed
 
 CHANNELS = ("ink", "time", "stroke", "size")
 ORDER = ("time", "stroke")  # the channels drawn with the pen's order: the costly ones
@@ -186,10 +184,9 @@ def render_plain(strokes: Sequence[np.ndarray], s: RenderSettings, channels: Seq
 def render_many(symbols: Sequence[Sequence[np.ndarray]], s: RenderSettings,
                 channels: Sequence[str] = ("ink",)) -> np.ndarray:
     """Several symbols, stacked: what a worker process draws of a set (this module needs no torch,
-    so such a worker starts fast). Ink alone is drawn many at a time (:func:`render_packed`, the
-    same bytes)."""
-    if tuple(channels) == ("ink",):
-        return render_packed(Packed.of(symbols), s)
+    so such a worker starts fast). One by one, on purpose: this also runs in the training process
+    before it forks its loader workers, and :func:`render_packed`'s large canvases start OpenCV's
+    thread pool, which a forked child inherits locked."""
     return np.stack([render_plain(strokes, s, channels) for strokes in symbols])
 
 

@@ -73,13 +73,13 @@ def test_render_packed_shares_a_canvas_yet_matches_across_canvas_breaks(monkeypa
 
 
 def test_the_set_renderer_of_runs_from_strokes_draws_the_same_ink():
-    """channels.render_many (test and validation images of runs from strokes) draws ink alone
-    many at a time; its images stay render's."""
+    """channels.render_many (test and validation images of runs from strokes) draws what render
+    and render_packed draw (one by one: it runs where loader workers are forked next)."""
     from homus_render.channels import render_many
 
     symbols = [tuple(np.asarray(st, np.float64) for st in strokes) for *_, strokes in synthetic_samples()][:80]
     s = RenderSettings(thickness=3, width=32, height=32)
-    assert np.array_equal(render_many(symbols, s), np.stack([render(x, s) for x in symbols]))
+    assert np.array_equal(render_many(symbols, s), render_packed(Packed.of(symbols), s))
     both = render_many(symbols, s, ("ink", "time"))
     assert both.shape == (80, 2, 32, 32) and np.array_equal(both[:, 0], render_many(symbols, s))
 
