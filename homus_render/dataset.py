@@ -67,19 +67,17 @@ def list_stroke_files(raw_dir: str | Path, writers: set[str] | None = None,
 def check_unique_ids(raw_dir: str | Path, files: list[str]) -> None:
     """Refuse two files with one sample id (``2/1-1.txt`` beside ``1/1-1.txt``; ``1/1-01.txt``
     beside ``1/1-1.txt``): the second would silently stand in for the first."""
-    from .strokes import sample_identity
-
-    stems = [rel.rpartition("/")[2].rpartition(".")[0] for rel in files]
+    stems = [rel.rpartition("/")[2][:-4] for rel in files]  # the sample ids: every listed name ends in .txt
     names = "\n".join(stems)
     if len(set(stems)) == len(stems) and names.isascii() and not _LEADING_ZERO.search(names):
         return  # distinct ASCII names without zero-padded numbers: distinct ids (the usual case, checked fast)
     seen: dict[tuple, str] = {}
-    for rel in files:
-        key = natural_key(sample_identity(rel)[0])
+    for rel, stem in zip(files, stems, strict=True):
+        key = natural_key(stem)
         if key in seen:
             first, second = (os.path.join(raw_dir, r) for r in (seen[key], rel))
             raise DuplicateSampleError(f"{first} and {second} hold the same sample id "
-                                       f"{sample_identity(rel)[0]!r}; remove or rename one of them")
+                                       f"{stem!r}; remove or rename one of them")
         seen[key] = rel
 
 

@@ -68,6 +68,10 @@ class StrokeIndex:
            packed: Packed) -> StrokeIndex:
         return cls(list(files), np.array(stats, np.int64).reshape(-1, 4), list(digests), list(labels), packed)
 
+    @classmethod
+    def empty(cls) -> StrokeIndex:
+        return cls.of([], [], [], [], Packed.of([]))
+
     def lookup(self, files: Sequence[str], stats: Sequence[Stat]) -> list[int | None]:
         """For each of ``files`` with its current ``stats``, the position of its still valid
         entry, or None (not indexed, or changed since)."""
@@ -99,7 +103,7 @@ class StrokeIndex:
     def concat(parts: Sequence[StrokeIndex]) -> StrokeIndex:
         """The entries of ``parts``, one part after the other."""
         if not parts:
-            return StrokeIndex.of([], [], [], [], Packed.of([]))
+            return StrokeIndex.empty()
         return StrokeIndex([f for p in parts for f in p.files], np.concatenate([p.stats for p in parts]),
                            [d for p in parts for d in p.digests], [lab for p in parts for lab in p.labels],
                            Packed(np.concatenate([p.packed.points for p in parts]).reshape(-1, 2),

@@ -222,8 +222,8 @@ def render_packed(packed: Packed, s: RenderSettings) -> np.ndarray:
     Per sample, :func:`render` spends much of its time in Python, in small NumPy calls and on
     blank paper. Here the fit and the mapping to sub-pixels are computed for all samples at once.
     Each sample then takes only the columns its ink can reach (its path's columns, widened by the
-    pen, half a pixel and a whole column on each side), side by side with the others on one shared canvas of the full
-    height: one OpenCV call draws them all and one area-average shrinks them. Drawing is
+    pen, half a pixel and a whole column on each side), side by side with the others on one shared
+    canvas of the full height: one OpenCV call draws them all and one area-average shrinks them. Drawing is
     invariant under a shift by whole pixels and the top and bottom edges clip as on a canvas of
     its own, so each image is the one drawn alone. A sample whose ink would cross its own left or
     right edge (where a canvas of its own would clip it) is drawn alone.
@@ -244,7 +244,7 @@ def render_packed(packed: Packed, s: RenderSettings) -> np.ndarray:
     # a fit that overflowed (extents of 1e-300 parse) leaves values no shared canvas can hold
     odd = ~np.logical_and.reduceat((np.abs(exact) < 2.0 ** 30).all(axis=1), sample_start)
     fixed = np.where(odd[owner, None], 0, exact).astype(np.int64)
-    still = (np.minimum.reduceat(fixed, stroke_start) == np.maximum.reduceat(fixed, stroke_start)).all(axis=1)
+    still = still_strokes(fixed, lengths.tolist())[1]
     pen = pen_subpixels(s)
     reach = pen * FIXED_ONE // 2 + 2 * FIXED_ONE  # the pen's half width, and 2 sub-pixels (half a pixel)
     left = np.minimum.reduceat(fixed[:, 0], sample_start) - reach

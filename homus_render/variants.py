@@ -271,7 +271,7 @@ def _render_todo(raw_dir: Path, rendered_dir: Path, files: list[str], stats: lis
     jobs = effective_n_jobs(jobs)
     index = read_index(raw_dir) if use_index else None  # --force reads every file again
     where = index.lookup(files, stats) if index else [None] * len(files)
-    hits = index.take([p for p in where if p is not None]) if index else StrokeIndex.of([], [], [], [], Packed.of([]))
+    hits = index.take([p for p in where if p is not None]) if index else StrokeIndex.empty()
     misses = [rel for rel, p in zip(files, where, strict=True) if p is None]
     log(f"rendering {len(files):,} samples into {len(todo)} variant(s) with {jobs} worker(s)"
         + (f" ({len(hits.files):,} from the stroke index)" if hits.files else ""))
