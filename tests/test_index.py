@@ -102,7 +102,8 @@ def test_packed_round_trip_slices_and_bad_counts():
 
 @pytest.fixture
 def raw(synthetic_raw: Path, tmp_path: Path) -> Path:
-    shutil.copytree(synthetic_raw, tmp_path / "raw")
+    # without any index an earlier test's render left in the shared folder: each test starts bare
+    shutil.copytree(synthetic_raw, tmp_path / "raw", ignore=shutil.ignore_patterns(INDEX))
     return tmp_path / "raw"
 
 
