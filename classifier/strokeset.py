@@ -21,7 +21,7 @@ from homus_render.distort import StrokeAugment, render_augmented
 from homus_render.labels import LABELS
 from homus_render.render import RenderSettings
 from homus_render.strokes import Sample
-from homus_render.workers import exit_with_parent
+from homus_render.workers import exit_with_parent, pool
 
 from .data import Variant, batch_key, to_input
 from .settings import RASTERS
@@ -35,14 +35,14 @@ def render_samples(samples: list[Sample], settings: RenderSettings, source: str 
     drawn with the pen's order (six times the work of ink alone) are shared among ``jobs`` processes
     (-1: all cores); the pixels are the same however many. Ink alone is drawn faster here than a pool
     starts (measured: 15,200 at 64 px, 3 s in one process)."""
-    from joblib import Parallel, delayed, effective_n_jobs
+    from joblib import delayed, effective_n_jobs
 
     strokes = [s.strokes for s in samples]
     heavy = any(c in ORDER for c in channels) and len(strokes) >= PARALLEL_FROM
     jobs = effective_n_jobs(jobs) if heavy else 1
     if jobs > 1:  # a few chunks per process: the pool's start-up is paid once, the load stays even
         size = -(-len(strokes) // (jobs * 4))
-        parts = Parallel(n_jobs=jobs)(delayed(_render_part)(strokes[i:i + size], settings, channels, os.getpid())
+        parts = pool(jobs)(delayed(_render_part)(strokes[i:i + size], settings, channels, os.getpid())
                                       for i in range(0, len(strokes), size))
         images = np.concatenate(parts)
     else:

@@ -127,7 +127,9 @@ def _with_threads(job: Job, threads: int) -> Job:
 def _in_pool(jobs: list[Job], parallel: int, log) -> list[dict]:
     """``parallel`` runs at once in joblib's worker processes, which end with this one."""
     import torch
-    from joblib import Parallel, delayed
+    from joblib import delayed
+
+    from homus_render.workers import pool
 
     n = min(parallel, len(jobs))
     gpus = torch.cuda.device_count() if any(j.config.device in ("auto", "cuda") for j in jobs) else 0
@@ -142,7 +144,7 @@ def _in_pool(jobs: list[Job], parallel: int, log) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="homus-slots-") as locks:
         slots = [(str(Path(locks, f"slot{i}")), i % gpus) for i in range(n)] if gpus else None
         tasks = (delayed(_pool_task)(j, slots, os.getpid()) for j in jobs)
-        for r in Parallel(n_jobs=n, backend="loky", return_as="generator_unordered")(tasks):
+        for r in pool(n, return_as="generator_unordered")(tasks):
             _report(r, log)
             results.append(r)
     return results

@@ -31,7 +31,7 @@ from .lock import writing
 from .preview import grid
 from .render import RenderSettings, render_packed
 from .strokes import Packed, StrokeFileError, parse_bytes, sample_identity
-from .workers import exit_with_parent
+from .workers import exit_with_parent, pool
 
 #: Bump when the renderer's pixels change, so that existing variants are rendered again.
 RENDERER_VERSION = 2
@@ -265,7 +265,7 @@ def _render_todo(raw_dir: Path, rendered_dir: Path, files: list[str], stats: lis
     staging folders are removed on every exit path. Files the stroke index holds unchanged are not
     parsed again; when ``files`` are the whole raw folder (``whole``) and some had to be parsed,
     the index is written anew."""
-    from joblib import Parallel, delayed, effective_n_jobs
+    from joblib import delayed, effective_n_jobs
 
     staging, outputs = {}, None
     jobs = effective_n_jobs(jobs)
@@ -291,7 +291,7 @@ def _render_todo(raw_dir: Path, rendered_dir: Path, files: list[str], stats: lis
                       for a, b in _spans(len(hits.files), jobs)]
         if jobs > 1:
             # strokes go to the workers pickled: no temporary memory-mapped files to create and delete
-            outputs = Parallel(n_jobs=jobs, return_as="generator_unordered", max_nbytes=None)(tasks)
+            outputs = pool(jobs, return_as="generator_unordered", max_nbytes=None)(tasks)
         else:
             outputs = (f(*args, **kwargs) for f, args, kwargs in tasks)
         for chunk in outputs:

@@ -2,8 +2,8 @@
 
 joblib's loky workers outlive a parent that is killed outright (SIGKILL, out-of-memory): they
 go on rendering for minutes, holding memory and the staging folders open. Each worker calls
-:func:`exit_with_parent` at the start of every task: a daemon thread notices, within
-:data:`POLL_SECONDS`, that the parent pid is gone and ends the worker. (PyTorch's DataLoader
+:func:`exit_with_parent` when it starts (:func:`pool`) and at the start of every task: a daemon
+thread notices, within :data:`POLL_SECONDS`, that the parent pid is gone and ends the worker. (PyTorch's DataLoader
 workers have such a watchdog of their own.)
 """
 
@@ -38,6 +38,15 @@ def exit_with_parent(parent: int) -> None:
     if os.getppid() != parent:  # the parent died before the task arrived
         os._exit(1)
     threading.Thread(target=_watch, args=(parent,), name="exit-with-parent", daemon=True).start()
+
+
+def pool(jobs: int, **kwargs):
+    """A joblib ``Parallel`` of ``jobs`` loky processes, each of which ends with this process from
+    its start (:func:`exit_with_parent` as the initializer): a worker that never got a task would
+    otherwise outlive a killed parent until loky's idle timeout."""
+    from joblib import Parallel
+
+    return Parallel(n_jobs=jobs, backend="loky", initializer=exit_with_parent, initargs=(os.getpid(),), **kwargs)
 
 
 def process_table() -> dict[int, int]:
