@@ -150,8 +150,8 @@ class EpochBatches(Sampler):
 
 def epoch_loader(ds: Dataset, batch_size: int, seed: int, workers: int = 0,
                  worker_init_fn=None, context: str | None = None) -> tuple[DataLoader, EpochBatches]:
-    """A training loader built once for the whole run: its workers start once, not every epoch (on
-    an H100, 14 workers restarted every epoch fed 5-7k images/s where one pass gave 11k). Set the
+    """A training loader built once for the whole run: its workers start once, not every epoch
+    (restarting many workers each epoch starves a fast GPU; see docs/gpu.md). Set the
     epoch on the returned sampler before each pass. ``context``: how workers start (default: the
     platform's; ``forkserver`` for datasets that run torch ops in the workers, which a forked child
     of a process whose thread pools have run can deadlock in)."""
