@@ -8,7 +8,7 @@
 # STEPS ("raster accuracy") chooses the parts: ``raster`` times the torch rasterizer's data source
 # against the CUDA step (target >= 3x) and trains ResNet-18 for 20 epochs at 64 px from strokes drawn
 # on the device (target <= 15 s of training; test accuracy against the CPU renderer's source, two
-# seeds each); ``accuracy`` runs the random-split 2 x 2 as a study (homus run). STEPS=raster alone takes about 5 minutes.
+# seeds each); ``accuracy`` runs the random-split 2 x 2 as a study (homus run). STEPS=raster alone takes about 6-7 minutes.
 #
 # Settings (environment): EPOCHS (20), SEEDS ("0 1"),
 # LIMIT (seconds before the accuracy step is stopped, 490), WORKERS (cores - 2), DEVICE (cuda; cpu for a
@@ -59,6 +59,9 @@ torch.__version__, 'torchvision', torchvision.__version__, 'numpy', numpy.__vers
     echo "## raster: 20 epochs on the device with twice the batch (and lr)"
     timeout 150 python3 benchmarks/raster_bench.py epochs --raw-dir "$RAW" --device "$DEVICE" --raster device \
       --epochs 20 --size 64 --batch-size 256 --lr 0.1 || status=$?
+    echo "## raster: 20 epochs on the device, the training step torch.compile'd (the first epoch compiles)"
+    timeout 200 python3 benchmarks/raster_bench.py epochs --raw-dir "$RAW" --device "$DEVICE" --raster device \
+      --epochs 20 --size 64 --compile || status=$?
   fi
   if [[ " $STEPS " == *" accuracy "* ]]; then
     echo "## the stroke data source against the CUDA training step"

@@ -96,6 +96,7 @@ class TrainConfig:
     channels: list[str]  # ink, time, stroke, size (from_strokes)
     device: str
     amp: bool
+    compile: bool  # torch.compile the model for its training and validation steps
     workers: int
     raster: str  # from_strokes: cpu, device or auto (RASTERS)
     threads: int
@@ -226,7 +227,7 @@ def check_train(c: TrainConfig) -> None:
         raise bad("momentum", "from 0 to below 1")
     if not 0 <= c.label_smoothing < 1:
         raise bad("label_smoothing", "from 0 to below 1")
-    for key in ("from_strokes", "amp"):
+    for key in ("from_strokes", "amp", "compile"):
         if not isinstance(getattr(c, key), bool):
             raise bad(key, "true or false")
     for key in ("weights", "raw_dir", "runs_dir"):
@@ -274,6 +275,7 @@ def upgrade_run_config(d: dict) -> dict:
     out.setdefault("writers", None)
     out.setdefault("extra_raw", [])
     out.setdefault("raster", "cpu")  # runs before the torch rasterizer drew on the CPU
+    out.setdefault("compile", False)  # and ran the model eagerly
     for key, names in (("strokes", [f.name for f in fields(StrokeAugment)]), ("warp", WARP_KEYS)):
         if isinstance(out.get(key, {}), dict):
             out[key] = {**dict.fromkeys(names, 0.0), **out.get(key, {})}

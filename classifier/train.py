@@ -13,6 +13,8 @@ import csv
 import io
 import json
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -188,13 +190,14 @@ def _train(run: Path, cfg: TrainConfig, resume: bool, log) -> Path:
     if cfg.channels != ["ink"]:
         source += f", channels {'+'.join(cfg.channels)}"
     log(f"run {run}: {len(sets['train']):,} train / {len(sets['val']):,} val / {len(sets['test']):,} test "
-        f"images {source}, {cfg.split} split, on {device}")
+        f"images {source}, {cfg.split} split, on {device}{', compiled' if cfg.compile else ''}")
 
     from_file = cfg.weights not in ("none", "imagenet")
     model = build_model(cfg.arch, len(classes), len(cfg.channels), "none" if from_file else cfg.weights)
     if from_file and start_fresh(resume, run):
         _init_from_checkpoint(model, cfg.weights, cfg.arch, classes, cfg.channels)
     model.to(device, memory_format=torch.channels_last)  # channels-last convolutions are faster on CPU and GPU
+    step_model = torch.compile(model) if cfg.compile else model  # shares model's weights: checkpoints stay plain
     optimizer = make_optimizer(model, cfg)
     steps = -(-len(sets["train"]) // cfg.batch_size)
     scheduler = make_scheduler(optimizer, cfg, steps)
@@ -232,10 +235,11 @@ def _train(run: Path, cfg: TrainConfig, resume: bool, log) -> Path:
         lr = optimizer.param_groups[0]["lr"]
         batches.set_epoch(epoch)
         gen = torch.Generator().manual_seed(cfg.seed * SEED_STRIDE + epoch + WARP_SEED_OFFSET)  # same epoch, same warps
-        stats = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, device, epoch, amp,
-                                scaler=scaler, transform=(lambda x, g=gen: augment(x, g)) if augment.active else None,
-                                dtype=dtype)
-        val = evaluate(model, val_loader, criterion, device, amp, desc=f"epoch {epoch} val")
+        with _compile_errors(cfg.compile):
+            stats = train_one_epoch(step_model, train_loader, criterion, optimizer, scheduler, device, epoch, amp,
+                                    scaler=scaler, dtype=dtype,
+                                    transform=(lambda x, g=gen: augment(x, g)) if augment.active else None)
+            val = evaluate(step_model, val_loader, criterion, device, amp, desc=f"epoch {epoch} val")
         history.append({"epoch": epoch, **stats, "val_loss": val["loss"], "val_acc": val["acc"], "lr": lr})
         log(f"epoch {epoch}/{cfg.epochs}: train loss {stats['train_loss']:.4f} acc {stats['train_acc']:.4f} | "
             f"val loss {val['loss']:.4f} acc {val['acc']:.4f} | {stats['images_per_s']:.0f} img/s")
@@ -254,6 +258,25 @@ def _train(run: Path, cfg: TrainConfig, resume: bool, log) -> Path:
     del train_loader  # its workers end here
     plots.plot_curves(history, run / "curves.png")
     return finish(run, cfg, sets, criterion, device, amp, history)
+
+
+@contextmanager
+def _compile_errors(enabled: bool) -> Iterator[None]:
+    """torch.compile compiles on the first call; when it cannot (no C++ compiler on a CPU, an
+    unsupported GPU), say so in one line and how to train without it."""
+    if not enabled:
+        yield
+        return
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    try:
+        yield
+    except BackendCompilerFailed as e:
+        cause = getattr(e, "inner_exception", None) or e  # what the compiler said, under Dynamo's wrapping
+        first = next((line.strip() for line in str(cause).splitlines() if line.strip()), "")
+        why = f"{type(cause).__name__}: {first}" if first else type(cause).__name__
+        raise RunError(f"torch.compile could not compile the model ({why[:200]}); train without it: "
+                       "--no-compile (train.compile: false)") from None
 
 
 def finish(run: Path, cfg: TrainConfig, sets: dict, criterion, device, amp: bool, history: list[dict]) -> Path:

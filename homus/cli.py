@@ -241,6 +241,8 @@ TRAIN_FLAGS = [
     click.option("--raster", type=click.Choice(RASTERS), help="Who draws training images from strokes: cpu "
                  "(homus_render in the loader), device (the torch rasterizer), auto (device on CUDA)."),
     click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA."),
+    click.option("--compile/--no-compile", default=None,
+                 help="torch.compile the model (the first epoch compiles; mainly for GPUs)."),
     click.option("--workers", type=int, help="Data-loader worker processes."),
     click.option("--threads", type=int, help="Torch CPU threads (0: default)."),
     click.option("--runs-dir", type=click.Path(file_okay=False)),

@@ -24,7 +24,7 @@ from homus_render.atomic import write_bytes, write_text
 from homus_render.strokes import parse_file
 from homus_render.variants import read_variant_info
 
-IGNORED = {"name", "runs_dir", "seed", "split_seed", "fold", "device", "workers", "threads", "amp"}
+IGNORED = {"name", "runs_dir", "seed", "split_seed", "fold", "device", "workers", "threads", "amp", "compile"}
 #: Settings of training from strokes: shown only for runs that did.
 STROKE_ONLY = {"from_strokes", "raw_dir", "writers", "render", "strokes"}
 
