@@ -150,7 +150,8 @@ class TrainConfig:
         return Affine() if self.from_strokes else self.warp
 
     def run_name(self) -> str:
-        """The run's folder name: ``name``, else one made of what it trains on, arch, split and seed."""
+        """The run's folder name: ``name``, else one made of what it trains on, arch, split, fold
+        and seed (:func:`run_folder_name`)."""
         if self.name:
             return self.name
         if self.from_strokes:
@@ -159,13 +160,20 @@ class TrainConfig:
         else:
             what = "+".join(Path(v).name for v in self.variants)
         tag = "" if self.split_seed in (None, self.seed) else str(self.split_seed)
-        fold = f"-fold{self.fold}of{self.folds}" if self.folds else ""
-        return f"{what}-{self.arch}-{self.split}{tag}{fold}-seed{self.seed}"
+        return run_folder_name([what, self.arch, f"{self.split}{tag}"], self.fold if self.folds else None, self.seed)
 
     @property
     def split_rng_seed(self) -> int:
         """The seed the split is drawn with."""
         return split_seed_of(self.seed, self.split_seed)
+
+
+def run_folder_name(parts: list[str], fold: int | None, seed: int) -> str:
+    """The one grammar of run folder names, for ``homus train`` and studies alike: what the run
+    trains on (``parts``, joined by ``-``), then ``-fold<i>`` for a fold of a cross-validation, then
+    ``-seed<s>``."""
+    fold_tag = [] if fold is None else [f"fold{fold}"]
+    return "-".join([*parts, *fold_tag, f"seed{seed}"])
 
 
 def _check_keys(kind: type, value: dict, prefix: str, source: str | Path, complete: bool = True) -> None:

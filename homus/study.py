@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from classifier.evaluate import evaluate_ensemble, evaluate_run
-from classifier.settings import TrainConfig
+from classifier.settings import TrainConfig, run_folder_name
 from homus_render.dataset import list_stroke_files, parse_writers
 from homus_render.fetch import fetch
 from homus_render.render import RenderSettings
@@ -99,14 +99,13 @@ def plan(cfg: dict, source: str | Path = "the study") -> StudyPlan:
     arms = list((s["arms"] or {}).items()) or [(None, {})]
     folds = list(range(s["folds"])) if s["folds"] else [None]
     for fold in folds:
-        tag = "" if fold is None else f"-fold{fold}"
         for seed in cfgmod.as_list(s["seeds"]):
             for v in variants:
                 for arm, _ in arms:
-                    name = f"{v.name}-{arm}{tag}-seed{seed}" if arm else f"{v.name}{tag}-seed{seed}"
+                    name = run_folder_name([v.name, arm] if arm else [v.name], fold, seed)
                     runs.append(StudyRun(name, v.name, int(seed), [rendered / v.name], arm, v, fold))
             if s["union"] and len(variants) > 1 and len({v.size for v in variants}) == 1:
-                runs.append(StudyRun(f"union{tag}-seed{seed}", "union", int(seed),
+                runs.append(StudyRun(run_folder_name(["union"], fold, seed), "union", int(seed),
                                      [rendered / v.name for v in variants], fold=fold))
     runs_dir = Path(cfg["train"]["runs_dir"]) / s["name"]
     configs = {r.name: run_config(cfg, r, runs_dir, source) for r in runs}

@@ -125,6 +125,21 @@ def test_non_finite_numbers_in_a_config_file_are_named_with_the_file(tmp_path):
         load(path)
 
 
+def test_train_and_studies_name_runs_one_way(tmp_path):
+    """A run trained by hand and the same run in a study differ only in what they name (a study's
+    arm stands for settings the study shares); the fold and seed read alike."""
+    from homus.study import plan
+
+    tc = train_config(load(None), {"folds": 5, "fold": 2, "seed": 1, "split_seed": 0, "channels": "ink,size"})
+    assert tc.run_name() == "strokes-t3-s64-ink+size-resnet18-writer0-fold2-seed1"
+    assert train_config(load(None), {}).run_name() == "strokes-t3-s64-resnet18-writer-seed0"
+    study = write(tmp_path, "study:\n  name: s\n  thickness: [3]\n  size: [64]\n  seeds: [1]\n  folds: 5\n"
+                            "  union: false\n  train: {from_strokes: true}\n"
+                            "  arms: {ink+size: {channels: [ink, size]}}\n")
+    names = [r.name for r in plan(load(study), study).runs]
+    assert names[2] == "t3-s64-ink+size-fold2-seed1" and len(names) == 5
+
+
 def test_the_command_line_takes_its_choices_from_the_code():
     cmd = main.commands["train"]
     choices = {p.name: tuple(p.type.choices) for p in cmd.params if isinstance(p.type, click.Choice)}
