@@ -61,6 +61,11 @@ def test_wheel_ships_its_defaults_and_runs_from_an_empty_folder(installed: Path,
     module, defaults = where.stdout.split()
     assert module.startswith(str(installed)), "homus was imported from the checkout, not from the wheel"
     assert defaults.startswith(str(installed)) and Path(defaults).is_file()
+    page = run([str(installed / "bin" / "python"), "-c", "from homus.serve import STATIC; "
+                "print(STATIC); print(*sorted(p.name for p in STATIC.iterdir()))"], work)
+    assert page.returncode == 0, page.stderr
+    static, files = page.stdout.splitlines()
+    assert static.startswith(str(installed)) and files.split() == ["app.js", "index.html", "style.css"]
 
     helped = run([str(homus), "--help"], work)
     assert helped.returncode == 0 and "render" in helped.stdout and "train" in helped.stdout
