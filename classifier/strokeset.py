@@ -42,8 +42,8 @@ def render_samples(samples: list[Sample], settings: RenderSettings, source: str 
     jobs = effective_n_jobs(jobs) if heavy else 1
     if jobs > 1:  # a few chunks per process: the pool's start-up is paid once, the load stays even
         size = -(-len(strokes) // (jobs * 4))
-        parts = pool(jobs)(delayed(_render_part)(strokes[i:i + size], settings, channels, os.getpid())
-                                      for i in range(0, len(strokes), size))
+        parts = pool(jobs)(delayed(render_many)(strokes[i:i + size], settings, channels)
+                           for i in range(0, len(strokes), size))
         images = np.concatenate(parts)
     else:
         images = render_many(strokes, settings, channels)
@@ -51,12 +51,6 @@ def render_samples(samples: list[Sample], settings: RenderSettings, source: str 
             "channels": list(channels)}
     return Variant(Path(source), info, images, [s.id for s in samples], [s.writer for s in samples],
                    [s.label for s in samples])
-
-
-def _render_part(strokes: list, settings: RenderSettings, channels: tuple[str, ...], parent: int) -> np.ndarray:
-    """Worker: :func:`render_many`, in a process that ends should ``parent`` die."""
-    exit_with_parent(parent)
-    return render_many(strokes, settings, channels)
 
 
 class StrokeSet(Dataset):

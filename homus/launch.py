@@ -143,20 +143,11 @@ def _in_pool(jobs: list[Job], parallel: int, log) -> list[dict]:
     results = []
     with tempfile.TemporaryDirectory(prefix="homus-slots-") as locks:
         slots = [(str(Path(locks, f"slot{i}")), i % gpus) for i in range(n)] if gpus else None
-        tasks = (delayed(_pool_task)(j, slots, os.getpid()) for j in jobs)
+        tasks = (delayed(train_job)(j, slots) for j in jobs)
         for r in pool(n, return_as="generator_unordered")(tasks):
             _report(r, log)
             results.append(r)
     return results
-
-
-def _pool_task(job: Job, slots: list[tuple[str, int]] | None, parent: int) -> dict:
-    """A pool worker's task: the worker ends with the study's process ``parent``, even one killed
-    outright."""
-    from homus_render.workers import exit_with_parent
-
-    exit_with_parent(parent)
-    return train_job(job, slots)
 
 
 def _report(r: dict, log) -> None:

@@ -31,7 +31,7 @@ from .lock import writing
 from .preview import grid
 from .render import RenderSettings, render_packed
 from .strokes import Packed, StrokeFileError, parse_bytes, sample_identity
-from .workers import exit_with_parent, pool
+from .workers import pool
 
 #: Bump when the renderer's pixels change, so that existing variants are rendered again.
 RENDERER_VERSION = 2
@@ -70,12 +70,11 @@ _IMAGE_PIXELS = 1 << 22
 
 
 def _render_chunk(raw_dir: str, files: Sequence[str], targets: Sequence[tuple[RenderSettings, str]],
-                  parent: int, known: tuple[list[str], Packed] | None = None, keep: bool = False) -> _Chunk:
+                  known: tuple[list[str], Packed] | None = None, keep: bool = False) -> _Chunk:
     """Worker: render ``files`` into every target staging folder, drawing many samples at once
-    (ending the worker should process ``parent`` die). ``known`` holds the files' labels and
+    (in a :func:`~homus_render.workers.pool` process, which ends with its parent). ``known`` holds the files' labels and
     strokes from the stroke index; without it each file is read, hashed and parsed, and ``keep``
     returns what was parsed, for the index."""
-    exit_with_parent(parent)
     cv2.setNumThreads(1)  # the parallelism is ours: one OpenCV thread per worker process
     out = _Chunk([], [], {})
     if known is None:
@@ -283,10 +282,10 @@ def _render_todo(raw_dir: Path, rendered_dir: Path, files: list[str], stats: lis
             for label in LABELS:
                 (staging[s] / label).mkdir(parents=True)
         targets = [(s, str(staging[s])) for s in todo]
-        tasks = [delayed(_render_chunk)(str(raw_dir), c, targets, os.getpid(), keep=whole)
+        tasks = [delayed(_render_chunk)(str(raw_dir), c, targets, keep=whole)
                  for c in (misses[a:b] for a, b in _spans(len(misses), jobs))]
         if hits.files:
-            tasks += [delayed(_render_chunk)(str(raw_dir), hits.files[a:b], targets, os.getpid(),
+            tasks += [delayed(_render_chunk)(str(raw_dir), hits.files[a:b], targets,
                                              known=(hits.labels[a:b], hits.packed.slice(a, b)))
                       for a, b in _spans(len(hits.files), jobs)]
         if jobs > 1:

@@ -1,10 +1,11 @@
 """Worker processes that end with the process that started them.
 
 joblib's loky workers outlive a parent that is killed outright (SIGKILL, out-of-memory): they
-go on rendering for minutes, holding memory and the staging folders open. Each worker calls
-:func:`exit_with_parent` when it starts (:func:`pool`) and at the start of every task: a daemon
-thread notices, within :data:`POLL_SECONDS`, that the parent pid is gone and ends the worker. (PyTorch's DataLoader
-workers have such a watchdog of their own.)
+go on rendering for minutes, holding memory and the staging folders open. Each worker of a
+:func:`pool` calls :func:`exit_with_parent` when it starts: a daemon thread notices, within
+:data:`POLL_SECONDS`, that the parent pid is gone and ends the worker. (PyTorch's DataLoader
+workers have a watchdog of their own, which waits for their current batch; ``worker_init`` adds
+this one.)
 """
 
 from __future__ import annotations
