@@ -14,7 +14,7 @@ import torch
 
 from homus_render.channels import render_plain
 from homus_render.errors import HomusError, describe, user_os_error
-from homus_render.normalize import READS, ink_mask, redraw, stroke_width
+from homus_render.normalize import READS, model_view
 from homus_render.render import RenderSettings
 from homus_render.strokes import StrokeFileError, parse_file
 
@@ -94,12 +94,8 @@ def normalize_image(img: np.ndarray, s: RenderSettings, read: str = READS[0]) ->
         img = 255 - img
     if img.max() - img.min() < 16:
         raise InputError("no ink found: the image is blank")
-    if read != "redraw":
-        fitted = _fit_ink(img, s)
-        if read == "fit" or stroke_width(ink_mask(fitted)) >= s.thickness:
-            return fitted
     try:
-        return redraw(img, s)
+        return model_view(img, s, read)
     except ValueError as e:
         raise InputError(str(e)) from None
 
@@ -107,23 +103,6 @@ def normalize_image(img: np.ndarray, s: RenderSettings, read: str = READS[0]) ->
 def _check_read(read: str) -> None:
     if read not in READS:
         raise InputError(f"read must be one of {', '.join(READS)}, got {read!r}")
-
-
-def _fit_ink(img: np.ndarray, s: RenderSettings) -> np.ndarray:
-    """The ink's box of a black-on-white ``img`` resized to the canvas minus margins, centred."""
-    _, ink = cv2.threshold(img, 0, 255, cv2.THRESH_BINARY_INV + cv2.THRESH_OTSU)
-    if not ink.any():
-        raise InputError("no ink found: the image is blank")
-    ys, xs = np.nonzero(ink)
-    crop = img[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
-    h, w = crop.shape
-    f = min((s.width - 2 * s.margin) / w, (s.height - 2 * s.margin) / h)
-    size = (max(1, round(w * f)), max(1, round(h * f)))
-    crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
-    out = np.full((s.height, s.width), 255, np.uint8)
-    y, x = (s.height - size[1]) // 2, (s.width - size[0]) // 2
-    out[y:y + size[1], x:x + size[0]] = crop
-    return out
 
 
 def prepare(path: str | Path, s: RenderSettings, channels: tuple[str, ...] = ("ink",),

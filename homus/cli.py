@@ -232,8 +232,8 @@ TRAIN_FLAGS = [
         ("translate", "Shift, fraction of the canvas."), ("elastic", "Smooth bending, fraction of the symbol."),
         ("jitter", "Per-point noise, fraction of the symbol."), ("ends", "Chance to shorten each stroke end."),
         ("size", "Size read by the size channel, exp(+-v) times the tablet's."),
-        ("redraw", "Chance an ink image is drawn with another tool's pen, as predict meets images from elsewhere; "
-                   "half of those are redrawn from their centre line, as predict redraws thin ink.")]],
+        ("redraw", "Chance an ink image is drawn as another tool draws one (the tablet's scale, another pen, binary "
+                   "ink, a page that cuts it), then read as predict's --read auto reads images from elsewhere.")]],
     click.option("--channels", help=f"Input channels (--from-strokes) of {', '.join(CHANNELS)}, e.g. ink,time: "
                  "ink, time (the pen's "
                  "progress), stroke (each stroke's rank), size (the symbol's size on the tablet)."),

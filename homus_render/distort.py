@@ -20,8 +20,8 @@ import numpy as np
 
 from .channels import draw_channels
 from .errors import SettingsError
-from .normalize import redraw
-from .render import RenderSettings, draw, fit_path
+from .normalize import model_view
+from .render import MIN_SIZE, RenderSettings, draw, fit_path
 
 
 @dataclass(frozen=True)
@@ -36,10 +36,11 @@ class StrokeAugment:
     each end of a stroke is shortened (by up to 25 % of its points). ``size``: the ``size`` channel
     reads the symbol as up to ``exp(+-size)`` times its size on the tablet (writers' hands differ so).
     ``redraw``: chance that an ink
-    image is drawn with another tool's pen (:func:`foreign_pen`), as images from other tools come
-    to ``homus predict``; a :data:`REDRAWN` share of those is then redrawn from its centre line
-    (:func:`~homus_render.normalize.redraw`), the view predict gives of thin ink, and the rest are
-    kept as drawn, the thick ink predict reads as it is.
+    image is drawn as another tool draws it (:func:`foreign_image`: the tablet's scale, another
+    pen, binary or antialiased ink), as images from other tools come to ``homus predict``, and then
+    made into the view predict's ``--read auto`` gives of it
+    (:func:`~homus_render.normalize.model_view`): fitted to the canvas when its ink is at least as
+    wide as the model's pen, else redrawn from its centre line.
     """
 
     thickness: float = 0.0
@@ -145,11 +146,13 @@ def augment_path(strokes: Sequence[np.ndarray], s: RenderSettings, aug: StrokeAu
 
 
 #: The pens, in tablet units, that other tools draw HOMUS strokes with (omrdatasettools: 1 to 5 and
-#: up): a training image to be redrawn is first drawn with one of them at the tablet's scale, so the
-#: model learns the centre line of a pen that merged small loops and dots, as predict meets it.
+#: up): a training image to be seen as another tool's is drawn with one of them at the tablet's scale.
 FOREIGN_PENS = (1.0, 5.0)
-#: Of the training images drawn with a foreign pen, the share redrawn from the centre line.
-REDRAWN = 0.5
+#: Blank pixels around the ink of another tool's image, on each side, and its longest side at most.
+FOREIGN_PAD, FOREIGN_MAX = 2, 1024
+#: The chance that another tool's page cuts the symbol (a fixed canvas smaller than a large symbol),
+#: and the share of the symbol's longer side that such a page keeps.
+FOREIGN_CUT, FOREIGN_KEPT = 0.25, (0.7, 1.0)
 
 
 def tablet_pen(strokes: Sequence[np.ndarray], path: Sequence[np.ndarray], s: RenderSettings,
@@ -161,10 +164,29 @@ def tablet_pen(strokes: Sequence[np.ndarray], path: Sequence[np.ndarray], s: Ren
     return min(units * canvas / tablet, min(s.width, s.height) / 4)
 
 
-def foreign_pen(strokes: Sequence[np.ndarray], path: Sequence[np.ndarray], s: RenderSettings,
-                rng: np.random.Generator) -> float:
-    """A pen drawn from :data:`FOREIGN_PENS`, as :func:`tablet_pen` gives it on the canvas."""
-    return tablet_pen(strokes, path, s, rng.uniform(*FOREIGN_PENS))
+def foreign_image(strokes: Sequence[np.ndarray], path: Sequence[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    """``path`` (``strokes`` distorted, on a canvas) as another tool draws it: at the tablet's scale
+    (one pixel per tablet unit), with a pen of :data:`FOREIGN_PENS` tablet units, in binary or
+    antialiased ink (even odds), on a page just large enough or, with chance :data:`FOREIGN_CUT`, on
+    one that cuts both ends of the symbol's longer side. This is the image predict meets, before it
+    makes it into the model's view."""
+    tablet = max(float(np.ptp(np.concatenate(strokes), axis=0).max()), 1.0)
+    pts = np.concatenate(path)
+    page_units = min(1.0, FOREIGN_MAX / tablet)  # page pixels per tablet unit: a huge symbol is drawn smaller
+    k = page_units * tablet / max(float(np.ptp(pts, axis=0).max()), 1.0)  # page pixels per canvas pixel
+    units = rng.uniform(*FOREIGN_PENS)
+    pad = units / 2 + FOREIGN_PAD
+    span = np.ptp(pts, axis=0) * k + 2 * pad
+    page_size = np.ceil(span) + 1
+    antialias, cut = rng.random() < 0.5, rng.random() < FOREIGN_CUT
+    if cut:  # a fixed page smaller than the symbol: its longer side loses both ends
+        long = int(np.argmax(span))
+        page_size[long] = np.ceil(np.ptp(pts[:, long]) * k * rng.uniform(*FOREIGN_KEPT))
+    page_size = np.maximum(page_size, MIN_SIZE)  # a flat stroke still makes a valid page
+    lo = pts.min(axis=0) * k - pad - (page_size - span) / 2  # centred
+    w, h = page_size.astype(int).tolist()
+    page = RenderSettings(width=w, height=h, margin=0, antialias=bool(antialias))
+    return draw([p * k - lo for p in path], page, units)
 
 
 def render_augmented(strokes: Sequence[np.ndarray], s: RenderSettings, aug: StrokeAugment,
@@ -174,7 +196,6 @@ def render_augmented(strokes: Sequence[np.ndarray], s: RenderSettings, aug: Stro
     path, width, extent = augment_path(strokes, s, aug, rng)
     if tuple(channels) == ("ink",):
         if aug.redraw and rng.random() < aug.redraw:  # drawn last: no other draw of the stream moves
-            foreign = draw(path, s, foreign_pen(strokes, path, s, rng))
-            return redraw(foreign, s) if rng.random() < REDRAWN else foreign
+            return model_view(foreign_image(strokes, path, rng), s)
         return draw(path, s, width)
     return draw_channels(path, s, channels, width, extent)

@@ -52,6 +52,13 @@ def stroke_width(mask: np.ndarray) -> float:
     return float(mask.sum()) / line if line else 0.0
 
 
+def reads_as_drawn(fitted: np.ndarray, s: RenderSettings) -> bool:
+    """Whether ``read="auto"`` keeps an image fitted to the canvas as it is: its ink is at least as
+    wide as the model's pen. Thinner ink would be faint and broken at the model's scale, so it is
+    redrawn. Training with ``--stroke-redraw`` uses the same rule, so the model sees what predict shows."""
+    return stroke_width(ink_mask(fitted)) >= s.thickness
+
+
 def skeleton_strokes(skel: np.ndarray) -> list[np.ndarray]:
     """The skeleton as pen strokes in pixel coordinates ``(x, y)``: a two-point stroke for each
     pair of neighbouring pixels, a dot for a pixel with no neighbour."""
@@ -75,6 +82,37 @@ def skeleton_strokes(skel: np.ndarray) -> list[np.ndarray]:
             if (x0, y0) not in linked:
                 strokes.append(np.array([[x0, y0]], np.float64))
     return strokes
+
+
+def fit_ink(gray: np.ndarray, s: RenderSettings) -> np.ndarray:
+    """The ink's box of a black-on-white ``uint8`` image resized to the canvas minus margins, centred,
+    pen and all. Raises ValueError when the image holds no ink."""
+    mask = ink_mask(gray)
+    if not mask.any() or mask.all():
+        raise ValueError("no ink found: the image is blank")
+    ys, xs = np.nonzero(mask)
+    crop = gray[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    h, w = crop.shape
+    f = min((s.width - 2 * s.margin) / w, (s.height - 2 * s.margin) / h)
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
+    out = np.full((s.height, s.width), 255, np.uint8)
+    y, x = (s.height - size[1]) // 2, (s.width - size[0]) // 2
+    out[y:y + size[1], x:x + size[0]] = crop
+    return out
+
+
+def model_view(gray: np.ndarray, s: RenderSettings, read: str = READS[0]) -> np.ndarray:
+    """A black-on-white ``uint8`` image of a symbol as the model sees it (:data:`READS`): fitted
+    (:func:`fit_ink`), redrawn (:func:`redraw`), or by ``auto``, fitted when
+    :func:`reads_as_drawn` and redrawn otherwise. Raises ValueError when the image holds no ink."""
+    if read not in READS:
+        raise ValueError(f"read must be one of {', '.join(READS)}, got {read!r}")
+    if read != "redraw":
+        fitted = fit_ink(gray, s)
+        if read == "fit" or reads_as_drawn(fitted, s):
+            return fitted
+    return redraw(gray, s)
 
 
 def redraw(gray: np.ndarray, settings: RenderSettings) -> np.ndarray:

@@ -29,6 +29,10 @@ BATCH_PIXELS = 1 << 21
 MAX_SCALE = 1e6
 
 
+#: The smallest and largest canvas side, in pixels.
+MIN_SIZE, MAX_SIZE = 8, 4096
+
+
 @dataclass(frozen=True)
 class RenderSettings:
     """Everything that decides a rendered image. ``name`` is the variant folder's name."""
@@ -49,8 +53,8 @@ class RenderSettings:
             problems.append(f"thickness must be an integer >= 1, got {self.thickness!r}")
         for key in ("width", "height"):
             v = getattr(self, key)
-            if not isinstance(v, int) or v < 8 or v > 4096:
-                problems.append(f"{key} must be an integer from 8 to 4096, got {v!r}")
+            if not isinstance(v, int) or v < MIN_SIZE or v > MAX_SIZE:
+                problems.append(f"{key} must be an integer from {MIN_SIZE} to {MAX_SIZE}, got {v!r}")
         if self.fit not in FITS:
             problems.append(f"fit must be one of {', '.join(FITS)}, got {self.fit!r}")
         if not isinstance(self.margin, int) or self.margin < 0:

@@ -127,51 +127,66 @@ def test_bad_strengths_are_refused(bad):
 
 
 def test_redraw_shows_the_model_the_views_predict_gives_of_foreign_images():
-    """``redraw`` (a chance) draws the distorted path with another tool's pen (1 to 5 tablet units);
-    a REDRAWN share of those is redrawn from its centre line (predict's view of thin ink), the rest
-    kept as drawn (its view of thick ink). Its draws come last, so every other draw of the stream
-    stays where it was; it needs the CPU renderer."""
-    from homus_render.distort import FOREIGN_PENS, REDRAWN, augment_path, foreign_pen
+    """``redraw`` (a chance) draws the distorted path as another tool would (the tablet's scale, a
+    1 to 5 unit pen), then gives the view ``--read auto`` gives of that image: fitted when its ink is
+    at least as wide as the model's pen, else redrawn from its centre line. Its draws come last, so
+    every other draw of the stream stays where it was; it needs the CPU renderer."""
+    from homus_render.distort import augment_path, foreign_image
     from homus_render.errors import SettingsError
-    from homus_render.normalize import redraw
-    from homus_render.render import draw
+    from homus_render.normalize import fit_ink, ink_mask, model_view, redraw, stroke_width
 
     s = RenderSettings(thickness=3, width=48, height=48, margin=3)
     strokes = [np.array([[0.0, 0.0], [0.0, 60.0], [10.0, 50.0], [12.0, 44.0], [8.0, 40.0], [0.0, 45.0]])]
     plain, always = StrokeAugment(rotate=8, elastic=0.03), StrokeAugment(rotate=8, elastic=0.03, redraw=1.0)
-    kept = 0
-    for seed in range(12):
+    views = {"fitted": 0, "redrawn": 0}
+    for seed in range(16):
         a = render_augmented(strokes, s, plain, np.random.default_rng(seed))
         b = render_augmented(strokes, s, always, np.random.default_rng(seed))
         rng = np.random.default_rng(seed)
         path, _, _ = augment_path(strokes, s, always, rng)
         assert rng.random() < 1.0
-        pen = foreign_pen(strokes, path, s, rng)
-        foreign = draw(path, s, pen)
-        redrawn = rng.random() < REDRAWN
-        assert np.array_equal(b, redraw(foreign, s) if redrawn else foreign) and not np.array_equal(a, b)
-        kept += not redrawn
-        fitted = np.ptp(np.concatenate(path), axis=0).max() / 60.0  # canvas pixels per tablet unit
-        assert FOREIGN_PENS[0] * fitted <= pen <= FOREIGN_PENS[1] * fitted
-    assert 0 < kept < 12  # both views occur
+        foreign = foreign_image(strokes, path, rng)
+        assert np.array_equal(b, model_view(foreign, s)) and not np.array_equal(a, b)
+        fitted = fit_ink(foreign, s)
+        view = "fitted" if stroke_width(ink_mask(fitted)) >= s.thickness else "redrawn"
+        assert np.array_equal(b, fitted if view == "fitted" else redraw(foreign, s)), view
+        views[view] += 1
+    assert views["fitted"] and views["redrawn"], views  # thin and thick pens both occur
     never = StrokeAugment(rotate=8, elastic=0.03, redraw=0.0)
     assert np.array_equal(render_augmented(strokes, s, never, np.random.default_rng(seed)), a)
     with pytest.raises(SettingsError, match="redraw"):
         StrokeAugment(redraw=1.5)
 
 
-def test_a_foreign_pen_is_as_wide_as_the_tablet_scale_makes_it():
-    """A small symbol fitted to the canvas is scaled up, and another tool's pen with it: its loops
-    merge into ink, as they do in images drawn at the tablet's scale; a pen never passes a quarter
-    of the canvas."""
-    from homus_render.distort import foreign_pen
+def test_another_tools_image_is_drawn_at_the_tablets_scale():
+    """:func:`foreign_image` draws at one pixel per tablet unit, whatever the canvas the path was
+    fitted to, with a pen of 1 to 5 units, in binary or antialiased ink: a small symbol's loops
+    merge into ink as they do in other tools' images. Some pages cut both ends of the symbol's
+    longer side, as a fixed canvas cuts a large symbol."""
+    from homus_render.distort import FOREIGN_CUT, FOREIGN_KEPT, FOREIGN_PAD, FOREIGN_PENS, foreign_image
+    from homus_render.normalize import ink_mask
 
-    s = RenderSettings(thickness=3, width=64, height=64, margin=4)
-    small = [np.array([[0.0, 0.0], [8.0, 0.0]])]
-    on_canvas = [np.array([[4.0, 32.0], [60.0, 32.0]])]  # 7 canvas pixels per tablet unit
-    pens = [foreign_pen(small, on_canvas, s, np.random.default_rng(i)) for i in range(50)]
-    assert min(pens) >= 7.0 and max(pens) <= 16.0  # 1 to 5 units would be 7 to 35 px, capped at 64 / 4
-
+    strokes = [np.array([[0.0, 0.0], [40.0, 0.0], [40.0, 20.0]])]  # 40 x 20 tablet units
+    on_canvas = [st * 1.4 + 4 for st in strokes]  # fitted to a 64 px canvas
+    seen = set()
+    for seed in range(40):
+        img = foreign_image(strokes, on_canvas, np.random.default_rng(seed))
+        again = np.random.default_rng(seed)
+        units, antialias, cut = again.uniform(*FOREIGN_PENS), again.random() < 0.5, again.random() < FOREIGN_CUT
+        whole = 40 + units + 2 * FOREIGN_PAD
+        assert img.dtype == np.uint8 and img.shape[0] == pytest.approx(20 + units + 2 * FOREIGN_PAD, abs=2)
+        ink = ink_mask(img)
+        if cut:
+            assert img.shape[1] == pytest.approx(40 * again.uniform(*FOREIGN_KEPT), abs=1)
+            assert ink[:, 0].any() and ink[:, -1].any()  # the bar runs off both sides
+        else:
+            assert img.shape[1] == pytest.approx(whole, abs=2) and not ink[:, 0].any() and not ink[:, -1].any()
+        across = int(ink[:, img.shape[1] // 2].sum())  # ink pixels across the horizontal bar
+        assert units - 1 <= across <= units + 1.5, (units, across)
+        binary = set(np.unique(img).tolist()) <= {0, 255}
+        assert binary == (not antialias)
+        seen.add((binary, cut))
+    assert len(seen) == 4, seen  # binary and antialiased ink, whole and cut pages
 
 def test_the_device_rasterizer_refuses_redraw():
     import torch
