@@ -14,7 +14,7 @@ import torch
 
 from homus_render.channels import render_plain
 from homus_render.errors import HomusError, describe, user_os_error
-from homus_render.normalize import READS, model_view
+from homus_render.normalize import READS, check_read, model_view
 from homus_render.render import RenderSettings
 from homus_render.strokes import StrokeFileError, parse_file
 
@@ -101,8 +101,10 @@ def normalize_image(img: np.ndarray, s: RenderSettings, read: str = READS[0]) ->
 
 
 def _check_read(read: str) -> None:
-    if read not in READS:
-        raise InputError(f"read must be one of {', '.join(READS)}, got {read!r}")
+    try:
+        check_read(read)
+    except ValueError as e:
+        raise InputError(str(e)) from None
 
 
 def prepare(path: str | Path, s: RenderSettings, channels: tuple[str, ...] = ("ink",),

@@ -159,9 +159,12 @@ def tablet_pen(strokes: Sequence[np.ndarray], path: Sequence[np.ndarray], s: Ren
                units: float) -> float:
     """A pen ``units`` wide at the tablet's scale, in the canvas pixels of ``path`` (``strokes``
     fitted to the canvas), at most a quarter of the canvas."""
-    tablet = max(float(np.ptp(np.concatenate(strokes), axis=0).max()), 1.0)
-    canvas = max(float(np.ptp(np.concatenate(path), axis=0).max()), 1.0)
-    return min(units * canvas / tablet, min(s.width, s.height) / 4)
+    return min(units * _extent(path) / _extent(strokes), min(s.width, s.height) / 4)
+
+
+def _extent(strokes: Sequence[np.ndarray]) -> float:
+    """The longer side of the strokes' box (at least 1, so that it can divide)."""
+    return max(float(np.ptp(np.concatenate(strokes), axis=0).max()), 1.0)
 
 
 def foreign_image(strokes: Sequence[np.ndarray], path: Sequence[np.ndarray], rng: np.random.Generator) -> np.ndarray:
@@ -170,18 +173,19 @@ def foreign_image(strokes: Sequence[np.ndarray], path: Sequence[np.ndarray], rng
     antialiased ink (even odds), on a page just large enough or, with chance :data:`FOREIGN_CUT`, on
     one that cuts both ends of the symbol's longer side. This is the image predict meets, before it
     makes it into the model's view."""
-    tablet = max(float(np.ptp(np.concatenate(strokes), axis=0).max()), 1.0)
-    pts = np.concatenate(path)
+    tablet = _extent(strokes)
     page_units = min(1.0, FOREIGN_MAX / tablet)  # page pixels per tablet unit: a huge symbol is drawn smaller
-    k = page_units * tablet / max(float(np.ptp(pts, axis=0).max()), 1.0)  # page pixels per canvas pixel
+    k = page_units * tablet / _extent(path)  # page pixels per canvas pixel
+    pts = np.concatenate(path)
     units = rng.uniform(*FOREIGN_PENS)
     pad = units / 2 + FOREIGN_PAD
-    span = np.ptp(pts, axis=0) * k + 2 * pad
+    path_span = np.ptp(pts, axis=0) * k
+    span = path_span + 2 * pad
     page_size = np.ceil(span) + 1
     antialias, cut = rng.random() < 0.5, rng.random() < FOREIGN_CUT
     if cut:  # a fixed page smaller than the symbol: its longer side loses both ends
         long = int(np.argmax(span))
-        page_size[long] = np.ceil(np.ptp(pts[:, long]) * k * rng.uniform(*FOREIGN_KEPT))
+        page_size[long] = np.ceil(path_span[long] * rng.uniform(*FOREIGN_KEPT))
     page_size = np.maximum(page_size, MIN_SIZE)  # a flat stroke still makes a valid page
     lo = pts.min(axis=0) * k - pad - (page_size - span) / 2  # centred
     w, h = page_size.astype(int).tolist()

@@ -84,6 +84,12 @@ def skeleton_strokes(skel: np.ndarray) -> list[np.ndarray]:
     return strokes
 
 
+def check_read(read: str) -> None:
+    """ValueError unless ``read`` is one of :data:`READS`."""
+    if read not in READS:
+        raise ValueError(f"read must be one of {', '.join(READS)}, got {read!r}")
+
+
 def fit_ink(gray: np.ndarray, s: RenderSettings) -> np.ndarray:
     """The ink's box of a black-on-white ``uint8`` image resized to the canvas minus margins, centred,
     pen and all. Raises ValueError when the image holds no ink."""
@@ -106,8 +112,7 @@ def model_view(gray: np.ndarray, s: RenderSettings, read: str = READS[0]) -> np.
     """A black-on-white ``uint8`` image of a symbol as the model sees it (:data:`READS`): fitted
     (:func:`fit_ink`), redrawn (:func:`redraw`), or by ``auto``, fitted when
     :func:`reads_as_drawn` and redrawn otherwise. Raises ValueError when the image holds no ink."""
-    if read not in READS:
-        raise ValueError(f"read must be one of {', '.join(READS)}, got {read!r}")
+    check_read(read)
     if read != "redraw":
         fitted = fit_ink(gray, s)
         if read == "fit" or reads_as_drawn(fitted, s):
