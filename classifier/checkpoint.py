@@ -9,7 +9,11 @@ from pathlib import Path
 import torch
 
 from homus_render.atomic import write_bytes
+from homus_render.channels import CHANNELS
 from homus_render.errors import HomusError
+from homus_render.render import RenderSettings
+
+from .settings import ARCHS
 
 FORMAT = "homus-checkpoint-1"
 REQUIRED = ("format", "model", "arch", "classes", "in_channels", "render")
@@ -34,17 +38,50 @@ def load(path: str | Path) -> dict:
         raise CheckpointError(f"{path}: no such checkpoint")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, pickle refused by weights_only, random bytes...
-        raise CheckpointError(f"{path}: not a readable homus checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200]})") from None
+    except Exception as e:  # empty or truncated file, pickle refused by weights_only, random bytes...
+        first = (str(e).strip().splitlines() or ["-"])[0][:200]
+        why = "the file is empty" if path.stat().st_size == 0 else f"{type(e).__name__}: {first}"
+        raise CheckpointError(f"{path}: not a readable homus checkpoint ({why}); train the run again") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a homus checkpoint (no '{FORMAT}' marker)")
     missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
-    if len(channels(ckpt)) != ckpt["in_channels"]:
-        raise CheckpointError(f"{path}: channels {channels(ckpt)} do not match in_channels {ckpt['in_channels']}")
+    _check_fields(path, ckpt)
     return ckpt
+
+
+def _check_fields(path: Path, ckpt: dict) -> None:
+    """What predict, evaluate and serve read from a checkpoint has the type and values they need,
+    so a damaged or hand-made file is a CheckpointError here rather than a crash later."""
+    def bad(key: str, want: str) -> CheckpointError:
+        return CheckpointError(f"{path}: checkpoint '{key}' must be {want}, got {ckpt.get(key)!r:.80}; "
+                               "the file is damaged, train the run again")
+
+    if ckpt["arch"] not in ARCHS:
+        raise bad("arch", f"one of {', '.join(ARCHS)}")
+    classes = ckpt["classes"]
+    if not isinstance(classes, (list, tuple)) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
+        raise bad("classes", "a list of at least two class names")
+    if not isinstance(ckpt["in_channels"], int) or isinstance(ckpt["in_channels"], bool):
+        raise bad("in_channels", "a whole number")
+    names = ckpt.get("channels", ["ink"])
+    if not isinstance(names, (list, tuple)) or any(c not in CHANNELS for c in names):
+        raise bad("channels", f"a list of {', '.join(CHANNELS)}")
+    if len(names) != ckpt["in_channels"]:
+        raise CheckpointError(f"{path}: channels {list(names)} do not match in_channels {ckpt['in_channels']}")
+    if not isinstance(ckpt["model"], dict):
+        raise bad("model", "the model's weights (a state dict)")
+    if not isinstance(ckpt["render"], dict):
+        raise bad("render", "a mapping of render settings")
+    try:
+        RenderSettings.from_dict(ckpt["render"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: checkpoint 'render' settings do not work ({e}); train the run again") from None
+    config = ckpt.get("config")
+    if config is not None and not (isinstance(config, dict)
+                                   and all(isinstance(config.get(k, {}), dict) for k in ("render", "strokes", "warp"))):
+        raise bad("config", "the run's settings (a mapping)")
 
 
 def channels(ckpt: dict) -> tuple[str, ...]:

@@ -63,6 +63,8 @@ def _to_gray(img: np.ndarray) -> np.ndarray:
     if img.dtype == np.uint16:
         img = (img // 257).astype(np.uint8)
     elif img.dtype != np.uint8:
+        if not np.isfinite(img).all():
+            raise InputError("the image holds pixels that are not numbers (NaN or infinity)")
         img = cv2.normalize(img.astype(np.float32), None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
     if img.ndim == 2:
         return img
@@ -74,6 +76,8 @@ def _to_gray(img: np.ndarray) -> np.ndarray:
         gray, alpha = cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2GRAY), img[..., 3]
     else:
         return cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2GRAY)
+    if alpha.max() == 0:  # nothing is opaque: a blank sheet, whatever colour its hidden pixels hold
+        return np.full_like(gray, 255)
     if alpha.min() == alpha.max():
         return gray
     a = alpha.astype(np.float32) / 255
@@ -89,9 +93,8 @@ def normalize_image(img: np.ndarray, s: RenderSettings, read: str = READS[0]) ->
     fitted ink is thinner than the model's pen and fitted otherwise (:mod:`homus_render.normalize`)."""
     _check_read(read)
     img = _to_gray(img)
-    border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
-    if np.median(border) < 128:  # light ink on dark paper: flip to the published polarity
-        img = 255 - img
+    if np.median(img) < 128:  # mostly dark: light ink on dark paper; flip to the published polarity
+        img = 255 - img  # (the whole sheet decides, not its border, which a scan's dark frame can own)
     if img.max() - img.min() < 16:
         raise InputError("no ink found: the image is blank")
     try:
@@ -113,7 +116,9 @@ def prepare(path: str | Path, s: RenderSettings, channels: tuple[str, ...] = ("i
     a model that reads more than ink)."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: no such file")
+        what = ("a folder, not an image or stroke file" if path.is_dir() else
+                "a link that leads nowhere" if path.is_symlink() else "no such file")
+        raise InputError(f"{path}: {what}")
     if path.suffix.lower() == ".txt":
         return render_plain(parse_file(path).strokes, s, channels)
     if channels != ("ink",):
@@ -140,6 +145,8 @@ def image_read(read: str, ckpt: dict) -> str:
 
 def predict(run: str | Path, inputs: list[str | Path], top_k: int = 3, read: str = READS[0]) -> list[dict]:
     """Top-k labels with probabilities per input; a bad input gets ``{"error": ...}``, the rest answer."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise InputError(f"top_k must be a whole number >= 1, got {top_k!r}")
     model, ckpt = RunFolder(run).load_model()
     read = image_read(read, ckpt)
     s = RenderSettings.from_dict(ckpt["render"])

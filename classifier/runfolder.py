@@ -18,13 +18,13 @@ from pathlib import Path
 from torch import nn
 
 from homus_render.dataset import content_hash, file_digest, list_stroke_files, load_samples, parse_writers
-from homus_render.errors import HomusError, user_os_error
+from homus_render.errors import HomusError, SettingsError, user_os_error
 from homus_render.render import RenderSettings
 from homus_render.strokes import Sample
 
 from . import checkpoint
 from .data import DataError, Variant, load_variant, variant_info
-from .settings import read_yaml, upgrade_run_config
+from .settings import TrainConfig, read_yaml, upgrade_run_config
 from .strokeset import render_samples
 
 CONFIG, SPLIT, DATA, METRICS, HISTORY = "config.yaml", "split.json", "data.json", "metrics.json", "history.csv"
@@ -94,7 +94,12 @@ class RunFolder:
         if not isinstance(cfg, dict) or not cfg:
             raise RunError(f"{path}: a run's config is a mapping of settings, got "
                            f"{'an empty file' if not cfg else type(cfg).__name__}; the run folder is damaged")
-        return upgrade_run_config(cfg)
+        cfg = upgrade_run_config(cfg)
+        try:  # through the one settings check, so a hand-edited value is an error here, not a crash later
+            TrainConfig.from_dict({"runs_dir": str(self.path.parent), "name": self.name, **cfg}, path)
+        except SettingsError as e:
+            raise RunError(f"{e}; the run folder is damaged") from None
+        return cfg
 
     def split(self) -> dict:
         """``split.json``: ``kind``, ``seed`` and the sample ids of ``train``, ``val`` and ``test``."""

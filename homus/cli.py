@@ -137,9 +137,17 @@ def render_settings(cfg: dict, thickness, size, fit, margin, antialias, staff_li
     from homus_render.render import RenderSettings
 
     r = cfg["render"]
+    thicknesses = cfgmod.as_list(pick(thickness, r["thickness"]))
+    sizes = cfgmod.as_list(pick(size, r["size"]))
+    for key, values in (("thickness", thicknesses), ("size", sizes)):
+        if not values or any(v is None or v == "" for v in values):
+            raise click.UsageError(f"render {key}: give at least one value, e.g. --{key} "
+                                   f"{'3 or 1,2,3' if key == 'thickness' else '96 or 64,96'}")
     out = []
-    for t in cfgmod.as_list(pick(thickness, r["thickness"])):
-        for size_value in cfgmod.as_list(pick(size, r["size"])):
+    for t in thicknesses:
+        if isinstance(t, bool) or not (isinstance(t, int) or (isinstance(t, str) and t.strip().isdigit())):
+            raise click.UsageError(f"render thickness {t!r}: expected whole pixels like 3 or 1,2,3")
+        for size_value in sizes:
             w, h = cfgmod.parse_size(size_value)
             try:
                 out.append(RenderSettings(
@@ -339,7 +347,7 @@ def evaluate(runs, variant, out, device) -> None:
 @main.command()
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--top-k", type=int, default=3, show_default=True)
+@click.option("--top-k", type=click.IntRange(1, 32), default=3, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON document for machines.")
 @click.option("--read", type=click.Choice(READS), default=READS[0], show_default=True,
               help="Images: redraw the ink's centre line at the model's pen width, or fit the ink box as it is; "

@@ -267,6 +267,27 @@ def create_app(runs, collect_dir="collected", max_batch: int = 32):
     return app
 
 
+def _check_address(host: str, port: int) -> None:
+    """Bind ``host:port`` once as uvicorn will (address reuse on), so a host that does not resolve or
+    a port another program holds is a one-line error naming them."""
+    import socket
+
+    from homus_render.errors import HomusError
+
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise HomusError(f"--host {host}: not an address this machine can listen on ({e}); "
+                         "use 127.0.0.1, 0.0.0.0 or one of its own names") from None
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError as e:
+            raise HomusError(f"{host}:{port}: cannot listen there ({e.strerror or e}); another program may "
+                             "hold the port: choose another --port") from None
+
+
 @click.command()
 @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True,
@@ -289,6 +310,7 @@ def serve(runs, host, port, collect_dir, threads, log_level) -> None:
                                    "pip install 'homus[serve]'") from None
     import torch
 
+    _check_address(host, port)  # before the models load: a taken port is one line, not uvicorn's log
     if threads:
         torch.set_num_threads(threads)
     app = create_app(runs, collect_dir)

@@ -83,13 +83,16 @@ def check_unique_ids(raw_dir: str | Path, files: list[str]) -> None:
 
 def parse_writers(spec: str | int | list | None) -> set[str] | None:
     """``None`` (all), ``"1-5,9"``, ``7`` or ``[1, 2, "3-4"]`` -> a set of writer ids."""
-    if spec is None or spec == "" or spec == []:
+    if spec is None or spec == []:
         return None
     items = spec if isinstance(spec, list) else str(spec).split(",")
     out: set[str] = set()
     for item in items:
         text = str(item).strip()
         m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", text)
+        if m and int(m.group(1)) > int(m.group(2)):
+            raise SettingsError(f"writers {spec!r}: the range {text} runs backwards; write it as "
+                                f"{int(m.group(2))}-{int(m.group(1))}")
         if m:
             out |= {str(w) for w in range(int(m.group(1)), int(m.group(2)) + 1)}
         elif text.isdigit():

@@ -7,6 +7,7 @@ transformed first and drawn afterwards. Coordinates follow OpenCV: pixel ``i`` c
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 
@@ -99,12 +100,10 @@ class RenderSettings:
 
 def parse_size(value: int | str) -> tuple[int, int]:
     """``64`` or ``"64"`` -> (64, 64); ``"128x64"`` -> (128, 64)."""
-    text = str(value).lower().strip()
-    try:
-        w, _, h = text.partition("x")
-        return int(w), int(h or w)
-    except ValueError:
-        raise SettingsError(f"size {value!r}: expected a number like 96 or WxH like 128x64") from None
+    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", str(value)) if not isinstance(value, bool) else None
+    if not m:
+        raise SettingsError(f"size {value!r}: expected a number like 96 or WxH like 128x64")
+    return int(m.group(1)), int(m.group(2) or m.group(1))
 
 
 def path_bounds(strokes: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

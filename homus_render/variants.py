@@ -24,7 +24,7 @@ import cv2
 from . import __version__
 from .atomic import is_stale, write_bytes, write_json
 from .dataset import Stat, content_hash, file_digest, file_stats, fingerprint, list_stroke_files, natural_key, read_info
-from .errors import HomusError, check_writable_dir, user_os_error
+from .errors import HomusError, SettingsError, check_writable_dir, user_os_error
 from .index import StrokeIndex, read_index, write_index
 from .labels import LABELS
 from .lock import writing
@@ -160,7 +160,18 @@ def _is_up_to_date(vdir: Path, settings: RenderSettings, fp: str, skip_invalid: 
     except ValueError:
         return False
     return (info.get("settings") == settings.to_dict() and info.get("raw_fingerprint") == fp
-            and info.get("renderer_version") == RENDERER_VERSION and (skip_invalid or not info.get("skipped")))
+            and info.get("renderer_version") == RENDERER_VERSION and (skip_invalid or not info.get("skipped"))
+            and _count_pngs(vdir) == info.get("images"))
+
+
+def _count_pngs(vdir: Path) -> int:
+    """The images in a variant's class folders: a variant that lost some is rendered again rather
+    than called up to date (one directory listing per class; contents are not read)."""
+    try:
+        return sum(1 for d in os.scandir(vdir) if d.is_dir() and not d.name.startswith(".")
+                   for f in os.scandir(d.path) if f.name.endswith(".png"))
+    except OSError:
+        return -1
 
 
 def _spans(n: int, jobs: int) -> list[tuple[int, int]]:
@@ -220,6 +231,8 @@ def render_variants(raw_dir: str | Path, rendered_dir: str | Path, variants: Seq
     run to those writers' samples; ``extra`` adds folders of collected samples as more writers.
     ``progress(n)`` is called with the number of samples just finished.
     """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs == 0:
+        raise SettingsError(f"jobs {jobs!r}: give a number of worker processes, or -1 for all cores")
     raw_dir, rendered_dir = Path(raw_dir), Path(rendered_dir)
     files = list_stroke_files(raw_dir, writers, extra)
     if not files:
@@ -241,6 +254,10 @@ def render_variants(raw_dir: str | Path, rendered_dir: str | Path, variants: Seq
     if not todo:
         return results
 
+    for s in todo:
+        if (rendered_dir / s.name).exists() and not (rendered_dir / s.name).is_dir():
+            raise RenderError(f"{rendered_dir / s.name}: a file is where this variant's folder goes; move or "
+                              "remove it, or choose another --rendered-dir")
     check_writable_dir(rendered_dir)
     with contextlib.ExitStack() as locks:
         for s in todo:  # one writer per variant: a second render of it fails at once, naming the first

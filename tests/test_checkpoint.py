@@ -98,3 +98,23 @@ def test_imagenet_without_network_says_what_to_do(monkeypatch):
     monkeypatch.setattr(torchvision.models, "resnet18", offline)
     with pytest.raises(WeightsError, match="--weights none"):
         build_model("resnet18", 32, 1, weights="imagenet")
+
+
+def test_an_empty_checkpoint_says_so(tmp_path):
+    (tmp_path / "best.pt").write_bytes(b"")
+    with pytest.raises(checkpoint.CheckpointError, match="best.pt: not a readable homus checkpoint .the file is empty"):
+        checkpoint.load(tmp_path / "best.pt")
+
+
+@pytest.mark.parametrize("key, value", [
+    ("arch", "resnet999"), ("arch", None), ("classes", "abc"), ("classes", [1, 2]), ("in_channels", "1"),
+    ("channels", ["bogus"]), ("channels", "ink"), ("model", None), ("render", "t3"), ("render", {"thickness": "x"}),
+    ("config", [1, 2]), ("config", {"strokes": [0.5]}),
+])
+def test_damaged_fields_are_named_when_the_checkpoint_is_read(tmp_path, key, value):
+    """What predict, evaluate and serve read later is checked on load: a hand-edited or damaged
+    checkpoint is one CheckpointError naming the field, never a crash in the code that uses it."""
+    _, ckpt = tiny_ckpt()
+    checkpoint.save(tmp_path / "c.pt", {**ckpt, key: value})
+    with pytest.raises(checkpoint.CheckpointError, match=f"c.pt: checkpoint '{key}'"):
+        checkpoint.load(tmp_path / "c.pt")

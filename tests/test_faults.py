@@ -561,3 +561,90 @@ def test_a_non_finite_loss_stops_training_naming_epoch_and_batch():
         model[1].weight[0, 0] = float("nan")
     with pytest.raises(DivergedError, match="epoch 3, batch 1: the loss is nan"):
         train_one_epoch(model, batches, torch.nn.CrossEntropyLoss(), opt, sched, torch.device("cpu"), 3)
+
+
+# --- found by probing the commands as a hostile user would ------------------------------------------
+@pytest.mark.parametrize("flags, words", [
+    (["--jobs", "0"], "jobs 0"),
+    (["--thickness", ""], "render thickness: give at least one value"),
+    (["--thickness", ","], "render thickness: give at least one value"),
+    (["--thickness", "1_0"], "render thickness '1_0'"),
+    (["--size", ""], "render size: give at least one value"),
+    (["--size", "64x"], "size '64x'"),
+    (["--writers", ""], "writers ''"),
+    (["--writers", "5-1"], "runs backwards"),
+])
+def test_render_flags_that_ask_for_nothing_or_nonsense_are_refused(tmp_path, flags, words):
+    """An empty list of sizes rendered nothing and said nothing; an empty writer list rendered them
+    all; --jobs 0 was a joblib traceback. Each is now one line, and nothing is written."""
+    write_handmade(tmp_path / "raw")
+    args = ["render", "--raw-dir", tmp_path / "raw", "--rendered-dir", tmp_path / "out", "--size", "32", *flags]
+    r = invoke(*args)
+    assert r.exit_code in (1, 2) and words in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_file_where_the_variant_folder_goes_is_named_not_replaced(tmp_path):
+    write_handmade(tmp_path / "raw")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "t3-s32").write_text("mine")
+    assert_one_error(invoke("render", "--raw-dir", tmp_path / "raw", "--rendered-dir", out, "--size", "32"),
+                     out / "t3-s32")
+    assert (out / "t3-s32").read_text() == "mine" and leftovers(out) == ["t3-s32"]
+
+
+def test_a_variant_that_lost_images_is_rendered_again(tmp_path):
+    """`up to date` must mean the images are there: one listing per class folder checks it."""
+    write_handmade(tmp_path / "raw")
+    args = ("render", "--raw-dir", tmp_path / "raw", "--rendered-dir", tmp_path / "out", "--size", "32")
+    assert invoke(*args).exit_code == 0
+    vdir = tmp_path / "out/t3-s32"
+    before = {p.relative_to(vdir): p.read_bytes() for p in vdir.rglob("*.png") if p.parent != vdir}
+    assert "(up to date)" in invoke(*args).output
+    lost = next(d for d in sorted(vdir.iterdir()) if d.is_dir() and any(d.glob("*.png")))
+    for png in lost.glob("*.png"):
+        png.unlink()
+    r = invoke(*args)
+    assert r.exit_code == 0 and "(rendered)" in r.output, r.output
+    assert {p.relative_to(vdir): p.read_bytes() for p in vdir.rglob("*.png") if p.parent != vdir} == before
+
+
+def test_predict_top_k_and_folders_given_as_inputs(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    for k in ("0", "-1", "99"):
+        r = invoke("predict", run, "--top-k", k, tmp_path)
+        assert r.exit_code == 2 and "--top-k" in r.output and "Traceback" not in r.output, r.output
+    with pytest.raises(Exception, match="a folder, not an image"):
+        prepare(tmp_path, S)
+
+
+def test_a_transparent_sheet_is_blank_and_nan_pixels_are_named(tmp_path):
+    hidden = np.dstack([_symbol()] * 3 + [np.zeros_like(_symbol())])  # ink in RGB, but nothing is opaque
+    with pytest.raises(Exception, match="blank"):
+        normalize_image(hidden, S)
+    flt = _symbol().astype(np.float32) / 255
+    flt[0, 0] = np.nan
+    with pytest.raises(Exception, match="not numbers"):
+        normalize_image(flt, S)
+
+
+def test_a_scans_dark_frame_does_not_flip_the_ink():
+    """The paper is what most of the sheet is: a dark frame round a scan leaves black ink black."""
+    framed = np.pad(_symbol(), 20, constant_values=255)
+    framed[:4], framed[-4:], framed[:, :4], framed[:, -4:] = 0, 0, 0, 0
+    assert np.median(normalize_image(framed, S, "fit")) > 200  # white paper, not inverted to black
+    assert np.array_equal(normalize_image(255 - _symbol(), S), normalize_image(_symbol(), S))
+
+
+def test_serve_on_a_taken_port_is_one_line(tmp_path):
+    import socket
+
+    pytest.importorskip("uvicorn")
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen(1)
+        port = held.getsockname()[1]
+        assert_one_error(invoke("serve", tmp_path, "--port", port), f"127.0.0.1:{port}")
+    assert_one_error(invoke("serve", tmp_path, "--host", "no-such-host.invalid"), "no-such-host.invalid")

@@ -268,3 +268,24 @@ def test_every_schedule_runs_on_tiny_data(steps):
             opt.step()
             sched.step()
         assert all(math.isfinite(v) and 0 <= v <= tc.lr + 1e-12 for v in seen), (schedule, seen)
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("render", 5, "'train.render' must be a mapping"),
+    ("strokes", [0.1], "'train.strokes' must be a mapping"),
+    ("epochs", "ten", "train.epochs"),
+    ("colour", "red", "unknown key 'train.colour'"),
+])
+def test_a_hand_edited_run_config_is_refused_naming_the_key(tmp_path, key, value, words):
+    """A run's config.yaml goes through the one settings check when it is read, so evaluate,
+    predict and serve name a bad value instead of crashing on it later."""
+    run = tmp_path / "run"
+    run.mkdir()
+    good = train_config(load(), {}).to_dict()
+    RunFolder(run).file("config.yaml").write_text(yaml.safe_dump({**good, key: value}))
+    with pytest.raises(RunError, match=words):
+        RunFolder(run).config()
+    r = CliRunner().invoke(main, ["train", "--resume", str(run)])
+    assert r.exit_code == 1 and words in r.output and "Traceback" not in r.output
+    (run / "config.yaml").write_text(yaml.safe_dump(good))
+    assert RunFolder(run).config()["epochs"] == good["epochs"]
