@@ -24,7 +24,7 @@ from homus_render.strokes import Sample
 
 from . import checkpoint
 from .data import DataError, Variant, load_variant, variant_info
-from .settings import TrainConfig, read_yaml, upgrade_run_config
+from .settings import check_run_config, read_yaml, upgrade_run_config
 from .strokeset import render_samples
 
 CONFIG, SPLIT, DATA, METRICS, HISTORY = "config.yaml", "split.json", "data.json", "metrics.json", "history.csv"
@@ -96,7 +96,7 @@ class RunFolder:
                            f"{'an empty file' if not cfg else type(cfg).__name__}; the run folder is damaged")
         cfg = upgrade_run_config(cfg)
         try:  # through the one settings check, so a hand-edited value is an error here, not a crash later
-            TrainConfig.from_dict({"runs_dir": str(self.path.parent), "name": self.name, **cfg}, path)
+            check_run_config(cfg, path)
         except SettingsError as e:
             raise RunError(f"{e}; the run folder is damaged") from None
         return cfg

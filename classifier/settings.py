@@ -271,6 +271,22 @@ def nest_flat(d: dict) -> dict:
     return out
 
 
+def check_run_config(d: dict, source: str | Path) -> None:
+    """A run's recorded settings (after :func:`upgrade_run_config`), checked as ``homus train``
+    checks settings: a complete record through :meth:`TrainConfig.from_dict`; a partial one, as
+    runs of older versions may hold, key by key (every key known, the nested sections valid).
+    SettingsError naming the key and ``source``."""
+    from .augment import Affine
+
+    if all(f.name in d for f in fields(TrainConfig) if f.name not in ("runs_dir", "name")):
+        TrainConfig.from_dict({"runs_dir": "runs", "name": None, **d}, source)
+        return
+    _check_keys(TrainConfig, d, "train", source, complete=False)
+    for key, kind in (("render", RenderSettings), ("strokes", StrokeAugment), ("warp", Affine)):
+        if key in d:
+            _nested(kind, key, d[key], source)
+
+
 def upgrade_run_config(d: dict) -> dict:
     """A run's ``config.yaml`` in today's layout (:func:`nest_flat`). Settings older runs did not
     record yet are filled with what their absence meant then: no split seed of its own, ink alone,
