@@ -74,8 +74,8 @@ def _check_fields(path: Path, ckpt: dict) -> None:
         raise bad("model", "the model's weights (a state dict)")
     if not isinstance(ckpt["render"], dict):
         raise bad("render", "a mapping of render settings")
-    try:
-        RenderSettings.from_dict(ckpt["render"])
+    try:  # every field, defaults filled in for checkpoints that recorded part of them
+        ckpt["render"] = RenderSettings.from_dict(ckpt["render"]).to_dict()
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: checkpoint 'render' settings do not work ({e}); train the run again") from None
     config = ckpt.get("config")

@@ -93,8 +93,11 @@ def normalize_image(img: np.ndarray, s: RenderSettings, read: str = READS[0]) ->
     fitted ink is thinner than the model's pen and fitted otherwise (:mod:`homus_render.normalize`)."""
     _check_read(read)
     img = _to_gray(img)
-    if np.median(img) < 128:  # mostly dark: light ink on dark paper; flip to the published polarity
-        img = 255 - img  # (the whole sheet decides, not its border, which a scan's dark frame can own)
+    # Light ink on dark paper is flipped to dark on light when both the border and the whole sheet
+    # are mostly dark: a scan's dark frame owns the border, a tight crop of a filled dot the middle.
+    border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
+    if np.median(border) < 128 and np.median(img) < 128:
+        img = 255 - img
     if img.max() - img.min() < 16:
         raise InputError("no ink found: the image is blank")
     try:

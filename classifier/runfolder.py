@@ -98,7 +98,7 @@ class RunFolder:
         try:  # through the one settings check, so a hand-edited value is an error here, not a crash later
             check_run_config(cfg, path)
         except SettingsError as e:
-            raise RunError(f"{e}; the run folder is damaged") from None
+            raise RunError(f"{e}; the run folder is damaged, or was made by a newer homus") from None
         return cfg
 
     def split(self) -> dict:

@@ -272,19 +272,20 @@ def nest_flat(d: dict) -> dict:
 
 
 def check_run_config(d: dict, source: str | Path) -> None:
-    """A run's recorded settings (after :func:`upgrade_run_config`), checked as ``homus train``
-    checks settings: a complete record through :meth:`TrainConfig.from_dict`; a partial one, as
-    runs of older versions may hold, key by key (every key known, the nested sections valid).
-    SettingsError naming the key and ``source``."""
+    """What evaluate, predict, serve and the reports read from a run's recorded settings (after
+    :func:`upgrade_run_config`): every key known, the nested sections valid mappings, the lists
+    lists of names. Ranges that only matter for training (``train --resume`` checks those) are
+    left alone, so a run made under older limits still reads. SettingsError naming the key and
+    ``source``."""
     from .augment import Affine
 
-    if all(f.name in d for f in fields(TrainConfig) if f.name not in ("runs_dir", "name")):
-        TrainConfig.from_dict({"runs_dir": "runs", "name": None, **d}, source)
-        return
     _check_keys(TrainConfig, d, "train", source, complete=False)
     for key, kind in (("render", RenderSettings), ("strokes", StrokeAugment), ("warp", Affine)):
         if key in d:
             _nested(kind, key, d[key], source)
+    for key in ("variants", "channels", "extra_raw"):
+        if key in d and not (isinstance(d[key], list) and all(isinstance(v, str) for v in d[key])):
+            raise SettingsError(f"{source}: '{_named(key)}' must be a list of names, got {d[key]!r}")
 
 
 def upgrade_run_config(d: dict) -> dict:
@@ -297,6 +298,8 @@ def upgrade_run_config(d: dict) -> dict:
     out.setdefault("fold", 0)
     out.setdefault("channels", ["ink"])
     out.setdefault("writers", None)
+    if out["writers"] == "":  # what an empty --writers recorded when it meant every writer
+        out["writers"] = None
     out.setdefault("extra_raw", [])
     out.setdefault("raster", "cpu")  # runs before the torch rasterizer drew on the CPU
     out.setdefault("compile", False)  # and ran the model eagerly

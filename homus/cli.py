@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import re
 import signal
 import sys
 import threading
@@ -145,7 +146,7 @@ def render_settings(cfg: dict, thickness, size, fit, margin, antialias, staff_li
                                    f"{'3 or 1,2,3' if key == 'thickness' else '96 or 64,96'}")
     out = []
     for t in thicknesses:
-        if isinstance(t, bool) or not (isinstance(t, int) or (isinstance(t, str) and t.strip().isdigit())):
+        if isinstance(t, bool) or not (isinstance(t, int) or re.fullmatch(r"\s*[0-9]+\s*", str(t))):
             raise click.UsageError(f"render thickness {t!r}: expected whole pixels like 3 or 1,2,3")
         for size_value in sizes:
             w, h = cfgmod.parse_size(size_value)

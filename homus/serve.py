@@ -268,24 +268,31 @@ def create_app(runs, collect_dir="collected", max_batch: int = 32):
 
 
 def _check_address(host: str, port: int) -> None:
-    """Bind ``host:port`` once as uvicorn will (address reuse on), so a host that does not resolve or
-    a port another program holds is a one-line error naming them."""
+    """Open and close ``host:port`` the way uvicorn will (asyncio's ``create_server``), so a host
+    that does not resolve, an address that is not this machine's, a port another program holds or
+    one that needs root is a one-line error naming them, before any model loads."""
+    import asyncio
+    import errno
     import socket
 
     from homus_render.errors import HomusError
 
+    async def bind() -> None:
+        server = await asyncio.get_running_loop().create_server(asyncio.Protocol, host=host, port=port)
+        server.close()
+        await server.wait_closed()
+
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    except (socket.gaierror, UnicodeError) as e:
-        raise HomusError(f"--host {host}: not an address this machine can listen on ({e}); "
-                         "use 127.0.0.1, 0.0.0.0 or one of its own names") from None
-    with socket.socket(family, kind, proto) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(addr)
-        except OSError as e:
-            raise HomusError(f"{host}:{port}: cannot listen there ({e.strerror or e}); another program may "
-                             "hold the port: choose another --port") from None
+        asyncio.run(bind())
+    except socket.gaierror as e:
+        raise HomusError(f"--host {host}: no such host ({e.strerror}); use 127.0.0.1, 0.0.0.0 or a name of "
+                         "this machine") from None
+    except OSError as e:
+        why = {errno.EADDRINUSE: "the port is in use by another program: choose another --port",
+               errno.EADDRNOTAVAIL: "that address is not one of this machine's: choose another --host",
+               errno.EACCES: "permission denied (ports below 1024 need privileges): choose another --port"}
+        raise HomusError(f"{where}: cannot listen there; {why.get(e.errno, e.strerror or str(e))}") from None
 
 
 @click.command()

@@ -169,7 +169,7 @@ def _count_pngs(vdir: Path) -> int:
     than called up to date (one directory listing per class; contents are not read)."""
     try:
         return sum(1 for d in os.scandir(vdir) if d.is_dir() and not d.name.startswith(".")
-                   for f in os.scandir(d.path) if f.name.endswith(".png"))
+                   for f in os.scandir(d.path) if f.name.endswith(".png") and not f.name.startswith("."))
     except OSError:
         return -1
 

@@ -636,6 +636,10 @@ def test_a_scans_dark_frame_does_not_flip_the_ink():
     framed[:4], framed[-4:], framed[:, :4], framed[:, -4:] = 0, 0, 0, 0
     assert np.median(normalize_image(framed, S, "fit")) > 200  # white paper, not inverted to black
     assert np.array_equal(normalize_image(255 - _symbol(), S), normalize_image(_symbol(), S))
+    dot = np.full((40, 40), 255, np.uint8)  # a filled dot cropped tight: mostly ink, on white paper
+    cv2.circle(dot, (20, 20), 19, 0, -1)
+    seen = normalize_image(dot, S, "fit")
+    assert seen[S.height // 2, S.width // 2] < 64 and seen[0, 0] > 192  # a black dot, not a white hole
 
 
 def test_serve_on_a_taken_port_is_one_line(tmp_path):

@@ -273,7 +273,7 @@ def test_every_schedule_runs_on_tiny_data(steps):
 @pytest.mark.parametrize("key, value, words", [
     ("render", 5, "'train.render' must be a mapping"),
     ("strokes", [0.1], "'train.strokes' must be a mapping"),
-    ("epochs", "ten", "train.epochs"),
+    ("channels", [1], "must be a list of names"),
     ("colour", "red", "unknown key 'train.colour'"),
 ])
 def test_a_hand_edited_run_config_is_refused_naming_the_key(tmp_path, key, value, words):
@@ -289,3 +289,6 @@ def test_a_hand_edited_run_config_is_refused_naming_the_key(tmp_path, key, value
     assert r.exit_code == 1 and words in r.output and "Traceback" not in r.output
     (run / "config.yaml").write_text(yaml.safe_dump(good))
     assert RunFolder(run).config()["epochs"] == good["epochs"]
+    # values legal under older limits, and an empty --writers recorded as '' (every writer), still read
+    (run / "config.yaml").write_text(yaml.safe_dump({**good, "threads": -1, "workers": 300, "writers": ""}))
+    assert RunFolder(run).config()["writers"] is None
