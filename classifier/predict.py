@@ -23,6 +23,10 @@ from .inference import class_probabilities
 from .runfolder import RunFolder
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+#: The most pixels an input image may have: a phone's photo of a symbol fits, while a small file
+#: that claims a huge canvas (a decompression bomb) is refused before it is decoded.
+MAX_PIXELS = 100_000_000
+_HUGE = (-1, -1)  # the size of an image Pillow itself refuses to open as a decompression bomb
 
 
 class InputError(HomusError, ValueError):
@@ -40,6 +44,11 @@ def decode_image(data: bytes, path: str | Path = "image") -> np.ndarray:
     turn is found by comparing the two decodings). InputError for an empty or undecodable file."""
     if not data:
         raise InputError(f"{path}: an empty file (0 bytes), not an image")
+    size = _claimed_size(data)
+    if size == _HUGE or (size is not None and size[0] * size[1] > MAX_PIXELS):
+        claim = "more pixels than Pillow opens" if size == _HUGE else f"{size[0]:,} x {size[1]:,} pixels"
+        raise InputError(f"{path}: the image claims {claim}, more than homus reads ({MAX_PIXELS:,}); crop the "
+                         "symbol or scale the image down")
     buf = np.frombuffer(data, np.uint8)
     try:
         img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
@@ -54,6 +63,27 @@ def decode_image(data: bytes, path: str | Path = "image") -> np.ndarray:
             if candidate.shape == upright.shape and np.array_equal(candidate, upright):
                 return np.ascontiguousarray(turn)
     return img
+
+
+def _claimed_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) that an image file's header claims, read without decoding the pixels
+    (Pillow, which matplotlib brings); None when Pillow cannot tell, and OpenCV decides."""
+    import io
+    import warnings
+
+    try:
+        from PIL import Image
+    except ImportError:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's own bomb warning: the size is checked here
+            with Image.open(io.BytesIO(data)) as im:
+                return im.size
+    except Image.DecompressionBombError:  # beyond Pillow's own limit, which is above ours
+        return _HUGE
+    except Exception:  # not an image Pillow knows: OpenCV decides
+        return None
 
 
 def _to_gray(img: np.ndarray) -> np.ndarray:

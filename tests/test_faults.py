@@ -652,3 +652,25 @@ def test_serve_on_a_taken_port_is_one_line(tmp_path):
         port = held.getsockname()[1]
         assert_one_error(invoke("serve", tmp_path, "--port", port), f"127.0.0.1:{port}")
     assert_one_error(invoke("serve", tmp_path, "--host", "no-such-host.invalid"), "no-such-host.invalid")
+
+
+def test_an_image_that_claims_a_huge_canvas_is_refused_before_decoding(tmp_path):
+    """A few hundred bytes can claim 900 million pixels (gigabytes once decoded): refused from the
+    header alone, naming the file, while the other inputs are still read."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    def png(w: int, h: int) -> bytes:
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+    with pytest.raises(Exception, match="12,000 x 9,000 pixels, more than homus reads"):
+        decode_image(png(12_000, 9_000), "photo.png")
+    with pytest.raises(Exception, match="bomb.png: the image claims more pixels"):
+        decode_image(png(30_000, 30_000), "bomb.png")
+    good = tmp_path / "good.png"
+    cv2.imwrite(str(good), _symbol())
+    assert np.array_equal(prepare(good, S), normalize_image(_symbol(), S))
