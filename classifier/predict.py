@@ -153,7 +153,7 @@ def prepare(path: str | Path, s: RenderSettings, channels: tuple[str, ...] = ("i
                 "a link that leads nowhere" if path.is_symlink() else "no such file")
         raise InputError(f"{path}: {what}")
     if path.suffix.lower() == ".txt":
-        return render_plain(parse_file(path).strokes, s, channels)
+        return render_plain(parse_file(path, labelled=False).strokes, s, channels)  # its class is what we seek
     if channels != ("ink",):
         raise InputError(f"{path}: this model reads {','.join(channels)}: the pen's order or the symbol's size on "
                          "the tablet, which an image does not hold; give it HOMUS .txt stroke files")

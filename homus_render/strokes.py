@@ -142,17 +142,23 @@ def _is_number(token: str) -> bool:
     return True
 
 
-def parse_text(text: str, path: str | Path = "<text>") -> Sample:
-    """Parse the decoded content of a stroke file; ``path`` names it in errors and gives the id."""
+def parse_text(text: str, path: str | Path = "<text>", labelled: bool = True) -> Sample:
+    """Parse the decoded content of a stroke file; ``path`` names it in errors and gives the id.
+    ``labelled=False`` (a symbol to classify, whose class is not needed): line 1 may hold any label,
+    or be the first stroke; the sample's label is then what line 1 said, or empty."""
     lines = text.splitlines()
     if not text.strip():
         raise StrokeFileError(path, None, "empty file")
     label = lines[0].strip().lstrip("\ufeff")
-    if not label or _COORDS_ONLY.match(label):
+    first = 2
+    if not labelled and _COORDS_ONLY.match(label):
+        label, first = "", 1
+    elif not label or _COORDS_ONLY.match(label):
         raise StrokeFileError(path, 1, "missing label: line 1 must name the symbol class")
-    if label not in LABEL_SET:
+    elif labelled and label not in LABEL_SET:
         raise StrokeFileError(path, 1, f"unknown label {label!r}")
-    body = [(n, line.strip().rstrip(";")) for n, line in enumerate(lines[1:], 2) if line.strip()]
+    body = [(n, line.strip().lstrip("\ufeff").rstrip(";")) for n, line in enumerate(lines[first - 1:], first)
+            if line.strip()]
     if not body:
         raise StrokeFileError(path, None, f"label {label!r} has no strokes")
     sample_id, writer = sample_identity(path)
@@ -191,12 +197,12 @@ def _fast_values(joined: str) -> np.ndarray | None:
     return values
 
 
-def parse_file(path: str | Path) -> Sample:
-    """Read and parse one stroke file."""
-    return parse_bytes(Path(path).read_bytes(), path)
+def parse_file(path: str | Path, labelled: bool = True) -> Sample:
+    """Read and parse one stroke file (``labelled``: see :func:`parse_text`)."""
+    return parse_bytes(Path(path).read_bytes(), path, labelled)
 
 
-def parse_bytes(data: bytes, path: str | Path = "<bytes>") -> Sample:
+def parse_bytes(data: bytes, path: str | Path = "<bytes>", labelled: bool = True) -> Sample:
     """Decode (UTF-8) and parse the raw content of a stroke file; ``path`` names it in errors."""
     try:
         text = data.decode("utf-8")
@@ -204,4 +210,4 @@ def parse_bytes(data: bytes, path: str | Path = "<bytes>") -> Sample:
         lineno = data.count(b"\n", 0, e.start) + 1
         raise StrokeFileError(path, lineno, f"undecodable bytes at offset {e.start} (not a text file?)")\
             from None
-    return parse_text(text, path)
+    return parse_text(text, path, labelled)

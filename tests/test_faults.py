@@ -674,3 +674,19 @@ def test_an_image_that_claims_a_huge_canvas_is_refused_before_decoding(tmp_path)
     good = tmp_path / "good.png"
     cv2.imwrite(str(good), _symbol())
     assert np.array_equal(prepare(good, S), normalize_image(_symbol(), S))
+
+
+def test_predict_reads_a_stroke_file_whatever_its_label_line_says(tmp_path):
+    """The class is what predict seeks: a file with no label line, or a label HOMUS lacks, is read
+    as the same strokes; training data must still name a HOMUS class."""
+    strokes = "10,10;20,40;30,10\n15,25;25,25\n"
+    files = {"labelled.txt": "Sharp\n" + strokes, "unknown.txt": "my own symbol\n" + strokes, "bare.txt": strokes}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    seen = [prepare(tmp_path / name, S) for name in files]
+    assert all(np.array_equal(seen[0], other) for other in seen[1:]) and seen[0].min() < 64
+    from homus_render.strokes import StrokeFileError, parse_file
+
+    for name, words in (("unknown.txt", "unknown label"), ("bare.txt", "missing label")):
+        with pytest.raises(StrokeFileError, match=words):
+            parse_file(tmp_path / name)
