@@ -26,6 +26,9 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 #: The most pixels an input image may have: a phone's photo of a symbol fits, while a small file
 #: that claims a huge canvas (a decompression bomb) is refused before it is decoded.
 MAX_PIXELS = 100_000_000
+#: How image files begin, to tell a damaged image from a file that is no image at all.
+_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
+               (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"RIFF", "WebP"))
 _HUGE = (-1, -1)  # the size of an image Pillow itself refuses to open as a decompression bomb
 
 
@@ -50,14 +53,20 @@ def decode_image(data: bytes, path: str | Path = "image") -> np.ndarray:
         raise InputError(f"{path}: the image claims {claim}, more than homus reads ({MAX_PIXELS:,}); crop the "
                          "symbol or scale the image down")
     buf = np.frombuffer(data, np.uint8)
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # a bad file is our one line, not OpenCV's
     try:
         img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
         upright = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
         stored = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION)
     except cv2.error:
         img = None
+    finally:
+        cv2.utils.logging.setLogLevel(level)
     if img is None:
-        raise InputError(f"{path}: neither an image (PNG, JPEG, ...) nor a HOMUS .txt stroke file")
+        kind = next((name for magic, name in _SIGNATURES if data.startswith(magic)), None)
+        raise InputError(f"{path}: a damaged or truncated {kind} file" if kind else
+                         f"{path}: neither an image (PNG, JPEG, ...) nor a HOMUS .txt stroke file")
     if upright is not None and stored is not None and not np.array_equal(upright, stored):
         for turn, candidate in zip(_dihedral(img), _dihedral(stored), strict=True):
             if candidate.shape == upright.shape and np.array_equal(candidate, upright):

@@ -476,15 +476,17 @@ def test_ink_carried_only_by_the_alpha_channel_is_read(tmp_path):
 def test_a_bad_image_fails_alone(tiny_run, tmp_path):
     good = tmp_path / "good.png"
     cv2.imwrite(str(good), _symbol())
-    empty, junk = tmp_path / "empty.png", tmp_path / "junk.jpg"
+    empty, junk, text = tmp_path / "empty.png", tmp_path / "junk.jpg", tmp_path / "notes.png"
     empty.write_bytes(b"")
     junk.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg" * 10)
-    r = invoke("predict", tiny_run, good, empty, junk, tmp_path / "missing.png")
+    text.write_text("a shopping list")
+    r = invoke("predict", tiny_run, good, empty, junk, text, tmp_path / "missing.png")
     assert r.exit_code == 1 and (r.exception is None or isinstance(r.exception, SystemExit)), r.output
-    assert "Traceback" not in r.output
-    assert [ln.split(":")[0] for ln in r.output.splitlines()] == [str(good), str(empty), str(junk),
+    assert "Traceback" not in r.output and "WARN" not in r.output
+    assert [ln.split(":")[0] for ln in r.output.splitlines()] == [str(good), str(empty), str(junk), str(text),
                                                                   str(tmp_path / "missing.png")]
-    assert "0 bytes" in r.output and "neither an image" in r.output and "no such file" in r.output
+    assert "0 bytes" in r.output and "a damaged or truncated JPEG file" in r.output
+    assert "neither an image" in r.output and "no such file" in r.output
 
 
 def test_fetch_checks_the_folder_it_calls_already_there(tmp_path):
