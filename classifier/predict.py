@@ -27,7 +27,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 #: that claims a huge canvas (a decompression bomb) is refused before it is decoded.
 MAX_PIXELS = 100_000_000
 #: How image files begin, to tell a damaged image from a file that is no image at all.
-_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"), (b"BM", "BMP"),
+_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"),
                (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"RIFF", "WebP"))
 _HUGE = (-1, -1)  # the size of an image Pillow itself refuses to open as a decompression bomb
 
@@ -44,11 +44,18 @@ def _dihedral(img: np.ndarray) -> list[np.ndarray]:
 def decode_image(data: bytes, path: str | Path = "image") -> np.ndarray:
     """An image file's pixels as stored, alpha channel and depth kept, turned upright as its EXIF
     orientation says (OpenCV applies the orientation only when it drops the alpha channel, so the
-    turn is found by comparing the two decodings). InputError for an empty or undecodable file."""
+    turn is found by comparing the two decodings). InputError for an empty, unknown, damaged or
+    too large file; the size is read from the header before any pixel is decoded."""
     if not data:
         raise InputError(f"{path}: an empty file (0 bytes), not an image")
-    size = _claimed_size(data)
-    if size == _HUGE or (size is not None and size[0] * size[1] > MAX_PIXELS):
+    kind = next((name for magic, name in _SIGNATURES if data.startswith(magic)), None)
+    if kind == "WebP" and data[8:12] != b"WEBP":  # RIFF also begins WAV and AVI files
+        kind = None
+    size = _claimed_size(data, kind)
+    if size is None:  # only what a header vouches for is decoded
+        raise InputError(f"{path}: a damaged or truncated {kind} file" if kind else
+                         f"{path}: neither an image (PNG, JPEG, BMP, TIFF, WebP, GIF) nor a HOMUS .txt stroke file")
+    if size == _HUGE or size[0] * size[1] > MAX_PIXELS:
         claim = "more pixels than Pillow opens" if size == _HUGE else f"{size[0]:,} x {size[1]:,} pixels"
         raise InputError(f"{path}: the image claims {claim}, more than homus reads ({MAX_PIXELS:,}); crop the "
                          "symbol or scale the image down")
@@ -64,9 +71,7 @@ def decode_image(data: bytes, path: str | Path = "image") -> np.ndarray:
     finally:
         cv2.utils.logging.setLogLevel(level)
     if img is None:
-        kind = next((name for magic, name in _SIGNATURES if data.startswith(magic)), None)
-        raise InputError(f"{path}: a damaged or truncated {kind} file" if kind else
-                         f"{path}: neither an image (PNG, JPEG, ...) nor a HOMUS .txt stroke file")
+        raise InputError(f"{path}: a damaged or truncated {kind or 'image'} file")
     if upright is not None and stored is not None and not np.array_equal(upright, stored):
         for turn, candidate in zip(_dihedral(img), _dihedral(stored), strict=True):
             if candidate.shape == upright.shape and np.array_equal(candidate, upright):
@@ -74,24 +79,26 @@ def decode_image(data: bytes, path: str | Path = "image") -> np.ndarray:
     return img
 
 
-def _claimed_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) that an image file's header claims, read without decoding the pixels
-    (Pillow, which matplotlib brings); None when Pillow cannot tell, and OpenCV decides."""
+def _claimed_size(data: bytes, kind: str | None) -> tuple[int, int] | None:
+    """(width, height) that an image file's header claims, read without decoding the pixels: a
+    PNG's from its IHDR chunk (which must come first, whatever the checksums of later chunks say),
+    any other format's by Pillow. None when no header vouches for a size."""
     import io
+    import struct
     import warnings
 
-    try:
-        from PIL import Image
-    except ImportError:
-        return None
+    from PIL import Image
+
+    if kind == "PNG" and len(data) >= 24 and data[12:16] == b"IHDR":
+        return struct.unpack(">II", data[16:24])
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pillow's own bomb warning: the size is checked here
+            warnings.simplefilter("ignore")  # Pillow's own bomb warning: the size is checked by the caller
             with Image.open(io.BytesIO(data)) as im:
                 return im.size
     except Image.DecompressionBombError:  # beyond Pillow's own limit, which is above ours
         return _HUGE
-    except Exception:  # not an image Pillow knows: OpenCV decides
+    except Exception:  # truncated, damaged, or not an image Pillow knows
         return None
 
 

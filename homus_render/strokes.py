@@ -23,6 +23,8 @@ MAX_COORD = 100_000.0
 
 _NAME = re.compile(r"^(\d+)-(\d+)$")
 _COORDS_ONLY = re.compile(r"^[-+\d\s,;.]+$")
+#: A stroke line as it can stand in for line 1 of an unlabelled file: points of exactly two numbers.
+_POINTS_LINE = re.compile(r"^\s*[-+\d.]+\s*,\s*[-+\d.]+(\s*;\s*[-+\d.]+\s*,\s*[-+\d.]+)*\s*;?\s*$")
 _NUMBER_CHARS = str.maketrans("", "", "0123456789+-")  # what is left of well-formed strokes: ",;," per line
 
 
@@ -149,13 +151,15 @@ def parse_text(text: str, path: str | Path = "<text>", labelled: bool = True) ->
     lines = text.splitlines()
     if not text.strip():
         raise StrokeFileError(path, None, "empty file")
-    label = lines[0].strip().lstrip("\ufeff")
+    label = lines[0].strip().lstrip("\ufeff").strip()
     first = 2
-    if not labelled and _COORDS_ONLY.match(label):
+    if not labelled and _POINTS_LINE.match(label):  # no label line: line 1 is the first stroke
         label, first = "", 1
+    elif not labelled:  # any label, or none, names nothing predict needs
+        pass
     elif not label or _COORDS_ONLY.match(label):
         raise StrokeFileError(path, 1, "missing label: line 1 must name the symbol class")
-    elif labelled and label not in LABEL_SET:
+    elif label not in LABEL_SET:
         raise StrokeFileError(path, 1, f"unknown label {label!r}")
     body = [(n, line.strip().lstrip("\ufeff").rstrip(";")) for n, line in enumerate(lines[first - 1:], first)
             if line.strip()]
