@@ -10,10 +10,10 @@ import torch
 
 from homus_render.atomic import write_bytes
 from homus_render.channels import CHANNELS
-from homus_render.errors import HomusError
+from homus_render.errors import HomusError, SettingsError
 from homus_render.render import RenderSettings
 
-from .settings import ARCHS
+from .settings import ARCHS, check_run_config, upgrade_run_config
 
 FORMAT = "homus-checkpoint-1"
 REQUIRED = ("format", "model", "arch", "classes", "in_channels", "render")
@@ -79,9 +79,13 @@ def _check_fields(path: Path, ckpt: dict) -> None:
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: checkpoint 'render' settings do not work ({e}); train the run again") from None
     config = ckpt.get("config")
-    if config is not None and not (isinstance(config, dict)
-                                   and all(isinstance(config.get(k, {}), dict) for k in ("render", "strokes", "warp"))):
+    if config is not None and not isinstance(config, dict):
         raise bad("config", "the run's settings (a mapping)")
+    if config is not None:  # the run's config.yaml as saved with the model: the check RunFolder gives that file
+        try:
+            check_run_config(upgrade_run_config(config), f"{path}: checkpoint 'config'")
+        except SettingsError as e:
+            raise CheckpointError(f"{e}; the file is damaged, train the run again") from None
 
 
 def channels(ckpt: dict) -> tuple[str, ...]:

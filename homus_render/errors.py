@@ -68,13 +68,18 @@ def describe(e: BaseException) -> str | None:
     return None
 
 
+def not_a_folder(path: str | Path) -> PathError:
+    """The one-line error for a file that stands where the folder ``path`` is expected."""
+    return user_os_error(OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path)))
+
+
 def check_writable_dir(path: str | Path) -> Path:
     """Create ``path`` (and its parents) as a folder, or raise a :class:`PathError` naming it."""
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except FileExistsError:  # a file of that name
-        raise user_os_error(OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))) from None
+        raise not_a_folder(path) from None
     except OSError as e:
         raise user_os_error(e) or e from None
     return path

@@ -24,7 +24,7 @@ import cv2
 from . import __version__
 from .atomic import is_stale, write_bytes, write_json
 from .dataset import Stat, content_hash, file_digest, file_stats, fingerprint, list_stroke_files, natural_key, read_info
-from .errors import HomusError, SettingsError, check_writable_dir, user_os_error
+from .errors import HomusError, SettingsError, check_writable_dir, not_a_folder, user_os_error
 from .index import StrokeIndex, read_index, write_index
 from .labels import LABELS
 from .lock import writing
@@ -254,10 +254,9 @@ def render_variants(raw_dir: str | Path, rendered_dir: str | Path, variants: Seq
     if not todo:
         return results
 
-    for s in todo:
+    for s in todo:  # a file where a variant's folder goes is the user's: never replaced
         if (rendered_dir / s.name).exists() and not (rendered_dir / s.name).is_dir():
-            raise RenderError(f"{rendered_dir / s.name}: a file is where this variant's folder goes; move or "
-                              "remove it, or choose another --rendered-dir")
+            raise not_a_folder(rendered_dir / s.name)
     check_writable_dir(rendered_dir)
     with contextlib.ExitStack() as locks:
         for s in todo:  # one writer per variant: a second render of it fails at once, naming the first
