@@ -5,8 +5,9 @@ at the border) against homus' own renderings of the same test samples, in one ru
     python benchmarks/foreign_bench.py runs/NAME [--widths 1 3 5] [--canvases 96x96 192x96] [--split val]
 
 Each foreign image is read every way ``homus predict --read`` can: ``fit`` (the ink's box fitted to
-the run's canvas, the image resized), ``redraw`` (the ink's centre line drawn again at the run's pen
-width) and ``auto`` (redraw ink thinner than the run's pen, fit the rest; :mod:`homus_render.normalize`).
+the run's canvas, the image resized), ``thicken`` (fitted, with the ink's centre line drawn over it
+at the run's pen width), ``redraw`` (the centre line alone, drawn again) and ``auto`` (fit ink as wide
+as the run's pen that fitting does not enlarge, thicken the rest; :mod:`homus_render.normalize`).
 homus' own renderings are read as the model was tested (``strokes``) and every image way, so the gap
 each way leaves is measured against a peer. homus also draws the same samples with each foreign
 pen width (at the tablet's scale, fitted to the run's canvas) and reads them as predict does: what

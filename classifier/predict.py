@@ -133,10 +133,11 @@ def _to_gray(img: np.ndarray) -> np.ndarray:
 
 
 def normalize_image(img: np.ndarray, s: RenderSettings, read: str = READS[0]) -> np.ndarray:
-    """Any grayscale, colour or transparent image -> black ink on white at the model's canvas:
-    redrawn from its centre line (``read="redraw"``, whatever pen and scale drew it), its ink box
-    fitted to the canvas minus margins (``read="fit"``), or, with ``read="auto"``, redrawn when the
-    fitted ink is thinner than the model's pen and fitted otherwise (:mod:`homus_render.normalize`)."""
+    """Any grayscale, colour or transparent image -> black ink on white at the model's canvas, read
+    as ``read`` says (:data:`~homus_render.normalize.READS`): its ink box fitted to the canvas minus
+    margins (``fit``), fitted with its centre line drawn over it at the model's pen (``thicken``),
+    its centre line alone redrawn (``redraw``), or by ``auto``, fitted when the ink is as wide as
+    the model's pen and fitting does not enlarge it, else thickened (:mod:`homus_render.normalize`)."""
     _check_read(read)
     img = _to_gray(img)
     # Light ink on dark paper is flipped to dark on light when both the border and the whole sheet
@@ -185,8 +186,9 @@ def prepare(path: str | Path, s: RenderSettings, channels: tuple[str, ...] = ("i
 
 
 def image_read(read: str, ckpt: dict) -> str:
-    """``read`` for a model: ``auto`` reads thick ink as it is only for a model that was trained on
-    other tools' pens (``--stroke-redraw``), and redraws every image for one that never saw them."""
+    """``read`` for a model: ``auto`` keeps other tools' ink (fitted or thickened) only for a model
+    that was trained on their images (``--stroke-redraw``), and redraws every image for one that
+    never saw them."""
     _check_read(read)
     foreign = ((ckpt.get("config") or {}).get("strokes") or {}).get("redraw", 0)
     return "redraw" if read == "auto" and not foreign else read

@@ -249,6 +249,9 @@ def check_train(c: TrainConfig) -> None:
     if c.channels != ["ink"] and not c.from_strokes:
         raise SettingsError(f"channels {','.join(c.channels)}: the pen's order and the tablet's size exist only "
                             "in the strokes; train --from-strokes (rendered folders hold ink alone)")
+    if c.strokes.redraw and (c.channels != ["ink"] or not c.from_strokes):
+        raise SettingsError(f"--stroke-redraw {c.strokes.redraw} draws other tools' images of the ink from the "
+                            "strokes: it needs --from-strokes and --channels ink (other channels have no such image)")
 
 
 # --- run folders written before the nested layout ------------------------------------------------

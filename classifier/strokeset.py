@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from homus_render.channels import ORDER, ink_index, render_many, render_plain
-from homus_render.distort import StrokeAugment, render_augmented
+from homus_render.distort import StrokeAugment, render_augmented, render_pair
 from homus_render.labels import LABELS
 from homus_render.render import RenderSettings
 from homus_render.strokes import Sample
@@ -55,7 +55,9 @@ def render_samples(samples: list[Sample], settings: RenderSettings, source: str 
 
 class StrokeSet(Dataset):
     """Samples rendered on demand with ``augment``, as drawn in one epoch: the batch's own (from
-    :class:`~classifier.data.EpochBatches`), else the one :meth:`set_epoch` set."""
+    :class:`~classifier.data.EpochBatches`), else the one :meth:`set_epoch` set. With
+    ``augment.redraw`` (ink alone), a batch also holds, after its samples, the foreign images some of
+    them drew (:func:`~homus_render.distort.render_pair`), with their labels."""
 
     def __init__(self, samples: list[Sample], settings: RenderSettings, augment: StrokeAugment, seed: int,
                  classes: tuple[str, ...] = LABELS, channels: tuple[str, ...] = ("ink",)):
@@ -65,6 +67,7 @@ class StrokeSet(Dataset):
         self.targets = torch.tensor([index[s.label] for s in samples], dtype=torch.long)
         self.settings, self.augment, self.seed, self.epoch = settings, augment, seed, 0
         self.channels = tuple(channels)
+        self.foreign = bool(augment.redraw) and self.channels == ("ink",)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -76,14 +79,27 @@ class StrokeSet(Dataset):
         """Sample ``i`` as drawn in ``epoch`` (its own random stream: seed, epoch, index)."""
         if not self.augment.active:
             return render_plain(self.strokes[i], self.settings, self.channels)
-        rng = np.random.default_rng((self.seed, epoch, i))
-        return render_augmented(self.strokes[i], self.settings, self.augment, rng, self.channels)
+        return render_augmented(self.strokes[i], self.settings, self.augment, self._rng(epoch, i), self.channels)
+
+    def draw_pair(self, i: int, epoch: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Sample ``i`` as drawn in ``epoch`` (the image :meth:`draw` gives), and the foreign image
+        drawn beside it, or None (:func:`~homus_render.distort.render_pair`)."""
+        return render_pair(self.strokes[i], self.settings, self.augment, self._rng(epoch, i))
+
+    def _rng(self, epoch: int, i: int) -> np.random.Generator:
+        return np.random.default_rng((self.seed, epoch, i))
 
     def __getitem__(self, key: list[int] | tuple[int, list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """A whole batch at once, like :class:`~classifier.data.ImageSet`: indices, drawn as in the
         current epoch, or ``(epoch, indices)`` (from :class:`~classifier.data.EpochBatches`)."""
         epoch, idx = batch_key(key, self.epoch)
-        return to_input(np.stack([self.draw(i, epoch) for i in idx])), self.targets[torch.as_tensor(idx)]
+        targets = self.targets[torch.as_tensor(idx)]
+        if not self.foreign:
+            return to_input(np.stack([self.draw(i, epoch) for i in idx])), targets
+        pairs = [self.draw_pair(i, epoch) for i in idx]
+        extra = [k for k, (_, foreign) in enumerate(pairs) if foreign is not None]
+        images = [own for own, _ in pairs] + [pairs[k][1] for k in extra]
+        return to_input(np.stack(images)), torch.cat([targets, targets[torch.as_tensor(extra, dtype=torch.long)]])
 
 
 def worker_init(_: int) -> None:
@@ -97,7 +113,8 @@ def worker_init(_: int) -> None:
 def augment_sheet(ds: StrokeSet, classes: tuple[str, ...] = LABELS, per_class: int = 1, epochs: int = 8) -> bytes:
     """A contact sheet (PNG) of what the model is shown: one row per class (its first training
     sample), the plain rendering (each channel, when there are several), then that sample as
-    drawn in epochs 1..``epochs`` (its ink channel; the ``size`` page's jitter is not shown)."""
+    drawn in epochs 1..``epochs`` (its ink channel; the ``size`` page's jitter is not shown; with
+    ``--stroke-redraw``, the foreign image in the epochs that drew one)."""
     from homus_render.preview import grid
 
     rows, seen = [], {}
@@ -105,7 +122,10 @@ def augment_sheet(ds: StrokeSet, classes: tuple[str, ...] = LABELS, per_class: i
         if seen.get(t, 0) < per_class:
             seen[t] = seen.get(t, 0) + 1
             plain = render_plain(ds.strokes[i], ds.settings, ds.channels)
-            drawn = [ds.draw(i, e) for e in range(1, epochs + 1)]
+            if ds.foreign:  # the foreign image where one was drawn beside the sample's own
+                drawn = [f if f is not None else own for own, f in (ds.draw_pair(i, e) for e in range(1, epochs + 1))]
+            else:
+                drawn = [ds.draw(i, e) for e in range(1, epochs + 1)]
             if plain.ndim == 3:  # each channel plain, then the drawings in ink (or the first channel)
                 plain, drawn = list(plain), [d[ink_index(ds.channels)] for d in drawn]
             else:

@@ -241,8 +241,9 @@ TRAIN_FLAGS = [
         ("translate", "Shift, fraction of the canvas."), ("elastic", "Smooth bending, fraction of the symbol."),
         ("jitter", "Per-point noise, fraction of the symbol."), ("ends", "Chance to shorten each stroke end."),
         ("size", "Size read by the size channel, exp(+-v) times the tablet's."),
-        ("redraw", "Chance an ink image is drawn as another tool draws one (the tablet's scale, another pen, binary "
-                   "ink, a page that cuts it), then read as predict's --read auto reads images from elsewhere.")]],
+        ("redraw", "Chance a sample also comes as another tool draws it (the tablet's scale, another pen, binary "
+                   "ink, a page that cuts it), read as predict's --read auto reads images from elsewhere: an extra "
+                   "image in the batch, beside homus' own.")]],
     click.option("--channels", help=f"Input channels (--from-strokes) of {', '.join(CHANNELS)}, e.g. ink,time: "
                  "ink, time (the pen's "
                  "progress), stroke (each stroke's rank), size (the symbol's size on the tablet)."),
@@ -351,8 +352,9 @@ def evaluate(runs, variant, out, device) -> None:
 @click.option("--top-k", type=click.IntRange(1, 32), default=3, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON document for machines.")
 @click.option("--read", type=click.Choice(READS), default=READS[0], show_default=True,
-              help="Images: redraw the ink's centre line at the model's pen width, or fit the ink box as it is; "
-                   "auto redraws ink thinner than the model's pen and fits the rest.")
+              help="Images: fit the ink box to the canvas as it is; thicken (fit it and draw its centre line over it "
+                   "at the model's pen); redraw (the centre line alone); auto fits ink as wide as the model's pen "
+                   "that fitting does not enlarge, and thickens the rest.")
 def predict(run, inputs, top_k, as_json, read) -> None:
     """Classify images (any size) or raw HOMUS .txt stroke files with a run's model."""
     from classifier.predict import predict as do_predict

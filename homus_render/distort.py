@@ -35,12 +35,10 @@ class StrokeAugment:
     ``jitter``: per-point noise (std) as a fraction of the symbol's size. ``ends``: chance that
     each end of a stroke is shortened (by up to 25 % of its points). ``size``: the ``size`` channel
     reads the symbol as up to ``exp(+-size)`` times its size on the tablet (writers' hands differ so).
-    ``redraw``: chance that an ink
-    image is drawn as another tool draws it (:func:`foreign_image`: the tablet's scale, another
-    pen, binary or antialiased ink), as images from other tools come to ``homus predict``, and then
-    made into the view predict's ``--read auto`` gives of it
-    (:func:`~homus_render.normalize.model_view`): fitted to the canvas when its ink is at least as
-    wide as the model's pen, else redrawn from its centre line.
+    ``redraw``: chance that a sample's ink image comes with a second one, the same distorted path
+    as another tool draws it (:func:`foreign_image`: the tablet's scale, another pen, binary or
+    antialiased ink), made into the view predict's ``--read auto`` gives of it
+    (:func:`~homus_render.normalize.model_view`); see :func:`render_pair`.
     """
 
     thickness: float = 0.0
@@ -196,10 +194,23 @@ def foreign_image(strokes: Sequence[np.ndarray], path: Sequence[np.ndarray], rng
 def render_augmented(strokes: Sequence[np.ndarray], s: RenderSettings, aug: StrokeAugment,
                      rng: np.random.Generator, channels: Sequence[str] = ("ink",)) -> np.ndarray:
     """The symbol as :func:`render` draws it, distorted by ``aug`` with draws from ``rng``; with
-    ``channels`` other than ink alone, a ``(channels, h, w)`` stack (:mod:`~homus_render.channels`)."""
+    ``channels`` other than ink alone, a ``(channels, h, w)`` stack (:mod:`~homus_render.channels`).
+    ``aug.redraw`` adds a second image, which :func:`render_pair` draws."""
     path, width, extent = augment_path(strokes, s, aug, rng)
     if tuple(channels) == ("ink",):
-        if aug.redraw and rng.random() < aug.redraw:  # drawn last: no other draw of the stream moves
-            return model_view(foreign_image(strokes, path, rng), s)
         return draw(path, s, width)
     return draw_channels(path, s, channels, width, extent)
+
+
+def render_pair(strokes: Sequence[np.ndarray], s: RenderSettings, aug: StrokeAugment,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+    """The ink image :func:`render_augmented` draws with the same ``rng``, and, with chance
+    ``aug.redraw``, the same distorted path as another tool draws it (:func:`foreign_image`) in the
+    view ``homus predict`` gives of such an image (:func:`~homus_render.normalize.model_view`);
+    else None. Training shows both: the model learns other tools' images without seeing fewer of
+    homus' own. The foreign draws come last in the stream, so the first image never depends on them."""
+    path, width, _ = augment_path(strokes, s, aug, rng)
+    own = draw(path, s, width)
+    if aug.redraw and rng.random() < aug.redraw:
+        return own, model_view(foreign_image(strokes, path, rng), s)
+    return own, None

@@ -1,19 +1,24 @@
-"""Images drawn elsewhere, made into the model's view: thin ink reduced to its centre line and
-drawn again at the model's pen width, ink as wide as the model's pen or wider read as it is.
+"""Images drawn elsewhere, made into the model's view: the ink fitted to the canvas, thin or
+enlarged ink given the model's pen along its centre line, or the centre line alone drawn again.
 
 Other renderers and scanners differ from homus in the pen's width (1 px at the tablet's scale, or
 5), in the scale (the tablet's own on a fixed canvas, where homus fits the symbol to the canvas),
 and in antialiasing. Resizing such an image changes its stroke width with the scale, so a model
-trained at 3 px sees strokes of 1 or 9. The skeleton of the ink keeps what the pen drew and drops
-the pen; :func:`redraw` fits it to the canvas and draws it with the renderer itself, at
-``settings.thickness``. The neighbouring skeleton pixels become short pen strokes, so the drawing
-stays connected whatever the scale.
+trained at 3 px sees strokes of 1 or 9, and a small symbol enlarged to the canvas shows its pixels
+as blocky steps. The skeleton of the ink keeps what the pen drew and drops the pen; the renderer
+draws it again at ``settings.thickness`` (the neighbouring skeleton pixels become short pen strokes,
+so the drawing stays connected whatever the scale).
+
+Two reads use it. :func:`redraw` draws the centre line alone, fitted to the canvas. :func:`thicken`
+draws it over the fitted ink, in the same place, so that thin ink gains the model's pen while what
+the ink already covers stays: a filled note head that a thin pen drew as a tight scribble is a blob
+whose centre line is a single loop, and only the ink itself keeps it filled.
 
 A pen thicker than the model's merges small loops, flags and dots into blobs whose centre line no
 longer tells them apart, while the blobs themselves still do (a three-flag blob is larger than a
 two-flag one). Models trained with ``--stroke-redraw`` have seen such ink, so ``read="auto"``
-(:data:`READS`) keeps it, and redraws only ink thinner than the model's pen, which resizing would
-leave faint and broken. :func:`stroke_width` measures it.
+(:data:`READS`) keeps ink as wide as the model's pen as it is, and thickens the rest: thinner ink,
+and ink that fitting enlarged. :func:`stroke_width` measures the width.
 """
 
 from __future__ import annotations
@@ -21,12 +26,12 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .render import RenderSettings, render
+from .render import RenderSettings, draw, render
 
-#: How ``homus predict`` reads an image (the first is the default): ``auto`` (:func:`redraw` when the
-#: ink is thinner than the model's pen, else ``fit``), ``redraw``, or ``fit`` (the ink's box resized to
-#: the canvas).
-READS = ("auto", "redraw", "fit")
+#: How ``homus predict`` reads an image (the first is the default): ``auto`` (``fit`` when the ink is
+#: as wide as the model's pen and fitting does not enlarge it, else ``thicken``), ``thicken``
+#: (:func:`thicken`), ``redraw`` (:func:`redraw`), or ``fit`` (the ink's box resized to the canvas).
+READS = ("auto", "thicken", "redraw", "fit")
 
 #: Offsets to the neighbours each skeleton pixel is joined to (each pair once: right, down, both diagonals).
 _NEXT = ((0, 1), (1, 0), (1, 1), (1, -1))
@@ -53,9 +58,10 @@ def stroke_width(mask: np.ndarray) -> float:
 
 
 def reads_as_drawn(fitted: np.ndarray, s: RenderSettings) -> bool:
-    """Whether ``read="auto"`` keeps an image fitted to the canvas as it is: its ink is at least as
-    wide as the model's pen. Thinner ink would be faint and broken at the model's scale, so it is
-    redrawn. Training with ``--stroke-redraw`` uses the same rule, so the model sees what predict shows."""
+    """Whether the ink of an image fitted to the canvas is at least as wide as the model's pen;
+    thinner ink would be faint and broken at the model's scale. ``read="auto"`` keeps only such ink
+    (and only when fitting did not enlarge it) as it is; training with ``--stroke-redraw`` uses the
+    same rule, so the model sees what predict shows."""
     return stroke_width(ink_mask(fitted)) >= s.thickness
 
 
@@ -90,42 +96,74 @@ def check_read(read: str) -> None:
         raise ValueError(f"read must be one of {', '.join(READS)}, got {read!r}")
 
 
-def fit_ink(gray: np.ndarray, s: RenderSettings) -> np.ndarray:
-    """The ink's box of a black-on-white ``uint8`` image resized to the canvas minus margins, centred,
-    pen and all. Raises ValueError when the image holds no ink."""
+_Frame = tuple[tuple[int, int, int, int], tuple[int, int], tuple[int, int]]
+
+
+def _fit_frame(mask: np.ndarray, s: RenderSettings) -> _Frame:
+    """Where :func:`fit_ink` puts the ink of ``mask``: its box ``(x0, y0, w, h)`` in the image, its
+    size on the canvas and its offset there (centred, within the margins)."""
+    ys, xs = np.nonzero(mask)
+    x0, y0 = int(xs.min()), int(ys.min())
+    w, h = int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1
+    f = min((s.width - 2 * s.margin) / w, (s.height - 2 * s.margin) / h)
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    return (x0, y0, w, h), size, ((s.width - size[0]) // 2, (s.height - size[1]) // 2)
+
+
+def _ink_of(gray: np.ndarray) -> np.ndarray:
+    """The ink mask of ``gray``; ValueError when the image holds no ink."""
     mask = ink_mask(gray)
     if not mask.any() or mask.all():
         raise ValueError("no ink found: the image is blank")
-    ys, xs = np.nonzero(mask)
-    crop = gray[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
-    h, w = crop.shape
-    f = min((s.width - 2 * s.margin) / w, (s.height - 2 * s.margin) / h)
-    size = (max(1, round(w * f)), max(1, round(h * f)))
-    crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
+    return mask
+
+
+def fit_ink(gray: np.ndarray, s: RenderSettings) -> np.ndarray:
+    """The ink's box of a black-on-white ``uint8`` image resized to the canvas minus margins, centred,
+    pen and all. Raises ValueError when the image holds no ink."""
+    (x0, y0, w, h), size, (x, y) = _fit_frame(_ink_of(gray), s)
+    crop = gray[y0:y0 + h, x0:x0 + w]
+    up = size[0] > w or size[1] > h
+    crop = cv2.resize(crop, size, interpolation=cv2.INTER_LINEAR if up else cv2.INTER_AREA)
     out = np.full((s.height, s.width), 255, np.uint8)
-    y, x = (s.height - size[1]) // 2, (s.width - size[0]) // 2
     out[y:y + size[1], x:x + size[0]] = crop
     return out
 
 
+def thicken(gray: np.ndarray, s: RenderSettings) -> np.ndarray:
+    """The ink fitted to the canvas (:func:`fit_ink`) with its centre line drawn over it at the
+    model's pen, in the same place: ink thinner than the pen, or enlarged into blocky steps, gains a
+    smooth stroke of the pen's width, while what the ink already covers (a scribble merged into a
+    filled head, a blob of a thick pen) stays. Raises ValueError when the image holds no ink."""
+    mask = _ink_of(gray)
+    (x0, y0, w, h), size, (x, y) = _fit_frame(mask, s)
+    fx, fy = size[0] / w, size[1] / h  # pixel centres map as cv2.resize maps them
+    line = [np.column_stack([(p[:, 0] - x0 + 0.5) * fx - 0.5 + x, (p[:, 1] - y0 + 0.5) * fy - 0.5 + y])
+            for p in skeleton_strokes(skeleton(mask))]
+    return np.minimum(fit_ink(gray, s), draw(line, s))
+
+
 def model_view(gray: np.ndarray, s: RenderSettings, read: str = READS[0]) -> np.ndarray:
     """A black-on-white ``uint8`` image of a symbol as the model sees it (:data:`READS`): fitted
-    (:func:`fit_ink`), redrawn (:func:`redraw`), or by ``auto``, fitted when
-    :func:`reads_as_drawn` and redrawn otherwise. Raises ValueError when the image holds no ink."""
+    (:func:`fit_ink`), thickened (:func:`thicken`), redrawn (:func:`redraw`), or by ``auto``, fitted
+    when its ink is as wide as the model's pen (:func:`reads_as_drawn`) and fitting does not enlarge
+    it, else thickened. Raises ValueError when the image holds no ink."""
     check_read(read)
-    if read != "redraw":
-        fitted = fit_ink(gray, s)
-        if read == "fit" or reads_as_drawn(fitted, s):
-            return fitted
-    return redraw(gray, s)
+    if read == "redraw":
+        return redraw(gray, s)
+    if read == "thicken":
+        return thicken(gray, s)
+    fitted = fit_ink(gray, s)
+    if read == "fit":
+        return fitted
+    (_, _, w, h), size, _ = _fit_frame(ink_mask(gray), s)
+    if size[0] <= w and size[1] <= h and reads_as_drawn(fitted, s):
+        return fitted
+    return thicken(gray, s)
 
 
 def redraw(gray: np.ndarray, settings: RenderSettings) -> np.ndarray:
     """A black-on-white ``uint8`` image of a symbol, redrawn as homus draws one: its ink's centre
     line fitted to the canvas and drawn with a pen ``settings.thickness`` pixels wide. Raises
     ValueError when the image holds no ink."""
-    mask = ink_mask(gray)
-    if not mask.any() or mask.all():
-        raise ValueError("no ink found: the image is blank")
-    strokes = skeleton_strokes(skeleton(mask))
-    return render(strokes, settings)
+    return render(skeleton_strokes(skeleton(_ink_of(gray))), settings)

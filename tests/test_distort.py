@@ -126,36 +126,66 @@ def test_bad_strengths_are_refused(bad):
         StrokeAugment(**bad)
 
 
-def test_redraw_shows_the_model_the_views_predict_gives_of_foreign_images():
-    """``redraw`` (a chance) draws the distorted path as another tool would (the tablet's scale, a
-    1 to 5 unit pen), then gives the view ``--read auto`` gives of that image: fitted when its ink is
-    at least as wide as the model's pen, else redrawn from its centre line. Its draws come last, so
-    every other draw of the stream stays where it was; it needs the CPU renderer."""
-    from homus_render.distort import augment_path, foreign_image
+def test_redraw_adds_the_view_predict_gives_of_another_tools_image():
+    """``redraw`` (a chance) adds a second image of the sample: the distorted path drawn as another
+    tool would (the tablet's scale, a 1 to 5 unit pen), in the view ``--read auto`` gives of that
+    image (fitted, or thickened). The first image is the sample's own drawing whatever ``redraw``
+    is, since the foreign draws come last in the stream; it needs the CPU renderer."""
+    from homus_render.distort import augment_path, foreign_image, render_pair
     from homus_render.errors import SettingsError
-    from homus_render.normalize import fit_ink, ink_mask, model_view, redraw, stroke_width
+    from homus_render.normalize import model_view, thicken
 
     s = RenderSettings(thickness=3, width=48, height=48, margin=3)
     strokes = [np.array([[0.0, 0.0], [0.0, 60.0], [10.0, 50.0], [12.0, 44.0], [8.0, 40.0], [0.0, 45.0]])]
     plain, always = StrokeAugment(rotate=8, elastic=0.03), StrokeAugment(rotate=8, elastic=0.03, redraw=1.0)
-    views = {"fitted": 0, "redrawn": 0}
+    views = {"fitted": 0, "thickened": 0}
     for seed in range(16):
         a = render_augmented(strokes, s, plain, np.random.default_rng(seed))
-        b = render_augmented(strokes, s, always, np.random.default_rng(seed))
+        assert np.array_equal(render_augmented(strokes, s, always, np.random.default_rng(seed)), a)
+        own, b = render_pair(strokes, s, always, np.random.default_rng(seed))
         rng = np.random.default_rng(seed)
         path, _, _ = augment_path(strokes, s, always, rng)
         assert rng.random() < 1.0
         foreign = foreign_image(strokes, path, rng)
-        assert np.array_equal(b, model_view(foreign, s)) and not np.array_equal(a, b)
-        fitted = fit_ink(foreign, s)
-        view = "fitted" if stroke_width(ink_mask(fitted)) >= s.thickness else "redrawn"
-        assert np.array_equal(b, fitted if view == "fitted" else redraw(foreign, s)), view
+        assert np.array_equal(own, a) and np.array_equal(b, model_view(foreign, s)) and not np.array_equal(a, b)
+        view = "thickened" if np.array_equal(b, thicken(foreign, s)) else "fitted"
         views[view] += 1
-    assert views["fitted"] and views["redrawn"], views  # thin and thick pens both occur
+    assert views["fitted"] and views["thickened"], views  # thin and thick pens both occur
     never = StrokeAugment(rotate=8, elastic=0.03, redraw=0.0)
-    assert np.array_equal(render_augmented(strokes, s, never, np.random.default_rng(seed)), a)
+    own, none = render_pair(strokes, s, never, np.random.default_rng(seed))
+    assert none is None and np.array_equal(own, a)
     with pytest.raises(SettingsError, match="redraw"):
         StrokeAugment(redraw=1.5)
+
+
+def test_a_batch_holds_its_samples_then_the_foreign_images_some_of_them_drew():
+    """With ``--stroke-redraw`` a training batch is the samples as drawn without it, followed by the
+    foreign images of those that drew one, each with its sample's label: the model sees as many of
+    homus' own images as a plain run does."""
+    import torch
+
+    from classifier.strokeset import StrokeSet, augment_sheet
+    from homus_render.strokes import Sample
+
+    shapes = [np.array([[0.0, 0.0], [0.0, 40.0]]), np.array([[0.0, 0.0], [30.0, 30.0], [60.0, 0.0]]),
+              np.array([[0.0, 0.0], [20.0, 0.0], [20.0, 20.0], [0.0, 20.0], [0.0, 0.0]])]
+    labels = ["Barline", "Flat", "Sharp"]
+    samples = [Sample(f"1-{i}", "1", labels[i % 3], (shapes[i % 3] * (1 + i % 4),)) for i in range(12)]
+    s = RenderSettings(width=32, height=32, margin=2)
+    geometry = {"rotate": 8, "elastic": 0.03}
+    mixed = StrokeSet(samples, s, StrokeAugment(**geometry, redraw=0.5), 3)
+    own = StrokeSet(samples, s, StrokeAugment(**geometry), 3)
+    x, y = mixed[(2, list(range(12)))]
+    x0, y0 = own[(2, list(range(12)))]
+    extra = [i for i in range(12) if mixed.draw_pair(i, 2)[1] is not None]
+    assert 0 < len(extra) < 12 and x.shape == (12 + len(extra), 1, 32, 32)
+    assert torch.equal(x[:12], x0) and torch.equal(y[:12], y0)  # homus' own images, as without redraw
+    assert torch.equal(y[12:], y0[extra])
+    from classifier.data import to_input
+
+    foreign = to_input(np.stack([mixed.draw_pair(i, 2)[1] for i in extra]))
+    assert torch.equal(x[12:], foreign)
+    assert augment_sheet(mixed, epochs=2)[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_another_tools_image_is_drawn_at_the_tablets_scale():

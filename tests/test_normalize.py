@@ -91,17 +91,42 @@ def test_the_width_of_ink_is_its_area_over_its_centre_line():
 
 
 @pytest.mark.parametrize("label", ["Flat", "Whole-Note", "Barline"])
-def test_auto_redraws_ink_thinner_than_the_models_pen_and_fits_the_rest(label):
-    """A thin pen at the tablet's scale, resized to the canvas, would be faint and broken: auto redraws it.
-    Thick ink, merged loops and all, is what a model trained on other tools' pens has learned: auto
-    keeps it, fitted to the canvas."""
+def test_auto_fits_wide_ink_and_thickens_thin_or_enlarged_ink(label):
+    """Thick ink, merged loops and all, is what a model trained on other tools' pens has learned:
+    auto keeps it, fitted to the canvas. A thin pen resized to the canvas would be faint and broken,
+    and a small image enlarged shows its pixels as blocky steps: auto thickens both."""
     from classifier.predict import normalize_image
 
-    for pen, way in ((1, "redraw"), (2, "redraw"), (7, "fit"), (12, "fit")):  # 96 px -> 64 px: x2/3
-        foreign = render(strokes_of(label), RenderSettings(thickness=pen, width=96, height=96, margin=2))
+    for pen, canvas, way in ((1, 96, "thicken"), (2, 96, "thicken"), (7, 96, "fit"), (12, 96, "fit"),
+                             (4, 28, "thicken")):  # 96 px -> 64 px: x2/3; 28 px -> 64: enlarged
+        foreign = render(strokes_of(label), RenderSettings(thickness=pen, width=canvas, height=canvas, margin=2))
         assert np.array_equal(normalize_image(foreign, S, "auto"), normalize_image(foreign, S, way)), (pen, way)
     assert np.array_equal(normalize_image(render(strokes_of(label), S), S, "auto"),
                           normalize_image(render(strokes_of(label), S), S, "fit"))  # homus' own: exact
+
+
+def test_thicken_gives_thin_ink_the_models_pen_and_keeps_what_the_ink_covers():
+    """A note whose head a thin pen scribbled into a solid blob: the centre line alone (redraw) makes
+    the head a hollow loop or a line, a half note's; thickening draws the stem at the model's pen
+    and keeps the head filled, where it was."""
+    from homus_render.normalize import fit_ink, thicken
+
+    img = np.full((96, 96), 255, np.uint8)
+    cv2.ellipse(img, (40, 70), (9, 6), -20, 0, 360, 0, -1)  # the head, filled
+    cv2.line(img, (48, 67), (48, 20), 0, 1)  # a one-pixel stem
+    fitted, thick, drawn = fit_ink(img, S), thicken(img, S), redraw(img, S)
+    assert (thick <= fitted).all()  # every pixel the ink covers stays ink
+    assert np.abs(np.subtract(ink_box(thick), ink_box(fitted))).max() <= 1  # in the same place (the pen's cap)
+
+    def head(view: np.ndarray) -> float:  # the ink share of the head's middle, where fit_ink puts it
+        ys, xs = np.nonzero(fitted < 128)
+        x, y = xs.min() + 4, ys.max() - 7
+        return float((view[y - 2:y + 3, x - 2:x + 5] < 128).mean())
+
+    assert head(thick) == 1.0 and head(drawn) < 0.7
+    stem = [int((row < 128).sum()) for row in thick[ink_box(thick)[1] + 3:ink_box(thick)[1] + 20]]
+    assert min(stem) >= 3 and max(stem) <= 4  # the stem: the model's pen, 3 px (+1 for antialiasing)
+    assert max(int((row < 128).sum()) for row in fitted[ink_box(fitted)[1] + 3:ink_box(fitted)[1] + 20]) <= 2
 
 
 def test_auto_redraws_for_a_model_that_never_saw_other_pens():

@@ -115,6 +115,16 @@ def test_numbers_out_of_range_are_refused_naming_the_flag(tmp_path, flags, words
     assert "Traceback" not in r.output and not any(tmp_path.iterdir())  # refused before anything is made
 
 
+@pytest.mark.parametrize("flags", [["--channels", "ink,size"], ["--variant", "rendered/t3-s64"]])
+def test_stroke_redraw_that_would_do_nothing_is_refused(tmp_path, flags):
+    """Other tools' images are drawn of the ink, from the strokes: with other channels or rendered
+    folders, --stroke-redraw would be recorded in the run and do nothing."""
+    r = CliRunner().invoke(main, ["train", "--raw-dir", str(tmp_path / "none"), "--runs-dir", str(tmp_path),
+                                  "--stroke-redraw", "0.5", *flags])
+    assert r.exit_code == 1 and "--stroke-redraw 0.5" in r.output and "--channels ink" in r.output, r.output
+    assert "Traceback" not in r.output and not any(tmp_path.iterdir())
+
+
 def test_non_finite_numbers_in_a_config_file_are_named_with_the_file(tmp_path):
     path = write(tmp_path, "train:\n  weight_decay: .nan\n")
     words = rf"{path}: 'train.weight_decay \(--weight-decay\)' must be a finite number, got nan"
