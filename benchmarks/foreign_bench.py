@@ -3,6 +3,7 @@
 at the border) against homus' own renderings of the same test samples, in one run.
 
     python benchmarks/foreign_bench.py runs/NAME [--widths 1 3 5] [--canvases 96x96 192x96] [--split val]
+                                      [--sheet views.png]
 
 Each foreign image is read every way ``homus predict --read`` can: ``fit`` (the ink's box fitted to
 the run's canvas, the image resized), ``thicken`` (fitted, with the ink's centre line drawn over it
@@ -12,7 +13,9 @@ homus' own renderings are read as the model was tested (``strokes``) and every i
 each way leaves is measured against a peer. homus also draws the same samples with each foreign
 pen width (at the tablet's scale, fitted to the run's canvas) and reads them as predict does: what
 is left between those rows and the omrdatasettools rows is the other renderer's doing, and what
-they share is the pen's. Needs the bench extra (``pip install -e '.[bench]'``).
+they share is the pen's. ``--sheet`` writes a picture: for one sample of each class, homus' own
+image, then each omrdatasettools image (first canvas) beside the view predict makes of it.
+Needs the bench extra (``pip install -e '.[bench]'``).
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ def main() -> None:
     ap.add_argument("--split", choices=["test", "val"], default="test",
                     help="the run's samples to render (val: a check on writers the figures were not chosen on)")
     ap.add_argument("--limit", type=int, default=0, help="only the first N samples (0: all)")
+    ap.add_argument("--sheet", type=Path, help="write a PNG of the images and the views predict makes of them")
     args = ap.parse_args()
     try:
         from omrdatasettools import HomusImageGenerator
@@ -102,6 +106,9 @@ def main() -> None:
                                              settings, default))
         rows.append(("homus, tablet pen", f"t{width}", default, len(samples), accuracy(model, pen_views, targets)))
 
+    firsts = {}  # one sample of each class, for the sheet
+    for s, im in zip(samples, own, strict=True):
+        firsts.setdefault(s.label, (s.id, [im]))
     with tempfile.TemporaryDirectory(prefix="homus-foreign-") as tmp:
         raw = Path(tmp) / "raw"
         for s in samples:  # only these samples, in the HOMUS layout
@@ -121,11 +128,24 @@ def main() -> None:
                         continue
                     images.append(cv2.imread(str(png), cv2.IMREAD_GRAYSCALE))
                     labels.append(index[by_id[m["sample"]].label])
+                    first = firsts.get(by_id[m["sample"]].label)
+                    if canvas == args.canvases[0] and first and first[0] == m["sample"]:
+                        first[1].extend([images[-1], normalize_image(images[-1], settings, default)])
                 labels = np.array(labels)
                 for read in READS:
                     rows.append(("omrdatasettools", f"t{width}-{w}x{h}", read, len(images),
                                  accuracy(model, [normalize_image(im, settings, read) for im in images], labels)))
     seconds = time.perf_counter() - t0
+    if args.sheet:
+        from homus_render.preview import grid
+
+        sheet = grid([(label, firsts[label][1]) for label in classes if label in firsts], cell=96)
+        ok, png = cv2.imencode(".png", sheet)
+        if not ok:
+            sys.exit("OpenCV could not encode the sheet as PNG")
+        args.sheet.write_bytes(png.tobytes())
+        print(f"wrote {args.sheet}: per class, homus' own image, then omrdatasettools' pens "
+              f"{', '.join(map(str, args.widths))} ({args.canvases[0]}), each beside predict's {default} view")
 
     base = {path: acc for src, _, path, _, acc in rows if src == "homus"}
     pen = {name: acc for src, name, _, _, acc in rows if src == "homus, tablet pen"}
