@@ -118,16 +118,38 @@ def _ink_of(gray: np.ndarray) -> np.ndarray:
     return mask
 
 
+def _enlarges(frame: _Frame) -> bool:
+    """Whether fitting makes the ink's box larger than it is in the image (on either side)."""
+    (_, _, w, h), size, _ = frame
+    return size[0] > w or size[1] > h
+
+
+def _fit(gray: np.ndarray, s: RenderSettings) -> tuple[np.ndarray, _Frame, np.ndarray]:
+    """The ink mask of ``gray``, where fitting puts it (:func:`_fit_frame`), and the fitted image
+    (:func:`fit_ink`): computed once for the reads that need more than one of them."""
+    mask = _ink_of(gray)
+    frame = (x0, y0, w, h), size, (x, y) = _fit_frame(mask, s)
+    crop = cv2.resize(gray[y0:y0 + h, x0:x0 + w], size,
+                      interpolation=cv2.INTER_LINEAR if _enlarges(frame) else cv2.INTER_AREA)
+    out = np.full((s.height, s.width), 255, np.uint8)
+    out[y:y + size[1], x:x + size[0]] = crop
+    return mask, frame, out
+
+
 def fit_ink(gray: np.ndarray, s: RenderSettings) -> np.ndarray:
     """The ink's box of a black-on-white ``uint8`` image resized to the canvas minus margins, centred,
     pen and all. Raises ValueError when the image holds no ink."""
-    (x0, y0, w, h), size, (x, y) = _fit_frame(_ink_of(gray), s)
-    crop = gray[y0:y0 + h, x0:x0 + w]
-    up = size[0] > w or size[1] > h
-    crop = cv2.resize(crop, size, interpolation=cv2.INTER_LINEAR if up else cv2.INTER_AREA)
-    out = np.full((s.height, s.width), 255, np.uint8)
-    out[y:y + size[1], x:x + size[0]] = crop
-    return out
+    return _fit(gray, s)[2]
+
+
+def _line_over(mask: np.ndarray, frame: _Frame, fitted: np.ndarray, s: RenderSettings) -> np.ndarray:
+    """``fitted`` with the centre line of ``mask`` drawn over it at the model's pen, mapped as
+    ``frame`` maps the image onto the canvas (pixel centres as cv2.resize maps them)."""
+    (x0, y0, w, h), size, (x, y) = frame
+    fx, fy = size[0] / w, size[1] / h
+    line = [np.column_stack([(p[:, 0] - x0 + 0.5) * fx - 0.5 + x, (p[:, 1] - y0 + 0.5) * fy - 0.5 + y])
+            for p in skeleton_strokes(skeleton(mask))]
+    return np.minimum(fitted, draw(line, s))
 
 
 def thicken(gray: np.ndarray, s: RenderSettings) -> np.ndarray:
@@ -135,12 +157,7 @@ def thicken(gray: np.ndarray, s: RenderSettings) -> np.ndarray:
     model's pen, in the same place: ink thinner than the pen, or enlarged into blocky steps, gains a
     smooth stroke of the pen's width, while what the ink already covers (a scribble merged into a
     filled head, a blob of a thick pen) stays. Raises ValueError when the image holds no ink."""
-    mask = _ink_of(gray)
-    (x0, y0, w, h), size, (x, y) = _fit_frame(mask, s)
-    fx, fy = size[0] / w, size[1] / h  # pixel centres map as cv2.resize maps them
-    line = [np.column_stack([(p[:, 0] - x0 + 0.5) * fx - 0.5 + x, (p[:, 1] - y0 + 0.5) * fy - 0.5 + y])
-            for p in skeleton_strokes(skeleton(mask))]
-    return np.minimum(fit_ink(gray, s), draw(line, s))
+    return _line_over(*_fit(gray, s), s)
 
 
 def model_view(gray: np.ndarray, s: RenderSettings, read: str = READS[0]) -> np.ndarray:
@@ -151,15 +168,10 @@ def model_view(gray: np.ndarray, s: RenderSettings, read: str = READS[0]) -> np.
     check_read(read)
     if read == "redraw":
         return redraw(gray, s)
-    if read == "thicken":
-        return thicken(gray, s)
-    fitted = fit_ink(gray, s)
-    if read == "fit":
+    mask, frame, fitted = _fit(gray, s)
+    if read == "fit" or (read == "auto" and not _enlarges(frame) and reads_as_drawn(fitted, s)):
         return fitted
-    (_, _, w, h), size, _ = _fit_frame(ink_mask(gray), s)
-    if size[0] <= w and size[1] <= h and reads_as_drawn(fitted, s):
-        return fitted
-    return thicken(gray, s)
+    return _line_over(mask, frame, fitted, s)
 
 
 def redraw(gray: np.ndarray, settings: RenderSettings) -> np.ndarray:
