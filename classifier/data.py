@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import multiprocessing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,7 +114,16 @@ def loader(ds: Dataset, batch_size: int, shuffle: bool, seed: int = 0, workers: 
     batches = (_shuffled_batches(len(ds), batch_size, seed) if shuffle
                else BatchSampler(SequentialSampler(ds), batch_size, drop_last=False))
     return DataLoader(ds, sampler=batches, batch_size=None, num_workers=workers, persistent_workers=False,
-                      worker_init_fn=worker_init_fn)
+                      worker_init_fn=worker_init_fn, multiprocessing_context=start_context(workers))
+
+
+def start_context(workers: int, method: str | None = None):
+    """How a loader's ``workers`` start: ``method``, else the platform's default, named explicitly.
+    Left unnamed, a loader in a ``homus run --parallel`` run (a joblib loky worker, whose default
+    context is loky's) would start its workers through loky, which cannot start them."""
+    if workers <= 0:
+        return None
+    return multiprocessing.get_context(method or multiprocessing.get_all_start_methods()[0])
 
 
 def batch_key(key: list[int] | tuple[int, list[int]], epoch: int = 0) -> tuple[int, list[int]]:
@@ -157,4 +167,4 @@ def epoch_loader(ds: Dataset, batch_size: int, seed: int, workers: int = 0,
     of a process whose thread pools have run can deadlock in)."""
     batches = EpochBatches(len(ds), batch_size, seed)
     return DataLoader(ds, sampler=batches, batch_size=None, num_workers=workers, persistent_workers=workers > 0,
-                      worker_init_fn=worker_init_fn, multiprocessing_context=context if workers > 0 else None), batches
+                      worker_init_fn=worker_init_fn, multiprocessing_context=start_context(workers, context)), batches
