@@ -9,10 +9,19 @@
 # against the CUDA step (target >= 3x) and trains ResNet-18 for 20 epochs at 64 px from strokes drawn
 # on the device (target <= 15 s of training; test accuracy against the CPU renderer's source, two
 # seeds each); ``accuracy`` runs the random-split 2 x 2 as a study (homus run). STEPS=raster alone takes about 6-7 minutes.
+# ``folds`` runs the 5-fold cross-validation studies of configs/ (FOLD_STUDIES, the writer folds first)
+# unchanged but for where they train: on this GPU, PARALLEL runs at once, strokes drawn on the device,
+# until FOLD_LIMIT seconds are spent. Each study's report (mean +- std over folds, pooled accuracy,
+# ensembles, where the best ensemble errs) comes back under reports/; a study stopped by the limit
+# leaves its finished runs' metrics in runs.tgz, and the same command on the still-warm machine
+# continues it (runs are resumable).
+#
+#   STEPS=folds OUT=/tmp/out bash benchmarks/gpu_session.sh
 #
 # Settings (environment): EPOCHS (20), SEEDS ("0 1"),
 # LIMIT (seconds before the accuracy step is stopped, 490), WORKERS (cores - 2), DEVICE (cuda; cpu for a
-# dry run).
+# dry run), FOLD_STUDIES ("configs/writer-5fold.yaml configs/random-5fold.yaml"), PARALLEL (4),
+# FOLD_LIMIT (seconds for the folds step, 480).
 # Checkpoints stay on the machine (too big to bring back); metrics, histories and pictures come back.
 set -u -o pipefail
 OUT=$(realpath -m "${OUT:-gpu-out}")  # taken from the caller's folder
@@ -26,6 +35,9 @@ RAW=${RAW:-raw}
 DEVICE=${DEVICE:-cuda}
 STEPS=${STEPS:-raster accuracy}
 RASTER_SEEDS=${RASTER_SEEDS:-0 1}
+FOLD_STUDIES=${FOLD_STUDIES:-configs/writer-5fold.yaml configs/random-5fold.yaml}
+PARALLEL=${PARALLEL:-4}
+FOLD_LIMIT=${FOLD_LIMIT:-480}
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TQDM_DISABLE=1
 mkdir -p "$OUT"
 log=$OUT/log.txt
@@ -91,6 +103,29 @@ YAML
     timeout "$LIMIT" python3 -m homus.cli run --config "$OUT/gpu-study.yaml"
     status=$?
     echo "accuracy step exit $status"
+  fi
+  if [[ " $STEPS " == *" folds "* ]]; then
+    end=$(( $(date +%s) + FOLD_LIMIT ))
+    for study in $FOLD_STUDIES; do
+      left=$(( end - $(date +%s) ))
+      if [ "$left" -lt 60 ]; then echo "## folds: $study not started, $left s left"; status=124; break; fi
+      name=$(basename "$study" .yaml)
+      echo "## folds: $study, $PARALLEL runs at once on $DEVICE, $left s left"
+      # the study as committed; only where it trains changes (device, loader workers, folders)
+      python3 - "$study" "$OUT/$name.yaml" "$RAW" "$DEVICE" "$RUNS" "$OUT/reports" <<'PY' || { status=1; continue; }
+import sys, yaml
+src, dst, raw, device, runs, reports = sys.argv[1:]
+cfg = yaml.safe_load(open(src))
+cfg.setdefault("dataset", {})["raw_dir"] = raw
+cfg.setdefault("train", {}).update(device=device, workers=2, runs_dir=runs)
+cfg["study"]["reports_dir"] = reports
+yaml.safe_dump(cfg, open(dst, "w"), sort_keys=False)
+PY
+      timeout "$left" python3 -m homus.cli run --config "$OUT/$name.yaml" --parallel "$PARALLEL"
+      rc=$?
+      echo "folds: $study exit $rc"
+      [ "$rc" -eq 0 ] || status=$rc
+    done
   fi
   echo "exit $status"
   date -u
