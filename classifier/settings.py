@@ -42,6 +42,12 @@ WARP_KEYS = ("rotate", "shear", "scale", "translate")
 SEED_STRIDE = 100_003
 WARP_SEED_OFFSET = 1_000_000
 
+#: Settings that say where and how fast a run trains, not what it learns: runs that differ only in
+#: these are the same run (a study resumed on another machine, on a GPU, on a cluster). The paths are
+#: here because the data behind them is checked by its content hash (``data.json``), not its name.
+WHERE_KEYS = ("device", "amp", "compile", "workers", "raster", "threads", "runs_dir", "raw_dir", "extra_raw",
+              "name")
+
 #: Whole-number settings and their bounds (inclusive).
 INT_BOUNDS = {"folds": (0, 100), "seed": (0, 2**32 - 1), "epochs": (1, 100_000), "batch_size": (1, 65_536),
               "workers": (0, 256), "threads": (0, 4096)}
@@ -161,6 +167,18 @@ class TrainConfig:
             what = "+".join(Path(v).name for v in self.variants)
         tag = "" if self.split_seed in (None, self.seed) else str(self.split_seed)
         return run_folder_name([what, self.arch, f"{self.split}{tag}"], self.fold if self.folds else None, self.seed)
+
+    def differences(self, other: TrainConfig) -> list[tuple[str, Any, Any]]:
+        """``(key, ours, theirs)`` for every setting that changes what is learned (not
+        :data:`WHERE_KEYS`), dotted for the nested ones; rendered variants compare by folder name."""
+        def flat(c: TrainConfig) -> dict:
+            d = {k: v for k, v in asdict(c).items() if k not in WHERE_KEYS}
+            d["variants"] = [Path(v).name for v in c.variants]
+            return {f"{k}.{n}" if isinstance(v, dict) else k: x
+                    for k, v in d.items() for n, x in (v.items() if isinstance(v, dict) else [(None, v)])}
+
+        ours, theirs = flat(self), flat(other)
+        return [(k, ours[k], theirs[k]) for k in ours if ours[k] != theirs[k]]
 
     @property
     def split_rng_seed(self) -> int:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from classifier.evaluate import evaluate_ensemble, evaluate_run
+from classifier.runfolder import CONFIG, RunFolder
 from classifier.settings import TrainConfig, run_folder_name
 from homus_render.dataset import list_stroke_files, parse_writers
 from homus_render.fetch import fetch
@@ -142,6 +143,25 @@ def run_config(cfg: dict, r: StudyRun, runs_dir: Path, source: str | Path) -> Tr
     return cfgmod.train_config(cfg, layers, render=r.settings, source=source)
 
 
+def check_made_as_planned(p: StudyPlan, runs_dir: Path, source: str | Path) -> None:
+    """Refuse a study whose run folders were made with other settings than it now asks for: a
+    finished one would be reported under settings it was not trained with, and a stopped one would
+    continue with a mix of both. Where the runs train (device, workers, paths...) may change."""
+    changed = []
+    for r in p.runs:
+        folder = runs_dir / r.name
+        if (folder / CONFIG).is_file():
+            recorded = TrainConfig.from_dict(RunFolder(folder).config(), folder / CONFIG)
+            if diff := recorded.differences(p.configs[r.name]):
+                changed.append((folder, diff))
+    if changed:
+        folder, diff = changed[0]
+        what = "; ".join(f"{k} {a!r} where the study asks for {b!r}" for k, a, b in diff)
+        others = f", and {len(changed) - 1} more of its runs differ" if len(changed) > 1 else ""
+        raise cfgmod.ConfigError(f"{source}: {folder} was trained with other settings ({what}){others}; give the "
+                                 "study another name, or move the old runs away to train them again")
+
+
 def run_study(cfg: dict, log=print, source: str | Path = "the study") -> Path:
     """Do the whole study ``cfg`` describes; returns the report folder."""
     s, d = cfg["study"], cfg["dataset"]
@@ -155,6 +175,7 @@ def run_study(cfg: dict, log=print, source: str | Path = "the study") -> Path:
         log(f"{res.path}: {res.status}")
     runs_dir = Path(cfg["train"]["runs_dir"]) / s["name"]
     device = next(iter(p.configs.values())).device
+    check_made_as_planned(p, runs_dir, source)
     jobs = []
     for r in p.runs:
         folder = runs_dir / r.name

@@ -219,6 +219,31 @@ def test_a_finished_study_reruns_without_training(tiny_study):
     assert "training" not in r.output and r.output.count("finished, not trained again") == 6
 
 
+def test_runs_made_with_other_settings_are_not_reported_as_the_study(tiny_study, tmp_path):
+    """A study whose settings changed after its runs were trained would report the old runs under
+    the new settings: refused, naming a run and the setting. Where it trains may change."""
+    root, path = tiny_study
+    cfg = yaml.safe_load(path.read_text())
+    cfg["study"]["reports_dir"] = str(tmp_path / "reports")
+    before = {p: p.read_bytes() for p in sorted((root / "runs/tiny").glob("*/metrics.json"))}
+    moved = dict(cfg, train={**cfg["train"], "workers": 1, "threads": 2})
+    (tmp_path / "moved.yaml").write_text(yaml.safe_dump(moved))
+    r = CliRunner().invoke(main, ["run", "--config", str(tmp_path / "moved.yaml")])
+    assert r.exit_code == 0, r.output
+    assert r.output.count("finished, not trained again") == 6
+    changed = dict(cfg, study={**cfg["study"], "reports_dir": str(tmp_path / "not-made"),
+                               "train": {**cfg["study"]["train"], "epochs": 2, "strokes": {"rotate": 3.0}}})
+    (tmp_path / "changed.yaml").write_text(yaml.safe_dump(changed))
+    r = CliRunner().invoke(main, ["run", "--config", str(tmp_path / "changed.yaml")])
+    assert r.exit_code != 0
+    [line] = [x for x in r.output.splitlines() if x.startswith("error:")]
+    assert "changed.yaml" in line and str(root / "runs/tiny") in line and "Traceback" not in r.output
+    assert "epochs 1 where the study asks for 2" in line and "strokes.rotate" in line
+    assert "and 5 more of its runs differ" in line and "another name" in line
+    assert not (tmp_path / "not-made").exists()
+    assert {p: p.read_bytes() for p in before} == before
+
+
 @pytest.mark.parametrize("study, words", [
     ({"ensembles": {"e": {"arms": ["nope"]}}, "arms": {"a": {}}}, "'study.ensembles.e.arms': no arm named 'nope'"),
     ({"ensembles": {"e": {"seeds": [0, 1]}}, "seeds": [0, 1]}, "must share one split: set study.split_seed"),
