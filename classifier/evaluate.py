@@ -93,7 +93,7 @@ def ensemble_members(runs: list[str | Path], variant: str | Path | None = None, 
             if p["ids"] != first["ids"]:
                 raise RunError(f"{run} found other test images than {first['run']} "
                                f"({len(p['ids'])} against {len(first['ids'])})")
-        members.append({**p, "run": str(run), "test_accuracy": p["acc"]})
+        members.append({**p, "run": str(run), "test_accuracy": p["acc"], "fingerprint": RunFolder(run).fingerprint()})
     return members
 
 
@@ -107,8 +107,8 @@ def vote(members: list[dict], out: str | Path | None = None) -> dict:
     wrong = np.nonzero(preds != targets)[0]
     metrics = {"runs": [m["run"] for m in members], "split": first["split"],
                "test_accuracy": s["accuracy"], "macro_f1": s["macro_f1"], "n_test": s["n"],
-               "members": [{"run": m["run"], "variant": m["variant"], "test_accuracy": m["test_accuracy"]}
-                           for m in members],
+               "members": [{"run": m["run"], "variant": m["variant"], "test_accuracy": m["test_accuracy"],
+                            "fingerprint": m.get("fingerprint")} for m in members],
                "per_class": s["per_class"], "classes": list(first["classes"]),
                "confusion": confusion(targets, preds, len(first["classes"])).tolist(),
                # every misread sample, most confident first: what a report shows as pictures

@@ -118,6 +118,16 @@ class RunFolder:
     def complete(self) -> bool:
         return self.file(METRICS).is_file()
 
+    def fingerprint(self) -> str:
+        """The sha256 of ``metrics.json``: which training of this run finished (a run trained again
+        writes another), wherever its folder now lies. What a saved ensemble score records of its members."""
+        try:
+            return file_digest(self.file(METRICS).read_bytes())
+        except FileNotFoundError:
+            raise RunError(f"{self.path}: not a finished homus run (no {METRICS})") from None
+        except OSError as e:
+            raise user_os_error(e) or e from None
+
     def data(self) -> dict:
         """``data.json``: where the run's data was and its content hash (``{}`` for runs made before
         homus recorded it)."""

@@ -162,6 +162,16 @@ def check_made_as_planned(p: StudyPlan, runs_dir: Path, source: str | Path) -> N
                                  "study another name, or move the old runs away to train them again")
 
 
+def scored_as_planned(saved: dict, runs_dir: Path, runs: list[str]) -> bool:
+    """Whether a saved ensemble score is of these very runs as they are now: the same members, each
+    the same finished training (a member trained again, or an ensemble given other members, is scored
+    again), and kept with its errors (scores saved before they kept them are scored again)."""
+    if "errors" not in saved:
+        return False
+    recorded = [(Path(m["run"]).name, m.get("fingerprint")) for m in saved.get("members", [])]
+    return recorded == [(n, RunFolder(runs_dir / n).fingerprint()) for n in runs]
+
+
 def run_study(cfg: dict, log=print, source: str | Path = "the study") -> Path:
     """Do the whole study ``cfg`` describes; returns the report folder."""
     s, d = cfg["study"], cfg["dataset"]
@@ -194,7 +204,7 @@ def run_study(cfg: dict, log=print, source: str | Path = "the study") -> Path:
     for e in p.ensembles:
         out = runs_dir / e.file
         m = json.loads(out.read_text(encoding="utf-8")) if out.exists() else {}
-        if "errors" not in m:  # not scored yet, or scored before scores kept their errors
+        if not scored_as_planned(m, runs_dir, e.runs):
             m = evaluate_ensemble([runs_dir / n for n in e.runs], out, device=device)
             log(f"ensemble {e.name} on {e.variant}{'' if e.fold is None else f' fold {e.fold}'}: "
                 f"test accuracy {m['test_accuracy']:.4f}")

@@ -244,6 +244,30 @@ def test_runs_made_with_other_settings_are_not_reported_as_the_study(tiny_study,
     assert {p: p.read_bytes() for p in before} == before
 
 
+def test_an_ensemble_is_scored_again_when_a_member_was_trained_again(tiny_study, tmp_path):
+    """A saved ensemble score names its members' finished trainings: moving a run away (as the error
+    above advises) and training it again must not leave the old ensemble figure in the report."""
+    from classifier.runfolder import RunFolder
+
+    root, path = tiny_study
+    shutil.copytree(root / "runs", tmp_path / "runs")
+    cfg = yaml.safe_load(path.read_text())
+    cfg["train"]["runs_dir"] = str(tmp_path / "runs")
+    cfg["study"]["reports_dir"] = str(tmp_path / "reports")
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
+    runs = tmp_path / "runs/tiny"
+    shutil.move(runs / "t2-s32-m2-ink-fold0-seed0", tmp_path / "old-run")
+    r = CliRunner().invoke(main, ["run", "--config", str(tmp_path / "s.yaml")])
+    assert r.exit_code == 0, r.output
+    assert r.output.count("finished, not trained again") == 5
+    scored = [x for x in r.output.splitlines() if x.startswith("ensemble ")]
+    assert len(scored) == 1 and "fold 0" in scored[0]  # only the ensemble the new run is in
+    saved = json.loads((runs / "ensemble-both-t2-s32-m2-fold0.json").read_text())
+    assert [m["fingerprint"] for m in saved["members"]] == [
+        RunFolder(runs / n).fingerprint() for n in ("t2-s32-m2-ink-fold0-seed0", "t2-s32-m2-ink+time-fold0-seed0")]
+    assert saved["members"][0]["fingerprint"] != RunFolder(tmp_path / "old-run").fingerprint()
+
+
 @pytest.mark.parametrize("study, words", [
     ({"ensembles": {"e": {"arms": ["nope"]}}, "arms": {"a": {}}}, "'study.ensembles.e.arms': no arm named 'nope'"),
     ({"ensembles": {"e": {"seeds": [0, 1]}}, "seeds": [0, 1]}, "must share one split: set study.split_seed"),
