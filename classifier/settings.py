@@ -170,10 +170,13 @@ class TrainConfig:
 
     def differences(self, other: TrainConfig) -> list[tuple[str, Any, Any]]:
         """``(key, ours, theirs)`` for every setting that changes what is learned (not
-        :data:`WHERE_KEYS`), dotted for the nested ones; rendered variants compare by folder name."""
+        :data:`WHERE_KEYS`), dotted for the nested ones; rendered variants compare by folder name,
+        a checkpoint to start from by its absolute path (a Ray run records paths made absolute)."""
         def flat(c: TrainConfig) -> dict:
             d = {k: v for k, v in asdict(c).items() if k not in WHERE_KEYS}
             d["variants"] = [Path(v).name for v in c.variants]
+            if c.weights not in ("none", "imagenet"):
+                d["weights"] = str(Path(c.weights).expanduser().resolve())
             return {f"{k}.{n}" if isinstance(v, dict) else k: x
                     for k, v in d.items() for n, x in (v.items() if isinstance(v, dict) else [(None, v)])}
 

@@ -23,6 +23,7 @@ from classifier.settings import (
     OPTIMIZERS,
     RASTERS,
     SCHEDULES,
+    WHERE_KEYS,
     TrainConfig,
     read_yaml,
     upgrade_run_config,
@@ -63,6 +64,21 @@ def test_the_run_records_every_setting_and_reads_back_the_same(tmp_path):
                                                                                                  fields(Affine)}
     path = write(tmp_path, yaml.safe_dump(d, sort_keys=False), "config.yaml")
     assert TrainConfig.from_dict(RunFolder(tmp_path).config(), path) == tc
+
+
+def test_differences_are_what_is_learned_not_where_it_trains(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = train_config(load(None), {"weights": "start.pt"})
+    moved = train_config(load(None), {"weights": str(tmp_path / "start.pt"), "device": "cuda", "workers": 7,
+                                      "threads": 3, "raster": "device", "compile": True, "amp": False,
+                                      "runs_dir": "/elsewhere", "raw_dir": "/data/raw", "name": "x"})
+    assert base.differences(moved) == []
+    assert {"device", "workers", "threads", "raster", "compile", "amp", "runs_dir", "raw_dir"} <= set(WHERE_KEYS)
+    other = train_config(load(None), {"weights": "other.pt", "epochs": 3, "stroke_rotate": 2.5, "channels": "ink,size"})
+    diff = {k: (a, b) for k, a, b in base.differences(other)}
+    assert diff["epochs"] == (base.epochs, 3) and diff["strokes.rotate"] == (base.strokes.rotate, 2.5)
+    assert diff["channels"] == (["ink"], ["ink", "size"]) and diff["weights"][1] == str(tmp_path / "other.pt")
+    assert set(diff) == {"epochs", "strokes.rotate", "channels", "weights"}
 
 
 def test_an_old_flat_run_config_reads_as_the_nested_one():
