@@ -10,7 +10,7 @@ from torch import nn
 
 from homus_render.atomic import write_json
 
-from .data import ImageSet, loader
+from .data import ImageSet, loader, variant_info
 from .engine import evaluate, pick_device
 from .metrics import confusion, summarize
 from .plots import plot_confusion
@@ -37,6 +37,13 @@ def predict_test_split(run: str | Path, variant: str | Path | None = None, devic
             "tested_size": [int(ds.images.shape[-1]), int(ds.images.shape[-2])]}
 
 
+def _fingerprint(run: str | Path) -> str | None:
+    """Which finished training of ``run`` is scored (:meth:`RunFolder.fingerprint`); none for a run
+    that stopped early, whose best model may still be scored."""
+    folder = RunFolder(run)
+    return folder.fingerprint() if folder.complete else None
+
+
 def evaluate_run(run: str | Path, variant: str | Path | None = None, device: str = "auto",
                  batch_size: int = 256) -> dict:
     """Test-split metrics of ``run``'s best model on ``variant`` (default: the run's own variants),
@@ -48,7 +55,11 @@ def evaluate_run(run: str | Path, variant: str | Path | None = None, device: str
                "test_accuracy": s["accuracy"], "macro_f1": s["macro_f1"], "n_test": s["n"],
                "missing_test_samples": len(p["test_ids"] - set(p["ids"])), "split": p["split"],
                "trained_size": p["trained_size"], "tested_size": p["tested_size"],
-               "per_class": s["per_class"]}
+               "per_class": s["per_class"],
+               # what was scored: this training, on this rendering of the variant (a study reuses the
+               # file only while both are the same)
+               "fingerprint": _fingerprint(run),
+               "variant_sha256": variant_info(variant).get("dataset", {}).get("sha256") if variant else None}
     write_json(run / f"eval-{p['variant']}.json", metrics)
     return metrics
 
@@ -93,7 +104,7 @@ def ensemble_members(runs: list[str | Path], variant: str | Path | None = None, 
             if p["ids"] != first["ids"]:
                 raise RunError(f"{run} found other test images than {first['run']} "
                                f"({len(p['ids'])} against {len(first['ids'])})")
-        members.append({**p, "run": str(run), "test_accuracy": p["acc"], "fingerprint": RunFolder(run).fingerprint()})
+        members.append({**p, "run": str(run), "test_accuracy": p["acc"], "fingerprint": _fingerprint(run)})
     return members
 
 

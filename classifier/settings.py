@@ -169,24 +169,47 @@ class TrainConfig:
         return run_folder_name([what, self.arch, f"{self.split}{tag}"], self.fold if self.folds else None, self.seed)
 
     def differences(self, other: TrainConfig) -> list[tuple[str, Any, Any]]:
-        """``(key, ours, theirs)`` for every setting that changes what is learned (not
-        :data:`WHERE_KEYS`), dotted for the nested ones; rendered variants compare by folder name,
-        a checkpoint to start from by its absolute path (a Ray run records paths made absolute)."""
-        def flat(c: TrainConfig) -> dict:
-            d = {k: v for k, v in asdict(c).items() if k not in WHERE_KEYS}
-            d["variants"] = [Path(v).name for v in c.variants]
-            if c.weights not in ("none", "imagenet"):
-                d["weights"] = str(Path(c.weights).expanduser().resolve())
-            return {f"{k}.{n}" if isinstance(v, dict) else k: x
-                    for k, v in d.items() for n, x in (v.items() if isinstance(v, dict) else [(None, v)])}
-
-        ours, theirs = flat(self), flat(other)
-        return [(k, ours[k], theirs[k]) for k in ours if ours[k] != theirs[k]]
+        """``(key, ours, theirs)`` for every setting that changes what is learned
+        (:func:`setting_differences`)."""
+        return setting_differences(self.to_dict(), other.to_dict())
 
     @property
     def split_rng_seed(self) -> int:
         """The seed the split is drawn with."""
         return split_seed_of(self.seed, self.split_seed)
+
+
+def learned_settings(d: dict) -> dict:
+    """The settings of a run's mapping (``config.yaml``'s layout) that change what it learns, flat
+    (``strokes.rotate``): not where it trains (:data:`WHERE_KEYS`), and nothing its kind of run
+    ignores. A run from strokes ignores rendered folders and the image warp, and the size jitter
+    without a size channel; a run on rendered folders (one, or their union) ignores how strokes are
+    drawn and distorted, which its folders fix. Rendered folders compare by name, a checkpoint to
+    start from by its absolute path (a Ray run records paths made absolute)."""
+    strokes = bool(d.get("from_strokes"))
+    skip = set(WHERE_KEYS) | ({"variants", "warp"} if strokes else {"render", "strokes", "writers"})
+    flat = {}
+    for key, value in d.items():
+        if key in skip:
+            continue
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        elif key == "variants":
+            flat[key] = [Path(v).name for v in value]
+        elif key == "weights" and value not in ("none", "imagenet"):
+            flat[key] = str(Path(value).expanduser().resolve())
+        else:
+            flat[key] = value
+    if strokes and "size" not in (d.get("channels") or ["ink"]):  # the size jitter moves no pixel of these
+        flat.pop("strokes.size", None)
+    return flat
+
+
+def setting_differences(recorded: dict, asked: dict) -> list[tuple[str, Any, Any]]:
+    """``(key, recorded, asked)`` for each setting of :func:`learned_settings` that differs between
+    two runs' mappings (``None`` where one of them lacks it)."""
+    a, b = learned_settings(recorded), learned_settings(asked)
+    return [(k, a.get(k), b.get(k)) for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
 
 
 def run_folder_name(parts: list[str], fold: int | None, seed: int) -> str:

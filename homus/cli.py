@@ -384,7 +384,7 @@ def predict(run, inputs, top_k, as_json, read) -> None:
 @with_config
 def run_cmd(cfg, cfg_path, dry_run, parallel, ray_address) -> None:
     """Run the study in the config: fetch, render, train, cross-evaluate, report."""
-    from .study import plan, run_study
+    from .study import check_made_as_planned, plan, run_study
 
     if parallel is not None:
         cfg["study"]["parallel"] = parallel
@@ -398,6 +398,7 @@ def run_cmd(cfg, cfg_path, dry_run, parallel, ray_address) -> None:
 
     if dry_run:
         p = plan(cfg, cfg_path)
+        check_made_as_planned(p, Path(cfg["train"]["runs_dir"]) / cfg["study"]["name"], cfg_path)
         for r in p.runs:
             tc = p.configs[r.name]
             what = f"from strokes at {tc.render.name}" if tc.from_strokes else f"on {', '.join(tc.variants)}"

@@ -21,9 +21,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from classifier.data import variant_info
 from classifier.evaluate import evaluate_ensemble, evaluate_run
-from classifier.runfolder import CONFIG, RunFolder
-from classifier.settings import TrainConfig, run_folder_name
+from classifier.runfolder import CONFIG, RunFolder, raw_identity
+from classifier.settings import TrainConfig, run_folder_name, setting_differences
 from homus_render.dataset import list_stroke_files, parse_writers
 from homus_render.fetch import fetch
 from homus_render.render import RenderSettings
@@ -151,31 +152,81 @@ def check_made_as_planned(p: StudyPlan, runs_dir: Path, source: str | Path) -> N
     for r in p.runs:
         folder = runs_dir / r.name
         if (folder / CONFIG).is_file():
-            recorded = TrainConfig.from_dict(RunFolder(folder).config(), folder / CONFIG)
-            if diff := recorded.differences(p.configs[r.name]):
+            if diff := setting_differences(RunFolder(folder).config(), p.configs[r.name].to_dict()):
                 changed.append((folder, diff))
     if changed:
         folder, diff = changed[0]
         what = "; ".join(f"{k} {a!r} where the study asks for {b!r}" for k, a, b in diff)
-        others = f", and {len(changed) - 1} more of its runs differ" if len(changed) > 1 else ""
-        raise cfgmod.ConfigError(f"{source}: {folder} was trained with other settings ({what}){others}; give the "
-                                 "study another name, or move the old runs away to train them again")
+        _refuse(source, f"{folder} was trained with other settings ({what})", len(changed))
+
+
+def check_same_data(p: StudyPlan, runs_dir: Path, source: str | Path) -> None:
+    """Refuse a study whose finished runs were trained on other data than it now reads (another raw
+    folder, collected writers added, files changed, a variant rendered again from other strokes): their
+    figures would be reported as this data's. Runs that recorded no identity are not checked."""
+    raws: dict[tuple, dict] = {}
+    changed = []
+    for r in p.runs:
+        folder = RunFolder(runs_dir / r.name)
+        if not folder.complete:  # a stopped run is checked when it continues (train)
+            continue
+        recorded, c = folder.data(), p.configs[r.name]
+        if c.from_strokes and recorded.get("sha256"):
+            key = (str(Path(c.raw_dir).resolve()), str(c.writers), tuple(c.extra_raw))
+            now = raws[key] if key in raws else raws.setdefault(key, raw_identity(c.raw_dir, c.writers, c.extra_raw))
+            if now["sha256"] != recorded["sha256"]:
+                changed.append(f"{folder.path} was trained on {recorded['files']:,} stroke files in "
+                               f"{recorded['raw_dir']} (content {recorded['sha256'][:12]}), the study reads "
+                               f"{now['files']:,} in {now['raw_dir']} (content {now['sha256'][:12]})")
+        elif not c.from_strokes and all(v.get("sha256") for v in recorded.get("variants") or [{}]):
+            then = [v["sha256"] for v in recorded["variants"]]
+            now = [variant_info(v).get("dataset", {}).get("sha256") for v in c.variants]
+            if then != now:
+                changed.append(f"{folder.path} was trained on variants rendered from other strokes than "
+                               f"{', '.join(c.variants)} now hold")
+    if changed:
+        _refuse(source, changed[0], len(changed))
+
+
+def _refuse(source: str | Path, first: str, count: int) -> None:
+    others = f", and {count - 1} more of its runs differ" if count > 1 else ""
+    raise cfgmod.ConfigError(f"{source}: {first}{others}; give the study another name, or move the old runs "
+                             "away to train them again")
+
+
+def _saved(path: Path) -> dict:
+    """A saved score or evaluation, or ``{}`` where there is none or it cannot be read as one (it is
+    then made again)."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, UnicodeDecodeError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
 
 
 def scored_as_planned(saved: dict, runs_dir: Path, runs: list[str]) -> bool:
     """Whether a saved ensemble score is of these very runs as they are now: the same members, each
     the same finished training (a member trained again, or an ensemble given other members, is scored
     again), and kept with its errors (scores saved before they kept them are scored again)."""
-    if "errors" not in saved:
+    members = saved.get("members")
+    if "errors" not in saved or not isinstance(members, list):
         return False
-    recorded = [(Path(m["run"]).name, m.get("fingerprint")) for m in saved.get("members", [])]
+    recorded = [(Path(str(m.get("run"))).name, m.get("fingerprint")) if isinstance(m, dict) else None for m in members]
     return recorded == [(n, RunFolder(runs_dir / n).fingerprint()) for n in runs]
+
+
+def evaluated_as_planned(saved: dict, run: Path, variant: Path) -> bool:
+    """Whether a saved cross evaluation is of this very training on this very rendering of the variant."""
+    return (saved.get("fingerprint") == RunFolder(run).fingerprint()
+            and saved.get("variant_sha256") == variant_info(variant).get("dataset", {}).get("sha256"))
 
 
 def run_study(cfg: dict, log=print, source: str | Path = "the study") -> Path:
     """Do the whole study ``cfg`` describes; returns the report folder."""
     s, d = cfg["study"], cfg["dataset"]
     p = plan(cfg, source)  # bad settings fail here, before any download
+    runs_dir = Path(cfg["train"]["runs_dir"]) / s["name"]
+    check_made_as_planned(p, runs_dir, source)
     raw = Path(d["raw_dir"])
     if not raw.is_dir() or not list_stroke_files(raw):
         log(f"{raw} is empty: fetching HOMUS {d['version']}")
@@ -183,9 +234,8 @@ def run_study(cfg: dict, log=print, source: str | Path = "the study") -> Path:
     for res in render_variants(raw, cfg["render"]["rendered_dir"], p.variants, jobs=cfg["render"]["jobs"],
                                writers=parse_writers(d["writers"]), log=log):
         log(f"{res.path}: {res.status}")
-    runs_dir = Path(cfg["train"]["runs_dir"]) / s["name"]
     device = next(iter(p.configs.values())).device
-    check_made_as_planned(p, runs_dir, source)
+    check_same_data(p, runs_dir, source)
     jobs = []
     for r in p.runs:
         folder = runs_dir / r.name
@@ -197,13 +247,14 @@ def run_study(cfg: dict, log=print, source: str | Path = "the study") -> Path:
     for r in p.runs if len(p.variants) > 1 else []:  # every model on every variant's test split: the cross matrix
         folder = runs_dir / r.name
         for v in p.variants:
-            if not (folder / f"eval-{v.name}.json").exists():
-                m = evaluate_run(folder, Path(cfg["render"]["rendered_dir"]) / v.name, device=device)
+            variant = Path(cfg["render"]["rendered_dir"]) / v.name
+            if not evaluated_as_planned(_saved(folder / f"eval-{v.name}.json"), folder, variant):
+                m = evaluate_run(folder, variant, device=device)
                 log(f"{r.name} on {v.name}: test accuracy {m['test_accuracy']:.4f}")
     scored = []
     for e in p.ensembles:
         out = runs_dir / e.file
-        m = json.loads(out.read_text(encoding="utf-8")) if out.exists() else {}
+        m = _saved(out)
         if not scored_as_planned(m, runs_dir, e.runs):
             m = evaluate_ensemble([runs_dir / n for n in e.runs], out, device=device)
             log(f"ensemble {e.name} on {e.variant}{'' if e.fold is None else f' fold {e.fold}'}: "

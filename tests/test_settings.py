@@ -26,6 +26,7 @@ from classifier.settings import (
     WHERE_KEYS,
     TrainConfig,
     read_yaml,
+    setting_differences,
     upgrade_run_config,
 )
 from classifier.splits import KINDS
@@ -78,7 +79,24 @@ def test_differences_are_what_is_learned_not_where_it_trains(tmp_path, monkeypat
     diff = {k: (a, b) for k, a, b in base.differences(other)}
     assert diff["epochs"] == (base.epochs, 3) and diff["strokes.rotate"] == (base.strokes.rotate, 2.5)
     assert diff["channels"] == (["ink"], ["ink", "size"]) and diff["weights"][1] == str(tmp_path / "other.pt")
-    assert set(diff) == {"epochs", "strokes.rotate", "channels", "weights"}
+    assert set(diff) == {"epochs", "strokes.rotate", "channels", "weights", "strokes.size"}  # size: now read
+
+
+def test_differences_leave_out_what_a_kind_of_run_ignores():
+    strokes = train_config(load(None), {"from_strokes": True}).to_dict()
+    old_layout = {**strokes, "variants": ["rendered/t3-s64"], "warp": {k: 5.0 for k in strokes["warp"]},
+                  "strokes": {**strokes["strokes"], "size": 0.4}}  # what runs of an older homus recorded
+    assert setting_differences(old_layout, strokes) == []  # a run from strokes without a size channel
+    sized = {**strokes, "channels": ["ink", "size"]}
+    assert setting_differences({**sized, "strokes": old_layout["strokes"]}, sized) == [
+        ("strokes.size", 0.4, strokes["strokes"]["size"])]
+    union = "rendered/t1-s32,rendered/t3-s32"
+    rendered = train_config(load(None), {"from_strokes": False, "variants": union}).to_dict()
+    other_draw = {**rendered, "render": {**rendered["render"], "width": 48}, "strokes": old_layout["strokes"],
+                  "variants": ["/abs/rendered/t1-s32", "/abs/rendered/t3-s32"]}
+    assert setting_differences(rendered, other_draw) == []  # a union reads its folders, not render
+    assert setting_differences(rendered, {**rendered, "warp": {**rendered["warp"], "rotate": 9.0}}) == [
+        ("warp.rotate", rendered["warp"]["rotate"], 9.0)]
 
 
 def test_an_old_flat_run_config_reads_as_the_nested_one():

@@ -257,15 +257,71 @@ def test_an_ensemble_is_scored_again_when_a_member_was_trained_again(tiny_study,
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
     runs = tmp_path / "runs/tiny"
     shutil.move(runs / "t2-s32-m2-ink-fold0-seed0", tmp_path / "old-run")
+    (runs / "ensemble-both-t2-s32-m2-fold1.json").write_text('{"errors": [], "members": [{')  # cut short
     r = CliRunner().invoke(main, ["run", "--config", str(tmp_path / "s.yaml")])
     assert r.exit_code == 0, r.output
     assert r.output.count("finished, not trained again") == 5
     scored = [x for x in r.output.splitlines() if x.startswith("ensemble ")]
-    assert len(scored) == 1 and "fold 0" in scored[0]  # only the ensemble the new run is in
+    assert len(scored) == 2 and "fold 0" in scored[0] and "fold 1" in scored[1]  # fold 2's score stands
     saved = json.loads((runs / "ensemble-both-t2-s32-m2-fold0.json").read_text())
     assert [m["fingerprint"] for m in saved["members"]] == [
         RunFolder(runs / n).fingerprint() for n in ("t2-s32-m2-ink-fold0-seed0", "t2-s32-m2-ink+time-fold0-seed0")]
     assert saved["members"][0]["fingerprint"] != RunFolder(tmp_path / "old-run").fingerprint()
+
+
+def test_runs_that_stopped_early_still_vote_and_are_marked_unfinished(tiny_study, tmp_path):
+    root, _ = tiny_study
+    runs = []
+    for name in ("t2-s32-m2-ink-fold0-seed0", "t2-s32-m2-ink+time-fold0-seed0"):
+        shutil.copytree(root / "runs/tiny" / name, tmp_path / name)
+        (tmp_path / name / "metrics.json").unlink()  # as a run stopped after its best epoch leaves it
+        runs.append(str(tmp_path / name))
+    r = CliRunner().invoke(main, ["evaluate", *runs, "--out", str(tmp_path / "e.json"), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    saved = json.loads((tmp_path / "e.json").read_text())
+    assert [m["fingerprint"] for m in saved["members"]] == [None, None]
+    finished = json.loads((root / "runs/tiny/ensemble-both-t2-s32-m2-fold0.json").read_text())
+    assert saved["test_accuracy"] == finished["test_accuracy"]
+
+
+def test_a_cross_evaluation_is_made_again_for_another_training(study, tmp_path):
+    """``eval-<variant>.json`` names the training and the rendering it scored; one that names
+    another (or none, as files saved before did) is made again, the others are reused."""
+    root, path, _ = study
+    shutil.copytree(root / "runs", tmp_path / "runs")
+    cfg = yaml.safe_load(path.read_text())
+    cfg["train"]["runs_dir"] = str(tmp_path / "runs")
+    cfg["study"]["reports_dir"] = str(tmp_path / "reports")
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
+    stale = tmp_path / "runs/tiny/t3-s32-m2-seed0/eval-t1-s32-m2.json"
+    kept = json.loads(stale.read_text())
+    stale.write_text(json.dumps({**kept, "fingerprint": "a training since replaced", "test_accuracy": 0.5}))
+    r = CliRunner().invoke(main, ["run", "--config", str(tmp_path / "s.yaml")])
+    assert r.exit_code == 0, r.output
+    assert [x for x in r.output.splitlines() if " on t" in x and "test accuracy" in x] == [
+        f"t3-s32-m2-seed0 on t1-s32-m2: test accuracy {kept['test_accuracy']:.4f}"]
+    assert json.loads(stale.read_text())["test_accuracy"] == kept["test_accuracy"]
+
+
+def test_finished_runs_of_other_data_are_not_reported_as_the_study(tiny_study, synthetic_raw, tmp_path):
+    """The same strokes in another folder are the same data; a changed stroke file is not."""
+    root, path = tiny_study
+    shutil.copytree(synthetic_raw, tmp_path / "raw")
+    cfg = yaml.safe_load(path.read_text())
+    cfg["dataset"]["raw_dir"] = str(tmp_path / "raw")
+    cfg["render"]["rendered_dir"] = str(tmp_path / "rendered")
+    cfg["study"]["reports_dir"] = str(tmp_path / "reports")
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
+    r = CliRunner().invoke(main, ["run", "--config", str(tmp_path / "s.yaml")])
+    assert r.exit_code == 0, r.output
+    assert r.output.count("finished, not trained again") == 6
+    sample = tmp_path / "raw/2/2-5.txt"
+    sample.write_text(sample.read_text() + "1,1;2,2;\n")  # one more stroke
+    r = CliRunner().invoke(main, ["run", "--config", str(tmp_path / "s.yaml")])
+    assert r.exit_code != 0
+    [line] = [x for x in r.output.splitlines() if x.startswith("error:")]
+    assert "576 stroke files in " + str(synthetic_raw) in line and "the study reads 576 in " + str(tmp_path) in line
+    assert "and 5 more of its runs differ" in line and "Traceback" not in r.output
 
 
 @pytest.mark.parametrize("study, words", [
