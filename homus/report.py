@@ -265,8 +265,10 @@ def write_report(run_dirs: list[Path], out: Path, title: str, variants: list[str
         r["settings"].update((extra or {}).get(r["name"], {}))
     if not runs:
         raise RunError("no runs to report on")
-    splits = {json.dumps(RunFolder(r["run"]).split(), sort_keys=True) for r in runs
-              if r["split_seed"] == runs[0]["split_seed"]}
+    splits: dict[tuple, set[str]] = {}  # runs of one split seed (and fold) must share one split
+    for r in runs:
+        splits.setdefault((r["split_seed"], r["fold"]), set()).add(json.dumps(RunFolder(r["run"]).split(),
+                                                                              sort_keys=True))
     group_by = group_by or [k for k in differing(runs) if k not in IGNORED]
     rows = summarize(runs, group_by)
     tests = variants or sorted({v for r in runs for v in r["evals"]})
@@ -291,9 +293,9 @@ def write_report(run_dirs: list[Path], out: Path, title: str, variants: list[str
 
     md = [f"# {title}", "", f"{len(runs)} runs, {time.strftime('%Y-%m-%d')}." + (f" Command: `{command}`" if command
                                                                                  else ""), ""]
-    if len(splits) > 1:
-        md += ["**Warning: runs with the same split seed have different splits; the figures are not comparable.**",
-               ""]
+    if any(len(found) > 1 for found in splits.values()):
+        md += ["**Warning: runs with the same split seed (and fold) have different splits; the figures are not "
+               "comparable.**", ""]
     setting = "trained on" if group_by == ["variants"] else "setting"
     folded = any("pooled" in r for r in rows)
     if folded:
@@ -336,8 +338,9 @@ def write_report(run_dirs: list[Path], out: Path, title: str, variants: list[str
             md.append(f"| {r['group']} | " + " | ".join(cells) + " |")
         md += ["", "![matrix](matrix.png)", ""]
     split = runs[0]["metrics"]["split"]
-    md += ["## Settings", "", f"Split: `{split}` (the same split for every run of one seed). "
-           f"Settings that differ between runs: {', '.join(f'`{k}`' for k in group_by) or 'none'}.", ""]
+    shared = "of one split seed and fold" if any(r["fold"] is not None for r in runs) else "of one split seed"
+    md += ["## Settings", "", f"Split: `{split}` (the same split for every run {shared}). "
+           f"Rows group the runs by {', '.join(f'`{k}`' for k in group_by) or 'nothing'}.", ""]
     if settings:
         md += ["```yaml", yaml.safe_dump(settings, sort_keys=False).rstrip(), "```", ""]
     write_text(out / "report.md", "\n".join(md))

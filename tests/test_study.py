@@ -154,6 +154,8 @@ def test_shipped_configs_load_and_plan(tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     assert "20 runs, 15 ensemble scores" in r.output and not (tmp_path / "runs").exists()
     assert {c.split for c in configs} == {"writer"}
+    one_arm = plan(load(repo / "configs/writer-5fold-ink+size.yaml")).configs  # its runs are the big study's own
+    assert len(one_arm) == 5 and all(n in five.configs and c == five.configs[n] for n, c in one_arm.items())
     random5 = plan(load(repo / "configs/random-5fold.yaml")).configs.values()
     assert {(c.split, c.folds) for c in random5} == {("random", 5)} and {c.fold for c in random5} == set(range(5))
 
@@ -210,6 +212,21 @@ def test_a_cross_validation_study_tests_every_writer_once_and_reports_folds(tiny
     md = (root / "reports/tiny/report.md").read_text()
     assert "3-fold writer cross-validation" in md and "## Ensembles" in md
     assert f"{ens['pooled']:.2%}" in md and f"{summary['rows'][0]['pooled']:.2%}" in md
+    assert "different splits" not in md  # each fold has its own split, as it should
+
+
+def test_a_report_warns_when_runs_of_one_split_seed_and_fold_split_differently(tiny_study, tmp_path):
+    from homus.report import write_report
+
+    root, _ = tiny_study
+    names = ["t2-s32-m2-ink-fold0-seed0", "t2-s32-m2-ink+time-fold0-seed0"]
+    for n in names:
+        shutil.copytree(root / "runs/tiny" / n, tmp_path / n, ignore=shutil.ignore_patterns("*.pt"))
+    split = json.loads((tmp_path / names[1] / "split.json").read_text())
+    split["val"], split["train"] = split["val"][1:], split["train"] + split["val"][:1]
+    (tmp_path / names[1] / "split.json").write_text(json.dumps(split))
+    write_report([tmp_path / n for n in names], tmp_path / "report", title="t")
+    assert "different splits" in (tmp_path / "report/report.md").read_text()
 
 
 def test_a_finished_study_reruns_without_training(tiny_study):
