@@ -261,17 +261,24 @@ def test_runs_made_with_other_settings_are_not_reported_as_the_study(tiny_study,
     assert {p: p.read_bytes() for p in before} == before
 
 
+def copy_runs(root: Path, path: Path, dest: Path) -> Path:
+    """A study's finished runs copied to ``dest/runs``, and its config pointed at them (and at its own
+    reports folder) as ``dest/s.yaml``: a study to change without touching the shared fixture."""
+    shutil.copytree(root / "runs", dest / "runs")
+    cfg = yaml.safe_load(path.read_text())
+    cfg["train"]["runs_dir"] = str(dest / "runs")
+    cfg["study"]["reports_dir"] = str(dest / "reports")
+    (dest / "s.yaml").write_text(yaml.safe_dump(cfg))
+    return dest / "s.yaml"
+
+
 def test_an_ensemble_is_scored_again_when_a_member_was_trained_again(tiny_study, tmp_path):
     """A saved ensemble score names its members' finished trainings: moving a run away (as the error
     above advises) and training it again must not leave the old ensemble figure in the report."""
     from classifier.runfolder import RunFolder
 
     root, path = tiny_study
-    shutil.copytree(root / "runs", tmp_path / "runs")
-    cfg = yaml.safe_load(path.read_text())
-    cfg["train"]["runs_dir"] = str(tmp_path / "runs")
-    cfg["study"]["reports_dir"] = str(tmp_path / "reports")
-    (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
+    copy_runs(root, path, tmp_path)
     runs = tmp_path / "runs/tiny"
     shutil.move(runs / "t2-s32-m2-ink-fold0-seed0", tmp_path / "old-run")
     (runs / "ensemble-both-t2-s32-m2-fold1.json").write_text('{"errors": [], "members": [{')  # cut short
@@ -305,11 +312,7 @@ def test_a_cross_evaluation_is_made_again_for_another_training(study, tmp_path):
     """``eval-<variant>.json`` names the training and the rendering it scored; one that names
     another (or none, as files saved before did) is made again, the others are reused."""
     root, path, _ = study
-    shutil.copytree(root / "runs", tmp_path / "runs")
-    cfg = yaml.safe_load(path.read_text())
-    cfg["train"]["runs_dir"] = str(tmp_path / "runs")
-    cfg["study"]["reports_dir"] = str(tmp_path / "reports")
-    (tmp_path / "s.yaml").write_text(yaml.safe_dump(cfg))
+    copy_runs(root, path, tmp_path)
     stale = tmp_path / "runs/tiny/t3-s32-m2-seed0/eval-t1-s32-m2.json"
     kept = json.loads(stale.read_text())
     stale.write_text(json.dumps({**kept, "fingerprint": "a training since replaced", "test_accuracy": 0.5}))
