@@ -50,6 +50,12 @@ def variant_info(path: str | Path) -> dict:
         raise DataError(str(e)) from None
 
 
+def dataset_sha256(info: dict) -> str | None:
+    """The content hash of the raw strokes a variant was rendered from (its ``variant.json``), or
+    none for folders rendered before homus recorded it."""
+    return info.get("dataset", {}).get("sha256")
+
+
 def load_variant(path: str | Path, only: set[str] | None = None) -> Variant:
     """Read a variant folder (all samples, or only the ids in ``only``)."""
     path = Path(path)

@@ -10,7 +10,7 @@ from torch import nn
 
 from homus_render.atomic import write_json
 
-from .data import ImageSet, loader, variant_info
+from .data import ImageSet, dataset_sha256, loader, variant_info
 from .engine import evaluate, pick_device
 from .metrics import confusion, summarize
 from .plots import plot_confusion
@@ -59,7 +59,7 @@ def evaluate_run(run: str | Path, variant: str | Path | None = None, device: str
                # what was scored: this training, on this rendering of the variant (a study reuses the
                # file only while both are the same)
                "fingerprint": _fingerprint(run),
-               "variant_sha256": variant_info(variant).get("dataset", {}).get("sha256") if variant else None}
+               "variant_sha256": dataset_sha256(variant_info(variant)) if variant else None}
     write_json(run / f"eval-{p['variant']}.json", metrics)
     return metrics
 

@@ -23,7 +23,7 @@ from homus_render.render import RenderSettings
 from homus_render.strokes import Sample
 
 from . import checkpoint
-from .data import DataError, Variant, load_variant, variant_info
+from .data import DataError, Variant, dataset_sha256, load_variant, variant_info
 from .settings import check_run_config, read_yaml, upgrade_run_config
 from .strokeset import render_samples
 
@@ -64,6 +64,13 @@ def raw_identity(raw_dir: str | Path, writers: str | int | list | None = None,
         except OSError as e:
             raise user_os_error(e) or e from None
     return {"raw_dir": str(raw), "files": len(files), "sha256": content_hash(digests)}
+
+
+def same_data(recorded: dict, now: dict) -> bool:
+    """Whether two data identities (a run's ``data.json``; :func:`raw_identity` for a run from strokes,
+    ``{"variants": [{"sha256"}]}`` for one on rendered folders) name the same data, wherever it lies."""
+    return recorded.get("sha256") == now.get("sha256") and \
+        [v.get("sha256") for v in recorded.get("variants", [])] == [v.get("sha256") for v in now.get("variants", [])]
 
 
 @dataclass(frozen=True)
@@ -196,7 +203,7 @@ class RunFolder:
         recorded = self.data().get("variants") or [{"path": p, "sha256": None} for p in cfg["variants"]]
         loaded = [load_variant(r["path"], only=test_ids) for r in recorded]
         for r, v in zip(recorded, loaded, strict=True):
-            now = v.info.get("dataset", {}).get("sha256")
+            now = dataset_sha256(v.info)
             if r.get("sha256") and now != r["sha256"]:
                 raise RunError(f"{v.path}: this variant was rendered from other raw data than run {self.path} "
                                "was trained on; its test split would score other samples. Render it again "

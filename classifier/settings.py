@@ -168,11 +168,6 @@ class TrainConfig:
         tag = "" if self.split_seed in (None, self.seed) else str(self.split_seed)
         return run_folder_name([what, self.arch, f"{self.split}{tag}"], self.fold if self.folds else None, self.seed)
 
-    def differences(self, other: TrainConfig) -> list[tuple[str, Any, Any]]:
-        """``(key, ours, theirs)`` for every setting that changes what is learned
-        (:func:`setting_differences`)."""
-        return setting_differences(self.to_dict(), other.to_dict())
-
     @property
     def split_rng_seed(self) -> int:
         """The seed the split is drawn with."""

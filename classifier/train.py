@@ -31,11 +31,23 @@ from homus_render.labels import LABELS
 from homus_render.lock import writing
 
 from . import checkpoint, plots
-from .data import DataError, ImageSet, Variant, epoch_loader, load_variant, loader
+from .data import DataError, ImageSet, Variant, dataset_sha256, epoch_loader, load_variant, loader
 from .engine import amp_dtype, evaluate, make_scaler, pick_device, train_one_epoch
 from .metrics import summarize
 from .models import build_model
-from .runfolder import BEST, CONFIG, DATA, HISTORY, LAST, RESUME_STATE, SPLIT, RunError, RunFolder, raw_identity
+from .runfolder import (
+    BEST,
+    CONFIG,
+    DATA,
+    HISTORY,
+    LAST,
+    RESUME_STATE,
+    SPLIT,
+    RunError,
+    RunFolder,
+    raw_identity,
+    same_data,
+)
 from .settings import OPTIMIZERS, SCHEDULES, SEED_STRIDE, WARP_SEED_OFFSET, TrainConfig  # noqa: F401
 from .splits import check_split, make_fold_split, make_split
 from .strokeset import StrokeSet, augment_sheet, make_train_source, raster_device, render_samples, worker_init
@@ -70,7 +82,7 @@ def make_scheduler(optimizer, cfg: TrainConfig, steps_per_epoch: int):
 
 def load_variants(paths: list[str]) -> list[Variant]:
     variants = [load_variant(p) for p in paths]
-    hashes = {v.info.get("dataset", {}).get("sha256") for v in variants}
+    hashes = {dataset_sha256(v.info) for v in variants}
     if len(hashes) > 1:
         raise DataError("the variants were rendered from different raw datasets; a shared split would mix "
                         "samples that are not the same")
@@ -93,7 +105,7 @@ def data_identity(cfg: TrainConfig, variants: list[Variant]) -> dict:
     from strokes), or each variant folder with the hash of the dataset it was rendered from."""
     if cfg.from_strokes:
         return raw_identity(cfg.raw_dir, cfg.writers, cfg.extra_raw)
-    return {"variants": [{"path": str(Path(v.path).resolve()), "sha256": v.info.get("dataset", {}).get("sha256")}
+    return {"variants": [{"path": str(Path(v.path).resolve()), "sha256": dataset_sha256(v.info)}
                          for v in variants]}
 
 
@@ -320,10 +332,7 @@ def finish(run: Path, cfg: TrainConfig, sets: dict, criterion, device, amp: bool
 def _check_same_data(run: Path, now: dict) -> None:
     """Refuse to continue a run on data other than the data it started on."""
     recorded = RunFolder(run).data()
-    if not recorded:
-        return
-    if recorded.get("sha256") != now.get("sha256") or [v.get("sha256") for v in recorded.get("variants", [])] != \
-            [v.get("sha256") for v in now.get("variants", [])]:
+    if recorded and not same_data(recorded, now):
         where = now.get("raw_dir") or ", ".join(v["path"] for v in now.get("variants", []))
         was = recorded.get("raw_dir") or ", ".join(v["path"] for v in recorded.get("variants", []))
         raise RunError(f"{run} started on the data in {was}; the data at hand ({where}) differs, so it cannot "

@@ -398,7 +398,7 @@ def run_cmd(cfg, cfg_path, dry_run, parallel, ray_address) -> None:
 
     if dry_run:
         p = plan(cfg, cfg_path)
-        check_made_as_planned(p, Path(cfg["train"]["runs_dir"]) / cfg["study"]["name"], cfg_path)
+        check_made_as_planned(p, cfg_path)
         for r in p.runs:
             tc = p.configs[r.name]
             what = f"from strokes at {tc.render.name}" if tc.from_strokes else f"on {', '.join(tc.variants)}"

@@ -21,9 +21,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from classifier.data import variant_info
+from classifier.data import dataset_sha256, variant_info
 from classifier.evaluate import evaluate_ensemble, evaluate_run
-from classifier.runfolder import CONFIG, RunFolder, raw_identity
+from classifier.runfolder import CONFIG, RunFolder, raw_identity, same_data
 from classifier.settings import TrainConfig, run_folder_name, setting_differences
 from homus_render.dataset import list_stroke_files, parse_writers
 from homus_render.fetch import fetch
@@ -66,6 +66,7 @@ class StudyPlan:
     runs: list[StudyRun]
     configs: dict[str, TrainConfig]  # each run's settings, by run name
     ensembles: list[StudyEnsemble]
+    runs_dir: Path  # where the runs live: train.runs_dir / study.name
 
 
 def study_variants(cfg: dict) -> list[RenderSettings]:
@@ -121,7 +122,7 @@ def plan(cfg: dict, source: str | Path = "the study") -> StudyPlan:
                     raise cfgmod.ConfigError(f"{source}: 'study.ensembles.{name}' has {len(members)} run(s) on "
                                              f"{v.name}; an ensemble needs at least 2")
                 ensembles.append(StudyEnsemble(name, v.name, fold, members))
-    return StudyPlan(variants, runs, configs, ensembles)
+    return StudyPlan(variants, runs, configs, ensembles, runs_dir)
 
 
 def run_config(cfg: dict, r: StudyRun, runs_dir: Path, source: str | Path) -> TrainConfig:
@@ -144,13 +145,13 @@ def run_config(cfg: dict, r: StudyRun, runs_dir: Path, source: str | Path) -> Tr
     return cfgmod.train_config(cfg, layers, render=r.settings, source=source)
 
 
-def check_made_as_planned(p: StudyPlan, runs_dir: Path, source: str | Path) -> None:
+def check_made_as_planned(p: StudyPlan, source: str | Path) -> None:
     """Refuse a study whose run folders were made with other settings than it now asks for: a
     finished one would be reported under settings it was not trained with, and a stopped one would
     continue with a mix of both. Where the runs train (device, workers, paths...) may change."""
     changed = []
     for r in p.runs:
-        folder = runs_dir / r.name
+        folder = p.runs_dir / r.name
         if (folder / CONFIG).is_file():
             if diff := setting_differences(RunFolder(folder).config(), p.configs[r.name].to_dict()):
                 changed.append((folder, diff))
@@ -160,28 +161,28 @@ def check_made_as_planned(p: StudyPlan, runs_dir: Path, source: str | Path) -> N
         _refuse(source, f"{folder} was trained with other settings ({what})", len(changed))
 
 
-def check_same_data(p: StudyPlan, runs_dir: Path, source: str | Path) -> None:
+def check_same_data(p: StudyPlan, source: str | Path) -> None:
     """Refuse a study whose finished runs were trained on other data than it now reads (another raw
     folder, collected writers added, files changed, a variant rendered again from other strokes): their
     figures would be reported as this data's. Runs that recorded no identity are not checked."""
-    raws: dict[tuple, dict] = {}
+    raws: dict[tuple, dict] = {}  # each raw folder is hashed once, however many runs read it
     changed = []
     for r in p.runs:
-        folder = RunFolder(runs_dir / r.name)
+        folder = RunFolder(p.runs_dir / r.name)
         if not folder.complete:  # a stopped run is checked when it continues (train)
             continue
         recorded, c = folder.data(), p.configs[r.name]
         if c.from_strokes and recorded.get("sha256"):
             key = (str(Path(c.raw_dir).resolve()), str(c.writers), tuple(c.extra_raw))
-            now = raws[key] if key in raws else raws.setdefault(key, raw_identity(c.raw_dir, c.writers, c.extra_raw))
-            if now["sha256"] != recorded["sha256"]:
+            if key not in raws:
+                raws[key] = raw_identity(c.raw_dir, c.writers, c.extra_raw)
+            now = raws[key]
+            if not same_data(recorded, now):
                 changed.append(f"{folder.path} was trained on {recorded['files']:,} stroke files in "
                                f"{recorded['raw_dir']} (content {recorded['sha256'][:12]}), the study reads "
                                f"{now['files']:,} in {now['raw_dir']} (content {now['sha256'][:12]})")
         elif not c.from_strokes and all(v.get("sha256") for v in recorded.get("variants") or [{}]):
-            then = [v["sha256"] for v in recorded["variants"]]
-            now = [variant_info(v).get("dataset", {}).get("sha256") for v in c.variants]
-            if then != now:
+            if not same_data(recorded, {"variants": [{"sha256": dataset_sha256(variant_info(v))} for v in c.variants]}):
                 changed.append(f"{folder.path} was trained on variants rendered from other strokes than "
                                f"{', '.join(c.variants)} now hold")
     if changed:
@@ -218,15 +219,15 @@ def scored_as_planned(saved: dict, runs_dir: Path, runs: list[str]) -> bool:
 def evaluated_as_planned(saved: dict, run: Path, variant: Path) -> bool:
     """Whether a saved cross evaluation is of this very training on this very rendering of the variant."""
     return (saved.get("fingerprint") == RunFolder(run).fingerprint()
-            and saved.get("variant_sha256") == variant_info(variant).get("dataset", {}).get("sha256"))
+            and saved.get("variant_sha256") == dataset_sha256(variant_info(variant)))
 
 
 def run_study(cfg: dict, log=print, source: str | Path = "the study") -> Path:
     """Do the whole study ``cfg`` describes; returns the report folder."""
     s, d = cfg["study"], cfg["dataset"]
     p = plan(cfg, source)  # bad settings fail here, before any download
-    runs_dir = Path(cfg["train"]["runs_dir"]) / s["name"]
-    check_made_as_planned(p, runs_dir, source)
+    runs_dir = p.runs_dir
+    check_made_as_planned(p, source)
     raw = Path(d["raw_dir"])
     if not raw.is_dir() or not list_stroke_files(raw):
         log(f"{raw} is empty: fetching HOMUS {d['version']}")
@@ -235,7 +236,7 @@ def run_study(cfg: dict, log=print, source: str | Path = "the study") -> Path:
                                writers=parse_writers(d["writers"]), log=log):
         log(f"{res.path}: {res.status}")
     device = next(iter(p.configs.values())).device
-    check_same_data(p, runs_dir, source)
+    check_same_data(p, source)
     jobs = []
     for r in p.runs:
         folder = runs_dir / r.name

@@ -73,10 +73,10 @@ def test_differences_are_what_is_learned_not_where_it_trains(tmp_path, monkeypat
     moved = train_config(load(None), {"weights": str(tmp_path / "start.pt"), "device": "cuda", "workers": 7,
                                       "threads": 3, "raster": "device", "compile": True, "amp": False,
                                       "runs_dir": "/elsewhere", "raw_dir": "/data/raw", "name": "x"})
-    assert base.differences(moved) == []
+    assert setting_differences(base.to_dict(), moved.to_dict()) == []
     assert {"device", "workers", "threads", "raster", "compile", "amp", "runs_dir", "raw_dir"} <= set(WHERE_KEYS)
     other = train_config(load(None), {"weights": "other.pt", "epochs": 3, "stroke_rotate": 2.5, "channels": "ink,size"})
-    diff = {k: (a, b) for k, a, b in base.differences(other)}
+    diff = {k: (a, b) for k, a, b in setting_differences(base.to_dict(), other.to_dict())}
     assert diff["epochs"] == (base.epochs, 3) and diff["strokes.rotate"] == (base.strokes.rotate, 2.5)
     assert diff["channels"] == (["ink"], ["ink", "size"]) and diff["weights"][1] == str(tmp_path / "other.pt")
     assert set(diff) == {"epochs", "strokes.rotate", "channels", "weights", "strokes.size"}  # size: now read
