@@ -8,6 +8,7 @@ import time
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from homus_render.errors import HomusError
@@ -68,13 +69,21 @@ def make_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.Gr
     return torch.amp.GradScaler(device.type)
 
 
+def make_ema(model: nn.Module, decay: float) -> AveragedModel | None:
+    """An exponential moving average of ``model``'s weights and batch-norm statistics (torch's
+    ``AveragedModel``), to be updated after every optimizer step; None when ``decay`` is 0 (off)."""
+    if not decay:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def train_one_epoch(model: nn.Module, loader, criterion, optimizer, scheduler, device: torch.device,
                     epoch: int, amp: bool = False, scaler=None, transform=None,
-                    dtype: torch.dtype | None = None) -> dict:
+                    dtype: torch.dtype | None = None, ema: AveragedModel | None = None) -> dict:
     """Train over ``loader`` once, stepping the scheduler every batch; ``transform`` (augmentation)
-    is applied to each input batch; ``scaler`` scales fp16 losses (see :func:`make_scaler`). A
-    non-finite loss stops with :class:`DivergedError`. Returns loss, accuracy and images/s (data
-    path included)."""
+    is applied to each input batch; ``scaler`` scales fp16 losses (see :func:`make_scaler`); ``ema``
+    (see :func:`make_ema`) follows every step. A non-finite loss stops with :class:`DivergedError`.
+    Returns loss, accuracy and images/s (data path included)."""
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
@@ -100,6 +109,8 @@ def train_one_epoch(model: nn.Module, loader, criterion, optimizer, scheduler, d
                 loss.backward()
                 optimizer.step()
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
             n = len(y)
             total_loss += loss.item() * n
             correct += (out.argmax(1) == y).sum().item()

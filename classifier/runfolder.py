@@ -30,7 +30,7 @@ from .strokeset import render_samples
 CONFIG, SPLIT, DATA, METRICS, HISTORY = "config.yaml", "split.json", "data.json", "metrics.json", "history.csv"
 BEST, LAST = "best.pt", "last.pt"
 #: What ``last.pt`` holds beyond the model, for continuing a run; ``best.pt`` leaves it out.
-RESUME_STATE = ("optimizer", "scheduler", "scaler")
+RESUME_STATE = ("optimizer", "scheduler", "scaler", "ema")
 
 
 class RunError(HomusError, RuntimeError):

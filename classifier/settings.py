@@ -92,6 +92,7 @@ class TrainConfig:
     weight_decay: float
     schedule: str
     label_smoothing: float
+    ema: float  # decay of the moving average of the weights that validation, best.pt and the test use; 0: off
     from_strokes: bool
     raw_dir: str
     writers: str | int | list | None  # from_strokes: only these writers, e.g. "1-5"
@@ -263,7 +264,7 @@ def check_train(c: TrainConfig) -> None:
     if c.split_seed is not None and (isinstance(c.split_seed, bool) or not isinstance(c.split_seed, int)
                                      or c.split_seed < 0):
         raise SettingsError(f"split_seed must be a whole number >= 0 or null, got {c.split_seed!r}")
-    for key in ("lr", "momentum", "weight_decay", "label_smoothing"):
+    for key in ("lr", "momentum", "weight_decay", "label_smoothing", "ema"):
         if not _number(getattr(c, key)) or not math.isfinite(getattr(c, key)):
             raise bad(key, "a finite number")
     if not c.lr > 0:
@@ -274,6 +275,8 @@ def check_train(c: TrainConfig) -> None:
         raise bad("momentum", "from 0 to below 1")
     if not 0 <= c.label_smoothing < 1:
         raise bad("label_smoothing", "from 0 to below 1")
+    if not 0 <= c.ema < 1:
+        raise bad("ema", "0 (off) or a decay from 0 to below 1, e.g. 0.999")
     for key in ("from_strokes", "amp", "compile"):
         if not isinstance(getattr(c, key), bool):
             raise bad(key, "true or false")
@@ -345,6 +348,7 @@ def upgrade_run_config(d: dict) -> dict:
     out.setdefault("extra_raw", [])
     out.setdefault("raster", "cpu")  # runs before the torch rasterizer drew on the CPU
     out.setdefault("compile", False)  # and ran the model eagerly
+    out.setdefault("ema", 0.0)  # and kept no moving average of the weights
     for key, names in (("strokes", [f.name for f in fields(StrokeAugment)]), ("warp", WARP_KEYS)):
         if isinstance(out.get(key, {}), dict):
             out[key] = {**dict.fromkeys(names, 0.0), **out.get(key, {})}

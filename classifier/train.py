@@ -32,7 +32,7 @@ from homus_render.lock import writing
 
 from . import checkpoint, plots
 from .data import DataError, ImageSet, Variant, dataset_sha256, epoch_loader, load_variant, loader
-from .engine import amp_dtype, evaluate, make_scaler, pick_device, train_one_epoch
+from .engine import amp_dtype, evaluate, make_ema, make_scaler, pick_device, train_one_epoch
 from .metrics import summarize
 from .models import build_model
 from .runfolder import (
@@ -202,7 +202,8 @@ def _train(run: Path, cfg: TrainConfig, resume: bool, log) -> Path:
     if cfg.channels != ["ink"]:
         source += f", channels {'+'.join(cfg.channels)}"
     log(f"run {run}: {len(sets['train']):,} train / {len(sets['val']):,} val / {len(sets['test']):,} test "
-        f"images {source}, {cfg.split} split, on {device}{', compiled' if cfg.compile else ''}")
+        f"images {source}, {cfg.split} split, on {device}{', compiled' if cfg.compile else ''}"
+        f"{f', weights averaged (decay {cfg.ema})' if cfg.ema else ''}")
 
     from_file = cfg.weights not in ("none", "imagenet")
     model = build_model(cfg.arch, len(classes), len(cfg.channels), "none" if from_file else cfg.weights)
@@ -215,6 +216,7 @@ def _train(run: Path, cfg: TrainConfig, resume: bool, log) -> Path:
     scheduler = make_scheduler(optimizer, cfg, steps)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     scaler = make_scaler(device, dtype)  # fp16 only: bf16 and full precision need no loss scaling
+    ema = make_ema(model, cfg.ema)  # validation, best.pt and the test read the average when there is one
     render = variants[0].settings
     history, start_epoch, best_acc = [], 1, -1.0
     if not start_fresh(resume, run):
@@ -226,6 +228,8 @@ def _train(run: Path, cfg: TrainConfig, resume: bool, log) -> Path:
             history, start_epoch = ckpt["history"], ckpt["epoch"] + 1
             if scaler is not None and "scaler" in ckpt:
                 scaler.load_state_dict(ckpt["scaler"])
+            if ema is not None:
+                ema.load_state_dict(ckpt["ema"])
         except (KeyError, ValueError, RuntimeError) as e:
             why = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
             raise RunError(f"{run / LAST}: cannot continue from it ({why}); remove {run} and train again") from None
@@ -249,9 +253,10 @@ def _train(run: Path, cfg: TrainConfig, resume: bool, log) -> Path:
         gen = torch.Generator().manual_seed(cfg.seed * SEED_STRIDE + epoch + WARP_SEED_OFFSET)  # same epoch, same warps
         with _compile_errors(cfg.compile):
             stats = train_one_epoch(step_model, train_loader, criterion, optimizer, scheduler, device, epoch, amp,
-                                    scaler=scaler, dtype=dtype,
+                                    scaler=scaler, dtype=dtype, ema=ema,
                                     transform=(lambda x, g=gen: augment(x, g)) if augment.active else None)
-            val = evaluate(step_model, val_loader, criterion, device, amp, desc=f"epoch {epoch} val")
+            val = evaluate(step_model if ema is None else ema.module, val_loader, criterion, device, amp,
+                           desc=f"epoch {epoch} val")
         history.append({"epoch": epoch, **stats, "val_loss": val["loss"], "val_acc": val["acc"], "lr": lr})
         log(f"epoch {epoch}/{cfg.epochs}: train loss {stats['train_loss']:.4f} acc {stats['train_acc']:.4f} | "
             f"val loss {val['loss']:.4f} acc {val['acc']:.4f} | {stats['images_per_s']:.0f} img/s")
@@ -261,9 +266,14 @@ def _train(run: Path, cfg: TrainConfig, resume: bool, log) -> Path:
                 "config": asdict(cfg)}
         if scaler is not None:
             ckpt["scaler"] = scaler.state_dict()
+        if ema is not None:
+            ckpt["ema"] = ema.state_dict()
         if val["acc"] > best_acc:  # the model alone: the optimizer's state only serves resuming
             best_acc = val["acc"]
-            checkpoint.save(run / BEST, {k: v for k, v in ckpt.items() if k not in RESUME_STATE})
+            best = {k: v for k, v in ckpt.items() if k not in RESUME_STATE}
+            if ema is not None:  # the model that was validated: the average
+                best["model"] = ema.module.state_dict()
+            checkpoint.save(run / BEST, best)
         checkpoint.save(run / LAST, ckpt)
         write_bytes(run / "history.csv", _history_csv(history))
 

@@ -225,6 +225,8 @@ TRAIN_FLAGS = [
     click.option("--schedule", type=click.Choice(SCHEDULES)),
     click.option("--weight-decay", type=float),
     click.option("--label-smoothing", type=float, help="From 0 to below 1."),
+    click.option("--ema", type=float, help="Decay of a moving average of the weights, updated every step, that "
+                 "validation, best.pt and the test use (e.g. 0.999; 0: off)."),
     click.option("--no-augment", is_flag=True, default=None,
                  help="No augmentation at all (image warps and stroke distortions off)."),
     click.option("--from-strokes/--from-images", default=None,

@@ -124,8 +124,11 @@ def test_union_of_variants_trains_on_both(tiny):
     assert set(metrics["test_accuracy_by_variant"]) == {"t1-s32-m2", "t3-s32-m2"}
 
 
-def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tiny, monkeypatch):
-    whole = train(cfg_for(tiny, epochs=2, name="whole"), log=lambda m: None)
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tiny, monkeypatch, ema):
+    """Killed after its first epoch and continued, a run ends as if never stopped: with a moving
+    average of its weights too, which last.pt carries."""
+    whole = train(cfg_for(tiny, epochs=2, ema=ema, name=f"whole-ema{ema}"), log=lambda m: None)
 
     real_save = checkpoint.save
 
@@ -136,10 +139,11 @@ def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tiny, monkeypatch):
 
     monkeypatch.setattr(checkpoint, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train(cfg_for(tiny, epochs=2, name="killed"), log=lambda m: None)
+        train(cfg_for(tiny, epochs=2, ema=ema, name=f"killed-ema{ema}"), log=lambda m: None)
     monkeypatch.setattr(checkpoint, "save", real_save)
-    killed = tiny / "runs/killed"
-    assert not (killed / "metrics.json").exists() and checkpoint.load(killed / "last.pt")["epoch"] == 1
+    killed = tiny / f"runs/killed-ema{ema}"
+    last = checkpoint.load(killed / "last.pt")
+    assert not (killed / "metrics.json").exists() and last["epoch"] == 1 and ("ema" in last) == bool(ema)
 
     result = CliRunner().invoke(main, ["train", "--resume", str(killed)])
     assert result.exit_code == 0, result.output
