@@ -262,6 +262,17 @@ TRAIN_FLAGS = [
 ]
 
 
+def _settings_text(settings: dict, prefix: str = "") -> str:
+    """A study arm's settings in one line, nested keys dotted: ``channels ink,size; strokes.thickness 1.0``."""
+    parts = []
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            parts.append(_settings_text(value, f"{prefix}{key}."))
+        else:
+            parts.append(f"{prefix}{key} {','.join(map(str, value)) if isinstance(value, list) else value}")
+    return "; ".join(parts)
+
+
 def train_overrides(flags: dict) -> dict:
     """The train flags given, as train settings (``--stroke-rotate`` -> ``strokes.rotate``;
     ``--no-augment``: every stroke distortion and image warp 0, unless a flag sets one)."""
@@ -405,8 +416,9 @@ def run_cmd(cfg, cfg_path, dry_run, parallel, ray_address) -> None:
             tc = p.configs[r.name]
             what = f"from strokes at {tc.render.name}" if tc.from_strokes else f"on {', '.join(tc.variants)}"
             fold = f", fold {tc.fold} of {tc.folds}" if tc.folds else ""
+            arm = f"; arm {r.arm}: {_settings_text(cfg['study']['arms'][r.arm])}" if r.arm else ""
             click.echo(f"{r.name}: {tc.arch} {what}, channels {'+'.join(tc.channels)}, {tc.epochs} epochs, "
-                       f"{tc.split} split{fold}, seed {tc.seed}, split seed {tc.split_rng_seed}")
+                       f"{tc.split} split{fold}, seed {tc.seed}, split seed {tc.split_rng_seed}{arm}")
         for e in p.ensembles:
             click.echo(f"ensemble {e.file[:-5]}: {' + '.join(e.runs)}")
         click.echo(f"{len(p.runs)} runs, {len(p.ensembles)} ensemble scores; nothing trained (--dry-run)")

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from classifier.settings import setting_differences
 from homus.cli import main
 from homus.config import ConfigError, load
 
@@ -158,6 +159,16 @@ def test_shipped_configs_load_and_plan(tmp_path, monkeypatch):
     assert len(one_arm) == 5 and all(n in five.configs and c == five.configs[n] for n, c in one_arm.items())
     random5 = plan(load(repo / "configs/random-5fold.yaml")).configs.values()
     assert {(c.split, c.folds) for c in random5} == {("random", 5)} and {c.fold for c in random5} == set(range(5))
+    # the ideas study: its baseline is writer-2x2's ink + size seed 0, and each other arm changes one setting
+    ideas = plan(load(repo / "configs/writer-ideas.yaml")).configs
+    base = ideas["t3-s64-ink+size-seed0"]
+    peer = plan(load(repo / "configs/writer-2x2.yaml")).configs["t3-s64-ink+size-seed0"]
+    assert not setting_differences(base.to_dict(), peer.to_dict())
+    for name, c in ideas.items():
+        if c is not base:
+            assert len(setting_differences(base.to_dict(), c.to_dict())) == 1, name
+    r = CliRunner().invoke(main, ["run", "--config", str(repo / "configs/writer-ideas.yaml"), "--dry-run"])
+    assert "t3-s64-ink+size-ema-seed0: " in r.output and "arm ink+size-ema: channels ink,size; ema 0.998" in r.output
 
 
 def test_a_size_jitter_is_a_difference_only_for_runs_that_read_the_size(tmp_path):
