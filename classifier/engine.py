@@ -8,7 +8,7 @@ import time
 import numpy as np
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
 from tqdm import tqdm
 
 from homus_render.errors import HomusError
@@ -70,11 +70,19 @@ def make_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.Gr
 
 
 def make_ema(model: nn.Module, decay: float) -> AveragedModel | None:
-    """An exponential moving average of ``model``'s weights and batch-norm statistics (torch's
-    ``AveragedModel``), to be updated after every optimizer step; None when ``decay`` is 0 (off)."""
+    """An exponential moving average of ``model``'s weights (torch's ``AveragedModel``), to be
+    updated after every optimizer step; None when ``decay`` is 0 (off). Its batch-norm buffers only
+    follow the model's: before it is used, :func:`measure_batch_norm` measures them for its weights."""
     if not decay:
         return None
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
+
+
+def measure_batch_norm(model: nn.Module, loader, device: torch.device) -> None:
+    """Measure ``model``'s batch-norm statistics afresh over ``loader``'s images (torch's
+    ``update_bn``). Averaged weights never ran a training step, so neither the statistics of a step
+    nor their average fit them: with those, an average of good models can read like a poor one."""
+    update_bn(((x.to(device, memory_format=torch.channels_last), y) for x, y in loader), model)
 
 
 def train_one_epoch(model: nn.Module, loader, criterion, optimizer, scheduler, device: torch.device,

@@ -32,7 +32,7 @@ from homus_render.lock import writing
 
 from . import checkpoint, plots
 from .data import DataError, ImageSet, Variant, dataset_sha256, epoch_loader, load_variant, loader
-from .engine import amp_dtype, evaluate, make_ema, make_scaler, pick_device, train_one_epoch
+from .engine import amp_dtype, evaluate, make_ema, make_scaler, measure_batch_norm, pick_device, train_one_epoch
 from .metrics import summarize
 from .models import build_model
 from .runfolder import (
@@ -107,6 +107,18 @@ def data_identity(cfg: TrainConfig, variants: list[Variant]) -> dict:
         return raw_identity(cfg.raw_dir, cfg.writers, cfg.extra_raw)
     return {"variants": [{"path": str(Path(v.path).resolve()), "sha256": dataset_sha256(v.info)}
                          for v in variants]}
+
+
+#: How many training images measure the batch-norm statistics of averaged weights (train.ema).
+BATCH_NORM_SAMPLE = 2048
+
+
+def batch_norm_sample(variants: list[Variant], train_ids: list[str], seed: int, classes: tuple[str, ...]) -> ImageSet:
+    """A fixed sample of the training split (chosen by ``seed``), from ``variants``: plain
+    renderings, as validation and test are drawn."""
+    ids = sorted(train_ids)
+    order = np.random.default_rng(seed).permutation(len(ids))
+    return ImageSet(variants, {ids[i] for i in order[:BATCH_NORM_SAMPLE]}, classes)
 
 
 def _history_csv(history: list[dict]) -> bytes:
@@ -246,6 +258,9 @@ def _train(run: Path, cfg: TrainConfig, resume: bool, log) -> Path:
     else:
         train_loader, batches = epoch_loader(sets["train"], cfg.batch_size, cfg.seed * SEED_STRIDE, cfg.workers,
                                              worker_init)
+    if ema is not None:  # plain training images, drawn as validation draws: where the average's batch norm is measured
+        bn_loader = loader(batch_norm_sample(variants, split["train"], cfg.seed, tuple(classes)), cfg.batch_size * 2,
+                           shuffle=False)
     augment = cfg.augmentation()
     for epoch in range(start_epoch, cfg.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
@@ -255,6 +270,8 @@ def _train(run: Path, cfg: TrainConfig, resume: bool, log) -> Path:
             stats = train_one_epoch(step_model, train_loader, criterion, optimizer, scheduler, device, epoch, amp,
                                     scaler=scaler, dtype=dtype, ema=ema,
                                     transform=(lambda x, g=gen: augment(x, g)) if augment.active else None)
+            if ema is not None:
+                measure_batch_norm(ema.module, bn_loader, device)
             val = evaluate(step_model if ema is None else ema.module, val_loader, criterion, device, amp,
                            desc=f"epoch {epoch} val")
         history.append({"epoch": epoch, **stats, "val_loss": val["loss"], "val_acc": val["acc"], "lr": lr})

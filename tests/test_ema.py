@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from torch import nn
 
 from classifier import checkpoint, engine
+from classifier import train as train_mod
 from classifier.evaluate import evaluate_run
 from homus.cli import main
 from homus.config import load as load_config
@@ -42,12 +43,29 @@ def test_the_average_follows_every_step_with_its_decay():
     for state in after_each_step[1:]:
         expected = {k: (decay * e + (1 - decay) * state[k]) if e.is_floating_point() else state[k]
                     for k, e in expected.items()}
-    got = ema.module.state_dict()
-    for k, e in expected.items():
-        if e.is_floating_point():  # weights and the batch-norm statistics alike
-            torch.testing.assert_close(got[k], e, msg=k)
-    assert not torch.allclose(got["0.weight"], model.state_dict()["0.weight"])  # an average, not a copy
+    got, now = ema.module.state_dict(), model.state_dict()
+    for name, _ in model.named_parameters():  # the weights are averaged
+        torch.testing.assert_close(got[name], expected[name], msg=name)
+    for name, _ in model.named_buffers():  # batch-norm statistics follow the model, until measured
+        torch.testing.assert_close(got[name], now[name], msg=name)
+    assert not torch.allclose(got["0.weight"], now["0.weight"])  # an average, not a copy
     assert int(ema.n_averaged) == 4
+
+
+def test_batch_norm_is_measured_for_the_averaged_weights():
+    """The statistics of averaged weights are measured on images, not averaged: here a lone batch
+    norm, whose statistics must be the images' own mean and (unbiased) variance per channel."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.BatchNorm2d(2))
+    model[0].running_mean.fill_(5.0)  # what averaging or a past step left
+    images = torch.rand(40, 2, 4, 4) * torch.tensor([1.0, 3.0]).view(1, 2, 1, 1) + 0.5
+    batches = [(images[i:i + 8], torch.zeros(8)) for i in range(0, 40, 8)]
+    engine.measure_batch_norm(model, batches, torch.device("cpu"))
+    per_channel = images.transpose(0, 1).reshape(2, -1)
+    # update_bn averages each batch's statistics: equal batches, so their mean is the images' mean
+    torch.testing.assert_close(model[0].running_mean, per_channel.mean(1))
+    batch_vars = torch.stack([b.transpose(0, 1).reshape(2, -1).var(1) for b, _ in batches])
+    torch.testing.assert_close(model[0].running_var, batch_vars.mean(0))
 
 
 def test_a_run_with_an_average_validates_saves_and_tests_the_average(synthetic_raw, tmp_path, monkeypatch):
@@ -58,7 +76,14 @@ def test_a_run_with_an_average_validates_saves_and_tests_the_average(synthetic_r
         saved.setdefault(path.name, []).append(dict(ckpt))
         real_save(path, ckpt)
 
+    measured = []  # the averaged model's statistics right after each measurement, one per epoch
+
+    def measure(model, loader, device):
+        engine.measure_batch_norm(model, loader, device)
+        measured.append({k: v.clone() for k, v in model.state_dict().items() if k.endswith("running_mean")})
+
     monkeypatch.setattr(checkpoint, "save", save)
+    monkeypatch.setattr(train_mod, "measure_batch_norm", measure)
     runs = tmp_path / "runs"
     result = CliRunner().invoke(main, ["train", "--raw-dir", str(synthetic_raw), "--size", "32", "--epochs", "2",
                                        "--batch-size", "64", "--workers", "0", "--device", "cpu", "--ema", "0.9",
@@ -71,9 +96,14 @@ def test_a_run_with_an_average_validates_saves_and_tests_the_average(synthetic_r
     chosen = next(c for c in saved["last.pt"] if c["epoch"] == best["epoch"])
     averaged = {k[len("module."):]: v for k, v in chosen["ema"].items() if k.startswith("module.")}
     assert set(averaged) == set(best["model"])
-    for k, v in best["model"].items():  # best.pt is the average of the chosen epoch, not its last weights
-        torch.testing.assert_close(v, averaged[k], msg=k)
-    assert any(not torch.equal(v, chosen["model"][k]) for k, v in best["model"].items() if v.is_floating_point())
+    raw = chosen["model"]
+    weights = [k for k in best["model"] if k.endswith(("conv1.weight", "fc.weight"))]
+    for k in weights:  # the weights are the average's, not the last step's
+        assert not torch.equal(best["model"][k], raw[k]) and torch.equal(best["model"][k], averaged[k]), k
+    assert len(measured) == 2  # before each epoch's validation
+    stats = measured[best["epoch"] - 1]
+    for k, v in stats.items():  # best.pt's statistics are those measured for the average, not the last step's
+        assert torch.equal(best["model"][k], v) and not torch.equal(v, raw[k]), k
     # the test figure is the saved average's: scoring best.pt again gives it
     metrics = json.loads((run / "metrics.json").read_text())
     assert evaluate_run(run)["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
