@@ -97,9 +97,11 @@ def test_a_run_with_an_average_validates_saves_and_tests_the_average(synthetic_r
     averaged = {k[len("module."):]: v for k, v in chosen["ema"].items() if k.startswith("module.")}
     assert set(averaged) == set(best["model"])
     raw = chosen["model"]
-    weights = [k for k in best["model"] if k.endswith(("conv1.weight", "fc.weight"))]
-    for k in weights:  # the weights are the average's, not the last step's
-        assert not torch.equal(best["model"][k], raw[k]) and torch.equal(best["model"][k], averaged[k]), k
+    weights = [k for k in best["model"] if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    for k in weights:  # every weight is the average's
+        assert torch.equal(best["model"][k], averaged[k]), k
+    for k in ("conv1.weight", "fc.weight"):  # not the last step's
+        assert not torch.equal(best["model"][k], raw[k]), k
     assert len(measured) == 2  # before each epoch's validation
     stats = measured[best["epoch"] - 1]
     for k, v in stats.items():  # best.pt's statistics are those measured for the average, not the last step's
