@@ -45,9 +45,10 @@ sys.path.insert(0, str(REPO))
 from train_bench import step_rate  # noqa: E402  (the step alone, as train_bench times it)
 
 from classifier.data import ImageSet, epoch_loader, loader  # noqa: E402
-from classifier.engine import amp_dtype, evaluate, make_scaler, pick_device, train_one_epoch  # noqa: E402
+from classifier.engine import amp_dtype, evaluate, make_scaler, pick_device, precision_of, train_one_epoch  # noqa: E402
 from classifier.models import build_model  # noqa: E402
 from classifier.raster import pad_strokes, parity, path_lengths, rasterize  # noqa: E402
+from classifier.settings import AMP_MODES  # noqa: E402
 from classifier.splits import make_split  # noqa: E402
 from classifier.strokeset import RasterSet, StrokeSet, make_train_source, render_samples, worker_init  # noqa: E402
 from homus_render.dataset import list_stroke_files, load_samples  # noqa: E402
@@ -115,7 +116,7 @@ def source_rate(batches_of, batches: int, dev: torch.device) -> float:
 
 
 def sources(raw: str, sizes: list[int], channel_sets: list[str], batch_size: int, batches: int, workers: int,
-            repeats: int, dev: torch.device, amp: bool) -> list[dict]:
+            repeats: int, dev: torch.device, amp: str) -> list[dict]:
     samples = load_samples(raw)
     aug = pipeline_augment()
     rows = []
@@ -154,7 +155,7 @@ def device_source(ds: StrokeSet, batch_size: int, dev: torch.device, epoch: int)
 # --- a whole run -----------------------------------------------------------------------------
 
 def epochs_run(raw: str, epochs: int, size: int, channels: tuple[str, ...], raster: str, batch_size: int,
-               workers: int, dev: torch.device, amp: bool, seed: int, lr: float, writers: str | None = None,
+               workers: int, dev: torch.device, amp: str, seed: int, lr: float, writers: str | None = None,
                compile_model: bool = False) -> dict:
     """ResNet-18 trained from strokes on the writer split: training seconds and test accuracy on
     homus_render's plain test images. ``compile_model``: the training step runs torch.compile'd (its
@@ -186,11 +187,12 @@ def epochs_run(raw: str, epochs: int, size: int, channels: tuple[str, ...], rast
     seconds = []
     for epoch in range(1, epochs + 1):
         order.set_epoch(epoch)
-        stats = train_one_epoch(step, source, crit, opt, sched, dev, epoch, amp, scaler=scaler, dtype=dtype)
+        stats = train_one_epoch(step, source, crit, opt, sched, dev, epoch, scaler=scaler, dtype=dtype)
         seconds.append(stats["seconds"])
-    res = evaluate(model, loader(test, 512, False), crit, dev, amp)
+    res = evaluate(model, loader(test, 512, False), crit, dev, dtype)
     return {"raster": raster, "device": str(dev), "size": size, "channels": "+".join(channels), "epochs": epochs,
             "train_images": len(ds), "batch_size": batch_size, "compiled": compile_model,
+            "precision": precision_of(dtype),
             "train_seconds": round(sum(seconds), 2), "first_epoch_seconds": round(seconds[0], 2),
             "later_epochs_seconds": round(sum(seconds[1:]), 2), "test_accuracy": round(res["acc"], 4),
             "n_test": len(test)}
@@ -210,7 +212,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch threads of this process (0: torch's default)")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--no-amp", action="store_true")
+    ap.add_argument("--amp", choices=AMP_MODES, default="auto", help="mixed precision, as train.amp (default auto)")
+    ap.add_argument("--no-amp", dest="amp", action="store_const", const="off", help="the same as --amp off")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--raster", default="device", choices=["cpu", "device", "auto"])
@@ -241,7 +244,7 @@ def main() -> None:
               "(<= 2 grey levels, <= 1 px box, <= 0.25 px width)")
     elif args.what == "sources":
         rows = sources(args.raw_dir, args.sizes, args.channels, args.batch_size, args.batches, args.workers,
-                       args.repeats, dev, not args.no_amp)
+                       args.repeats, dev, args.amp)
         kinds = sorted({k[:-len("_ratio")] for r in rows for k in r if k.endswith("_ratio")})
         print("| size | channels | run | step img/s | " + " | ".join(f"{k} img/s (ratio)" for k in kinds) + " |")
         print("|---|---|---|---|" + "---|" * len(kinds))
@@ -251,7 +254,7 @@ def main() -> None:
     else:
         channels = tuple(args.channels[0].split(","))
         r = epochs_run(args.raw_dir, args.epochs, args.size, channels, args.raster, args.batch_size, args.workers,
-                       dev, not args.no_amp, args.seed, args.lr, args.writers, args.compile)
+                       dev, args.amp, args.seed, args.lr, args.writers, args.compile)
         print(json.dumps(r))
         print(f"{r['epochs']} epochs at {r['size']} px ({r['channels']}, raster {r['raster']}, {r['device']}"
               f"{', compiled' if r['compiled'] else ''}): {r['train_seconds']:.1f} s of training "

@@ -46,17 +46,40 @@ class DivergedError(HomusError, FloatingPointError):
     """Training produced a non-finite loss: its figures would mean nothing."""
 
 
-def amp_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
-    """The autocast dtype: bf16 on CUDA where supported, else fp16 (which needs loss scaling);
-    None (full precision) when AMP is off or the device is not CUDA."""
-    if not (amp and device.type == "cuda"):
+def amp_dtype(device: torch.device, amp: str) -> torch.dtype | None:
+    """The autocast dtype of AMP mode ``amp`` (:data:`~classifier.settings.AMP_MODES`) on ``device``,
+    or None (full precision). auto: on CUDA bf16 where supported, else fp16 (which needs loss
+    scaling); full precision elsewhere, so CPU runs stay what they always were. bf16: on CUDA or
+    the CPU (fast where the CPU has bf16 instructions). fp16: CUDA only. A mode the device cannot
+    run is a :class:`DeviceError`."""
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if amp == "fp16" and device.type != "cuda":
+        raise DeviceError(f"--amp fp16 runs on CUDA only, not on {device.type}; use --amp bf16 or --amp off")
+    if amp == "bf16" and device.type not in ("cuda", "cpu"):
+        raise DeviceError(f"--amp bf16 runs on CUDA or the CPU, not on {device.type}; use --amp off")
+    bf16_ok = device.type == "cpu" or torch.cuda.is_bf16_supported()
+    if amp == "bf16" and not bf16_ok:
+        raise DeviceError("--amp bf16: this GPU has no bf16; use --amp fp16 (with loss scaling) or --amp auto")
+    if amp == "fp16" or not bf16_ok:
+        return torch.float16
+    return torch.bfloat16
 
 
-def autocast(device: torch.device, amp: bool, dtype: torch.dtype | None = None):
-    """Autocast to ``dtype`` (default :func:`amp_dtype`) when AMP applies, nothing elsewhere."""
-    dtype = dtype or amp_dtype(device, amp)
+def precision_of(dtype: torch.dtype | None) -> str:
+    """The name a run records for its autocast dtype: bf16, fp16, or fp32 (full precision)."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[dtype]
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX). Without them, bf16 autocast on
+    the CPU is emulated and slower than full precision."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Autocast to ``dtype`` (see :func:`amp_dtype`) on ``device``; nothing when ``dtype`` is None."""
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
@@ -86,10 +109,11 @@ def measure_batch_norm(model: nn.Module, loader, device: torch.device) -> None:
 
 
 def train_one_epoch(model: nn.Module, loader, criterion, optimizer, scheduler, device: torch.device,
-                    epoch: int, amp: bool = False, scaler=None, transform=None,
-                    dtype: torch.dtype | None = None, ema: AveragedModel | None = None) -> dict:
+                    epoch: int, scaler=None, transform=None, dtype: torch.dtype | None = None,
+                    ema: AveragedModel | None = None) -> dict:
     """Train over ``loader`` once, stepping the scheduler every batch; ``transform`` (augmentation)
-    is applied to each input batch; ``scaler`` scales fp16 losses (see :func:`make_scaler`); ``ema``
+    is applied to each input batch; ``dtype`` is the autocast dtype (:func:`amp_dtype`, None: full
+    precision); ``scaler`` scales fp16 losses (see :func:`make_scaler`); ``ema``
     (see :func:`make_ema`) follows every step. A non-finite loss stops with :class:`DivergedError`.
     Returns loss, accuracy and images/s (data path included)."""
     model.train()
@@ -102,7 +126,7 @@ def train_one_epoch(model: nn.Module, loader, criterion, optimizer, scheduler, d
                 x = transform(x)
             x = x.to(device, memory_format=torch.channels_last, non_blocking=True)
             y = y.to(device, non_blocking=True)
-            with autocast(device, amp, dtype):
+            with autocast(device, dtype):
                 out = model(x)
                 loss = criterion(out, y)
             if not torch.isfinite(loss):
@@ -131,15 +155,16 @@ def train_one_epoch(model: nn.Module, loader, criterion, optimizer, scheduler, d
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, criterion, device: torch.device, amp: bool = False,
+def evaluate(model: nn.Module, loader, criterion, device: torch.device, dtype: torch.dtype | None = None,
              desc: str = "eval") -> dict:
-    """Loss, accuracy, and every prediction and class probability (as numpy arrays) over ``loader``."""
+    """Loss, accuracy, and every prediction and class probability (as numpy arrays) over ``loader``,
+    autocast to ``dtype`` (None: full precision)."""
     model.eval()
     total_loss, preds, probs, targets = 0.0, [], [], []
     for x, y in tqdm(loader, desc=desc, leave=False, unit="batch", disable=_no_bars()):
         x = x.to(device, memory_format=torch.channels_last, non_blocking=True)
         y = y.to(device, non_blocking=True)
-        with autocast(device, amp):
+        with autocast(device, dtype):
             out = model(x)
         total_loss += criterion(out.float(), y).item() * len(y)
         preds.append(out.argmax(1).cpu())

@@ -34,6 +34,11 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 #: Who draws a run's training images from strokes: homus_render in loader processes (cpu), the torch
 #: rasterizer on the training device (device), or device on CUDA and cpu elsewhere (auto).
 RASTERS = ("cpu", "device", "auto")
+#: Mixed precision (autocast): auto (CUDA: bf16 where supported, else fp16 with loss scaling; full
+#: precision elsewhere), bf16 (CUDA or CPU), fp16 (CUDA, with loss scaling), off (full precision).
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+#: What ``amp: true`` and ``amp: false`` (the settings before the modes) mean now.
+AMP_OF_BOOL = {True: "auto", False: "off"}
 #: The image warp's ranges (fields of :class:`~classifier.augment.Affine`).
 WARP_KEYS = ("rotate", "shear", "scale", "translate")
 
@@ -102,7 +107,7 @@ class TrainConfig:
     warp: Affine
     channels: list[str]  # ink, time, stroke, size (from_strokes)
     device: str
-    amp: bool
+    amp: str  # AMP_MODES
     compile: bool  # torch.compile the model for its training and validation steps
     workers: int
     raster: str  # from_strokes: cpu, device or auto (RASTERS)
@@ -249,8 +254,10 @@ def check_train(c: TrainConfig) -> None:
     def bad(key: str, want: str) -> SettingsError:
         return SettingsError(f"{_named(key)} must be {want}, got {getattr(c, key)!r}")
 
+    if isinstance(c.amp, bool):  # true / false, as configs wrote it before the modes
+        object.__setattr__(c, "amp", AMP_OF_BOOL[c.amp])
     for key, choices in (("arch", ARCHS), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("split", KINDS),
-                         ("device", DEVICES), ("raster", RASTERS)):
+                         ("device", DEVICES), ("raster", RASTERS), ("amp", AMP_MODES)):
         if getattr(c, key) not in choices:
             raise bad(key, f"one of {', '.join(choices)}")
     for key, (lo, hi) in INT_BOUNDS.items():
@@ -277,7 +284,7 @@ def check_train(c: TrainConfig) -> None:
         raise bad("label_smoothing", "from 0 to below 1")
     if not 0 <= c.ema < 1:
         raise bad("ema", "0 (off) or a decay from 0 to below 1, e.g. 0.999")
-    for key in ("from_strokes", "amp", "compile"):
+    for key in ("from_strokes", "compile"):
         if not isinstance(getattr(c, key), bool):
             raise bad(key, "true or false")
     for key in ("weights", "raw_dir", "runs_dir"):
@@ -349,6 +356,8 @@ def upgrade_run_config(d: dict) -> dict:
     out.setdefault("raster", "cpu")  # runs before the torch rasterizer drew on the CPU
     out.setdefault("compile", False)  # and ran the model eagerly
     out.setdefault("ema", 0.0)  # and kept no moving average of the weights
+    if isinstance(out.get("amp"), bool):  # and said amp: true (CUDA only) or false
+        out["amp"] = AMP_OF_BOOL[out["amp"]]
     for key, names in (("strokes", [f.name for f in fields(StrokeAugment)]), ("warp", WARP_KEYS)):
         if isinstance(out.get(key, {}), dict):
             out[key] = {**dict.fromkeys(names, 0.0), **out.get(key, {})}

@@ -32,7 +32,17 @@ from homus_render.lock import writing
 
 from . import checkpoint, plots
 from .data import DataError, ImageSet, Variant, dataset_sha256, epoch_loader, load_variant, loader
-from .engine import amp_dtype, evaluate, make_ema, make_scaler, measure_batch_norm, pick_device, train_one_epoch
+from .engine import (
+    amp_dtype,
+    cpu_has_bf16,
+    evaluate,
+    make_ema,
+    make_scaler,
+    measure_batch_norm,
+    pick_device,
+    precision_of,
+    train_one_epoch,
+)
 from .metrics import summarize
 from .models import build_model
 from .runfolder import (
@@ -175,8 +185,7 @@ def _train(run: Path, cfg: TrainConfig, resume: bool, log) -> Path:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
-    amp = cfg.amp and device.type == "cuda"
-    dtype = amp_dtype(device, cfg.amp)
+    dtype = amp_dtype(device, cfg.amp)  # None: full precision
     if device.type == "cuda":  # the fastest convolutions for this input size (GPU runs are not bit-exact anyway)
         torch.backends.cudnn.benchmark = True
 
@@ -215,7 +224,10 @@ def _train(run: Path, cfg: TrainConfig, resume: bool, log) -> Path:
         source += f", channels {'+'.join(cfg.channels)}"
     log(f"run {run}: {len(sets['train']):,} train / {len(sets['val']):,} val / {len(sets['test']):,} test "
         f"images {source}, {cfg.split} split, on {device}{', compiled' if cfg.compile else ''}"
-        f"{f', weights averaged (decay {cfg.ema})' if cfg.ema else ''}")
+        f"{f', weights averaged (decay {cfg.ema})' if cfg.ema else ''}"
+        f"{f', {precision_of(dtype)} autocast' if dtype else ''}")
+    if dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_bf16():
+        log("note: this CPU has no bf16 instructions, so --amp bf16 is emulated and slower than --amp off")
 
     from_file = cfg.weights not in ("none", "imagenet")
     model = build_model(cfg.arch, len(classes), len(cfg.channels), "none" if from_file else cfg.weights)
@@ -267,12 +279,12 @@ def _train(run: Path, cfg: TrainConfig, resume: bool, log) -> Path:
         batches.set_epoch(epoch)
         gen = torch.Generator().manual_seed(cfg.seed * SEED_STRIDE + epoch + WARP_SEED_OFFSET)  # same epoch, same warps
         with _compile_errors(cfg.compile):
-            stats = train_one_epoch(step_model, train_loader, criterion, optimizer, scheduler, device, epoch, amp,
+            stats = train_one_epoch(step_model, train_loader, criterion, optimizer, scheduler, device, epoch,
                                     scaler=scaler, dtype=dtype, ema=ema,
                                     transform=(lambda x, g=gen: augment(x, g)) if augment.active else None)
             if ema is not None:
                 measure_batch_norm(ema.module, bn_loader, device)
-            val = evaluate(step_model if ema is None else ema.module, val_loader, criterion, device, amp,
+            val = evaluate(step_model if ema is None else ema.module, val_loader, criterion, device, dtype,
                            desc=f"epoch {epoch} val")
         history.append({"epoch": epoch, **stats, "val_loss": val["loss"], "val_acc": val["acc"], "lr": lr})
         log(f"epoch {epoch}/{cfg.epochs}: train loss {stats['train_loss']:.4f} acc {stats['train_acc']:.4f} | "
@@ -296,7 +308,7 @@ def _train(run: Path, cfg: TrainConfig, resume: bool, log) -> Path:
 
     del train_loader  # its workers end here
     plots.plot_curves(history, run / "curves.png")
-    return finish(run, cfg, sets, criterion, device, amp, history)
+    return finish(run, cfg, sets, criterion, device, dtype, history)
 
 
 @contextmanager
@@ -318,12 +330,12 @@ def _compile_errors(enabled: bool) -> Iterator[None]:
                        "--no-compile (train.compile: false)") from None
 
 
-def finish(run: Path, cfg: TrainConfig, sets: dict, criterion, device, amp: bool, history: list[dict]) -> Path:
+def finish(run: Path, cfg: TrainConfig, sets: dict, criterion, device, dtype, history: list[dict]) -> Path:
     """The one and only look at the test split: the best model on validation, then the report."""
     model, best = checkpoint.load_model(run / BEST)
     model.to(device)
     test = sets["test"]
-    res = evaluate(model, loader(test, cfg.batch_size * 2, False), criterion, device, amp,
+    res = evaluate(model, loader(test, cfg.batch_size * 2, False), criterion, device, dtype,
                    desc="test")
     classes = best["classes"]
     summary = summarize(res["targets"], res["preds"], classes)
@@ -341,7 +353,7 @@ def finish(run: Path, cfg: TrainConfig, sets: dict, criterion, device, amp: bool
         "source": "strokes" if cfg.from_strokes else "images", "arch": cfg.arch, "epochs": cfg.epochs,
         "train_seconds": round(train_seconds, 1),
         "train_images_per_s": round(float(np.mean([h["images_per_s"] for h in history])), 1),
-        "device": str(device), "per_class": summary["per_class"],
+        "device": str(device), "precision": precision_of(dtype), "per_class": summary["per_class"],
         # who drew the training images, once `raster: auto` is resolved (validation and test: homus_render)
         "raster": ("device" if raster_device(cfg.raster, device) else "cpu") if cfg.from_strokes else None,
     }

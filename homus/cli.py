@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from classifier.settings import ARCHS, DEVICES, OPTIMIZERS, RASTERS, SCHEDULES, WARP_KEYS
+from classifier.settings import AMP_MODES, ARCHS, DEVICES, OPTIMIZERS, RASTERS, SCHEDULES, WARP_KEYS
 from classifier.splits import KINDS
 from homus_render.channels import CHANNELS
 from homus_render.distort import StrokeAugment
@@ -252,7 +252,9 @@ TRAIN_FLAGS = [
     click.option("--device", type=click.Choice(DEVICES)),
     click.option("--raster", type=click.Choice(RASTERS), help="Who draws training images from strokes: cpu "
                  "(homus_render in the loader), device (the torch rasterizer), auto (device on CUDA)."),
-    click.option("--amp/--no-amp", default=None, help="Mixed precision on CUDA."),
+    click.option("--amp", type=click.Choice(AMP_MODES), help="Mixed precision: auto (bf16 or fp16 on CUDA, full "
+                 "precision elsewhere), bf16 (CUDA or CPU), fp16 (CUDA), off."),
+    click.option("--no-amp", "amp", flag_value="off", hidden=True, help="The same as --amp off."),
     click.option("--compile/--no-compile", default=None,
                  help="torch.compile the model (the first epoch compiles; mainly for GPUs)."),
     click.option("--workers", type=int, help="Data-loader worker processes."),

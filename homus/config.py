@@ -58,8 +58,8 @@ def _read(path: Path) -> dict:
 ITEM_TYPES = {int: (int, str), float: (int, float), str: (str,), bool: (bool,)}
 
 
-#: Keys that take another type beside their default's (a size is 96 or "128x64").
-ALSO = {("train", "size"): (str,)}
+#: Keys that take another type beside their default's (a size is 96 or "128x64"; amp was true/false).
+ALSO = {("train", "size"): (str,), ("train", "amp"): (bool,)}  # amp: true/false, as before the modes
 
 
 def _type_ok(value: Any, default: Any, key: tuple[str, ...]) -> bool:

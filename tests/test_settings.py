@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from classifier.augment import Affine
 from classifier.runfolder import RunError, RunFolder
 from classifier.settings import (
+    AMP_MODES,
     ARCHS,
     DEVICES,
     OPTIMIZERS,
@@ -188,7 +189,7 @@ def test_the_command_line_takes_its_choices_from_the_code():
     cmd = main.commands["train"]
     choices = {p.name: tuple(p.type.choices) for p in cmd.params if isinstance(p.type, click.Choice)}
     assert choices == {"arch": ARCHS, "split": KINDS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
-                       "device": DEVICES, "raster": RASTERS}
+                       "device": DEVICES, "raster": RASTERS, "amp": AMP_MODES}
     assert tuple(next(p for p in main.commands["render"].params if p.name == "fit").type.choices) == FITS
     strokes = {p.name[len("stroke_"):] for p in cmd.params if p.name.startswith("stroke_")}
     assert strokes == {f.name for f in fields(StrokeAugment)}  # one flag per stroke distortion
