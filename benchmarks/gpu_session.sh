@@ -6,8 +6,8 @@
 #   HOMUS_SOURCE=.devdata/HOMUS-v2.zip OUT=/tmp/out bash benchmarks/gpu_session.sh
 #
 # STEPS ("raster accuracy") chooses the parts: ``raster`` times the torch rasterizer's data source
-# against the CUDA step (target >= 3x) and trains ResNet-18 for 20 epochs at 64 px from strokes drawn
-# on the device (target <= 15 s of training; test accuracy against the CPU renderer's source, two
+# against the CUDA step (target >= 3x), times the step under each mixed precision, and trains
+# ResNet-18 for 20 epochs at 64 px from strokes drawn on the device (target <= 15 s of training; test accuracy against the CPU renderer's source, two
 # seeds each); ``accuracy`` runs the random-split 2 x 2 as a study (homus run). STEPS=raster alone takes about 6-7 minutes.
 # ``folds`` runs the 5-fold cross-validation studies of configs/ (FOLD_STUDIES, the writer folds first)
 # unchanged but for where they train: on this GPU, PARALLEL runs at once, strokes drawn on the device,
@@ -60,6 +60,9 @@ torch.__version__, 'torchvision', torchvision.__version__, 'numpy', numpy.__vers
     echo "## raster: the data sources against the CUDA training step (cpu, raster-cpu: $WORKERS loader workers)"
     timeout 200 python3 benchmarks/raster_bench.py sources --raw-dir "$RAW" --device "$DEVICE" --sizes 32 64 \
       --workers "$WORKERS" --repeats 2 --batches 40 || status=$?
+    echo "## raster: the CUDA training step in full precision, bf16 and fp16 (train.amp)"
+    timeout 90 python3 benchmarks/train_bench.py precision --device "$DEVICE" --size 32 64 --channels 1 3 \
+      --batches 20 || status=$?
     for seed in $RASTER_SEEDS; do
       echo "## raster: 20 epochs of ResNet-18 at 64 px, strokes drawn on the device, seed $seed"
       timeout 150 python3 benchmarks/raster_bench.py epochs --raw-dir "$RAW" --device "$DEVICE" --raster device \

@@ -5,12 +5,14 @@ is measured by studies: `homus run --config configs/<study>.yaml`, see docs/stud
     python benchmarks/train_bench.py strokes --size 64                        # render vs train rate
     python benchmarks/train_bench.py strokes --size 64 --channels ink,time    # ... reading the pen's order
     python benchmarks/train_bench.py epochs --workers 1 2                     # loader workers kept or not
+    python benchmarks/train_bench.py precision --size 32 64 --channels 1 2    # each --amp mode's step
 
 ``loop`` times the model's own training step on ready tensors and the real training loop
 (loader + step) in the same process; the ratio must be at least 0.9. ``strokes`` times the
 stroke data source (rendering with the pipeline's stroke augmentation, through the loader with
 the default workers) against the training step, in the same process; rendering must be at least
-10x faster.
+10x faster. ``precision`` times the training step under each mixed-precision mode the device
+runs (``train.amp``: off, bf16, fp16), interleaved, as a ratio to full precision.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ import torch
 from torch import nn
 
 from classifier.data import ImageSet, epoch_loader, load_variant, loader
-from classifier.engine import train_one_epoch
+from classifier.engine import DeviceError, amp_dtype, autocast, cpu_has_bf16, precision_of, train_one_epoch
 from classifier.models import build_model
+from classifier.settings import AMP_MODES
 from classifier.strokeset import StrokeSet, worker_init
 from classifier.train import TrainConfig, make_optimizer, make_scheduler, pick_device, split_for
 from homus.config import load as load_config
@@ -36,7 +39,7 @@ from homus.config import train_config
 from homus_render.dataset import load_samples
 
 
-def loop_ratio(variant: str, batches: int, batch_size: int, device: str, amp: bool) -> dict:
+def loop_ratio(variant: str, batches: int, batch_size: int, device: str, amp: str) -> dict:
     """images/s of the model step alone vs the full loop (loader, augmentation, step) over the same
     number of batches."""
     dev = pick_device(device)
@@ -52,15 +55,14 @@ def loop_ratio(variant: str, batches: int, batch_size: int, device: str, amp: bo
     opt = make_optimizer(model, cfg)
     sched = make_scheduler(opt, cfg, batches * 5)  # warm-up, step, loop, step: 4 passes
     crit = nn.CrossEntropyLoss(label_smoothing=0.1)
-    from classifier.engine import autocast
-
+    dtype = amp_dtype(dev, amp)
     ready = [(x.to(dev, memory_format=torch.channels_last), y.to(dev))
              for x, y in list(loader(ds, batch_size, True, 1))[:batches]]
 
     def step_only() -> float:
         start = time.perf_counter()
         for x, y in ready:
-            with autocast(dev, amp):
+            with autocast(dev, dtype):
                 loss = crit(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -79,20 +81,19 @@ def loop_ratio(variant: str, batches: int, batch_size: int, device: str, amp: bo
 
     step_only()  # warm-up: allocator, kernels
     step_rate = step_only()
-    loop_rate = train_one_epoch(model, Limited(), crit, opt, sched, dev, 1, amp,
+    loop_rate = train_one_epoch(model, Limited(), crit, opt, sched, dev, 1, dtype=dtype,
                                 transform=lambda x: augment(x, gen))["images_per_s"]  # as in training
     step_rate2 = step_only()
     step = (step_rate + step_rate2) / 2
-    return {"variant": Path(variant).name, "device": str(dev), "amp": amp and dev.type == "cuda",
+    return {"variant": Path(variant).name, "device": str(dev), "precision": precision_of(dtype),
             "batch_size": batch_size, "step_images_per_s": round(step, 1),
             "loop_images_per_s": round(loop_rate, 1), "ratio": round(loop_rate / step, 3)}
 
 
-def step_rate(size: int, batch_size: int, batches: int, device: str, amp: bool, channels: int = 1) -> float:
+def step_rate(size: int, batch_size: int, batches: int, device: str, amp: str, channels: int = 1) -> float:
     """images/s of ResNet-18's training step alone, on ready random tensors of the given size."""
-    from classifier.engine import autocast
-
     dev = pick_device(device)
+    dtype = amp_dtype(dev, amp)
     torch.manual_seed(0)
     model = build_model(in_channels=channels).to(dev, memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -103,7 +104,7 @@ def step_rate(size: int, batch_size: int, batches: int, device: str, amp: bool, 
     def run(n: int) -> float:
         start = time.perf_counter()
         for _ in range(n):
-            with autocast(dev, amp):
+            with autocast(dev, dtype):
                 loss = crit(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -121,7 +122,7 @@ def stroke_config(raw: str, **train) -> TrainConfig:
     return train_config(load_config(), {**train, "from_strokes": True, "raw_dir": raw})
 
 
-def render_vs_train(raw: str, batches: int, batch_size: int, device: str, amp: bool, workers: list[int],
+def render_vs_train(raw: str, batches: int, batch_size: int, device: str, amp: str, workers: list[int],
                     size: int | None = None, channels: str | list[str] | None = None) -> dict:
     """images/s the stroke data source delivers (the pipeline's render and stroke settings, through
     the loader) for each worker count, against the training step at the same size and channels."""
@@ -176,36 +177,70 @@ def epochs_rate(raw: str, workers: list[int], epochs: int, batches: int, batch_s
     return {"render": cfg.render_settings().name, "epochs": epochs, "images_per_epoch": len(ds), "workers": out}
 
 
+def precision_rates(device: str, sizes: list[int], channels: list[int], batch_size: int, batches: int,
+                    repeats: int = 2) -> list[dict]:
+    """images/s of the training step in full precision and under every other AMP mode ``device`` runs
+    (bf16 on a CPU; bf16 and fp16 on CUDA), at each size and channel count. The modes take turns
+    ``repeats`` times, so the machine's drift falls on each alike."""
+    dev = pick_device(device)
+    modes = ["off"]
+    for mode in ("bf16", "fp16"):
+        try:
+            amp_dtype(dev, mode)
+            modes.append(mode)
+        except DeviceError:
+            pass
+    rows = []
+    for size in sizes:
+        for ch in channels:
+            rates: dict[str, list[float]] = {m: [] for m in modes}
+            for _ in range(repeats):
+                for m in modes:
+                    rates[m].append(step_rate(size, batch_size, batches, device, m, ch))
+            mean = {m: sum(r) / len(r) for m, r in rates.items()}
+            rows.append({"device": str(dev), "size": size, "channels": ch, "batch_size": batch_size,
+                         "images_per_s": {m: round(v, 1) for m, v in mean.items()},
+                         "ratio_to_off": {m: round(v / mean["off"], 2) for m, v in mean.items()},
+                         "cpu_bf16": cpu_has_bf16() if dev.type == "cpu" else None})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["loop", "strokes", "epochs"])
+    ap.add_argument("what", choices=["loop", "strokes", "epochs", "precision"])
     ap.add_argument("--raw-dir", default="raw")
-    ap.add_argument("--size", type=int, help="strokes: image size (default: pipeline.yaml's train.size)")
+    ap.add_argument("--size", type=int, nargs="+", help="strokes: image size (default: pipeline.yaml's "
+                    "train.size); precision: sizes (default 32 64)")
     ap.add_argument("--workers", type=int, nargs="+", help="strokes, epochs: loader workers to time (default: "
                     "0 and pipeline.yaml's)")
-    ap.add_argument("--channels", nargs="+", help="strokes: input channels, e.g. ink,time (default: "
+    ap.add_argument("--channels", nargs="+", help="strokes: input channels, e.g. ink,time; precision: "
+                    "channel counts, e.g. 1 2 (default: "
                     "pipeline.yaml's); several sets are timed one after another")
     ap.add_argument("--variant", help="loop: the rendered folder read (default rendered/t3-s64)")
     ap.add_argument("--epochs", type=int, help="epochs: how many whole epochs to time (default 3)")
     ap.add_argument("--batches", type=int, default=20, help="batches timed by 'loop'")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--no-amp", action="store_true")
+    ap.add_argument("--amp", choices=AMP_MODES, default="auto", help="mixed precision, as train.amp (default auto)")
+    ap.add_argument("--no-amp", dest="amp", action="store_const", const="off", help="the same as --amp off")
     args = ap.parse_args()
     gpu = f" · {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     print(f"# {platform.node()} · {platform.processor() or platform.machine()} · {os.cpu_count()} cores{gpu} · "
           f"torch {torch.__version__} · {torch.get_num_threads()} threads · {time.strftime('%Y-%m-%d')}")
     if args.what == "loop":
-        r = loop_ratio(args.variant or "rendered/t3-s64", args.batches, args.batch_size, args.device, not args.no_amp)
+        r = loop_ratio(args.variant or "rendered/t3-s64", args.batches, args.batch_size, args.device, args.amp)
         print(json.dumps(r))
         print(f"loop {r['loop_images_per_s']} img/s vs step {r['step_images_per_s']} img/s on {r['device']}: "
               f"ratio {r['ratio']:.3f} ({'PASS' if r['ratio'] >= 0.9 else 'MISS'}: target >= 0.9)")
         return
     if args.what == "strokes":
+        if args.size and len(args.size) > 1:
+            ap.error("strokes times one --size at a time")
+        size = args.size[0] if args.size else None
         default_workers = load_config()["train"]["workers"]
         for channels in args.channels or [None]:
-            r = render_vs_train(args.raw_dir, args.batches, args.batch_size, args.device, not args.no_amp,
-                                args.workers or sorted({0, default_workers}), args.size, channels)
+            r = render_vs_train(args.raw_dir, args.batches, args.batch_size, args.device, args.amp,
+                                args.workers or sorted({0, default_workers}), size, channels)
             print(json.dumps(r))
             ratio = r["ratio"][str(r["default_workers"])] if str(r["default_workers"]) in r["ratio"] else None
             for w, rate in r["render_images_per_s"].items():
@@ -223,6 +258,14 @@ def main() -> None:
             print(f"{r['render']}, {r['epochs']} epochs of {r['images_per_epoch']:,} images, {w} worker(s): "
                   f"a fresh loader each epoch {m['fresh_images_per_s']:,.0f} img/s, workers kept "
                   f"{m['kept_images_per_s']:,.0f} img/s: {m['ratio']:.2f}x")
+        return
+    if args.what == "precision":
+        rows = precision_rates(args.device, args.size or [32, 64], [int(c) for c in args.channels or ["1", "2"]],
+                               args.batch_size, args.batches)
+        for r in rows:
+            print(json.dumps(r))
+            rates = ", ".join(f"{m} {v:,.0f} img/s ({r['ratio_to_off'][m]:.2f}x)" for m, v in r["images_per_s"].items())
+            print(f"{r['device']} {r['size']} px, {r['channels']} channel(s), batch {r['batch_size']}: {rates}")
         return
     ap.error(f"unknown benchmark {args.what!r}")
 
