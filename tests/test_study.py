@@ -157,6 +157,10 @@ def test_shipped_configs_load_and_plan(tmp_path, monkeypatch):
     assert {c.split for c in configs} == {"writer"}
     one_arm = plan(load(repo / "configs/writer-5fold-ink+size.yaml")).configs  # its runs are the big study's own
     assert len(one_arm) == 5 and all(n in five.configs and c == five.configs[n] for n, c in one_arm.items())
+    pen = plan(load(repo / "configs/writer-5fold-ink+time+stroke+size.yaml")).configs  # the other arm, under bf16
+    assert len(pen) == 5 and {c.amp for c in pen.values()} == {"bf16"}
+    assert all(n in five.configs and c.runs_dir == five.configs[n].runs_dir
+               and not setting_differences(c.to_dict(), five.configs[n].to_dict()) for n, c in pen.items())
     random5 = plan(load(repo / "configs/random-5fold.yaml")).configs.values()
     assert {(c.split, c.folds) for c in random5} == {("random", 5)} and {c.fold for c in random5} == set(range(5))
     # the ideas study: its baseline is writer-2x2's ink + size seed 0, and each other arm changes one setting
@@ -167,6 +171,9 @@ def test_shipped_configs_load_and_plan(tmp_path, monkeypatch):
     for name, c in ideas.items():
         if c is not base:
             assert len(setting_differences(base.to_dict(), c.to_dict())) == 1, name
+    (half,) = plan(load(repo / "configs/writer-bf16.yaml")).configs.values()  # the same model, under bf16
+    assert half.amp == "bf16" and not setting_differences(base.to_dict(), half.to_dict())
+    assert half.runs_dir != base.runs_dir  # a run of its own, not taken for the full-precision one
     r = CliRunner().invoke(main, ["run", "--config", str(repo / "configs/writer-ideas.yaml"), "--dry-run"])
     assert "t3-s64-ink+size-ema-seed0: " in r.output and "arm ink+size-ema: channels ink,size; ema 0.998" in r.output
 
