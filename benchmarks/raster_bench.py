@@ -53,6 +53,7 @@ from classifier.splits import make_split  # noqa: E402
 from classifier.strokeset import RasterSet, StrokeSet, make_train_source, render_samples, worker_init  # noqa: E402
 from homus_render.dataset import list_stroke_files, load_samples  # noqa: E402
 from homus_render.distort import StrokeAugment  # noqa: E402
+from homus_render.errors import HomusError  # noqa: E402
 from homus_render.labels import LABELS  # noqa: E402
 from homus_render.render import RenderSettings, render  # noqa: E402
 from homus_render.strokes import parse_file  # noqa: E402
@@ -224,7 +225,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    dev = pick_device(args.device)
+    try:  # a device or AMP mode this machine cannot run: one line
+        dev = pick_device(args.device)
+        amp_dtype(dev, args.amp)
+    except HomusError as e:
+        ap.error(str(e))
     gpu = f" · {torch.cuda.get_device_name()}" if dev.type == "cuda" else ""
     print(f"# {platform.node()} · {os.cpu_count()} cores{gpu} · torch {torch.__version__} · "
           f"{torch.get_num_threads()} threads · load {os.getloadavg()[0]:.1f} · {time.strftime('%Y-%m-%d %H:%M')}")

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from classifier.data import ImageSet, epoch_loader, load_variant, loader
-from classifier.engine import DeviceError, amp_dtype, autocast, cpu_has_bf16, precision_of, train_one_epoch
+from classifier.engine import DeviceError, amp_dtype, autocast, cpu_has_bf16, make_scaler, precision_of, train_one_epoch
 from classifier.models import build_model
 from classifier.settings import AMP_MODES
 from classifier.strokeset import StrokeSet, worker_init
@@ -37,6 +37,7 @@ from classifier.train import TrainConfig, make_optimizer, make_scheduler, pick_d
 from homus.config import load as load_config
 from homus.config import train_config
 from homus_render.dataset import load_samples
+from homus_render.errors import HomusError
 
 
 def loop_ratio(variant: str, batches: int, batch_size: int, device: str, amp: str) -> dict:
@@ -94,6 +95,7 @@ def step_rate(size: int, batch_size: int, batches: int, device: str, amp: str, c
     """images/s of ResNet-18's training step alone, on ready random tensors of the given size."""
     dev = pick_device(device)
     dtype = amp_dtype(dev, amp)
+    scaler = make_scaler(dev, dtype)  # fp16 pays for loss scaling, as in training
     torch.manual_seed(0)
     model = build_model(in_channels=channels).to(dev, memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -107,8 +109,13 @@ def step_rate(size: int, batch_size: int, batches: int, device: str, amp: str, c
             with autocast(dev, dtype):
                 loss = crit(model(x), y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
         if dev.type == "cuda":
             torch.cuda.synchronize()
         return n * batch_size / (time.perf_counter() - start)
@@ -213,9 +220,9 @@ def main() -> None:
                     "train.size); precision: sizes (default 32 64)")
     ap.add_argument("--workers", type=int, nargs="+", help="strokes, epochs: loader workers to time (default: "
                     "0 and pipeline.yaml's)")
-    ap.add_argument("--channels", nargs="+", help="strokes: input channels, e.g. ink,time; precision: "
-                    "channel counts, e.g. 1 2 (default: "
-                    "pipeline.yaml's); several sets are timed one after another")
+    ap.add_argument("--channels", nargs="+", help="strokes: input channels, e.g. ink,time (default: "
+                    "pipeline.yaml's), several sets timed one after another; precision: channel counts, "
+                    "e.g. 1 2 (default 1 2)")
     ap.add_argument("--variant", help="loop: the rendered folder read (default rendered/t3-s64)")
     ap.add_argument("--epochs", type=int, help="epochs: how many whole epochs to time (default 3)")
     ap.add_argument("--batches", type=int, default=20, help="batches timed by 'loop'")
@@ -224,6 +231,15 @@ def main() -> None:
     ap.add_argument("--amp", choices=AMP_MODES, default="auto", help="mixed precision, as train.amp (default auto)")
     ap.add_argument("--no-amp", dest="amp", action="store_const", const="off", help="the same as --amp off")
     args = ap.parse_args()
+    if args.what == "precision" and not all(c.isdigit() and int(c) > 0 for c in args.channels or []):
+        ap.error(f"precision takes channel counts (--channels 1 2), got {' '.join(args.channels)}")
+    try:
+        run(args, ap)
+    except HomusError as e:  # a device or setting this machine cannot run: one line
+        ap.error(str(e))
+
+
+def run(args: argparse.Namespace, ap: argparse.ArgumentParser) -> None:
     gpu = f" · {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     print(f"# {platform.node()} · {platform.processor() or platform.machine()} · {os.cpu_count()} cores{gpu} · "
           f"torch {torch.__version__} · {torch.get_num_threads()} threads · {time.strftime('%Y-%m-%d')}")

@@ -13,6 +13,8 @@ from tqdm import tqdm
 
 from homus_render.errors import HomusError
 
+from .settings import AMP_MODES, AMP_OF_BOOL
+
 
 class DeviceError(HomusError, RuntimeError):
     """A device asked for that this machine does not have."""
@@ -46,21 +48,29 @@ class DivergedError(HomusError, FloatingPointError):
     """Training produced a non-finite loss: its figures would mean nothing."""
 
 
-def amp_dtype(device: torch.device, amp: str) -> torch.dtype | None:
-    """The autocast dtype of AMP mode ``amp`` (:data:`~classifier.settings.AMP_MODES`) on ``device``,
-    or None (full precision). auto: on CUDA bf16 where supported, else fp16 (which needs loss
-    scaling); full precision elsewhere, so CPU runs stay what they always were. bf16: on CUDA or
-    the CPU (fast where the CPU has bf16 instructions). fp16: CUDA only. A mode the device cannot
-    run is a :class:`DeviceError`."""
+def amp_dtype(device: torch.device, amp: str | bool) -> torch.dtype | None:
+    """The autocast dtype of AMP mode ``amp`` (:data:`~classifier.settings.AMP_MODES`; true/false read
+    as auto/off) on ``device``, or None (full precision). auto: on CUDA bf16 where supported, else
+    fp16 (which needs loss scaling); full precision elsewhere, so CPU runs stay what they always
+    were. bf16: on CUDA or the CPU (fast where the CPU has bf16 instructions). fp16: CUDA only. A
+    mode the device cannot run is a :class:`DeviceError`."""
+    if isinstance(amp, bool):
+        amp = AMP_OF_BOOL[amp]
+    if amp not in AMP_MODES:
+        raise ValueError(f"amp must be one of {', '.join(AMP_MODES)}, got {amp!r}")
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return None
     if amp == "fp16" and device.type != "cuda":
-        raise DeviceError(f"--amp fp16 runs on CUDA only, not on {device.type}; use --amp bf16 or --amp off")
+        other = "--amp bf16 or --amp off" if device.type == "cpu" else "--amp off"
+        raise DeviceError(f"--amp fp16 runs on CUDA only, not on {device.type}; use {other} (train.amp; a "
+                          "resumed run reads it from its config.yaml)")
     if amp == "bf16" and device.type not in ("cuda", "cpu"):
-        raise DeviceError(f"--amp bf16 runs on CUDA or the CPU, not on {device.type}; use --amp off")
+        raise DeviceError(f"--amp bf16 runs on CUDA or the CPU, not on {device.type}; use --amp off (train.amp; a "
+                          "resumed run reads it from its config.yaml)")
     bf16_ok = device.type == "cpu" or torch.cuda.is_bf16_supported()
     if amp == "bf16" and not bf16_ok:
-        raise DeviceError("--amp bf16: this GPU has no bf16; use --amp fp16 (with loss scaling) or --amp auto")
+        raise DeviceError("--amp bf16: this GPU has no bf16; use --amp fp16 (with loss scaling) or --amp auto "
+                          "(train.amp; a resumed run reads it from its config.yaml)")
     if amp == "fp16" or not bf16_ok:
         return torch.float16
     return torch.bfloat16

@@ -61,6 +61,9 @@ def test_each_mode_on_each_device(monkeypatch):
     with pytest.raises(engine.DeviceError, match="this GPU has no bf16; use --amp fp16"):
         engine.amp_dtype(cuda, "bf16")
     assert [engine.precision_of(d) for d in (torch.bfloat16, torch.float16, None)] == ["bf16", "fp16", "fp32"]
+    assert engine.amp_dtype(cpu, False) is None and engine.amp_dtype(cpu, True) is None  # off, auto
+    with pytest.raises(ValueError, match="amp must be one of auto, bf16, fp16, off, got 'fp32'"):
+        engine.amp_dtype(cpu, "fp32")  # never taken for a mode it is not
 
 
 def test_the_setting_takes_modes_and_reads_true_and_false(tmp_path):
