@@ -13,7 +13,7 @@ from homus_render.channels import CHANNELS
 from homus_render.errors import HomusError, SettingsError
 from homus_render.render import RenderSettings
 
-from .settings import ARCHS, check_run_config, upgrade_run_config
+from .settings import ARCHS, STEMS, check_run_config, upgrade_run_config
 
 FORMAT = "homus-checkpoint-1"
 REQUIRED = ("format", "model", "arch", "classes", "in_channels", "render")
@@ -60,6 +60,8 @@ def _check_fields(path: Path, ckpt: dict) -> None:
 
     if ckpt["arch"] not in ARCHS:
         raise bad("arch", f"one of {', '.join(ARCHS)}")
+    if ckpt.get("stem", "imagenet") not in STEMS:
+        raise bad("stem", f"one of {', '.join(STEMS)}")
     classes = ckpt["classes"]
     if not isinstance(classes, (list, tuple)) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
         raise bad("classes", "a list of at least two class names")
@@ -93,14 +95,20 @@ def channels(ckpt: dict) -> tuple[str, ...]:
     return tuple(ckpt.get("channels", ["ink"]))
 
 
+def stem(ckpt: dict) -> str:
+    """The layers before the model's first block (checkpoints before stems existed: imagenet)."""
+    return ckpt.get("stem", "imagenet")
+
+
 def load_model(path: str | Path):
     """The model a checkpoint holds (eval mode, on the CPU) and the checkpoint dict."""
     from .models import build_model
 
     ckpt = load(path)
-    model = build_model(ckpt["arch"], len(ckpt["classes"]), ckpt["in_channels"])
+    model = build_model(ckpt["arch"], len(ckpt["classes"]), ckpt["in_channels"], stem=stem(ckpt))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not fit a {ckpt['arch']} ({e})") from None
+        raise CheckpointError(f"{path}: weights do not fit a {ckpt['arch']} with the {stem(ckpt)} stem "
+                              f"({e})") from None
     return model.eval(), ckpt

@@ -71,6 +71,7 @@ def metadata(ckpt: dict, run: RunFolder) -> dict[str, str]:
         "homus_version": homus_version(),
         "run": run.name,
         "arch": ckpt["arch"],
+        "stem": checkpoint.stem(ckpt),
         "classes": list(ckpt["classes"]),
         "channels": ckpt_channels,
         "render": ckpt["render"],

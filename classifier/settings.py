@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from .augment import Affine
 
 ARCHS = ("resnet18", "resnet34", "resnet50")
+#: The layers before the first residual block: torchvision's (imagenet: 7x7 conv, stride 2, max pool),
+#: a 3x3 conv with stride 1 and the max pool (small), or the 3x3 conv alone (cifar). See build_model.
+STEMS = ("imagenet", "small", "cifar")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "onecycle", "linear", "constant")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -83,6 +86,7 @@ class TrainConfig:
 
     variants: list[str]
     arch: str
+    stem: str  # STEMS: how much the layers before the first block shrink the image
     weights: str
     split: str
     folds: int  # 0: one split; k >= 2: k-fold cross-validation of ``split``, this run tests on fold ``fold``
@@ -256,8 +260,8 @@ def check_train(c: TrainConfig) -> None:
 
     if isinstance(c.amp, bool):  # true / false, as configs wrote it before the modes
         object.__setattr__(c, "amp", AMP_OF_BOOL[c.amp])
-    for key, choices in (("arch", ARCHS), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("split", KINDS),
-                         ("device", DEVICES), ("raster", RASTERS), ("amp", AMP_MODES)):
+    for key, choices in (("arch", ARCHS), ("stem", STEMS), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
+                         ("split", KINDS), ("device", DEVICES), ("raster", RASTERS), ("amp", AMP_MODES)):
         if getattr(c, key) not in choices:
             raise bad(key, f"one of {', '.join(choices)}")
     for key, (lo, hi) in INT_BOUNDS.items():
@@ -290,6 +294,9 @@ def check_train(c: TrainConfig) -> None:
     for key in ("weights", "raw_dir", "runs_dir"):
         if not isinstance(getattr(c, key), str) or not getattr(c, key):
             raise bad(key, "a non-empty text")
+    if c.weights == "imagenet" and c.stem != "imagenet":
+        raise SettingsError(f"--weights imagenet needs --stem imagenet: the ImageNet weights' first layer is "
+                            f"torchvision's 7x7 convolution, not the {c.stem} stem's 3x3 one")
     if c.name is not None and (not isinstance(c.name, str) or not c.name.strip() or "/" in c.name):
         raise bad("name", "a folder name (no '/') or null")
     if not c.variants and not c.from_strokes:
@@ -356,6 +363,7 @@ def upgrade_run_config(d: dict) -> dict:
     out.setdefault("raster", "cpu")  # runs before the torch rasterizer drew on the CPU
     out.setdefault("compile", False)  # and ran the model eagerly
     out.setdefault("ema", 0.0)  # and kept no moving average of the weights
+    out.setdefault("stem", "imagenet")  # and had torchvision's stem
     if isinstance(out.get("amp"), bool):  # and said amp: true (CUDA only) or false
         out["amp"] = AMP_OF_BOOL[out["amp"]]
     for key, names in (("strokes", [f.name for f in fields(StrokeAugment)]), ("warp", WARP_KEYS)):

@@ -230,9 +230,9 @@ def _train(run: Path, cfg: TrainConfig, resume: bool, log) -> Path:
         log("note: this CPU has no bf16 instructions, so --amp bf16 is emulated and slower than --amp off")
 
     from_file = cfg.weights not in ("none", "imagenet")
-    model = build_model(cfg.arch, len(classes), len(cfg.channels), "none" if from_file else cfg.weights)
+    model = build_model(cfg.arch, len(classes), len(cfg.channels), "none" if from_file else cfg.weights, cfg.stem)
     if from_file and start_fresh(resume, run):
-        _init_from_checkpoint(model, cfg.weights, cfg.arch, classes, cfg.channels)
+        _init_from_checkpoint(model, cfg.weights, cfg.arch, classes, cfg.channels, cfg.stem)
     model.to(device, memory_format=torch.channels_last)  # channels-last convolutions are faster on CPU and GPU
     step_model = torch.compile(model) if cfg.compile else model  # shares model's weights: checkpoints stay plain
     optimizer = make_optimizer(model, cfg)
@@ -291,8 +291,8 @@ def _train(run: Path, cfg: TrainConfig, resume: bool, log) -> Path:
             f"val loss {val['loss']:.4f} acc {val['acc']:.4f} | {stats['images_per_s']:.0f} img/s")
         ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history, "arch": cfg.arch,
-                "classes": classes, "in_channels": len(cfg.channels), "channels": cfg.channels, "render": render,
-                "config": asdict(cfg)}
+                "stem": cfg.stem, "classes": classes, "in_channels": len(cfg.channels), "channels": cfg.channels,
+                "render": render, "config": asdict(cfg)}
         if scaler is not None:
             ckpt["scaler"] = scaler.state_dict()
         if ema is not None:
@@ -350,7 +350,7 @@ def finish(run: Path, cfg: TrainConfig, sets: dict, criterion, device, dtype, hi
         "test_accuracy": summary["accuracy"], "macro_f1": summary["macro_f1"], "n_test": summary["n"],
         "test_accuracy_by_variant": by_variant, "split": cfg.split, "seed": cfg.seed, "split_seed": cfg.split_rng_seed,
         "variants": sorted(set(test.variant_of)) if cfg.from_strokes else [Path(v).name for v in cfg.variants],
-        "source": "strokes" if cfg.from_strokes else "images", "arch": cfg.arch, "epochs": cfg.epochs,
+        "source": "strokes" if cfg.from_strokes else "images", "arch": cfg.arch, "stem": cfg.stem, "epochs": cfg.epochs,
         "train_seconds": round(train_seconds, 1),
         "train_images_per_s": round(float(np.mean([h["images_per_s"] for h in history])), 1),
         "device": str(device), "precision": precision_of(dtype), "per_class": summary["per_class"],
@@ -381,11 +381,13 @@ def _check_same_data(run: Path, now: dict) -> None:
 def _resume_checkpoint(path: Path, cfg: TrainConfig, classes: list[str]) -> dict:
     """``last.pt``, checked to be a checkpoint of this very model (arch, input channels, classes)."""
     ckpt = checkpoint.load(path)
-    theirs = checkpoint.channels(ckpt)
-    if ckpt["arch"] != cfg.arch or theirs != tuple(cfg.channels) or list(ckpt["classes"]) != classes:
-        raise RunError(f"{path}: a {ckpt['arch']} reading {','.join(theirs)} with {len(ckpt['classes'])} classes, but "
-                       f"the run's config.yaml asks for a {cfg.arch} reading {','.join(cfg.channels)} with "
-                       f"{len(classes)}; the run folder is inconsistent: remove {path.parent} and train again")
+    theirs, stem = checkpoint.channels(ckpt), checkpoint.stem(ckpt)
+    if (ckpt["arch"] != cfg.arch or stem != cfg.stem or theirs != tuple(cfg.channels)
+            or list(ckpt["classes"]) != classes):
+        raise RunError(f"{path}: a {ckpt['arch']} ({stem} stem) reading {','.join(theirs)} with "
+                       f"{len(ckpt['classes'])} classes, but the run's config.yaml asks for a {cfg.arch} ({cfg.stem} "
+                       f"stem) reading {','.join(cfg.channels)} with {len(classes)}; the run folder is "
+                       f"inconsistent: remove {path.parent} and train again")
     return ckpt
 
 
@@ -394,15 +396,16 @@ def start_fresh(resume: bool, run: Path) -> bool:
 
 
 def _init_from_checkpoint(model: nn.Module, path: str, arch: str, classes: list[str],
-                          channels: list[str] = ("ink",)) -> None:
-    """Fine-tune from a homus checkpoint of the same arch and channels; its head is kept when the
-    classes match."""
+                          channels: list[str] = ("ink",), stem: str = "imagenet") -> None:
+    """Fine-tune from a homus checkpoint of the same arch, stem and channels; its head is kept when
+    the classes match."""
     ckpt = checkpoint.load(path)
-    theirs = checkpoint.channels(ckpt)
-    if ckpt["arch"] != arch or theirs != tuple(channels):
+    theirs, their_stem = checkpoint.channels(ckpt), checkpoint.stem(ckpt)
+    if ckpt["arch"] != arch or their_stem != stem or theirs != tuple(channels):
         raise checkpoint.CheckpointError(
-            f"{path}: a {ckpt['arch']} reading {','.join(theirs)} cannot start a {arch} run reading "
-            f"{','.join(channels)}; pass --arch {ckpt['arch']} --channels {','.join(theirs)}")
+            f"{path}: a {ckpt['arch']} ({their_stem} stem) reading {','.join(theirs)} cannot start a {arch} "
+            f"({stem} stem) run reading {','.join(channels)}; pass --arch {ckpt['arch']} --stem {their_stem} "
+            f"--channels {','.join(theirs)}")
     state = ckpt["model"]
     if ckpt["classes"] != classes:
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from classifier.settings import AMP_MODES, ARCHS, DEVICES, OPTIMIZERS, RASTERS, SCHEDULES, WARP_KEYS
+from classifier.settings import AMP_MODES, ARCHS, DEVICES, OPTIMIZERS, RASTERS, SCHEDULES, STEMS, WARP_KEYS
 from classifier.splits import KINDS
 from homus_render.channels import CHANNELS
 from homus_render.distort import StrokeAugment
@@ -210,6 +210,8 @@ def render(cfg, thickness, size, fit, margin, antialias, staff_lines, raw_dir, w
 TRAIN_FLAGS = [
     click.option("--variant", "variants", multiple=True, help="Variant folder; repeat to train on a union."),
     click.option("--arch", type=click.Choice(ARCHS)),
+    click.option("--stem", type=click.Choice(STEMS), help="Layers before the first block: imagenet (7x7 conv, "
+                 "stride 2, max pool), small (3x3 conv, stride 1, max pool), cifar (3x3 conv alone)."),
     click.option("--weights", help="none | imagenet | path to a homus checkpoint to fine-tune."),
     click.option("--split", type=click.Choice(KINDS), help="Hold out writers, or samples."),
     click.option("--folds", type=int, help="k-fold cross-validation of the --split's writers or samples "

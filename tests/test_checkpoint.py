@@ -107,7 +107,8 @@ def test_an_empty_checkpoint_says_so(tmp_path):
 
 
 @pytest.mark.parametrize("key, value", [
-    ("arch", "resnet999"), ("arch", None), ("classes", "abc"), ("classes", [1, 2]), ("in_channels", "1"),
+    ("arch", "resnet999"), ("arch", None), ("stem", "tiny"), ("classes", "abc"), ("classes", [1, 2]),
+    ("in_channels", "1"),
     ("channels", ["bogus"]), ("channels", "ink"), ("model", None), ("render", "t3"), ("render", {"thickness": "x"}),
     ("config", [1, 2]), ("config", {"strokes": [0.5]}),
 ])

@@ -24,6 +24,7 @@ from classifier.settings import (
     OPTIMIZERS,
     RASTERS,
     SCHEDULES,
+    STEMS,
     WHERE_KEYS,
     TrainConfig,
     read_yaml,
@@ -189,7 +190,7 @@ def test_the_command_line_takes_its_choices_from_the_code():
     cmd = main.commands["train"]
     choices = {p.name: tuple(p.type.choices) for p in cmd.params if isinstance(p.type, click.Choice)}
     assert choices == {"arch": ARCHS, "split": KINDS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
-                       "device": DEVICES, "raster": RASTERS, "amp": AMP_MODES}
+                       "device": DEVICES, "raster": RASTERS, "amp": AMP_MODES, "stem": STEMS}
     assert tuple(next(p for p in main.commands["render"].params if p.name == "fit").type.choices) == FITS
     strokes = {p.name[len("stroke_"):] for p in cmd.params if p.name.startswith("stroke_")}
     assert strokes == {f.name for f in fields(StrokeAugment)}  # one flag per stroke distortion
