@@ -6,13 +6,15 @@ is measured by studies: `homus run --config configs/<study>.yaml`, see docs/stud
     python benchmarks/train_bench.py strokes --size 64 --channels ink,time    # ... reading the pen's order
     python benchmarks/train_bench.py epochs --workers 1 2                     # loader workers kept or not
     python benchmarks/train_bench.py precision --size 32 64 --channels 1 2    # each --amp mode's step
+    python benchmarks/train_bench.py stem --size 64 --amp bf16                # each --stem's step
 
 ``loop`` times the model's own training step on ready tensors and the real training loop
 (loader + step) in the same process; the ratio must be at least 0.9. ``strokes`` times the
 stroke data source (rendering with the pipeline's stroke augmentation, through the loader with
 the default workers) against the training step, in the same process; rendering must be at least
 10x faster. ``precision`` times the training step under each mixed-precision mode the device
-runs (``train.amp``: off, bf16, fp16), interleaved, as a ratio to full precision.
+runs (``train.amp``: off, bf16, fp16), interleaved, as a ratio to full precision; ``stem`` times it
+with each stem (``train.stem``) the same way, as a ratio to torchvision's.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -31,7 +35,7 @@ from torch import nn
 from classifier.data import ImageSet, epoch_loader, load_variant, loader
 from classifier.engine import DeviceError, amp_dtype, autocast, cpu_has_bf16, make_scaler, precision_of, train_one_epoch
 from classifier.models import build_model
-from classifier.settings import AMP_MODES
+from classifier.settings import AMP_MODES, STEMS
 from classifier.strokeset import StrokeSet, worker_init
 from classifier.train import TrainConfig, make_optimizer, make_scheduler, pick_device, split_for
 from homus.config import load as load_config
@@ -91,13 +95,14 @@ def loop_ratio(variant: str, batches: int, batch_size: int, device: str, amp: st
             "loop_images_per_s": round(loop_rate, 1), "ratio": round(loop_rate / step, 3)}
 
 
-def step_rate(size: int, batch_size: int, batches: int, device: str, amp: str, channels: int = 1) -> float:
+def step_rate(size: int, batch_size: int, batches: int, device: str, amp: str, channels: int = 1,
+              stem: str = "imagenet") -> float:
     """images/s of ResNet-18's training step alone, on ready random tensors of the given size."""
     dev = pick_device(device)
     dtype = amp_dtype(dev, amp)
     scaler = make_scaler(dev, dtype)  # fp16 pays for loss scaling, as in training
     torch.manual_seed(0)
-    model = build_model(in_channels=channels).to(dev, memory_format=torch.channels_last)
+    model = build_model(in_channels=channels, stem=stem).to(dev, memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     crit = nn.CrossEntropyLoss()
     x = torch.rand(batch_size, channels, size, size).to(dev, memory_format=torch.channels_last)
@@ -200,11 +205,8 @@ def precision_rates(device: str, sizes: list[int], channels: list[int], batch_si
     rows = []
     for size in sizes:
         for ch in channels:
-            rates: dict[str, list[float]] = {m: [] for m in modes}
-            for _ in range(repeats):
-                for m in modes:
-                    rates[m].append(step_rate(size, batch_size, batches, device, m, ch))
-            mean = {m: sum(r) / len(r) for m, r in rates.items()}
+            mean = interleaved({m: partial(step_rate, size, batch_size, batches, device, m, ch) for m in modes},
+                               repeats)
             rows.append({"device": str(dev), "size": size, "channels": ch, "batch_size": batch_size,
                          "images_per_s": {m: round(v, 1) for m, v in mean.items()},
                          "ratio_to_off": {m: round(v / mean["off"], 2) for m, v in mean.items()},
@@ -212,16 +214,41 @@ def precision_rates(device: str, sizes: list[int], channels: list[int], batch_si
     return rows
 
 
+def stem_rates(device: str, amp: str, sizes: list[int], channels: list[int], batch_size: int, batches: int,
+               repeats: int = 2) -> list[dict]:
+    """images/s of the training step with each stem (``train.stem``), interleaved as in
+    :func:`precision_rates`, as a ratio to torchvision's (imagenet)."""
+    rows = []
+    for size in sizes:
+        for ch in channels:
+            mean = interleaved({s: partial(step_rate, size, batch_size, batches, device, amp, ch, s) for s in STEMS},
+                               repeats)
+            rows.append({"device": str(pick_device(device)), "amp": amp, "size": size, "channels": ch,
+                         "batch_size": batch_size, "images_per_s": {s: round(v, 1) for s, v in mean.items()},
+                         "ratio_to_imagenet": {s: round(v / mean["imagenet"], 3) for s, v in mean.items()}})
+    return rows
+
+
+def interleaved(timers: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
+    """Each timer's mean rate over ``repeats`` rounds in which they take turns, so that the machine's
+    drift falls on each alike."""
+    rates: dict[str, list[float]] = {name: [] for name in timers}
+    for _ in range(repeats):
+        for name, timer in timers.items():
+            rates[name].append(timer())
+    return {name: sum(r) / len(r) for name, r in rates.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["loop", "strokes", "epochs", "precision"])
+    ap.add_argument("what", choices=["loop", "strokes", "epochs", "precision", "stem"])
     ap.add_argument("--raw-dir", default="raw")
     ap.add_argument("--size", type=int, nargs="+", help="strokes: image size (default: pipeline.yaml's "
-                    "train.size); precision: sizes (default 32 64)")
+                    "train.size); precision, stem: sizes (default 32 64)")
     ap.add_argument("--workers", type=int, nargs="+", help="strokes, epochs: loader workers to time (default: "
                     "0 and pipeline.yaml's)")
     ap.add_argument("--channels", nargs="+", help="strokes: input channels, e.g. ink,time (default: "
-                    "pipeline.yaml's), several sets timed one after another; precision: channel counts, "
+                    "pipeline.yaml's), several sets timed one after another; precision, stem: channel counts, "
                     "e.g. 1 2 (default 1 2)")
     ap.add_argument("--variant", help="loop: the rendered folder read (default rendered/t3-s64)")
     ap.add_argument("--epochs", type=int, help="epochs: how many whole epochs to time (default 3)")
@@ -231,8 +258,8 @@ def main() -> None:
     ap.add_argument("--amp", choices=AMP_MODES, default="auto", help="mixed precision, as train.amp (default auto)")
     ap.add_argument("--no-amp", dest="amp", action="store_const", const="off", help="the same as --amp off")
     args = ap.parse_args()
-    if args.what == "precision" and not all(c.isdigit() and int(c) > 0 for c in args.channels or []):
-        ap.error(f"precision takes channel counts (--channels 1 2), got {' '.join(args.channels)}")
+    if args.what in ("precision", "stem") and not all(c.isdigit() and int(c) > 0 for c in args.channels or []):
+        ap.error(f"{args.what} takes channel counts (--channels 1 2), got {' '.join(args.channels)}")
     try:
         run(args, ap)
     except HomusError as e:  # a device or setting this machine cannot run: one line
@@ -282,6 +309,15 @@ def run(args: argparse.Namespace, ap: argparse.ArgumentParser) -> None:
             print(json.dumps(r))
             rates = ", ".join(f"{m} {v:,.0f} img/s ({r['ratio_to_off'][m]:.2f}x)" for m, v in r["images_per_s"].items())
             print(f"{r['device']} {r['size']} px, {r['channels']} channel(s), batch {r['batch_size']}: {rates}")
+        return
+    if args.what == "stem":
+        rows = stem_rates(args.device, args.amp, args.size or [32, 64], [int(c) for c in args.channels or ["1", "2"]],
+                          args.batch_size, args.batches)
+        for r in rows:
+            print(json.dumps(r))
+            rates = ", ".join(f"{s} {v:,.0f} img/s ({r['ratio_to_imagenet'][s]:.2f}x)"
+                              for s, v in r["images_per_s"].items())
+            print(f"{r['device']} {r['size']} px, {r['channels']} channel(s), --amp {r['amp']}: {rates}")
         return
     ap.error(f"unknown benchmark {args.what!r}")
 
