@@ -174,6 +174,10 @@ def test_shipped_configs_load_and_plan(tmp_path, monkeypatch):
     (half,) = plan(load(repo / "configs/writer-bf16.yaml")).configs.values()  # the same model, under bf16
     assert half.amp == "bf16" and not setting_differences(base.to_dict(), half.to_dict())
     assert half.runs_dir != base.runs_dir  # a run of its own, not taken for the full-precision one
+    stems = plan(load(repo / "configs/writer-stem.yaml")).configs  # writer-bf16's run, and the small stem
+    assert stems["t3-s64-ink+size-seed0"] == half
+    assert setting_differences(half.to_dict(), stems["t3-s64-ink+size-small-seed0"].to_dict()) == [
+        ("stem", "imagenet", "small")]
     r = CliRunner().invoke(main, ["run", "--config", str(repo / "configs/writer-ideas.yaml"), "--dry-run"])
     assert "t3-s64-ink+size-ema-seed0: " in r.output and "arm ink+size-ema: channels ink,size; ema 0.998" in r.output
 
