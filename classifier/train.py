@@ -223,7 +223,8 @@ def _train(run: Path, cfg: TrainConfig, resume: bool, log) -> Path:
     if cfg.channels != ["ink"]:
         source += f", channels {'+'.join(cfg.channels)}"
     log(f"run {run}: {len(sets['train']):,} train / {len(sets['val']):,} val / {len(sets['test']):,} test "
-        f"images {source}, {cfg.split} split, on {device}{', compiled' if cfg.compile else ''}"
+        f"images {source}, {cfg.split} split, {cfg.arch}{'' if cfg.stem == 'imagenet' else f' ({cfg.stem} stem)'}, "
+        f"on {device}{', compiled' if cfg.compile else ''}"
         f"{f', weights averaged (decay {cfg.ema})' if cfg.ema else ''}"
         f"{f', {precision_of(dtype)} autocast' if dtype else ''}")
     if dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_bf16():

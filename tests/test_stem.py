@@ -72,6 +72,7 @@ def test_a_run_records_its_stem_and_its_readers_rebuild_it(synthetic_raw, tmp_pa
               "--device", "cpu", "--runs-dir", str(runs)]
     r = CliRunner().invoke(main, ["train", *common, "--epochs", "1", "--stem", "cifar", "--name", "cifar"])
     assert r.exit_code == 0, r.output
+    assert "resnet18 (cifar stem), on cpu" in r.output  # the log says what trains
     run = runs / "cifar"
     assert yaml.safe_load((run / "config.yaml").read_text())["stem"] == "cifar"
     metrics = json.loads((run / "metrics.json").read_text())
