@@ -176,8 +176,9 @@ def test_shipped_configs_load_and_plan(tmp_path, monkeypatch):
     assert half.runs_dir != base.runs_dir  # a run of its own, not taken for the full-precision one
     stems = plan(load(repo / "configs/writer-stem.yaml")).configs  # writer-bf16's run, and the small stem
     assert stems["t3-s64-ink+size-seed0"] == half
-    assert setting_differences(half.to_dict(), stems["t3-s64-ink+size-small-seed0"].to_dict()) == [
+    assert len(stems) == 4 and setting_differences(half.to_dict(), stems["t3-s64-ink+size-small-seed0"].to_dict()) == [
         ("stem", "imagenet", "small")]
+    assert {c.split_rng_seed for c in stems.values()} == {0}  # both seeds on writer-bf16's split
     r = CliRunner().invoke(main, ["run", "--config", str(repo / "configs/writer-ideas.yaml"), "--dry-run"])
     assert "t3-s64-ink+size-ema-seed0: " in r.output and "arm ink+size-ema: channels ink,size; ema 0.998" in r.output
 
