@@ -161,6 +161,10 @@ def test_shipped_configs_load_and_plan(tmp_path, monkeypatch):
     assert len(pen) == 5 and {c.amp for c in pen.values()} == {"bf16"}
     assert all(n in five.configs and c.runs_dir == five.configs[n].runs_dir
                and not setting_differences(c.to_dict(), five.configs[n].to_dict()) for n, c in pen.items())
+    small5 = plan(load(repo / "configs/writer-5fold-small.yaml"))  # writer-5fold with the small stem
+    assert len(small5.runs) == 20 and len(small5.ensembles) == len(five.ensembles)
+    assert all(setting_differences(five.configs[n].to_dict(), c.to_dict()) == [("stem", "imagenet", "small")]
+               and c.runs_dir != five.configs[n].runs_dir for n, c in small5.configs.items())
     random5 = plan(load(repo / "configs/random-5fold.yaml")).configs.values()
     assert {(c.split, c.folds) for c in random5} == {("random", 5)} and {c.fold for c in random5} == set(range(5))
     # the ideas study: its baseline is writer-2x2's ink + size seed 0, and each other arm changes one setting
