@@ -60,7 +60,7 @@ def _check_fields(path: Path, ckpt: dict) -> None:
 
     if ckpt["arch"] not in ARCHS:
         raise bad("arch", f"one of {', '.join(ARCHS)}")
-    if ckpt.get("stem", "imagenet") not in STEMS:
+    if stem(ckpt) not in STEMS:
         raise bad("stem", f"one of {', '.join(STEMS)}")
     classes = ckpt["classes"]
     if not isinstance(classes, (list, tuple)) or len(classes) < 2 or not all(isinstance(c, str) for c in classes):
