@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from classifier.settings import AMP_MODES, ARCHS, DEVICES, OPTIMIZERS, RASTERS, SCHEDULES, STEMS, WARP_KEYS
+from classifier.settings import AMP_MODES, ARCHS, DEVICES, OPTIMIZERS, RASTERS, SCHEDULES, STEMS, WARP_KEYS, WHERE_KEYS
 from classifier.splits import KINDS
 from homus_render.channels import CHANNELS
 from homus_render.distort import StrokeAugment
@@ -297,6 +297,11 @@ def train_overrides(flags: dict) -> dict:
     return over
 
 
+#: The train flags ``--resume`` accepts: where the run goes on training (:data:`WHERE_KEYS` but the
+#: folder's own path and name, which ``--resume`` gives). The data behind the paths is checked by hash.
+RESUME_WHERE = tuple(k for k in WHERE_KEYS if k not in ("runs_dir", "name"))
+
+
 def train_flags(f):
     for option in reversed(TRAIN_FLAGS):
         f = option(f)
@@ -306,7 +311,8 @@ def train_flags(f):
 @main.command()
 @train_flags
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False),
-              help="Continue the run in this folder from its last checkpoint.")
+              help="Continue the run in this folder from its last checkpoint, with its own settings; "
+                   "only flags for where it trains (--device, --amp, --workers, ...) may be given.")
 @with_config
 def train(cfg, resume_dir, **flags) -> None:
     """Train a ResNet on rendered variants (or from the raw strokes); evaluate once on the test split."""
@@ -314,9 +320,18 @@ def train(cfg, resume_dir, **flags) -> None:
     from classifier.settings import TrainConfig
     from classifier.train import train as do_train
 
-    if resume_dir:  # the run's own settings, exactly as it started, through the same check
+    if resume_dir:  # the run's own settings, through the same check; flags may move it, not change it
+        given = {k: v for k, v in flags.items() if v is not None and v != ()}
+        learned = [k for k in given if k not in RESUME_WHERE]
+        if learned:
+            named = [p.opts[0] for p in click.get_current_context().command.params if p.name in learned]
+            raise click.UsageError(
+                f"--resume continues {resume_dir} with the settings it started with; {', '.join(named)} would "
+                "change what it learns. Drop them, or train a new run (--name) with them. Only where it "
+                f"trains may change: {', '.join('--' + k.replace('_', '-') for k in RESUME_WHERE)}")
         folder = RunFolder(resume_dir)
-        settings = {**folder.config(), "runs_dir": str(folder.path.parent), "name": folder.name}
+        settings = {**folder.config(), **train_overrides(given), "runs_dir": str(folder.path.parent),
+                    "name": folder.name}
         tc = TrainConfig.from_dict(settings, folder.file("config.yaml"))
     else:
         tc = cfgmod.train_config(cfg, train_overrides(flags))

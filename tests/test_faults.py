@@ -316,6 +316,24 @@ def test_resume_refuses_changed_data_and_a_foreign_checkpoint(half_run, tmp_path
     assert (run / "metrics.json").is_file()
 
 
+def test_resume_takes_where_flags_and_refuses_learned_ones(half_run, tmp_path):
+    """``--resume`` continues a run with the settings it started with: a flag that would change what
+    it learns is refused by name (never silently ignored), one that says where it trains is taken
+    and recorded."""
+    run = tmp_path / "half"
+    shutil.copytree(half_run, run)
+    before = (run / "config.yaml").read_text()
+    r = invoke("train", "--resume", run, "--epochs", "5", "--stroke-rotate", "9", "--threads", "2")
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert "--epochs, --stroke-rotate would change what it learns" in r.output
+    assert "--threads" not in r.output.split("would change")[0]
+    assert (run / "config.yaml").read_text() == before and (run / "last.pt").is_file()  # untouched
+    r = invoke("train", "--resume", run, "--threads", "2", "--workers", "1")
+    assert r.exit_code == 0, r.output
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert (cfg["threads"], cfg["workers"], cfg["epochs"]) == (2, 1, 2)
+
+
 # --- 3. killing a command kills its workers ------------------------------------------------------
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["term", "kill"])
 def test_killing_a_render_kills_its_workers(raw_full, tmp_path, sig):
