@@ -49,3 +49,37 @@ class Affine:
         theta = torch.cat([inv, shift], 2)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+class BatchMix:
+    """Mixup and CutMix on training batches, by torchvision's ``transforms.v2.MixUp`` and ``CutMix``
+    (as in torchvision's classification reference): each batch is blended with itself rolled by one
+    (mixup), or has a box pasted from it (cutmix), and its labels become the matching mixture of
+    one-hot vectors, which the cross-entropy reads as soft targets. With both alphas above 0, each
+    batch gets one of the two, chosen at random; with both 0 it is inactive.
+
+    Reproducible: each call draws its randomness from ``gen`` alone (torchvision's transforms use
+    torch's global generator, which is forked and seeded from ``gen`` around them), so the same
+    epoch's generator gives the same blends, also after ``--resume``."""
+
+    def __init__(self, classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0) -> None:
+        from torchvision.transforms import v2
+
+        self.classes, self.mixup_alpha, self.cutmix_alpha = classes, mixup_alpha, cutmix_alpha
+        choices = ([v2.MixUp(alpha=mixup_alpha, num_classes=classes)] if mixup_alpha > 0 else []) + \
+                  ([v2.CutMix(alpha=cutmix_alpha, num_classes=classes)] if cutmix_alpha > 0 else [])
+        self._mix = None if not choices else choices[0] if len(choices) == 1 else v2.RandomChoice(choices)
+
+    @property
+    def active(self) -> bool:
+        return self._mix is not None
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The blended batch ``x`` ``(n, c, h, w)`` and its soft labels ``(n, classes)``, from hard
+        labels ``y`` ``(n,)``; unchanged (labels one-hot) when inactive."""
+        if self._mix is None:
+            return x, F.one_hot(y, self.classes).to(x.dtype)
+        seed = int(torch.randint(2**62, (1,), generator=gen))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self._mix(x, y)

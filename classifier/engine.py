@@ -120,12 +120,13 @@ def measure_batch_norm(model: nn.Module, loader, device: torch.device) -> None:
 
 def train_one_epoch(model: nn.Module, loader, criterion, optimizer, scheduler, device: torch.device,
                     epoch: int, scaler=None, transform=None, dtype: torch.dtype | None = None,
-                    ema: AveragedModel | None = None) -> dict:
+                    ema: AveragedModel | None = None, mix=None) -> dict:
     """Train over ``loader`` once, stepping the scheduler every batch; ``transform`` (augmentation)
-    is applied to each input batch; ``dtype`` is the autocast dtype (:func:`amp_dtype`, None: full
-    precision); ``scaler`` scales fp16 losses (see :func:`make_scaler`); ``ema``
-    (see :func:`make_ema`) follows every step. A non-finite loss stops with :class:`DivergedError`.
-    Returns loss, accuracy and images/s (data path included)."""
+    is applied to each input batch, then ``mix(x, y)`` (mixup or cutmix: the batch and soft labels
+    that the loss reads; accuracy is counted against the batch's own labels); ``dtype`` is the
+    autocast dtype (:func:`amp_dtype`, None: full precision); ``scaler`` scales fp16 losses (see
+    :func:`make_scaler`); ``ema`` (see :func:`make_ema`) follows every step. A non-finite loss
+    stops with :class:`DivergedError`. Returns loss, accuracy and images/s (data path included)."""
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
@@ -134,11 +135,14 @@ def train_one_epoch(model: nn.Module, loader, criterion, optimizer, scheduler, d
         for step, (x, y) in enumerate(bar, 1):
             if transform is not None:
                 x = transform(x)
+            target = y
+            if mix is not None:
+                x, target = mix(x, y)
             x = x.to(device, memory_format=torch.channels_last, non_blocking=True)
-            y = y.to(device, non_blocking=True)
+            y, target = y.to(device, non_blocking=True), target.to(device, non_blocking=True)
             with autocast(device, dtype):
                 out = model(x)
-                loss = criterion(out, y)
+                loss = criterion(out, target)
             if not torch.isfinite(loss):
                 raise DivergedError(f"epoch {epoch}, batch {step}: the loss is {loss.item()}; training diverged. "
                                     "Lower --lr, or check --weight-decay and --label-smoothing")

@@ -25,7 +25,7 @@ from homus_render.render import RenderSettings
 from .splits import KINDS, split_seed_of
 
 if TYPE_CHECKING:
-    from .augment import Affine
+    from .augment import Affine, BatchMix
 
 ARCHS = ("resnet18", "resnet34", "resnet50")
 #: The layers before the first residual block: torchvision's (imagenet: 7x7 conv, stride 2, max pool),
@@ -46,9 +46,11 @@ AMP_OF_BOOL = {True: "auto", False: "off"}
 WARP_KEYS = ("rotate", "shear", "scale", "translate")
 
 #: Seed arithmetic of a run: the training order is drawn with ``seed * SEED_STRIDE`` and each epoch's
-#: image warps with ``seed * SEED_STRIDE + epoch + WARP_SEED_OFFSET``, so no two seeds' streams meet.
+#: image warps with ``seed * SEED_STRIDE + epoch + WARP_SEED_OFFSET`` and its batch blends (mixup,
+#: cutmix) with ``... + MIX_SEED_OFFSET``, so no two seeds' or purposes' streams meet.
 SEED_STRIDE = 100_003
 WARP_SEED_OFFSET = 1_000_000
+MIX_SEED_OFFSET = 2_000_000
 
 #: Settings that say where and how fast a run trains, not what it learns: runs that differ only in
 #: these are the same run (a study resumed on another machine, on a GPU, on a cluster). The paths are
@@ -101,6 +103,8 @@ class TrainConfig:
     weight_decay: float
     schedule: str
     label_smoothing: float
+    mixup_alpha: float  # each training batch blended with itself rolled by one, weight ~ Beta(a, a); 0: off
+    cutmix_alpha: float  # ... or a box pasted from it, its area ~ Beta(a, a); both > 0: one of the two per batch
     ema: float  # decay of the moving average of the weights that validation, best.pt and the test use; 0: off
     from_strokes: bool
     raw_dir: str
@@ -157,6 +161,12 @@ class TrainConfig:
     def stroke_augment(self) -> StrokeAugment:
         """The stroke-level augmentation of a run from strokes."""
         return self.strokes
+
+    def mixing(self, classes: int) -> BatchMix:
+        """The blending of training batches these settings ask for (inactive when both alphas are 0)."""
+        from .augment import BatchMix
+
+        return BatchMix(classes, self.mixup_alpha, self.cutmix_alpha)
 
     def augmentation(self) -> Affine:
         """The image warp these settings ask for (inactive when all ranges are 0, and for runs from
@@ -275,7 +285,7 @@ def check_train(c: TrainConfig) -> None:
     if c.split_seed is not None and (isinstance(c.split_seed, bool) or not isinstance(c.split_seed, int)
                                      or c.split_seed < 0):
         raise SettingsError(f"split_seed must be a whole number >= 0 or null, got {c.split_seed!r}")
-    for key in ("lr", "momentum", "weight_decay", "label_smoothing", "ema"):
+    for key in ("lr", "momentum", "weight_decay", "label_smoothing", "mixup_alpha", "cutmix_alpha", "ema"):
         if not _number(getattr(c, key)) or not math.isfinite(getattr(c, key)):
             raise bad(key, "a finite number")
     if not c.lr > 0:
@@ -286,6 +296,9 @@ def check_train(c: TrainConfig) -> None:
         raise bad("momentum", "from 0 to below 1")
     if not 0 <= c.label_smoothing < 1:
         raise bad("label_smoothing", "from 0 to below 1")
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        if not getattr(c, key) >= 0:
+            raise bad(key, "0 (off) or a Beta distribution's alpha > 0, e.g. 0.2 or 1.0")
     if not 0 <= c.ema < 1:
         raise bad("ema", "0 (off) or a decay from 0 to below 1, e.g. 0.999")
     for key in ("from_strokes", "compile"):
@@ -363,6 +376,8 @@ def upgrade_run_config(d: dict) -> dict:
     out.setdefault("raster", "cpu")  # runs before the torch rasterizer drew on the CPU
     out.setdefault("compile", False)  # and ran the model eagerly
     out.setdefault("ema", 0.0)  # and kept no moving average of the weights
+    out.setdefault("mixup_alpha", 0.0)  # nor blended images
+    out.setdefault("cutmix_alpha", 0.0)
     out.setdefault("stem", "imagenet")  # and had torchvision's stem
     if isinstance(out.get("amp"), bool):  # and said amp: true (CUDA only) or false
         out["amp"] = AMP_OF_BOOL[out["amp"]]

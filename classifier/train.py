@@ -58,7 +58,14 @@ from .runfolder import (
     raw_identity,
     same_data,
 )
-from .settings import OPTIMIZERS, SCHEDULES, SEED_STRIDE, WARP_SEED_OFFSET, TrainConfig  # noqa: F401
+from .settings import (  # noqa: F401
+    MIX_SEED_OFFSET,
+    OPTIMIZERS,
+    SCHEDULES,
+    SEED_STRIDE,
+    WARP_SEED_OFFSET,
+    TrainConfig,
+)
 from .splits import check_split, make_fold_split, make_split
 from .strokeset import StrokeSet, augment_sheet, make_train_source, raster_device, render_samples, worker_init
 
@@ -226,6 +233,8 @@ def _train(run: Path, cfg: TrainConfig, resume: bool, log) -> Path:
         f"images {source}, {cfg.split} split, {cfg.arch}{'' if cfg.stem == 'imagenet' else f' ({cfg.stem} stem)'}, "
         f"on {device}{', compiled' if cfg.compile else ''}"
         f"{f', weights averaged (decay {cfg.ema})' if cfg.ema else ''}"
+        f"{f', mixup alpha {cfg.mixup_alpha}' if cfg.mixup_alpha else ''}"
+        f"{f', cutmix alpha {cfg.cutmix_alpha}' if cfg.cutmix_alpha else ''}"
         f"{f', {precision_of(dtype)} autocast' if dtype else ''}")
     if dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_bf16():
         log("note: this CPU has no bf16 instructions, so --amp bf16 is emulated and slower than --amp off")
@@ -275,14 +284,17 @@ def _train(run: Path, cfg: TrainConfig, resume: bool, log) -> Path:
         bn_loader = loader(batch_norm_sample(variants, split["train"], cfg.seed, tuple(classes)), cfg.batch_size * 2,
                            shuffle=False)
     augment = cfg.augmentation()
+    mixing = cfg.mixing(len(classes))
     for epoch in range(start_epoch, cfg.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         batches.set_epoch(epoch)
         gen = torch.Generator().manual_seed(cfg.seed * SEED_STRIDE + epoch + WARP_SEED_OFFSET)  # same epoch, same warps
+        mix_gen = torch.Generator().manual_seed(cfg.seed * SEED_STRIDE + epoch + MIX_SEED_OFFSET)  # ... same blends
         with _compile_errors(cfg.compile):
             stats = train_one_epoch(step_model, train_loader, criterion, optimizer, scheduler, device, epoch,
                                     scaler=scaler, dtype=dtype, ema=ema,
-                                    transform=(lambda x, g=gen: augment(x, g)) if augment.active else None)
+                                    transform=(lambda x, g=gen: augment(x, g)) if augment.active else None,
+                                    mix=(lambda x, y, g=mix_gen: mixing(x, y, g)) if mixing.active else None)
             if ema is not None:
                 measure_batch_norm(ema.module, bn_loader, device)
             val = evaluate(step_model if ema is None else ema.module, val_loader, criterion, device, dtype,

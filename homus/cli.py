@@ -227,6 +227,10 @@ TRAIN_FLAGS = [
     click.option("--schedule", type=click.Choice(SCHEDULES)),
     click.option("--weight-decay", type=float),
     click.option("--label-smoothing", type=float, help="From 0 to below 1."),
+    click.option("--mixup-alpha", type=float, help="Blend each training batch with itself rolled by one "
+                 "(mixup), weight ~ Beta(a, a), e.g. 0.2; 0: off."),
+    click.option("--cutmix-alpha", type=float, help="Paste a box from the rolled batch (cutmix), area ~ "
+                 "Beta(a, a), e.g. 1.0; 0: off. With --mixup-alpha too: one of the two per batch."),
     click.option("--ema", type=float, help="Decay of a moving average of the weights, updated every step, that "
                  "validation, best.pt and the test use (e.g. 0.999; 0: off)."),
     click.option("--no-augment", is_flag=True, default=None,

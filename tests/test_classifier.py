@@ -124,11 +124,15 @@ def test_union_of_variants_trains_on_both(tiny):
     assert set(metrics["test_accuracy_by_variant"]) == {"t1-s32-m2", "t3-s32-m2"}
 
 
-@pytest.mark.parametrize("ema", [0.0, 0.9])
-def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tiny, monkeypatch, ema):
+@pytest.mark.parametrize("extra", [{}, {"ema": 0.9}, {"mixup_alpha": 0.4, "cutmix_alpha": 1.0}],
+                         ids=["plain", "ema", "mix"])
+def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tiny, monkeypatch, extra):
     """Killed after its first epoch and continued, a run ends as if never stopped: with a moving
-    average of its weights too, which last.pt carries."""
-    whole = train(cfg_for(tiny, epochs=2, ema=ema, name=f"whole-ema{ema}"), log=lambda m: None)
+    average of its weights too, which last.pt carries, and with mixup and cutmix, whose blends
+    each epoch draws afresh from its own seed."""
+    ema = extra.get("ema", 0.0)
+    tag = "-".join(f"{k}{v}" for k, v in extra.items()) or "plain"
+    whole = train(cfg_for(tiny, epochs=2, **extra, name=f"whole-{tag}"), log=lambda m: None)
 
     real_save = checkpoint.save
 
@@ -139,9 +143,9 @@ def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tiny, monkeypatch, e
 
     monkeypatch.setattr(checkpoint, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train(cfg_for(tiny, epochs=2, ema=ema, name=f"killed-ema{ema}"), log=lambda m: None)
+        train(cfg_for(tiny, epochs=2, **extra, name=f"killed-{tag}"), log=lambda m: None)
     monkeypatch.setattr(checkpoint, "save", real_save)
-    killed = tiny / f"runs/killed-ema{ema}"
+    killed = tiny / f"runs/killed-{tag}"
     last = checkpoint.load(killed / "last.pt")
     assert not (killed / "metrics.json").exists() and last["epoch"] == 1 and ("ema" in last) == bool(ema)
 

@@ -183,6 +183,10 @@ def test_shipped_configs_load_and_plan(tmp_path, monkeypatch):
     assert len(stems) == 4 and setting_differences(half.to_dict(), stems["t3-s64-ink+size-small-seed0"].to_dict()) == [
         ("stem", "imagenet", "small")]
     assert {c.split_rng_seed for c in stems.values()} == {0}  # both seeds on writer-bf16's split
+    mix = plan(load(repo / "configs/writer-mix.yaml")).configs  # writer-ideas' baseline, and it on blended batches
+    assert mix["t3-s64-ink+size-seed0"] == base
+    assert setting_differences(base.to_dict(), mix["t3-s64-ink+size-mix-seed0"].to_dict()) == [
+        ("mixup_alpha", 0.0, 0.2), ("cutmix_alpha", 0.0, 1.0)]
     r = CliRunner().invoke(main, ["run", "--config", str(repo / "configs/writer-ideas.yaml"), "--dry-run"])
     assert "t3-s64-ink+size-ema-seed0: " in r.output and "arm ink+size-ema: channels ink,size; ema 0.998" in r.output
 
