@@ -65,6 +65,8 @@ class BatchMix:
     def __init__(self, classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0) -> None:
         from torchvision.transforms import v2
 
+        # floats: torchvision builds its Beta distribution from the alpha as given, and an int one fails
+        mixup_alpha, cutmix_alpha = float(mixup_alpha), float(cutmix_alpha)
         self.classes, self.mixup_alpha, self.cutmix_alpha = classes, mixup_alpha, cutmix_alpha
         choices = ([v2.MixUp(alpha=mixup_alpha, num_classes=classes)] if mixup_alpha > 0 else []) + \
                   ([v2.CutMix(alpha=cutmix_alpha, num_classes=classes)] if cutmix_alpha > 0 else [])
@@ -80,6 +82,6 @@ class BatchMix:
         if self._mix is None:
             return x, F.one_hot(y, self.classes).to(x.dtype)
         seed = int(torch.randint(2**62, (1,), generator=gen))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):  # torchvision draws on the CPU generator alone
+            torch.default_generator.manual_seed(seed)
             return self._mix(x, y)

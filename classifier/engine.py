@@ -139,7 +139,8 @@ def train_one_epoch(model: nn.Module, loader, criterion, optimizer, scheduler, d
             if mix is not None:
                 x, target = mix(x, y)
             x = x.to(device, memory_format=torch.channels_last, non_blocking=True)
-            y, target = y.to(device, non_blocking=True), target.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
+            target = y if mix is None else target.to(device, non_blocking=True)
             with autocast(device, dtype):
                 out = model(x)
                 loss = criterion(out, target)

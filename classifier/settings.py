@@ -47,7 +47,7 @@ WARP_KEYS = ("rotate", "shear", "scale", "translate")
 
 #: Seed arithmetic of a run: the training order is drawn with ``seed * SEED_STRIDE`` and each epoch's
 #: image warps with ``seed * SEED_STRIDE + epoch + WARP_SEED_OFFSET`` and its batch blends (mixup,
-#: cutmix) with ``... + MIX_SEED_OFFSET``, so no two seeds' or purposes' streams meet.
+#: cutmix) with ``... + MIX_SEED_OFFSET``: the offsets keep one run's streams apart from each other.
 SEED_STRIDE = 100_003
 WARP_SEED_OFFSET = 1_000_000
 MIX_SEED_OFFSET = 2_000_000
@@ -297,8 +297,8 @@ def check_train(c: TrainConfig) -> None:
     if not 0 <= c.label_smoothing < 1:
         raise bad("label_smoothing", "from 0 to below 1")
     for key in ("mixup_alpha", "cutmix_alpha"):
-        if not getattr(c, key) >= 0:
-            raise bad(key, "0 (off) or a Beta distribution's alpha > 0, e.g. 0.2 or 1.0")
+        if not (getattr(c, key) == 0 or 1e-3 <= getattr(c, key) <= 1e3):
+            raise bad(key, "0 (off) or a Beta distribution's alpha from 0.001 to 1000, e.g. 0.2 or 1.0")
     if not 0 <= c.ema < 1:
         raise bad("ema", "0 (off) or a decay from 0 to below 1, e.g. 0.999")
     for key in ("from_strokes", "compile"):

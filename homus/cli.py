@@ -326,9 +326,12 @@ def train(cfg, resume_dir, **flags) -> None:
 
     if resume_dir:  # the run's own settings, through the same check; flags may move it, not change it
         given = {k: v for k, v in flags.items() if v is not None and v != ()}
+        if {"runs_dir", "name"} & set(given):
+            raise click.UsageError(f"--resume {resume_dir} names the run's folder itself; drop --runs-dir and --name")
         learned = [k for k in given if k not in RESUME_WHERE]
-        if learned:
-            named = [p.opts[0] for p in click.get_current_context().command.params if p.name in learned]
+        if learned:  # each flag as typed: a flag pair's second name when it was the one given
+            named = [p.secondary_opts[0] if p.secondary_opts and given[p.name] is False else p.opts[0]
+                     for p in click.get_current_context().command.params if p.name in learned]
             raise click.UsageError(
                 f"--resume continues {resume_dir} with the settings it started with; {', '.join(named)} would "
                 "change what it learns. Drop them, or train a new run (--name) with them. Only where it "

@@ -328,6 +328,10 @@ def test_resume_takes_where_flags_and_refuses_learned_ones(half_run, tmp_path):
     assert "--epochs, --stroke-rotate would change what it learns" in r.output
     assert "--threads" not in r.output.split("would change")[0]
     assert (run / "config.yaml").read_text() == before and (run / "last.pt").is_file()  # untouched
+    r = invoke("train", "--resume", run, "--from-images")
+    assert r.exit_code == 2 and "--from-images would change what it learns" in r.output, r.output
+    r = invoke("train", "--resume", run, "--name", "other")
+    assert r.exit_code == 2 and "drop --runs-dir and --name" in r.output, r.output
     r = invoke("train", "--resume", run, "--threads", "2", "--workers", "1")
     assert r.exit_code == 0, r.output
     cfg = yaml.safe_load((run / "config.yaml").read_text())

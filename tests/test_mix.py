@@ -89,11 +89,20 @@ def test_inactive_by_default_and_when_both_are_zero():
 
 
 @pytest.mark.parametrize("key", ["mixup_alpha", "cutmix_alpha"])
-@pytest.mark.parametrize("value", [-0.1, math.nan, math.inf, "0.2", True])
+@pytest.mark.parametrize("value", [-0.1, math.nan, math.inf, "0.2", True, 1e-300, 1e39])
 def test_bad_alphas_are_refused_by_name(key, value):
     flag = "--" + key.replace("_", "-")
     with pytest.raises(SettingsError, match=rf"train\.{key} \({flag}\)'? must be"):
         train_config(load(None), {key: value})
+
+
+def test_a_whole_number_alpha_from_yaml_trains(tmp_path):
+    """``cutmix_alpha: 1`` in a config is an int; torchvision's Beta distribution needs a float."""
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  cutmix_alpha: 1\n  mixup_alpha: 2\n")
+    x, y = batch()
+    out, target = train_config(load(path), {}).mixing(CLASSES)(x, y, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and torch.allclose(target.sum(1), torch.ones(len(y)))
 
 
 def test_older_runs_mixed_nothing():
