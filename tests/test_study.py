@@ -187,6 +187,8 @@ def test_shipped_configs_load_and_plan(tmp_path, monkeypatch):
     assert mix["t3-s64-ink+size-seed0"] == base
     assert setting_differences(base.to_dict(), mix["t3-s64-ink+size-mix-seed0"].to_dict()) == [
         ("mixup_alpha", 0.0, 0.2), ("cutmix_alpha", 0.0, 1.0)]
+    assert setting_differences(base.to_dict(), mix["t3-s64-ink+size-mixup-seed0"].to_dict()) == [
+        ("mixup_alpha", 0.0, 0.2)]
     r = CliRunner().invoke(main, ["run", "--config", str(repo / "configs/writer-ideas.yaml"), "--dry-run"])
     assert "t3-s64-ink+size-ema-seed0: " in r.output and "arm ink+size-ema: channels ink,size; ema 0.998" in r.output
 
