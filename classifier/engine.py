@@ -135,7 +135,6 @@ def train_one_epoch(model: nn.Module, loader, criterion, optimizer, scheduler, d
         for step, (x, y) in enumerate(bar, 1):
             if transform is not None:
                 x = transform(x)
-            target = y
             if mix is not None:
                 x, target = mix(x, y)
             x = x.to(device, memory_format=torch.channels_last, non_blocking=True)
