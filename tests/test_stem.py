@@ -68,7 +68,7 @@ def test_an_unknown_stem_is_refused_naming_the_key_and_flag(synthetic_raw, tmp_p
 
 def test_a_run_records_its_stem_and_its_readers_rebuild_it(synthetic_raw, tmp_path):
     runs = tmp_path / "runs"
-    common = ["--raw-dir", str(synthetic_raw), "--size", "32", "--batch-size", "64", "--workers", "0",
+    common = ["--raw-dir", str(synthetic_raw), "--size", "16", "--batch-size", "64", "--workers", "0",
               "--device", "cpu", "--runs-dir", str(runs)]
     r = CliRunner().invoke(main, ["train", *common, "--epochs", "1", "--stem", "cifar", "--name", "cifar"])
     assert r.exit_code == 0, r.output
