@@ -49,7 +49,7 @@ def plot_confusion_matrix(counts, classes: list[str], path: Path, title: str = "
                 fontsize=6, color="white" if m[i, j] > 0.5 else "black")
     ax.set_title(title or "confusion (row-normalised)")
     fig.colorbar(im, fraction=0.04)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.14, top=0.95)
     save_figure(fig, path)
 
 
