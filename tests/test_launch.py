@@ -52,29 +52,22 @@ def figures(root: Path) -> dict:
 
 
 def test_parallel_runs_give_the_serial_figures(tiny_study, tmp_path):
+    """Two runs at a time, each in a loky process with a loader worker of its own (loky's start method:
+    the loaders once crashed there with a traceback), give the serial study's figures."""
     serial_root, _ = tiny_study
     path = study_copy(tiny_study, tmp_path)
+    cfg = yaml.safe_load(path.read_text())
+    assert cfg["train"]["workers"] == 0  # the serial study drew in the training process
+    cfg["train"]["workers"] = 1
+    path.write_text(yaml.safe_dump(cfg))
     r = CliRunner().invoke(main, ["run", "--config", str(path), "--parallel", "2"])
     assert r.exit_code == 0, r.output
+    assert "Traceback" not in r.output
     assert "6 runs, 2 at a time" in r.output and r.output.count(": complete, test accuracy") == 6
     assert figures(tmp_path) == figures(serial_root) and len(figures(tmp_path)) == 6 + 3
     summary = json.loads((tmp_path / "reports/tiny/summary.json").read_text())
     serial = json.loads((serial_root / "reports/tiny/summary.json").read_text())
     assert [e["pooled"] for e in summary["ensembles"]] == [e["pooled"] for e in serial["ensembles"]]
-
-
-def test_parallel_runs_start_their_loader_workers(tiny_study, tmp_path):
-    """A run in the pool is a loky process, whose default start method is loky's: its loaders must
-    still start their workers (they crashed with a traceback), and draw what the serial runs drew."""
-    serial_root, _ = tiny_study
-    path = study_copy(tiny_study, tmp_path)
-    cfg = yaml.safe_load(path.read_text())
-    cfg["train"]["workers"] = 1
-    path.write_text(yaml.safe_dump(cfg))
-    r = CliRunner().invoke(main, ["run", "--config", str(path), "--parallel", "2"])
-    assert r.exit_code == 0, r.output
-    assert "Traceback" not in r.output and r.output.count(": complete, test accuracy") == 6
-    assert figures(tmp_path) == figures(serial_root)
 
 
 def test_a_failed_parallel_run_is_named_and_the_others_finish(tiny_study, tmp_path):
