@@ -99,7 +99,7 @@ def plot_errors(images: np.ndarray, targets, preds, classes: list[str], path: Pa
     """A grid of misclassified images captioned ``true -> predicted`` (at most ``limit``).
 
     One picture of the tiles and one caption each, not a subplot each: every run draws this, and
-    laying out dozens of subplots cost seconds per run."""
+    dozens of subplots are slow to lay out."""
     wrong = np.nonzero(np.asarray(targets) != np.asarray(preds))[0][:limit]
     cols, (h, w) = 8, images.shape[1:3]
     pad, caption = max(2, w // 8), max(8, (h * 3) // 8)
