@@ -137,11 +137,22 @@ def batch_key(key: list[int] | tuple[int, list[int]], epoch: int = 0) -> tuple[i
     return key if isinstance(key, tuple) else (epoch, key)
 
 
-def _shuffled_batches(n: int, batch_size: int, seed: int) -> BatchSampler:
-    """Batches of ``range(n)`` in the order ``seed`` fixes: the one shuffle of :func:`loader` and
-    :class:`EpochBatches`."""
+def batch_count(n: int, batch_size: int) -> int:
+    """How many training batches ``n`` images make: a last batch of one image joins the one before,
+    since batch normalisation cannot train on a single image."""
+    full, rest = divmod(n, batch_size)
+    return full + (rest > 1 or (rest == 1 and full == 0))
+
+
+def _shuffled_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
+    """Batches of ``range(n)`` in the order ``seed`` fixes (:func:`batch_count` of them): the one
+    shuffle of :func:`loader` and :class:`EpochBatches`."""
     order = RandomSampler(range(n), generator=torch.Generator().manual_seed(seed))
-    return BatchSampler(order, batch_size, drop_last=False)
+    batches = list(BatchSampler(order, batch_size, drop_last=False))
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        lone = batches.pop()
+        batches[-1] = batches[-1] + lone
+    return batches
 
 
 class EpochBatches(Sampler):
@@ -157,7 +168,7 @@ class EpochBatches(Sampler):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return -(-self.n // self.batch_size)
+        return batch_count(self.n, self.batch_size)
 
     def __iter__(self):
         for idx in _shuffled_batches(self.n, self.batch_size, self.seed + self.epoch):

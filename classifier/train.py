@@ -31,7 +31,7 @@ from homus_render.labels import LABELS
 from homus_render.lock import writing
 
 from . import checkpoint, plots
-from .data import DataError, ImageSet, Variant, dataset_sha256, epoch_loader, load_variant, loader
+from .data import DataError, ImageSet, Variant, batch_count, dataset_sha256, epoch_loader, load_variant, loader
 from .engine import (
     amp_dtype,
     cpu_has_bf16,
@@ -65,6 +65,8 @@ from .settings import (  # noqa: F401
     SEED_STRIDE,
     WARP_SEED_OFFSET,
     TrainConfig,
+    setting_differences,
+    upgrade_run_config,
 )
 from .splits import check_split, make_fold_split, make_split
 from .strokeset import StrokeSet, augment_sheet, make_train_source, raster_device, render_samples, worker_init
@@ -223,8 +225,8 @@ def _train(run: Path, cfg: TrainConfig, resume: bool, log) -> Path:
         if not (run / "train-samples.png").exists():  # what the augmentation draws: worth a look
             write_bytes(run / "train-samples.png", augment_sheet(sets["train"], tuple(classes)))
     for k, ds in sets.items():
-        if len(ds) == 0:
-            raise RunError(f"the {k} split is empty: too little data for a {cfg.split} split")
+        if len(ds) < (2 if k == "train" else 1):  # batch normalisation trains on two images at least
+            raise RunError(f"the {k} split holds {len(ds)} image(s): too little data for a {cfg.split} split")
     source = (f"drawn from {cfg.raw_dir} strokes at {variants[0].name} every epoch" if cfg.from_strokes
               else f"from {len(variants)} variant(s)")
     if cfg.channels != ["ink"]:
@@ -246,7 +248,7 @@ def _train(run: Path, cfg: TrainConfig, resume: bool, log) -> Path:
     model.to(device, memory_format=torch.channels_last)  # channels-last convolutions are faster on CPU and GPU
     step_model = torch.compile(model) if cfg.compile else model  # shares model's weights: checkpoints stay plain
     optimizer = make_optimizer(model, cfg)
-    steps = -(-len(sets["train"]) // cfg.batch_size)
+    steps = batch_count(len(sets["train"]), cfg.batch_size)
     scheduler = make_scheduler(optimizer, cfg, steps)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     scaler = make_scaler(device, dtype)  # fp16 only: bf16 and full precision need no loss scaling
@@ -401,6 +403,12 @@ def _resume_checkpoint(path: Path, cfg: TrainConfig, classes: list[str]) -> dict
                        f"{len(ckpt['classes'])} classes, but the run's config.yaml asks for a {cfg.arch} ({cfg.stem} "
                        f"stem) reading {','.join(cfg.channels)} with {len(classes)}; the run folder is "
                        f"inconsistent: remove {path.parent} and train again")
+    if "config" in ckpt:  # what the saved epochs learned under, against what config.yaml says now
+        changed = setting_differences(upgrade_run_config(dict(ckpt["config"])), asdict(cfg))
+        if changed:
+            said = ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in changed[:4])
+            raise RunError(f"{path} was trained with other settings than the run's config.yaml now holds "
+                           f"({said}); restore config.yaml, or remove {path.parent} and train again")
     return ckpt
 
 

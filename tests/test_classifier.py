@@ -221,3 +221,29 @@ def test_predict_frames_images_like_the_renderer():
     assert out[0, 0] == 255  # black on white, as rendered
     with pytest.raises(InputError, match="blank"):
         normalize_image(np.full((50, 50), 255, np.uint8), s)
+
+
+def test_a_last_batch_of_one_image_joins_the_one_before():
+    """Batch normalisation cannot train on one image: 10 images in batches of 3 are 3, 3 and 4,
+    every image once an epoch, and the count the schedule is built on is the count the loader gives."""
+    from classifier.data import EpochBatches, batch_count
+
+    assert [batch_count(n, 3) for n in (1, 2, 3, 4, 5, 6, 7, 10)] == [1, 1, 1, 1, 2, 2, 2, 3]
+    sampler = EpochBatches(10, 3, seed=4)
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        batches = [idx for _, idx in sampler]
+        assert [len(b) for b in batches] == [3, 3, 4] and len(sampler) == 3
+        assert sorted(i for b in batches for i in b) == list(range(10))
+    sampler = EpochBatches(9, 3, seed=4)  # no lone image: batches as before
+    assert [len(idx) for _, idx in sampler] == [3, 3, 3]
+
+
+def test_a_run_whose_last_batch_would_hold_one_image_trains(synthetic_raw, tmp_path):
+    n_train = 4 * 32 * SYNTHETIC_PER_CLASS  # the writer split of the 6 synthetic writers trains on 4
+    r = CliRunner().invoke(main, ["train", "--raw-dir", str(synthetic_raw), "--runs-dir", str(tmp_path), "--name", "b",
+                                  "--from-strokes", "--size", "32", "--epochs", "1", "--batch-size", str(n_train - 1),
+                                  "--workers", "0", "--threads", "1", "--device", "cpu"])
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    assert len(json.loads((tmp_path / "b/split.json").read_text())["train"]) == n_train
+    assert f"{n_train:,} train" in r.output

@@ -310,6 +310,12 @@ def test_resume_refuses_changed_data_and_a_foreign_checkpoint(half_run, tmp_path
     (run / "config.yaml").write_text(yaml.safe_dump({**cfg, "arch": "resnet34"}))
     line = assert_one_error(invoke("train", "--resume", run), run / "last.pt")
     assert "resnet18" in line and "resnet34" in line
+    # a hand edit of what the saved epochs learned under: refused by name, never tested on other images
+    edited = {**cfg, "render": {**cfg["render"], "thickness": 9}, "lr": 0.5}
+    (run / "config.yaml").write_text(yaml.safe_dump(edited))
+    line = assert_one_error(invoke("train", "--resume", run), run / "last.pt")
+    assert "lr 0.05 -> 0.5" in line and "render.thickness 3 -> 9" in line and "restore config.yaml" in line
+    assert not (run / "metrics.json").exists()
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     r = invoke("train", "--resume", run)
     assert r.exit_code == 0, r.output
