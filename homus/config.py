@@ -62,7 +62,18 @@ ITEM_TYPES = {int: (int, str), float: (int, float), str: (str,), bool: (bool,)}
 ALSO = {("train", "size"): (str,), ("train", "amp"): (bool,)}  # amp: true/false, as before the modes
 
 
+def _as_train_key(key: tuple[str, ...]) -> tuple[str, ...]:
+    """A key inside the study's train settings (``study.train``, ``study.arms.<arm>``,
+    ``study.overrides.<variant>``) as the train section's key, which the type tables name."""
+    if key[:2] == ("study", "train"):
+        return ("train", *key[2:])
+    if key[:2] in (("study", "arms"), ("study", "overrides")) and len(key) > 3:
+        return ("train", *key[3:])
+    return key
+
+
 def _type_ok(value: Any, default: Any, key: tuple[str, ...]) -> bool:
+    key = _as_train_key(key)
     if isinstance(value, ALSO.get(key, ())):
         return True
     if value is None:
@@ -90,6 +101,7 @@ TYPE_WORDS = {"float": "a number", "int": "a whole number", "bool": "true or fal
 
 
 def _want(default: Any, key: tuple[str, ...]) -> str:
+    key = _as_train_key(key)
     if default is None:
         return " or ".join(t.__name__ for t in NULLABLE.get(key, ())) + " or null"
     if isinstance(default, list):
@@ -133,6 +145,15 @@ def _merge(base: dict, over: dict, path: Path | str, prefix: tuple[str, ...] = (
 VARIANT_KEYS = ("thickness", "size", "fit", "margin", "antialias", "staff_lines", "staff_spacing", "staff_offset")
 
 
+#: Train settings a study sets for each run (so its train settings, arms and overrides may not), and
+#: where a study says them instead.
+STUDY_FIXES = {
+    "seed": "study.seeds", "split_seed": "study.split_seed", "folds": "study.folds", "fold": "study.folds",
+    "name": "study.name (runs are named by variant, arm, fold and seed)", "runs_dir": "train.runs_dir",
+    "variants": "study.variants", "thickness": "study.variants", "size": "study.variants",
+}
+
+
 def _check_free_form(cfg: dict, defaults: dict, path: Path) -> None:
     """The study's free-form mappings hold train settings and render settings: check those too."""
     study = cfg["study"]
@@ -140,6 +161,10 @@ def _check_free_form(cfg: dict, defaults: dict, path: Path) -> None:
             (f"study.{kind}.{name}", m) for kind in ("overrides", "arms") for name, m in (study[kind] or {}).items()]:
         if not isinstance(mapping, dict):
             raise ConfigError(f"{path}: '{prefix}' must be a mapping of train settings, got {mapping!r}")
+        fixed = next((k for k in mapping if k in STUDY_FIXES), None)
+        if fixed is not None:  # the study sets it for each run: a value here would be ignored
+            raise ConfigError(f"{path}: '{prefix}.{fixed}' cannot be set here: the study sets each run's "
+                              f"{fixed}; use {STUDY_FIXES[fixed]}")
         _merge(copy.deepcopy(defaults["train"]), nest_flat(mapping), path, tuple(prefix.split(".")))
     for name, spec in (study["ensembles"] or {}).items():
         where = f"study.ensembles.{name}"
@@ -199,6 +224,7 @@ def load(path: str | Path | None = None) -> dict:
         if path.resolve() != DEFAULTS_FILE:
             _merge(cfg, _read(path), path)
     _check_free_form(cfg, defaults, path or DEFAULTS_FILE)
+    train_config(cfg, source=path or DEFAULTS_FILE)  # the file's own train settings, blamed on the file
     return cfg
 
 

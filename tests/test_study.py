@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shutil
 import statistics
 from dataclasses import fields
@@ -121,6 +122,40 @@ def test_config_errors_name_the_key_and_file(tmp_path, text, key, monkeypatch):
     assert f"'{key}'" in str(e.value) and str(path) in str(e.value)
     r = CliRunner().invoke(main, ["run", "--config", str(path)])
     assert r.exit_code == 2 and key in r.output
+
+
+@pytest.mark.parametrize("text, key, where", [
+    ("study:\n  arms: {a: {channels: [ink], seed: 5}}\n", "study.arms.a.seed", "study.seeds"),
+    ("study:\n  arms: {a: {size: 48}}\n", "study.arms.a.size", "study.variants"),
+    ("study:\n  train: {split_seed: 3}\n", "study.train.split_seed", "study.split_seed"),
+    ("study:\n  train: {fold: 2}\n", "study.train.fold", "study.folds"),
+    ("study:\n  overrides: {t1-s32: {runs_dir: elsewhere}}\n", "study.overrides.t1-s32.runs_dir", "train.runs_dir"),
+    ("study:\n  arms: {a: {name: mine}}\n", "study.arms.a.name", "study.name"),
+])
+def test_settings_a_study_sets_for_each_run_are_refused_in_its_arms(tmp_path, text, key, where):
+    """An arm that set the seed, size or fold would be silently overridden by the study (and listed by
+    --dry-run as if applied): it is an error that says where the study takes that setting."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=f"'{re.escape(key)}' cannot be set here: .* use {re.escape(where)}"):
+        load(path)
+    r = CliRunner().invoke(main, ["run", "--config", str(path), "--dry-run"])
+    assert r.exit_code == 2 and key in r.output and "Traceback" not in r.output
+
+
+def test_the_train_section_of_a_config_file_is_blamed_on_the_file(tmp_path, monkeypatch):
+    """A value out of range in a file is reported against the file, though no flag was given; the same
+    value as a flag is reported against the flags."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "p.yaml"
+    path.write_text("train:\n  mixup_alpha: 5000\n")
+    r = CliRunner().invoke(main, ["train", "--config", str(path)])
+    line = next(ln for ln in r.output.splitlines() if "mixup_alpha" in ln)
+    assert r.exit_code != 0 and line.startswith(f"error: {path}: train.mixup_alpha (--mixup-alpha)"), r.output
+    r = CliRunner().invoke(main, ["train", "--mixup-alpha", "5000"])
+    assert r.exit_code != 0 and "error: flags: train.mixup_alpha" in r.output, r.output
+    path.write_text("study:\n  train: {amp: true}\n  arms: {a: {amp: false}, b: {channels: [ink, size]}}\n")
+    assert load(path)["study"]["arms"]["a"] == {"amp": False}  # amp's old true/false is read in arms too
 
 
 def test_bad_values_in_a_study_are_named(tmp_path, monkeypatch):
