@@ -160,7 +160,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     check_writable_dir(run.parent)
     with writing(run, "choose another --name"):
         if (run / "metrics.json").exists():
-            raise RunError(f"{run} is already complete; choose another --name (or delete it)")
+            raise RunError(f"{run} is already complete: nothing to resume, its figures are in metrics.json"
+                           if resume else f"{run} is already complete; choose another --name (or delete it)")
         if not resume and run.exists() and any(run.iterdir()):
             if not _unstarted(run):
                 raise RunError(f"{run} already exists; continue it with `homus train --resume {run}` or pick --name")
@@ -395,7 +396,12 @@ def _check_same_data(run: Path, now: dict) -> None:
 
 def _resume_checkpoint(path: Path, cfg: TrainConfig, classes: list[str]) -> dict:
     """``last.pt``, checked to be a checkpoint of this very model (arch, input channels, classes)."""
-    ckpt = checkpoint.load(path)
+    try:
+        ckpt = checkpoint.load(path)
+    except checkpoint.CheckpointError as e:  # the run's own resume state: starting over is the way out
+        why = str(e).removeprefix(f"{path}: ").split("; ")[0]
+        raise RunError(f"{path}: {why}; delete it, and `homus train --resume {path.parent}` starts the run "
+                       "over from epoch 1") from None
     theirs, stem = checkpoint.channels(ckpt), checkpoint.stem(ckpt)
     if (ckpt["arch"] != cfg.arch or stem != cfg.stem or theirs != tuple(cfg.channels)
             or list(ckpt["classes"]) != classes):

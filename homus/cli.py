@@ -80,8 +80,9 @@ class HomusGroup(click.Group):
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
         except Terminated:
-            click.secho("error: stopped by SIGTERM; what was half-made is removed, run the command again",
-                        fg="red", err=True)
+            again = ("`homus train --resume RUN` continues a run from its last finished epoch"
+                     if ctx.invoked_subcommand == "train" else "run the command again")
+            click.secho(f"error: stopped by SIGTERM; what was half-made is removed; {again}", fg="red", err=True)
             ctx.exit(143)
         except Exception as e:
             line = describe(e)

@@ -317,9 +317,18 @@ def test_resume_refuses_changed_data_and_a_foreign_checkpoint(half_run, tmp_path
     assert "lr 0.05 -> 0.5" in line and "render.thickness 3 -> 9" in line and "restore config.yaml" in line
     assert not (run / "metrics.json").exists()
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    # a damaged last.pt: the way out is said (delete it and resume from epoch 1), not "train again",
+    # which a run folder of that name refuses
+    state = (run / "last.pt").read_bytes()
+    (run / "last.pt").write_bytes(state[:1000])
+    line = assert_one_error(invoke("train", "--resume", run), run / "last.pt")
+    assert f"delete it, and `homus train --resume {run}` starts the run over from epoch 1" in line
+    (run / "last.pt").write_bytes(state)
     r = invoke("train", "--resume", run)
     assert r.exit_code == 0, r.output
     assert (run / "metrics.json").is_file()
+    line = assert_one_error(invoke("train", "--resume", run), run)
+    assert "already complete: nothing to resume" in line and "--name" not in line
 
 
 def test_resume_takes_where_flags_and_refuses_learned_ones(half_run, tmp_path):
@@ -373,6 +382,7 @@ def test_killing_a_train_kills_its_loader_workers(tiny, tmp_path, sig):
     stop_and_check_workers(proc, sig, workers)
     if sig == signal.SIGTERM:
         assert proc.returncode == 143 and leftovers(runs) == []
+        assert "`homus train --resume RUN` continues" in (tmp_path / "log").read_text()  # not a bare "run it again"
     resumable = (runs / "k/last.pt").is_file()
     done = run_homus(*(["train", "--resume", runs / "k"] if resumable else args))
     assert done.returncode == 0, done.stdout + done.stderr
