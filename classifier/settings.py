@@ -13,6 +13,7 @@ Torch-free at import, so the command line can take its choices from here without
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -403,6 +404,9 @@ def _loader():
             _measure(node, {}, set())
             return super().construct_document(node)
 
+    # YAML 1.2 reads 1e-3 as a number; PyYAML (YAML 1.1) wants 1.0e-3 and would hand "1e-3" on as text
+    exponent = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", exponent, list("-+0123456789"))
     return Loader
 
 

@@ -338,3 +338,17 @@ def test_a_hand_edited_run_config_is_refused_naming_the_key(tmp_path, key, value
     # values legal under older limits, and an empty --writers recorded as '' (every writer), still read
     (run / "config.yaml").write_text(yaml.safe_dump({**good, "threads": -1, "workers": 300, "writers": ""}))
     assert RunFolder(run).config()["writers"] is None
+
+
+def test_numbers_with_an_exponent_read_as_numbers(tmp_path):
+    """``1e-3`` is a number in YAML 1.2 and to a person; PyYAML alone reads it as text, which the
+    settings would refuse as 'must be a number'."""
+    path = tmp_path / "p.yaml"
+    path.write_text("train:\n  lr: 1e-3\n  weight_decay: 5E-4\n  mixup_alpha: 2e-1\n"
+                    "study:\n  arms: {a: {lr: 1.5e-2}}\n")
+    cfg = load(path)
+    assert (cfg["train"]["lr"], cfg["train"]["weight_decay"], cfg["train"]["mixup_alpha"]) == (0.001, 0.0005, 0.2)
+    assert cfg["study"]["arms"]["a"]["lr"] == 0.015
+    path.write_text("train:\n  lr: 1e\n")  # not a number in any YAML: still refused, by name
+    with pytest.raises(ConfigError, match="'train.lr \\(--lr\\)' must be a number, got '1e'"):
+        load(path)
