@@ -235,7 +235,8 @@ TRAIN_FLAGS = [
     click.option("--ema", type=float, help="Decay of a moving average of the weights, updated every step, that "
                  "validation, best.pt and the test use (e.g. 0.999; 0: off)."),
     click.option("--no-augment", is_flag=True, default=None,
-                 help="No augmentation at all (image warps and stroke distortions off)."),
+                 help="No augmentation at all (image warps, stroke distortions, mixup and cutmix off), "
+                      "but for what a flag of its own sets."),
     click.option("--from-strokes/--from-images", default=None,
                  help="Draw training images afresh from the raw strokes every epoch, or read --variant folders."),
     click.option("--raw-dir", type=click.Path(file_okay=False), help="Stroke files (--from-strokes)."),
@@ -284,12 +285,13 @@ def _settings_text(settings: dict, prefix: str = "") -> str:
 
 def train_overrides(flags: dict) -> dict:
     """The train flags given, as train settings (``--stroke-rotate`` -> ``strokes.rotate``;
-    ``--no-augment``: every stroke distortion and image warp 0, unless a flag sets one)."""
+    ``--no-augment``: every stroke distortion, image warp and batch blend 0, unless a flag sets one)."""
     flags = dict(flags)
     over: dict = {}
     if flags.pop("no_augment", None):
         over["strokes"] = dict.fromkeys(STROKE_KEYS, 0.0)
         over["warp"] = dict.fromkeys(WARP_KEYS, 0.0)
+        over.update(mixup_alpha=0.0, cutmix_alpha=0.0)
     if flags.get("variants") and flags.get("from_strokes") is None:  # --variant: train on that folder
         flags["from_strokes"] = False
     for k, v in flags.items():
@@ -366,6 +368,8 @@ def evaluate(runs, variant, out, device) -> None:
     are averaged, each model reading the input it was trained on."""
     from classifier.evaluate import ensemble_name, evaluate_ensemble, evaluate_run
 
+    if len(runs) == 1 and out:
+        raise click.UsageError(f"--out names an ensemble's file; one run's metrics go to {runs[0]}/eval-<variant>.json")
     if len(runs) > 1:
         out = Path(out) if out else Path(runs[0]).parent / f"{ensemble_name(runs)}.json"
         m = evaluate_ensemble(list(runs), out, variant, device)

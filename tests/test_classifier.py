@@ -85,6 +85,8 @@ def test_cli_train_leaves_a_complete_run(tiny, cli_run):
     saved = json.loads((run / "eval-t1-s32-m2.json").read_text())
     assert saved["n_test"] == PER_WRITER and saved["trained_on"] == ["t3-s32-m2"]
     assert saved["trained_size"] == saved["tested_size"] == [32, 32] and "note:" not in ev.output
+    ev = CliRunner().invoke(main, ["evaluate", str(run), "--out", str(tiny / "one.json"), "--device", "cpu"])
+    assert ev.exit_code == 2 and "eval-<variant>.json" in ev.output and not (tiny / "one.json").exists()
 
     png = next((tiny / "rendered/t3-s32-m2/G-Clef").glob("*.png"))
     big = cv2.resize(cv2.imread(str(png), cv2.IMREAD_GRAYSCALE), (300, 200))  # any size, white on black

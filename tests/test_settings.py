@@ -197,6 +197,9 @@ def test_the_command_line_takes_its_choices_from_the_code():
     assert all(c in next(p for p in cmd.params if p.name == "channels").help for c in CHANNELS)
     over = train_overrides({"no_augment": True, "stroke_rotate": 2.0, "lr": None, "variants": ()})
     assert over["strokes"]["rotate"] == 2.0 and over["strokes"]["scale"] == 0.0 and set(over["warp"].values()) == {0}
+    assert (over["mixup_alpha"], over["cutmix_alpha"]) == (0.0, 0.0)  # blending batches is augmentation too
+    over = train_overrides({"no_augment": True, "cutmix_alpha": 1.0})
+    assert (over["mixup_alpha"], over["cutmix_alpha"]) == (0.0, 1.0)  # but for what a flag of its own sets
 
 
 # --- config files that fight back ---------------------------------------------------------------
