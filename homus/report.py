@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import statistics
+import textwrap
 import time
 from pathlib import Path
 
@@ -129,8 +130,9 @@ def ensemble_rows(scored: list[dict]) -> list[dict]:
 
 
 def _bar_chart(rows: list[dict], path: Path, title: str) -> None:
-    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(rows) + 2), 4.5))
-    names = [r["group"] for r in rows]
+    names = ["\n".join(textwrap.wrap(r["group"], 28)) for r in rows]  # long settings: lines, not one slant
+    lines = max(n.count("\n") + 1 for n in names)
+    fig, ax = plt.subplots(figsize=(max(5, (1.2 if lines == 1 else 2.4) * len(rows) + 2), 4.5 + 0.2 * lines))
     means = [100 * r["mean"] for r in rows]
     ax.bar(names, means, yerr=[100 * r["std"] for r in rows], capsize=5, color="#4477aa")
     for i, (mean, r) in enumerate(zip(means, rows, strict=True)):  # above the error bar, not on it
@@ -139,7 +141,8 @@ def _bar_chart(rows: list[dict], path: Path, title: str) -> None:
     ax.set_ylim(max(0, low - (100 - low) * 0.5 - 1), 100)
     ax.set_ylabel("test accuracy (%), mean ± std over seeds")
     ax.set_title(title)
-    plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
+    if lines == 1:
+        plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
     fig.tight_layout()
     save_figure(fig, path)
 
