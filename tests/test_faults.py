@@ -432,7 +432,11 @@ def test_two_renders_of_one_variant_at_once(raw_full, tmp_path):
     args = ("render", "--raw-dir", raw_full, "--rendered-dir", out, "--size", "32", "--jobs", "1")
     first = start(*args, log=tmp_path / "first")
     wait_for(lambda: lock_path(out / "t3-s32").exists(), 60, "the first render's lock", first, tmp_path / "first")
-    second = run_homus(*args)
+    os.kill(first.pid, signal.SIGSTOP)  # held mid-render, however fast this machine renders
+    try:
+        second = run_homus(*args)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
     assert first.wait(timeout=300) == 0, (tmp_path / "first").read_text()
     assert second.returncode == 1 and f"is being written by process {first.pid}" in second.stderr, second.stderr
     assert sorted(p.name for p in out.iterdir()) == ["t3-s32"]
