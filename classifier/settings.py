@@ -145,6 +145,9 @@ class TrainConfig:
                 out[key] = [v.strip() for v in out[key].split(",") if v.strip()]
             if not isinstance(out[key], list) or not all(isinstance(v, str) for v in out[key]):
                 raise SettingsError(f"{source}: '{_named(key)}' must be a list of names, got {d[key]!r}")
+        for f in fields(cls):  # 0 and 0.0 are one setting: a run records it one way, whichever was typed
+            if f.type == "float" and _number(out[f.name]):
+                out[f.name] = float(out[f.name])
         try:
             return cls(**out)
         except SettingsError as e:

@@ -47,8 +47,8 @@ def load_run(run: Path) -> dict:
     strokes = bool(cfg.get("from_strokes"))
     settings = {k: v for k, v in cfg.items() if k not in IGNORED and k not in STROKE_ONLY and k != "warp"}
     settings.update({f"warp.{k}": v for k, v in cfg["warp"].items()})
+    settings["from_strokes"] = strokes  # said either way: beside a run from strokes, False is a difference
     if strokes:  # the stroke settings matter; the variant folders it was not trained on do not
-        settings["from_strokes"] = True
         settings.update({f"strokes.{k}": v for k, v in cfg["strokes"].items()})
         if "size" not in (cfg.get("channels") or ["ink"]):  # the size jitter moves no pixel of these runs
             settings.pop("strokes.size", None)

@@ -355,3 +355,11 @@ def test_numbers_with_an_exponent_read_as_numbers(tmp_path):
     path.write_text("train:\n  lr: 1e\n")  # not a number in any YAML: still refused, by name
     with pytest.raises(ConfigError, match="'train.lr \\(--lr\\)' must be a number, got '1e'"):
         load(path)
+
+
+def test_a_number_setting_is_recorded_one_way_however_it_was_typed():
+    """``mixup_alpha: 0`` and ``0.0`` are one setting: a run records 0.0, so reports and compares
+    show one value, not two."""
+    c = train_config(load(), {"mixup_alpha": 0, "lr": 1, "momentum": 0})
+    assert [type(v) for v in (c.mixup_alpha, c.lr, c.momentum)] == [float, float, float]
+    assert (c.mixup_alpha, c.lr) == (0.0, 1.0) and type(c.epochs) is int
