@@ -10,6 +10,7 @@ with useful work instead of switching between threads).
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -153,6 +154,7 @@ class Predictor:
         self.classes = self.members[0].classes
         self._forward = _Gather(self._forward_batch, max_batch)
         self._saliency_lock = threading.Lock()
+        self._saliency_models: list[nn.Module] | None = None  # copies: Captum's hooks stay off the shared models
 
     def images(self, strokes: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The uint8 image (``(h, w)``, or ``(c, h, w)`` for several channels) each member reads,
@@ -180,13 +182,16 @@ class Predictor:
 
     def saliency(self, images: list[np.ndarray], class_index: int) -> list[np.ndarray]:
         """Each member's Grad-CAM map (``(h, w)`` in [0, 1], :func:`classifier.explain.gradcam`) of
-        ``class_index`` on the image it read. One map at a time: Captum hooks the shared model."""
+        ``class_index`` on the image it read. One map at a time, on copies of the members' models: Captum
+        hooks the model it explains, and on a shared one the hooks caught other requests' forward passes."""
         from .data import to_input
         from .explain import gradcam
 
         with self._saliency_lock:
-            return [gradcam(m.model, to_input(img[None]), [class_index])[0]
-                    for m, img in zip(self.members, images, strict=True)]
+            if self._saliency_models is None:
+                self._saliency_models = [copy.deepcopy(m.model) for m in self.members]
+            return [gradcam(model, to_input(img[None]), [class_index])[0]
+                    for model, img in zip(self._saliency_models, images, strict=True)]
 
     def describe(self) -> list[dict]:
         return [m.describe() for m in self.members]

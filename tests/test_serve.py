@@ -98,6 +98,39 @@ def test_inputs_are_the_images_the_model_read(client, run):
     assert img.shape == (32, 32) and np.array_equal(img, expected)
 
 
+def test_grad_cam_while_other_requests_predict(run):
+    """Saliency maps asked for while other threads predict with the same models: each map is the one
+    a lone request gets (Captum's hooks on a shared model caught the others' forward passes, and a
+    request failed with a 500 now and then)."""
+    predictor = Predictor([run])
+    strokes = [np.array(s, float) for s in BARLINE]
+    images = predictor.images(strokes)
+    alone = predictor.saliency(images, 3)[0]
+    failures, stop = [], threading.Event()
+
+    def predict():
+        while not stop.is_set():
+            predictor.predict(strokes)
+
+    def explain():
+        try:
+            for _ in range(15):
+                assert np.allclose(predictor.saliency(images, 3)[0], alone, atol=1e-6)
+        except Exception as e:  # noqa: BLE001  (reported below, with its kind)
+            failures.append(repr(e))
+
+    busy = [threading.Thread(target=predict) for _ in range(3)]
+    askers = [threading.Thread(target=explain) for _ in range(2)]
+    for t in busy + askers:
+        t.start()
+    for t in askers:
+        t.join()
+    stop.set()
+    for t in busy:
+        t.join()
+    assert failures == []
+
+
 def test_explain_lays_the_models_grad_cam_of_the_top_class_over_its_ink(client, run):
     from classifier.data import to_input
     from classifier.explain import gradcam, overlay
