@@ -103,16 +103,17 @@ def plot_errors(images: np.ndarray, targets, preds, classes: list[str], path: Pa
     wrong = np.nonzero(np.asarray(targets) != np.asarray(preds))[0][:limit]
     cols, (h, w) = 8, images.shape[1:3]
     pad, caption = max(2, w // 8), max(8, (h * 3) // 8)
+    cell_h, cell_w = caption + h + pad, w + 2 * pad  # a tile's cell in the mosaic (see mosaic)
     grid = mosaic(np.asarray(images)[wrong].astype(np.uint8), cols, pad, caption)
-    inch = 1.7 / (w + 2 * pad)  # of one mosaic pixel: a tile 1.7 inches wide, square pixels
+    inch = 1.7 / cell_w  # of one mosaic pixel: a tile 1.7 inches wide, square pixels
     body = grid.shape[0] * inch
     fig = plt.figure(figsize=(cols * 1.7, body + 0.4))
     ax = fig.add_axes((0.0, 0.0, 1.0, body / (body + 0.4)))
     ax.imshow(np.repeat(grid[..., None], 3, axis=2), interpolation="nearest", aspect="auto")  # RGB: no colour map
     ax.axis("off")
     for k, i in enumerate(wrong):
-        x = (k % cols + 0.5) * (w + 2 * pad) - 0.5
-        y = (k // cols) * (caption + h + pad) + caption - 2
+        x = (k % cols + 0.5) * cell_w - 0.5
+        y = (k // cols) * cell_h + caption - 2
         ax.text(x, y, f"{classes[targets[i]]}\n-> {classes[preds[i]]}", ha="center", va="bottom", fontsize=7,
                 color="darkred")
     if not len(wrong):
