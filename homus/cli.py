@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 import json
 import re
 import signal
@@ -22,32 +20,9 @@ from homus_render.normalize import READS
 from homus_render.render import FITS
 
 from . import config as cfgmod
+from .options import pick, with_config
 
 STROKE_KEYS = tuple(StrokeAugment.__dataclass_fields__)
-
-DEFAULT_CONFIG = "pipeline.yaml"
-
-
-def with_config(f):
-    """Add ``--config`` and pass the loaded settings as ``cfg``; bad settings exit with code 2."""
-
-    @click.option("--config", "config_path", default=DEFAULT_CONFIG, show_default=True,
-                  help="Settings file; flags override it.")
-    @functools.wraps(f)
-    def wrapper(config_path, **kwargs):
-        path = Path(config_path)
-        if config_path == DEFAULT_CONFIG and not path.exists():
-            path = None  # outside a project folder: the shipped defaults
-        try:
-            cfg = cfgmod.load(path)
-        except cfgmod.ConfigError as e:
-            raise click.UsageError(str(e)) from None
-        if "cfg_path" in inspect.signature(f).parameters:  # commands that name the file in what they write
-            kwargs["cfg_path"] = path or cfgmod.DEFAULTS_FILE
-        return f(cfg=cfg, **kwargs)
-
-    return wrapper
-
 
 def fail(message: str) -> None:
     click.secho(f"error: {message}", fg="red", err=True)
@@ -93,10 +68,6 @@ class HomusGroup(click.Group):
         finally:
             if main_thread:
                 signal.signal(signal.SIGTERM, previous)
-
-
-def pick(flag, default):
-    return default if flag is None else flag
 
 
 @click.group(cls=HomusGroup, context_settings={"help_option_names": ["-h", "--help"]})

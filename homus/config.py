@@ -215,6 +215,26 @@ def _check_free_form(cfg: dict, defaults: dict, path: Path) -> None:
                               f"(known here: {', '.join(VARIANT_KEYS)})")
 
 
+#: ``homus serve``'s log levels (uvicorn's names).
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def check_serve(serve: dict, path: Path | str) -> None:
+    """The serve section's values (its types are checked by the merge)."""
+    if not serve["host"].strip():
+        raise ConfigError(f"{path}: 'serve.host' must be an address such as 127.0.0.1, got an empty text")
+    if not 0 <= serve["port"] <= 65535:
+        raise ConfigError(f"{path}: 'serve.port' must be 0 to 65535, got {serve['port']}")
+    if not serve["collect_dir"].strip():
+        raise ConfigError(f"{path}: 'serve.collect_dir' must be a folder, got an empty text")
+    for key, low, high in (("max_samples", 1, 10**9), ("threads", 0, 1024), ("max_batch", 1, 1024)):
+        if not low <= serve[key] <= high:
+            raise ConfigError(f"{path}: 'serve.{key}' must be {low} to {high:,}, got {serve[key]}")
+    if serve["log_level"] not in LOG_LEVELS:
+        raise ConfigError(f"{path}: 'serve.log_level' must be one of {', '.join(LOG_LEVELS)}, "
+                          f"got {serve['log_level']!r}")
+
+
 def load(path: str | Path | None = None) -> dict:
     """The defaults, overridden by ``path`` when given (a missing ``./pipeline.yaml`` is fine)."""
     defaults = _read(DEFAULTS_FILE)
@@ -224,6 +244,7 @@ def load(path: str | Path | None = None) -> dict:
         if path.resolve() != DEFAULTS_FILE:
             _merge(cfg, _read(path), path)
     _check_free_form(cfg, defaults, path or DEFAULTS_FILE)
+    check_serve(cfg["serve"], path or DEFAULTS_FILE)
     train_config(cfg, source=path or DEFAULTS_FILE)  # the file's own train settings, blamed on the file
     return cfg
 

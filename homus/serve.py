@@ -15,6 +15,9 @@ from pathlib import Path
 
 import click
 
+from .config import LOG_LEVELS
+from .options import pick, with_config
+
 #: Bodies above this are refused before any parsing (a symbol's strokes take a few kB).
 MAX_BODY = 1_000_000
 STATIC = Path(__file__).parent / "static"
@@ -86,21 +89,44 @@ def _field(loc) -> str:
     return ".".join(parts) or "body"
 
 
-def create_app(runs, collect_dir="collected", max_batch: int = 32):
+#: What a JSON value that is not an object is, for the message that refuses it.
+_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "true or false",
+               type(None): "null"}
+SEND_JSON = "send a JSON object with Content-Type: application/json"
+
+
+def body_problem(error: dict, content_type: str) -> tuple[int, str]:
+    """The status and message for a request whose body as a whole is unusable (a validation error
+    at ``("body",)``): empty, sent without a JSON Content-Type, or JSON that is not an object."""
+    value = error.get("input")
+    if error.get("type") == "missing":
+        return 400, f"the body is empty; {SEND_JSON}"
+    if isinstance(value, (bytes, bytearray)):  # FastAPI parses JSON only when the Content-Type says so
+        if not content_type:
+            return 400, f"the request has no Content-Type, so its body is not read as JSON; {SEND_JSON}"
+        return 400, f"the body is not JSON (Content-Type: {content_type}); {SEND_JSON}"
+    kind = _JSON_KINDS.get(type(value), "not an object")
+    return 422, f"body: the JSON is {kind}; expected an object with the fields of /docs"
+
+
+def create_app(runs, collect_dir="collected", max_batch: int = 32, max_samples: int | None = None):
     """The web service for ``runs`` (one run, or several served as an ensemble), saving
-    collected samples under ``collect_dir``."""
+    collected samples under ``collect_dir`` (refused once it holds ``max_samples``)."""
     from typing import Annotated
 
     from fastapi import FastAPI, Request
+    from fastapi.exception_handlers import http_exception_handler
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import FileResponse, JSONResponse
     from fastapi.staticfiles import StaticFiles
-    from pydantic import BaseModel, ConfigDict, Field, field_validator
+    from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool, StrictInt, field_validator
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from classifier.explain import overlay
     from classifier.inference import Predictor
     from homus_render.channels import ink_index
     from homus_render.collect import (
+        CollectFullError,
         SampleError,
         check_label,
         check_strokes,
@@ -114,7 +140,10 @@ def create_app(runs, collect_dir="collected", max_batch: int = 32):
     predictor = Predictor([Path(r) for r in runs], max_batch=max_batch)
     collect_dir = Path(collect_dir)
     n_classes = len(predictor.classes)
-    Strokes = Annotated[list[list[tuple[float, float]]], Field(
+    # Strict scalars: a coordinate, top_k or flag sent as a string or a boolean is refused, not
+    # silently read as a number ("3" -> 3, true -> 1.0).
+    Coord = Annotated[float, Strict()]
+    Strokes = Annotated[list[list[tuple[Coord, Coord]]], Field(
         description="The pen's strokes in the order drawn, each a list of [x, y] points in HOMUS tablet "
                     "units (the tablet is about 200 x 270 units): 1-64 strokes, at most 20,000 points, "
                     "|v| <= 100,000.",
@@ -123,9 +152,9 @@ def create_app(runs, collect_dir="collected", max_batch: int = 32):
     class PredictRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
         strokes: Strokes
-        top_k: int = Field(5, ge=1, le=n_classes, description="How many classes to return, most probable first.")
-        inputs: bool = Field(False, description="Also return the images each model read, as PNG data URLs.")
-        explain: bool = Field(False, description="Also return each model's Grad-CAM saliency for the top class, "
+        top_k: StrictInt = Field(5, ge=1, le=n_classes, description="How many classes to return, most probable first.")
+        inputs: StrictBool = Field(False, description="Also return the images each model read, as PNG data URLs.")
+        explain: StrictBool = Field(False, description="Also return each model's Grad-CAM saliency for the top class, "
                                                  "laid over its ink, as a PNG data URL.")
 
         @field_validator("strokes", mode="after")
@@ -181,7 +210,7 @@ def create_app(runs, collect_dir="collected", max_batch: int = 32):
 
     app = FastAPI(title="homus", version="1", summary="Draw a HOMUS music symbol, see what the model reads.",
                   description="Points are in HOMUS tablet units. Errors are `{\"detail\": message}` with a 4xx.")
-    app.state.predictor = predictor
+    app.state.predictor, app.state.collect_dir, app.state.max_samples = predictor, collect_dir, max_samples
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -190,13 +219,10 @@ def create_app(runs, collect_dir="collected", max_batch: int = 32):
         if bad_json is not None:
             why = (bad_json.get("ctx") or {}).get("error", "")
             return JSONResponse({"detail": f"the body is not valid JSON ({why})".replace(" ()", "")}, 400)
-        if any(tuple(e.get("loc", ())) == ("body",) for e in errors):
-            ctype = request.headers.get("content-type", "")
-            if ctype and "json" not in ctype:
-                return JSONResponse({"detail": f"the body is not JSON (Content-Type: {ctype}); send a JSON object "
-                                               "with Content-Type: application/json"}, 400)
-            return JSONResponse({"detail": "body: expected a JSON object with the fields of /docs",
-                                 "errors": [{"field": "body", "message": "expected a JSON object"}]}, 422)
+        whole = next((e for e in errors if tuple(e.get("loc", ())) == ("body",)), None)
+        if whole is not None:
+            status, message = body_problem(whole, request.headers.get("content-type", ""))
+            return JSONResponse({"detail": message, "errors": [{"field": "body", "message": message}]}, status)
         fields = []
         for e in errors[:10]:
             msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
@@ -204,10 +230,18 @@ def create_app(runs, collect_dir="collected", max_batch: int = 32):
         detail = "; ".join(f"{f['field']}: {f['message']}" for f in fields)
         return JSONResponse({"detail": detail, "errors": fields}, 422)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":  # FastAPI's words
+            cause = type(exc.__cause__).__name__ if exc.__cause__ else "unreadable"
+            return JSONResponse({"detail": f"the body could not be read as JSON text ({cause}); send UTF-8 "
+                                           f"JSON with Content-Type: application/json"}, 400)
+        return await http_exception_handler(request, exc)
+
     @app.exception_handler(SampleError)
-    async def _sample(request: Request, exc: SampleError):
+    async def _sample(request: Request, exc: SampleError):  # a full folder: a good sample, no room for it
         return JSONResponse({"detail": f"{exc.field}: {exc}", "errors": [{"field": exc.field, "message": str(exc)}]},
-                            422)
+                            409 if isinstance(exc, CollectFullError) else 422)
 
     @app.exception_handler(HomusError)
     async def _homus(request: Request, exc: HomusError):  # a disk fault while saving is the server's, not the request's
@@ -256,7 +290,7 @@ def create_app(runs, collect_dir="collected", max_batch: int = 32):
     @app.post("/api/samples", status_code=201, response_model=SampleResponse,
               summary="Save a symbol as a HOMUS stroke file: <collect-dir>/<writer>/<writer>-<n>.txt.")
     def add_sample(req: SampleRequest):
-        path = save_sample(collect_dir, req.writer, req.label, req.strokes)
+        path = save_sample(collect_dir, req.writer, req.label, req.strokes, max_samples=max_samples)
         return {"path": str(path), "sample": path.stem}
 
     @app.get("/api/samples", summary="How many samples the collect folder holds, per label and per writer.")
@@ -297,19 +331,20 @@ def _check_address(host: str, port: int) -> None:
 
 @click.command()
 @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on; 0.0.0.0 opens it to the network.")
-@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--collect-dir", default="collected", show_default=True, type=click.Path(file_okay=False),
+@click.option("--host", help="Address to listen on; 0.0.0.0 opens it to the network.")
+@click.option("--port", type=click.IntRange(0, 65535), help="0: any free port.")
+@click.option("--collect-dir", type=click.Path(file_okay=False),
               help="Where collected samples go, as <writer>/<writer>-<n>.txt.")
-@click.option("--threads", type=int, default=1, show_default=True,
-              help="Torch CPU threads per forward pass (0: torch's default, all cores). Concurrent requests are "
-                   "batched, so one thread keeps a small CPU busiest (docs/serve.md).")
-@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
-              show_default=True)
-def serve(runs, host, port, collect_dir, threads, log_level) -> None:
+@click.option("--max-samples", type=click.IntRange(1), help="Refuse new samples once the collect folder holds "
+                                                             "this many.")
+@click.option("--threads", type=click.IntRange(0), help="Torch CPU threads per forward pass (0: torch's default, "
+              "all cores). Concurrent requests are batched, so one thread keeps a small CPU busiest.")
+@click.option("--max-batch", type=click.IntRange(1, 1024), help="Drawings read by one forward pass at most.")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS), help="How much uvicorn logs.")
+@with_config
+def serve(cfg, runs, host, port, collect_dir, max_samples, threads, max_batch, log_level) -> None:
     """Serve RUN's model (several runs: one ensemble) to a drawing page at http://HOST:PORT/ and a JSON
-    API (/docs); collected samples go to --collect-dir."""
+    API (/docs); collected samples go to --collect-dir. Defaults: the serve section of pipeline.yaml."""
     try:
         import uvicorn
     except ModuleNotFoundError as e:
@@ -317,9 +352,13 @@ def serve(runs, host, port, collect_dir, threads, log_level) -> None:
                                    "pip install 'homus[serve]'") from None
     import torch
 
+    s = cfg["serve"]
+    host, port, collect_dir = pick(host, s["host"]), pick(port, s["port"]), pick(collect_dir, s["collect_dir"])
+    threads, log_level = pick(threads, s["threads"]), pick(log_level, s["log_level"])
     _check_address(host, port)  # before the models load: a taken port is one line, not uvicorn's log
     if threads:
         torch.set_num_threads(threads)
-    app = create_app(runs, collect_dir)
+    app = create_app(runs, collect_dir, max_batch=pick(max_batch, s["max_batch"]),
+                     max_samples=pick(max_samples, s["max_samples"]))
     click.echo(f"homus: {len(runs)} model(s) at http://{host}:{port}/  (API: /docs; samples -> {collect_dir})")
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level in ("info", "debug"))

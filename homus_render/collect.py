@@ -27,6 +27,8 @@ WRITER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
 #: More strokes or points than any HOMUS symbol has by far (the largest has 19 strokes and 1,500 points).
 MAX_STROKES = 64
 MAX_POINTS = 20_000
+#: Names Windows keeps for devices: a folder so named cannot be made there, whatever its case.
+RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
 
 
 class SampleError(HomusError, ValueError):
@@ -35,6 +37,10 @@ class SampleError(HomusError, ValueError):
     def __init__(self, field: str, message: str) -> None:
         self.field = field
         super().__init__(message)
+
+
+class CollectFullError(SampleError):
+    """The collect folder already holds its limit of samples: a good sample, refused for room."""
 
 
 def check_strokes(strokes: Sequence[Sequence[Sequence[float]]]) -> tuple[np.ndarray, ...]:
@@ -69,7 +75,35 @@ def check_writer(writer: str) -> str:
     if not WRITER.fullmatch(writer or ""):
         raise SampleError("writer", f"writer {writer!r}: a name of 1-32 letters, digits or _, starting with a "
                                     "letter (e.g. alice or pen_2); HOMUS's own writers are the numbers 1-100")
+    if writer.lower() in RESERVED:
+        raise SampleError("writer", f"writer {writer!r}: a device name on Windows, where no folder can take it; "
+                                    "choose another name")
     return writer
+
+
+def writer_folder(collect_dir: Path, writer: str) -> Path:
+    """``collect_dir/writer``, refusing a name that differs only by case from a writer already
+    there: on a case-insensitive disk (macOS, Windows) the two would share one folder, and on
+    any disk they would read as two people."""
+    folder = collect_dir / writer
+    if collect_dir.is_dir() and not folder.is_dir():
+        same = sorted(e.name for e in os.scandir(collect_dir)
+                      if e.is_dir() and e.name.lower() == writer.lower() and e.name != writer)
+        if same:
+            raise SampleError("writer", f"writer {writer!r}: the collect folder already has {same[0]!r}, which "
+                                        f"differs only by case; send {same[0]!r} (names are matched exactly)")
+    return folder
+
+
+def count_samples(collect_dir: str | Path) -> int:
+    """How many ``<writer>/<writer>-<n>.txt`` files a collect folder holds (by name, unread)."""
+    root, n = Path(collect_dir), 0
+    if root.is_dir():
+        for entry in os.scandir(root):
+            if entry.is_dir() and WRITER.fullmatch(entry.name):
+                pattern = re.compile(rf"^{re.escape(entry.name)}-\d+\.txt$")
+                n += sum(1 for f in os.listdir(entry.path) if pattern.match(f))
+    return n
 
 
 def check_label(label: str) -> str:
@@ -89,18 +123,23 @@ def stroke_text(label: str, strokes: Sequence[np.ndarray]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save_sample(collect_dir: str | Path, writer: str, label: str, strokes: Sequence[Sequence[Sequence[float]]]) \
-        -> Path:
+def save_sample(collect_dir: str | Path, writer: str, label: str, strokes: Sequence[Sequence[Sequence[float]]],
+                max_samples: int | None = None) -> Path:
     """Write one sample as ``<collect_dir>/<writer>/<writer>-<n>.txt`` with the next free ``n``.
     The text is written and synced under a hidden name, then hard-linked to its final name, which
     fails if another saver took that number first (then the next is tried): a reader never sees a
     torn file and no file is ever overwritten. The text is parsed back with the project's parser
-    before it is written."""
+    before it is written. With ``max_samples``, a folder that already holds that many refuses the
+    sample (:class:`CollectFullError`); savers running at that moment may each add one more."""
     writer, label = check_writer(writer), check_label(label)
     text = stroke_text(label, check_strokes(strokes))
-    folder = Path(collect_dir) / writer
-    parse_text(text, folder / f"{writer}-1.txt")  # what training will read, checked now
+    collect_dir = Path(collect_dir)
+    parse_text(text, collect_dir / writer / f"{writer}-1.txt")  # what training will read, checked now
     try:
+        folder = writer_folder(collect_dir, writer)
+        if max_samples is not None and (held := count_samples(collect_dir)) >= max_samples:
+            raise CollectFullError("collect", f"the collect folder {collect_dir} holds {held:,} samples, its limit "
+                                              f"(--max-samples {max_samples:,}); move them away or raise the limit")
         folder.mkdir(parents=True, exist_ok=True)
         n = next_number(folder, writer)
         tmp = folder / f".{writer}.tmp-{uuid.uuid4().hex}"

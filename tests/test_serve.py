@@ -156,7 +156,10 @@ def _points(n: int) -> list:
 
 BAD_PREDICT = [
     ("not JSON", b"{strokes: nope", 400, "not valid JSON"),
-    ("JSON, not an object", b"[1, 2]", 422, "body"),
+    ("JSON, not an object", b"[1, 2]", 422, "the JSON is an array"),
+    ("JSON null", b"null", 422, "the JSON is null"),
+    ("an empty body", b"", 400, "the body is empty"),
+    ("not UTF-8", b'{"strokes": "\xe9"}', 400, "could not be read as JSON text"),
     ("no strokes field", b"{}", 422, "strokes"),
     ("no strokes", {"strokes": []}, 422, "no strokes"),
     ("an empty stroke", {"strokes": [[[1, 2]], []]}, 422, "stroke 1 is empty"),
@@ -168,6 +171,13 @@ BAD_PREDICT = [
     ("beyond the tablet", {"strokes": [[[1, 2], [100_001, 3]]]}, 422, "beyond any tablet"),
     ("a point of 3 values", {"strokes": [[[1, 2, 3]]]}, 422, "strokes.0.0"),
     ("a word for a number", {"strokes": [[["x", 2]]]}, 422, "strokes.0.0.0"),
+    ("a number as a string", {"strokes": [[["10", 2]]]}, 422, "strokes.0.0.0: Input should be a valid number"),
+    ("a boolean for a number", {"strokes": [[[True, 2]]]}, 422, "strokes.0.0.0: Input should be a valid number"),
+    ("top_k as a string", {"strokes": BARLINE, "top_k": "3"}, 422, "top_k: Input should be a valid integer"),
+    ("top_k 3.0", {"strokes": BARLINE, "top_k": 3.0}, 422, "top_k"),
+    ("top_k true", {"strokes": BARLINE, "top_k": True}, 422, "top_k"),
+    ("inputs as a string", {"strokes": BARLINE, "inputs": "yes"}, 422, "inputs: Input should be a valid boolean"),
+    ("explain 1", {"strokes": BARLINE, "explain": 1}, 422, "explain"),
     ("top_k 0", {"strokes": BARLINE, "top_k": 0}, 422, "top_k"),
     ("top_k 33", {"strokes": BARLINE, "top_k": 33}, 422, "top_k"),
     ("an unknown field", {"strokes": BARLINE, "colour": "red"}, 422, "colour"),
@@ -199,6 +209,8 @@ def test_bodies_over_1mb_and_not_json_are_refused(client):
     assert r.status_code == 413
     r = client.post("/api/predict", content=b"strokes=1", headers={"content-type": "application/x-www-form-urlencoded"})
     assert r.status_code == 400 and "not JSON" in r.json()["detail"]
+    r = client.post("/api/predict", content=json.dumps({"strokes": BARLINE}))  # JSON, but no Content-Type
+    assert r.status_code == 400 and "no Content-Type" in r.json()["detail"], r.text
     assert client.post("/api/predict", json={"strokes": BARLINE}).status_code == 200
 
 
@@ -336,3 +348,43 @@ def test_a_collect_folder_that_cannot_be_written_is_the_servers_fault(run, tmp_p
         r = c.post("/api/samples", json={"label": "Dot", "writer": "alice", "strokes": [[[5, 5]]]})
         assert r.status_code == 500 and "a-file" in r.json()["detail"]
         assert c.post("/api/predict", json={"strokes": BARLINE}).status_code == 200
+
+
+def test_a_full_collect_folder_refuses_with_409_and_writes_nothing(run, tmp_path):
+    collect = tmp_path / "collected"
+    sample = {"label": "Dot", "strokes": [[[5, 5]]]}
+    with TestClient(create_app([run], collect, max_samples=2)) as c:
+        assert [c.post("/api/samples", json={**sample, "writer": w}).status_code for w in ("ann", "bob")] == [201, 201]
+        r = c.post("/api/samples", json={**sample, "writer": "cy"})
+        assert r.status_code == 409 and "holds 2 samples, its limit (--max-samples 2)" in r.json()["detail"], r.text
+        assert c.get("/api/samples").json()["total"] == 2 and not (collect / "cy").exists()
+        assert c.post("/api/predict", json={"strokes": BARLINE}).status_code == 200  # reading goes on
+
+
+def test_writer_names_that_one_disk_would_merge_are_refused(client):
+    sample = {"label": "Dot", "strokes": [[[5, 5]]]}
+    assert client.post("/api/samples", json={**sample, "writer": "Dana"}).status_code == 201
+    r = client.post("/api/samples", json={**sample, "writer": "dana"})
+    assert r.status_code == 422 and "already has 'Dana', which differs only by case" in r.json()["detail"]
+    assert not (client.collect_dir / "dana").exists()
+    assert client.post("/api/samples", json={**sample, "writer": "Dana"}).status_code == 201  # the same name is fine
+    for reserved in ("con", "NUL", "Com1"):
+        r = client.post("/api/samples", json={**sample, "writer": reserved})
+        assert r.status_code == 422 and "a device name on Windows" in r.json()["detail"]
+
+
+def test_serve_takes_its_defaults_from_the_config_and_flags_over_them(run, tmp_path, monkeypatch):
+    import uvicorn
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: seen.update(threads=n))
+    cfg = tmp_path / "mine.yaml"
+    cfg.write_text(f"serve:\n  port: 0\n  collect_dir: {tmp_path / 'drawn'}\n  max_samples: 7\n  max_batch: 3\n"
+                   "  log_level: warning\n  threads: 2\n")
+    r = CliRunner().invoke(main, ["serve", str(run), "--config", str(cfg), "--max-samples", "5"])
+    assert r.exit_code == 0, r.output
+    app = seen["app"]
+    assert (seen["host"], seen["port"], seen["log_level"], seen["threads"]) == ("127.0.0.1", 0, "warning", 2)
+    assert app.state.collect_dir == tmp_path / "drawn" and app.state.max_samples == 5  # the flag over the file
+    assert app.state.predictor._forward.max_batch == 3

@@ -33,7 +33,7 @@ from classifier.settings import (
 )
 from classifier.splits import KINDS
 from homus.cli import main, train_overrides
-from homus.config import ConfigError, load, train_config
+from homus.config import LOG_LEVELS, ConfigError, load, train_config
 from homus_render.channels import CHANNELS
 from homus_render.distort import StrokeAugment
 from homus_render.errors import SettingsError
@@ -192,6 +192,7 @@ def test_the_command_line_takes_its_choices_from_the_code():
     assert choices == {"arch": ARCHS, "split": KINDS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
                        "device": DEVICES, "raster": RASTERS, "amp": AMP_MODES, "stem": STEMS}
     assert tuple(next(p for p in main.commands["render"].params if p.name == "fit").type.choices) == FITS
+    assert tuple(next(p for p in main.commands["serve"].params if p.name == "log_level").type.choices) == LOG_LEVELS
     strokes = {p.name[len("stroke_"):] for p in cmd.params if p.name.startswith("stroke_")}
     assert strokes == {f.name for f in fields(StrokeAugment)}  # one flag per stroke distortion
     assert all(c in next(p for p in cmd.params if p.name == "channels").help for c in CHANNELS)
@@ -219,6 +220,11 @@ LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
     (b"train:\n  channels: [ink, [time]]\n", "'train.channels (--channels)' must be a text or a list"),
     (b"train:\n  lr: [0.1]\n", "'train.lr (--lr)' must be a number, got [0.1]"),
     (b"train:\n  strokes: 3\n", "'train.strokes' must be a mapping, got 3"),
+    (b"serve:\n  port: 70000\n", "'serve.port' must be 0 to 65535, got 70000"),
+    (b"serve:\n  port: '80'\n", "'serve.port' must be a whole number, got '80'"),
+    (b"serve:\n  max_samples: 0\n", "'serve.max_samples' must be 1 to 1,000,000,000, got 0"),
+    (b"serve:\n  log_level: loud\n", "'serve.log_level' must be one of critical, error, warning, info, debug"),
+    (b"serve:\n  colour: red\n", "unknown key 'serve.colour'"),
 ])
 def test_bad_config_files_give_one_line_naming_the_file(tmp_path, content, words):
     path = write(tmp_path, content)

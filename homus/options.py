@@ -1,0 +1,41 @@
+"""What every command shares: ``--config`` (the loaded settings passed as ``cfg``) and the one-hop
+rule that a flag given overrides the config's value."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from pathlib import Path
+
+import click
+
+from . import config as cfgmod
+
+#: The project's settings file, read when it exists in the current folder.
+DEFAULT_CONFIG = "pipeline.yaml"
+
+
+def with_config(f):
+    """Add ``--config`` and pass the loaded settings as ``cfg``; bad settings exit with code 2."""
+
+    @click.option("--config", "config_path", default=DEFAULT_CONFIG, show_default=True,
+                  help="Settings file; flags override it.")
+    @functools.wraps(f)
+    def wrapper(config_path, **kwargs):
+        path = Path(config_path)
+        if config_path == DEFAULT_CONFIG and not path.exists():
+            path = None  # outside a project folder: the shipped defaults
+        try:
+            cfg = cfgmod.load(path)
+        except cfgmod.ConfigError as e:
+            raise click.UsageError(str(e)) from None
+        if "cfg_path" in inspect.signature(f).parameters:  # commands that name the file in what they write
+            kwargs["cfg_path"] = path or cfgmod.DEFAULTS_FILE
+        return f(cfg=cfg, **kwargs)
+
+    return wrapper
+
+
+def pick(flag, default):
+    """The flag when given, else the config's value."""
+    return default if flag is None else flag
