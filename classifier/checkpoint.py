@@ -19,8 +19,17 @@ FORMAT = "homus-checkpoint-1"
 REQUIRED = ("format", "model", "arch", "classes", "in_channels", "render")
 
 
+#: What a user does about a checkpoint that is damaged beyond use.
+RETRAIN = "train the run again"
+
+
 class CheckpointError(HomusError, ValueError):
-    """A file that is not a usable homus checkpoint."""
+    """A file that is not a usable homus checkpoint: ``problem`` says what is wrong, ``advice`` what
+    to do about it, so a caller with better advice (a resume) can replace it."""
+
+    def __init__(self, problem: str, advice: str = "") -> None:
+        self.problem, self.advice = problem, advice
+        super().__init__(f"{problem}; {advice}" if advice else problem)
 
 
 def save(path: str | Path, ckpt: dict) -> None:
@@ -41,12 +50,12 @@ def load(path: str | Path) -> dict:
     except Exception as e:  # empty or truncated file, pickle refused by weights_only, random bytes...
         first = (str(e).strip().splitlines() or ["-"])[0][:200]
         why = "the file is empty" if path.stat().st_size == 0 else f"{type(e).__name__}: {first}"
-        raise CheckpointError(f"{path}: not a readable homus checkpoint ({why}); train the run again") from None
+        raise CheckpointError(f"{path}: not a readable homus checkpoint ({why})", RETRAIN) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a homus checkpoint (no '{FORMAT}' marker)")
     missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
-        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}", RETRAIN)
     _check_fields(path, ckpt)
     return ckpt
 
@@ -55,8 +64,8 @@ def _check_fields(path: Path, ckpt: dict) -> None:
     """What predict, evaluate and serve read from a checkpoint has the type and values they need,
     so a damaged or hand-made file is a CheckpointError here rather than a crash later."""
     def bad(key: str, want: str) -> CheckpointError:
-        return CheckpointError(f"{path}: checkpoint '{key}' must be {want}, got {ckpt.get(key)!r:.80}; "
-                               "the file is damaged, train the run again")
+        return CheckpointError(f"{path}: checkpoint '{key}' must be {want}, got {ckpt.get(key)!r:.80}",
+                               f"the file is damaged, {RETRAIN}")
 
     if ckpt["arch"] not in ARCHS:
         raise bad("arch", f"one of {', '.join(ARCHS)}")
@@ -71,7 +80,8 @@ def _check_fields(path: Path, ckpt: dict) -> None:
     if not isinstance(names, (list, tuple)) or any(c not in CHANNELS for c in names):
         raise bad("channels", f"a list of {', '.join(CHANNELS)}")
     if len(names) != ckpt["in_channels"]:
-        raise CheckpointError(f"{path}: channels {list(names)} do not match in_channels {ckpt['in_channels']}")
+        raise CheckpointError(f"{path}: channels {list(names)} do not match in_channels {ckpt['in_channels']}",
+                              f"the file is damaged, {RETRAIN}")
     if not isinstance(ckpt["model"], dict):
         raise bad("model", "the model's weights (a state dict)")
     if not isinstance(ckpt["render"], dict):
@@ -79,7 +89,7 @@ def _check_fields(path: Path, ckpt: dict) -> None:
     try:  # every field, defaults filled in for checkpoints that recorded part of them
         ckpt["render"] = RenderSettings.from_dict(ckpt["render"]).to_dict()
     except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: checkpoint 'render' settings do not work ({e}); train the run again") from None
+        raise CheckpointError(f"{path}: checkpoint 'render' settings do not work ({e})", RETRAIN) from None
     config = ckpt.get("config")
     if config is not None and not isinstance(config, dict):
         raise bad("config", "the run's settings (a mapping)")
@@ -87,7 +97,7 @@ def _check_fields(path: Path, ckpt: dict) -> None:
         try:
             check_run_config(upgrade_run_config(config), f"{path}: checkpoint 'config'")
         except SettingsError as e:
-            raise CheckpointError(f"{e}; the file is damaged, train the run again") from None
+            raise CheckpointError(str(e), f"the file is damaged, {RETRAIN}") from None
 
 
 def channels(ckpt: dict) -> tuple[str, ...]:
@@ -110,5 +120,5 @@ def load_model(path: str | Path):
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit a {ckpt['arch']} with the {stem(ckpt)} stem "
-                              f"({e})") from None
+                              f"({str(e).splitlines()[0][:200]})", f"the file is damaged, {RETRAIN}") from None
     return model.eval(), ckpt

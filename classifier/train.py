@@ -399,7 +399,7 @@ def _resume_checkpoint(path: Path, cfg: TrainConfig, classes: list[str]) -> dict
     try:
         ckpt = checkpoint.load(path)
     except checkpoint.CheckpointError as e:  # the run's own resume state: starting over is the way out
-        why = str(e).removeprefix(f"{path}: ").split("; ")[0]
+        why = e.problem.removeprefix(f"{path}: ")
         raise RunError(f"{path}: {why}; delete it, and `homus train --resume {path.parent}` starts the run "
                        "over from epoch 1") from None
     theirs, stem = checkpoint.channels(ckpt), checkpoint.stem(ckpt)
@@ -431,8 +431,8 @@ def _init_from_checkpoint(model: nn.Module, path: str, arch: str, classes: list[
     if ckpt["arch"] != arch or their_stem != stem or theirs != tuple(channels):
         raise checkpoint.CheckpointError(
             f"{path}: a {ckpt['arch']} ({their_stem} stem) reading {','.join(theirs)} cannot start a {arch} "
-            f"({stem} stem) run reading {','.join(channels)}; pass --arch {ckpt['arch']} --stem {their_stem} "
-            f"--channels {','.join(theirs)}")
+            f"({stem} stem) run reading {','.join(channels)}",
+            f"pass --arch {ckpt['arch']} --stem {their_stem} --channels {','.join(theirs)}")
     state = ckpt["model"]
     if ckpt["classes"] != classes:
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}

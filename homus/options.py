@@ -15,6 +15,16 @@ from . import config as cfgmod
 DEFAULT_CONFIG = "pipeline.yaml"
 
 
+class SettingsFileError(click.ClickException):
+    """A settings file that cannot be used: one line, ``error: <file>: <what>``, and exit code 2
+    (the code of a usage error, without click's usage block: the command line itself was fine)."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.secho(f"error: {self.message}", fg="red", err=True)
+
+
 def with_config(f):
     """Add ``--config`` and pass the loaded settings as ``cfg``; bad settings exit with code 2."""
 
@@ -28,7 +38,7 @@ def with_config(f):
         try:
             cfg = cfgmod.load(path)
         except cfgmod.ConfigError as e:
-            raise click.UsageError(str(e)) from None
+            raise SettingsFileError(str(e)) from None
         if "cfg_path" in inspect.signature(f).parameters:  # commands that name the file in what they write
             kwargs["cfg_path"] = path or cfgmod.DEFAULTS_FILE
         return f(cfg=cfg, **kwargs)

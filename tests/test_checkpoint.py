@@ -119,3 +119,13 @@ def test_damaged_fields_are_named_when_the_checkpoint_is_read(tmp_path, key, val
     checkpoint.save(tmp_path / "c.pt", {**ckpt, key: value})
     with pytest.raises(checkpoint.CheckpointError, match=f"c.pt: checkpoint '{key}'"):
         checkpoint.load(tmp_path / "c.pt")
+
+
+def test_a_checkpoint_error_keeps_its_problem_apart_from_its_advice(tmp_path):
+    """Callers with better advice (a resume) replace it without cutting the problem's own words."""
+    path = tmp_path / "best.pt"
+    path.write_bytes(b"")
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        checkpoint.load(path)
+    assert e.value.problem == f"{path}: not a readable homus checkpoint (the file is empty)"
+    assert e.value.advice == checkpoint.RETRAIN and str(e.value) == f"{e.value.problem}; {checkpoint.RETRAIN}"

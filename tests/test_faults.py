@@ -323,6 +323,7 @@ def test_resume_refuses_changed_data_and_a_foreign_checkpoint(half_run, tmp_path
     (run / "last.pt").write_bytes(state[:1000])
     line = assert_one_error(invoke("train", "--resume", run), run / "last.pt")
     assert f"delete it, and `homus train --resume {run}` starts the run over from epoch 1" in line
+    assert "not a readable homus checkpoint" in line and "train the run again" not in line
     (run / "last.pt").write_bytes(state)
     r = invoke("train", "--resume", run)
     assert r.exit_code == 0, r.output

@@ -238,6 +238,7 @@ def test_bad_config_files_give_one_line_naming_the_file(tmp_path, content, words
     assert took < 5 and peak < 50 * 2**20  # fails fast, in bounded memory
     r = CliRunner().invoke(main, ["train", "--config", str(path)])
     assert r.exit_code == 2 and words in r.output and "Traceback" not in r.output
+    assert r.output.startswith(f"error: {path}: ") and r.output.count("\n") == 1  # one line, no usage block
 
 
 def test_anchors_that_expand_a_little_are_fine(tmp_path):
