@@ -191,6 +191,7 @@ def _unstarted(run: Path) -> bool:
 
 
 def _train(run: Path, cfg: TrainConfig, resume: bool, log) -> Path:
+    init = init_checkpoint(cfg) if start_fresh(resume, run) else None  # a resumed run has its own weights
     torch.manual_seed(cfg.seed)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -244,8 +245,8 @@ def _train(run: Path, cfg: TrainConfig, resume: bool, log) -> Path:
 
     from_file = cfg.weights not in ("none", "imagenet")
     model = build_model(cfg.arch, len(classes), len(cfg.channels), "none" if from_file else cfg.weights, cfg.stem)
-    if from_file and start_fresh(resume, run):
-        _init_from_checkpoint(model, cfg.weights, cfg.arch, classes, cfg.channels, cfg.stem)
+    if init is not None:
+        _init_from_checkpoint(model, init, cfg.weights, classes)
     model.to(device, memory_format=torch.channels_last)  # channels-last convolutions are faster on CPU and GPU
     step_model = torch.compile(model) if cfg.compile else model  # shares model's weights: checkpoints stay plain
     optimizer = make_optimizer(model, cfg)
@@ -422,17 +423,25 @@ def start_fresh(resume: bool, run: Path) -> bool:
     return not (resume and (run / LAST).exists())
 
 
-def _init_from_checkpoint(model: nn.Module, path: str, arch: str, classes: list[str],
-                          channels: list[str] = ("ink",), stem: str = "imagenet") -> None:
-    """Fine-tune from a homus checkpoint of the same arch, stem and channels; its head is kept when
-    the classes match."""
-    ckpt = checkpoint.load(path)
+def init_checkpoint(cfg: TrainConfig) -> dict | None:
+    """The homus checkpoint ``cfg.weights`` names, read and checked to fit the run's model (arch,
+    stem, input channels); None when the run starts from scratch or ImageNet. Called before any
+    data is read, so a missing or unfit file costs nothing (and ``homus run --dry-run`` finds it)."""
+    if cfg.weights in ("none", "imagenet"):
+        return None
+    path, ckpt = cfg.weights, checkpoint.load(cfg.weights)
     theirs, their_stem = checkpoint.channels(ckpt), checkpoint.stem(ckpt)
-    if ckpt["arch"] != arch or their_stem != stem or theirs != tuple(channels):
+    if ckpt["arch"] != cfg.arch or their_stem != cfg.stem or theirs != tuple(cfg.channels):
         raise checkpoint.CheckpointError(
-            f"{path}: a {ckpt['arch']} ({their_stem} stem) reading {','.join(theirs)} cannot start a {arch} "
-            f"({stem} stem) run reading {','.join(channels)}",
+            f"{path}: a {ckpt['arch']} ({their_stem} stem) reading {','.join(theirs)} cannot start a {cfg.arch} "
+            f"({cfg.stem} stem) run reading {','.join(cfg.channels)}",
             f"pass --arch {ckpt['arch']} --stem {their_stem} --channels {','.join(theirs)}")
+    return ckpt
+
+
+def _init_from_checkpoint(model: nn.Module, ckpt: dict, path: str, classes: list[str]) -> None:
+    """Fine-tune from a checked homus checkpoint (:func:`init_checkpoint`); its head is kept when
+    the classes match."""
     state = ckpt["model"]
     if ckpt["classes"] != classes:
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}

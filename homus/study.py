@@ -25,6 +25,7 @@ from classifier.data import dataset_sha256, variant_info
 from classifier.evaluate import evaluate_ensemble, evaluate_run
 from classifier.runfolder import CONFIG, RunFolder, raw_identity, same_data
 from classifier.settings import TrainConfig, run_folder_name, setting_differences
+from classifier.train import init_checkpoint
 from homus_render.dataset import list_stroke_files, parse_writers
 from homus_render.fetch import fetch
 from homus_render.render import RenderSettings
@@ -112,6 +113,12 @@ def plan(cfg: dict, source: str | Path = "the study") -> StudyPlan:
                                      [rendered / v.name for v in variants], fold=fold))
     runs_dir = Path(cfg["train"]["runs_dir"]) / s["name"]
     configs = {r.name: run_config(cfg, r, runs_dir, source) for r in runs}
+    checked = set()
+    for tc in configs.values():  # a checkpoint to fine-tune from: there and fitting, before hours of work
+        key = (tc.weights, tc.arch, tc.stem, tuple(tc.channels))
+        if key not in checked:
+            checked.add(key)
+            init_checkpoint(tc)
     ensembles = []
     for name, spec in (s["ensembles"] or {}).items():
         for v in variants:

@@ -169,8 +169,11 @@ def test_fine_tune_from_a_checkpoint(tiny, cli_run):
     run = train(cfg_for(tiny, variants=[str(tiny / "rendered/t1-s32-m2")], weights=str(base), name="ft"),
                 log=lambda m: None)
     assert (run / "metrics.json").exists()
+    lines = []
     with pytest.raises(checkpoint.CheckpointError, match="--arch resnet18"):
-        train(cfg_for(tiny, arch="resnet34", weights=str(base), name="ft34"), log=lambda m: None)
+        train(cfg_for(tiny, arch="resnet34", weights=str(base), name="ft34"), log=lines.append)
+    assert lines == []  # refused before any data was read or any file written
+    assert not (Path(cfg_for(tiny).runs_dir) / "ft34").exists()
 
 
 def test_train_errors_are_clear(tiny, tmp_path):

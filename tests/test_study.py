@@ -426,3 +426,28 @@ def test_bad_study_schemas_are_named(tmp_path, monkeypatch, study, words):
     path.write_text(yaml.safe_dump({"study": {"thickness": [3], "union": False, **study}}))
     r = CliRunner().invoke(main, ["run", "--config", str(path), "--dry-run"])
     assert r.exit_code in (1, 2) and words in r.output and str(path) in r.output, r.output
+
+
+def test_a_missing_or_unfit_checkpoint_to_fine_tune_from_stops_a_study_before_any_work(tmp_path, synthetic_raw):
+    """train.weights names a file: --dry-run finds it missing, and a study whose checkpoint is another
+    model's stops at once, before rendering or training anything."""
+    from classifier import checkpoint
+    from classifier.models import build_model
+    from homus_render.labels import LABELS
+    from homus_render.render import RenderSettings
+
+    path, rendered, runs = tmp_path / "ft.yaml", tmp_path / "rendered", tmp_path / "runs"
+    missing = tmp_path / "nope.pt"
+    text = (f"dataset: {{raw_dir: {synthetic_raw}}}\nrender: {{rendered_dir: {rendered}}}\n"
+            f"train: {{weights: {missing}, runs_dir: {runs}, arch: resnet34}}\n"
+            "study: {seeds: [0], thickness: [1], union: false}\n")
+    path.write_text(text)
+    r = CliRunner().invoke(main, ["run", "--config", str(path), "--dry-run"])
+    assert r.exit_code == 1 and f"error: {missing}: no such checkpoint" in r.output, r.output
+    base = tmp_path / "base.pt"  # a resnet18 reading ink: it cannot start a resnet34
+    checkpoint.save(base, {"model": build_model("resnet18", 32, 1).state_dict(), "arch": "resnet18",
+                           "classes": list(LABELS), "in_channels": 1, "render": RenderSettings().to_dict()})
+    path.write_text(text.replace(str(missing), str(base)))
+    r = CliRunner().invoke(main, ["run", "--config", str(path)])
+    assert r.exit_code == 1 and "cannot start a resnet34" in r.output and "--arch resnet18" in r.output, r.output
+    assert not rendered.exists() and not runs.exists()
