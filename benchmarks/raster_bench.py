@@ -142,7 +142,7 @@ def sources(raw: str, sizes: list[int], channel_sets: list[str], batch_size: int
 
 
 def epoch_source(ds, batch_size: int, workers: int, epoch: int):
-    dl, order = epoch_loader(ds, batch_size, 0, workers, worker_init)
+    dl, order = epoch_loader(ds, batch_size, 0, workers, worker_init())
     order.set_epoch(epoch)
     return dl
 

@@ -149,7 +149,7 @@ def render_vs_train(raw: str, batches: int, batch_size: int, device: str, amp: s
     for w in workers:
         ds.set_epoch(w + 1)
         start, seen = time.perf_counter(), 0
-        for i, (x, _) in enumerate(loader(ds, batch_size, True, seed=w, workers=w, worker_init_fn=worker_init)):
+        for i, (x, _) in enumerate(loader(ds, batch_size, True, seed=w, workers=w, worker_init_fn=worker_init())):
             seen += len(x)
             if i + 1 == batches:
                 break
@@ -173,11 +173,11 @@ def epochs_rate(raw: str, workers: list[int], epochs: int, batches: int, batch_s
         start = time.perf_counter()
         for e in range(1, epochs + 1):
             ds.set_epoch(e)
-            for _ in loader(ds, batch_size, True, seed=e, workers=w, worker_init_fn=worker_init):
+            for _ in loader(ds, batch_size, True, seed=e, workers=w, worker_init_fn=worker_init()):
                 pass
         fresh = epochs * len(ds) / (time.perf_counter() - start)
         start = time.perf_counter()
-        dl, order = epoch_loader(ds, batch_size, 0, w, worker_init)
+        dl, order = epoch_loader(ds, batch_size, 0, w, worker_init())
         for e in range(1, epochs + 1):
             order.set_epoch(e)
             for _ in dl:

@@ -8,7 +8,9 @@ pixels ``homus render`` writes, so runs from strokes and from rendered folders c
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -21,7 +23,7 @@ from homus_render.distort import StrokeAugment, render_augmented, render_pair
 from homus_render.labels import LABELS
 from homus_render.render import RenderSettings
 from homus_render.strokes import Sample
-from homus_render.workers import exit_with_parent, pool
+from homus_render.workers import exit_with, pool, process_start
 
 from .data import Variant, batch_key, to_input
 from .settings import RASTERS
@@ -102,12 +104,19 @@ class StrokeSet(Dataset):
         return to_input(np.stack(images)), torch.cat([targets, targets[torch.as_tensor(extra, dtype=torch.long)]])
 
 
-def worker_init(_: int) -> None:
-    """The loader process ends soon after its parent does (the training process, or the forkserver
-    that ends with it), whatever it is doing: torch's own check waits for the current batch and a
-    5 s poll. Then one OpenCV thread per loader process: the processes are the parallelism."""
-    exit_with_parent(os.getppid())
+def _init_worker(owner: int, owner_start: int | None, _: int) -> None:
+    exit_with(owner, owner_start)
     cv2.setNumThreads(1)
+
+
+def worker_init() -> Callable[[int], None]:
+    """A loader's ``worker_init_fn``, bound to this process (the one that makes the loader): each
+    loader process ends soon after this one does, whatever it is doing, and at once if this one
+    was killed before the worker started up; torch's own check waits for the current batch and
+    watches only the worker's parent (a forkserver, or the reaper once the parent is gone). Then
+    one OpenCV thread per loader process: the processes are the parallelism."""
+    me = os.getpid()
+    return functools.partial(_init_worker, me, process_start(me))
 
 
 def augment_sheet(ds: StrokeSet, classes: tuple[str, ...] = LABELS, per_class: int = 1, epochs: int = 8) -> bytes:
@@ -227,10 +236,10 @@ def make_train_source(ds: StrokeSet, batch_size: int, seed: int, workers: int, r
         raise SettingsError("--stroke-redraw needs --raster cpu: the torch rasterizer does not redraw from the "
                             "centre line")
     if not on_device:
-        return epoch_loader(ds, batch_size, seed, workers, worker_init)
+        return epoch_loader(ds, batch_size, seed, workers, worker_init())
     if device.type == "cpu" and workers > 0:
         # torch draws in these workers: started fresh (forkserver), not forked from a process whose
         # OpenMP threads have run, where a forked worker can hang
-        return epoch_loader(RasterSet(ds, "cpu"), batch_size, seed, workers, worker_init, "forkserver")
+        return epoch_loader(RasterSet(ds, "cpu"), batch_size, seed, workers, worker_init(), "forkserver")
     source = RasterSource(ds, batch_size, seed, device)
     return source, source

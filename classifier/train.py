@@ -283,7 +283,7 @@ def _train(run: Path, cfg: TrainConfig, resume: bool, log) -> Path:
                                                   cfg.workers, cfg.raster, device)
     else:
         train_loader, batches = epoch_loader(sets["train"], cfg.batch_size, cfg.seed * SEED_STRIDE, cfg.workers,
-                                             worker_init)
+                                             worker_init())
     if ema is not None:  # plain training images, drawn as validation draws: where the average's batch norm is measured
         bn_loader = loader(batch_norm_sample(variants, split["train"], cfg.seed, tuple(classes)), cfg.batch_size * 2,
                            shuffle=False)

@@ -3,9 +3,11 @@
 joblib's loky workers outlive a parent that is killed outright (SIGKILL, out-of-memory): they
 go on rendering for minutes, holding memory and the staging folders open. Each worker of a
 :func:`pool` calls :func:`exit_with_parent` when it starts: a daemon thread notices, within
-:data:`POLL_SECONDS`, that the parent pid is gone and ends the worker. (PyTorch's DataLoader
-workers have a watchdog of their own, which waits for their current batch; ``worker_init`` adds
-this one.)
+:data:`POLL_SECONDS`, that the parent pid is gone and ends the worker. PyTorch's DataLoader
+workers have a watchdog of their own, which waits for their current batch and watches only the
+worker's parent; ``classifier.strokeset.worker_init`` adds :func:`exit_with`, which watches the
+process that made the loader by pid and start time, from a forkserver's worker too, and ends a
+worker that starts up after that process was already killed.
 """
 
 from __future__ import annotations
@@ -39,6 +41,56 @@ def exit_with_parent(parent: int) -> None:
     if os.getppid() != parent:  # the parent died before the task arrived
         os._exit(1)
     threading.Thread(target=_watch, args=(parent,), name="exit-with-parent", daemon=True).start()
+
+
+def process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks after boot, field 22 of ``/proc/<pid>/stat``):
+    with the pid, an identity that no later process reusing the pid shares. None without ``/proc``."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def running(pid: int, start: int | None = None) -> bool:
+    """Whether process ``pid`` (started at ``start``, when known) still runs: not gone, not a
+    zombie, not another process under a reused pid."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc (macOS): whether the pid exists at all
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
+    return fields[0] not in ("Z", "X") and (start is None or int(fields[19]) == start)
+
+
+def exit_with(pid: int, start: int | None = None) -> None:
+    """In a worker process: end it soon after process ``pid`` ends, whether ``pid`` is its parent
+    or an ancestor further up (a loader worker started by a forkserver), and at once if it has
+    already ended (a worker that starts up after its owner was killed would otherwise never learn
+    of it: its parent is then the reaper, whose pid does not change)."""
+    global _watching
+    if pid == os.getpid():
+        return
+    with _lock:
+        if _watching == pid:
+            return
+        _watching = pid
+    if not running(pid, start):
+        os._exit(1)
+
+    def watch() -> None:
+        while running(pid, start):
+            time.sleep(POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-owner", daemon=True).start()
 
 
 def pool(jobs: int, **kwargs):

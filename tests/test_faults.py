@@ -752,3 +752,29 @@ def test_a_truncated_png_is_one_line_without_opencvs_warnings(capfd):
     assert "WARN" not in capfd.readouterr().err  # OpenCV writes to the terminal itself, not through Python
     with pytest.raises(Exception, match="neither an image"):
         decode_image(b"RIFF....WAVEfmt " + bytes(40), "sound.webp")
+
+
+def test_a_worker_that_starts_after_its_owner_died_ends_at_once(tmp_path):
+    """The race behind a loader worker that outlived a SIGKILLed train: the worker ran its init after
+    the owner was gone, when its parent was already the reaper. exit_with watches the owner by pid
+    and start time, so it ends then too, and a reused pid does not fool it."""
+    from homus_render.workers import process_start, running
+
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    start = process_start(owner.pid)
+    assert start is not None and running(owner.pid, start) and not running(owner.pid, start + 1)
+    code = ("import sys, time; from homus_render.workers import exit_with\n"
+            "exit_with(int(sys.argv[1]), int(sys.argv[2])); print('watching', flush=True); time.sleep(60)")
+
+    def worker() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", code, str(owner.pid), str(start)], cwd=ROOT,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+
+    w = worker()
+    assert w.stdout.readline().strip() == "watching"  # the owner runs: the worker works
+    owner.kill()
+    assert w.wait(timeout=10) == 1  # the owner was killed while the worker ran: it ends
+    owner.wait()
+    assert not running(owner.pid, start)
+    late = worker()  # the owner is already gone when this one starts
+    assert late.wait(timeout=10) == 1 and late.stdout.read() == ""

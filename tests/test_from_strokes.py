@@ -33,7 +33,7 @@ def samples(tiny):
 
 def epoch_batches(ds: StrokeSet, epoch: int, workers: int) -> list[torch.Tensor]:
     ds.set_epoch(epoch)
-    return [x for x, _ in loader(ds, 32, shuffle=True, seed=epoch, workers=workers, worker_init_fn=worker_init)]
+    return [x for x, _ in loader(ds, 32, shuffle=True, seed=epoch, workers=workers, worker_init_fn=worker_init())]
 
 
 def test_same_seed_and_epoch_same_images_whatever_the_workers(samples):
@@ -50,7 +50,7 @@ def test_workers_that_live_across_epochs_draw_each_epochs_images(samples):
     """The training loader starts its workers once; the epoch rides with each batch, so a worker
     forked in epoch 1 still draws epoch 2's distortions, in epoch 2's order."""
     ds = StrokeSet(samples, S32, AUG, seed=5)
-    dl, batches = epoch_loader(ds, 32, seed=0, workers=2, worker_init_fn=worker_init)
+    dl, batches = epoch_loader(ds, 32, seed=0, workers=2, worker_init_fn=worker_init())
     for epoch in (1, 2):
         batches.set_epoch(epoch)
         got = [(x, y) for x, y in dl]

@@ -141,7 +141,7 @@ def test_raster_source_yields_the_loader_batches(samples):
     ds = StrokeSet(samples[:70], s, AUG, seed=1, channels=("ink", "size"))
     source, order = make_train_source(ds, 32, 9, 0, "device", "cpu")
     assert isinstance(source, RasterSource) and order is source and len(source) == 3
-    dl, batches = epoch_loader(ds, 32, 9, 0, worker_init)
+    dl, batches = epoch_loader(ds, 32, 9, 0, worker_init())
     for epoch in (1, 2):
         order.set_epoch(epoch)
         batches.set_epoch(epoch)
