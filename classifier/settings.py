@@ -448,6 +448,8 @@ def read_yaml(path: str | Path, error: type[Exception] = SettingsError) -> Any:
     from homus_render.errors import user_os_error
 
     path = Path(path)
+    if path.is_dir():
+        raise error(f"{path}: a folder, not a settings file; give a YAML file")
     try:
         data = path.read_bytes()
     except FileNotFoundError:

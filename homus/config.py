@@ -217,21 +217,27 @@ def _check_free_form(cfg: dict, defaults: dict, path: Path) -> None:
 
 #: ``homus serve``'s log levels (uvicorn's names).
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+#: The serve section's whole numbers and their ranges (the flags take the same).
+SERVE_RANGES = {"port": (0, 65535), "max_samples": (1, 10**9), "threads": (0, 1024), "max_batch": (1, 1024)}
 
 
 def check_serve(serve: dict, path: Path | str) -> None:
-    """The serve section's values (its types are checked by the merge)."""
-    if not serve["host"].strip():
-        raise ConfigError(f"{path}: 'serve.host' must be an address such as 127.0.0.1, got an empty text")
-    if not 0 <= serve["port"] <= 65535:
-        raise ConfigError(f"{path}: 'serve.port' must be 0 to 65535, got {serve['port']}")
-    if not serve["collect_dir"].strip():
-        raise ConfigError(f"{path}: 'serve.collect_dir' must be a folder, got an empty text")
-    for key, low, high in (("max_samples", 1, 10**9), ("threads", 0, 1024), ("max_batch", 1, 1024)):
+    """The serve section's values (its types are checked by the merge), from a file or, merged with
+    the flags given, at ``homus serve``'s start: named both ways, ``'serve.port (--port)'``."""
+    def name(key: str) -> str:
+        return f"'serve.{key} (--{key.replace('_', '-')})'"
+
+    for key in ("host", "collect_dir"):
+        if not serve[key].strip():
+            raise ConfigError(f"{path}: {name(key)} must not be empty (an empty host would listen on every "
+                              "address, an empty folder is the current one)")
+        if not serve[key].isprintable():
+            raise ConfigError(f"{path}: {name(key)} holds a control character: {serve[key]!r}")
+    for key, (low, high) in SERVE_RANGES.items():
         if not low <= serve[key] <= high:
-            raise ConfigError(f"{path}: 'serve.{key}' must be {low} to {high:,}, got {serve[key]}")
+            raise ConfigError(f"{path}: {name(key)} must be {low} to {high:,}, got {serve[key]}")
     if serve["log_level"] not in LOG_LEVELS:
-        raise ConfigError(f"{path}: 'serve.log_level' must be one of {', '.join(LOG_LEVELS)}, "
+        raise ConfigError(f"{path}: {name('log_level')} must be one of {', '.join(LOG_LEVELS)}, "
                           f"got {serve['log_level']!r}")
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import click
 
-from .config import LOG_LEVELS
-from .options import pick, with_config
+from .config import LOG_LEVELS, SERVE_RANGES, ConfigError, check_serve
+from .options import SettingsFileError, pick, with_config
 
 #: Bodies above this are refused before any parsing (a symbol's strokes take a few kB).
 MAX_BODY = 1_000_000
@@ -252,17 +252,18 @@ def create_app(runs, collect_dir="collected", max_batch: int = 32, max_samples: 
         log.exception("%s %s failed", request.method, request.url.path)
         return JSONResponse({"detail": f"internal error ({type(exc).__name__}); the server keeps serving"}, 500)
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", include_in_schema=False, methods=["GET", "HEAD"])
     def index():
         return FileResponse(STATIC / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @app.get("/api/labels", summary="The classes the models predict, in order.")
+    @app.api_route("/api/labels", methods=["GET", "HEAD"], summary="The classes the models predict, in order.")
     def labels() -> dict:
         return {"labels": list(predictor.classes), "homus": list(LABELS)}
 
-    @app.get("/api/health", summary="The models loaded: their runs, input channels and render settings.")
+    @app.api_route("/api/health", methods=["GET", "HEAD"],
+                   summary="The models loaded: their runs, input channels and render settings.")
     def health() -> dict:
         return {"status": "ok", "models": predictor.describe(), "classes": n_classes,
                 "collect_dir": str(collect_dir)}
@@ -293,7 +294,8 @@ def create_app(runs, collect_dir="collected", max_batch: int = 32, max_samples: 
         path = save_sample(collect_dir, req.writer, req.label, req.strokes, max_samples=max_samples)
         return {"path": str(path), "sample": path.stem}
 
-    @app.get("/api/samples", summary="How many samples the collect folder holds, per label and per writer.")
+    @app.api_route("/api/samples", methods=["GET", "HEAD"],
+                   summary="How many samples the collect folder holds, per label and per writer.")
     def samples() -> dict:
         return collected_counts(collect_dir)
 
@@ -301,26 +303,30 @@ def create_app(runs, collect_dir="collected", max_batch: int = 32, max_samples: 
     return app
 
 
-def _check_address(host: str, port: int) -> None:
+def _check_address(host: str, port: int) -> int:
     """Open and close ``host:port`` the way uvicorn will (asyncio's ``create_server``), so a host
     that does not resolve, an address that is not this machine's, a port another program holds or
-    one that needs root is a one-line error naming them, before any model loads."""
+    one that needs root is a one-line error naming them, before any model loads. Returns the port
+    (for port 0, the free one the system gave, which the server then takes)."""
     import asyncio
     import errno
     import socket
 
     from homus_render.errors import HomusError
 
-    async def bind() -> None:
+    async def bind() -> int:
         server = await asyncio.get_running_loop().create_server(asyncio.Protocol, host=host, port=port)
+        got = server.sockets[0].getsockname()[1]
         server.close()
         await server.wait_closed()
+        return got
 
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        asyncio.run(bind())
-    except socket.gaierror as e:
-        raise HomusError(f"--host {host}: no such host ({e.strerror}); use 127.0.0.1, 0.0.0.0 or a name of "
+        return asyncio.run(bind())
+    except (socket.gaierror, UnicodeError) as e:  # UnicodeError: a label over 63 characters (idna)
+        why = e.strerror if isinstance(e, socket.gaierror) else "not a valid host name"
+        raise HomusError(f"--host {host}: no such host ({why}); use 127.0.0.1, 0.0.0.0 or a name of "
                          "this machine") from None
     except OSError as e:
         why = {errno.EADDRINUSE: "the port is in use by another program: choose another --port",
@@ -332,14 +338,16 @@ def _check_address(host: str, port: int) -> None:
 @click.command()
 @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--host", help="Address to listen on; 0.0.0.0 opens it to the network.")
-@click.option("--port", type=click.IntRange(0, 65535), help="0: any free port.")
+@click.option("--port", type=click.IntRange(*SERVE_RANGES["port"]), help="0: any free port.")
 @click.option("--collect-dir", type=click.Path(file_okay=False),
               help="Where collected samples go, as <writer>/<writer>-<n>.txt.")
-@click.option("--max-samples", type=click.IntRange(1), help="Refuse new samples once the collect folder holds "
-                                                             "this many.")
-@click.option("--threads", type=click.IntRange(0), help="Torch CPU threads per forward pass (0: torch's default, "
-              "all cores). Concurrent requests are batched, so one thread keeps a small CPU busiest.")
-@click.option("--max-batch", type=click.IntRange(1, 1024), help="Drawings read by one forward pass at most.")
+@click.option("--max-samples", type=click.IntRange(*SERVE_RANGES["max_samples"]),
+              help="Refuse new samples once the collect folder holds this many.")
+@click.option("--threads", type=click.IntRange(*SERVE_RANGES["threads"]),
+              help="Torch CPU threads per forward pass (0: torch's default, all cores). Concurrent requests are "
+                   "batched, so one thread keeps a small CPU busiest.")
+@click.option("--max-batch", type=click.IntRange(*SERVE_RANGES["max_batch"]),
+              help="Drawings read by one forward pass at most.")
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), help="How much uvicorn logs.")
 @with_config
 def serve(cfg, runs, host, port, collect_dir, max_samples, threads, max_batch, log_level) -> None:
@@ -352,13 +360,22 @@ def serve(cfg, runs, host, port, collect_dir, max_samples, threads, max_batch, l
                                    "pip install 'homus[serve]'") from None
     import torch
 
-    s = cfg["serve"]
-    host, port, collect_dir = pick(host, s["host"]), pick(port, s["port"]), pick(collect_dir, s["collect_dir"])
-    threads, log_level = pick(threads, s["threads"]), pick(log_level, s["log_level"])
-    _check_address(host, port)  # before the models load: a taken port is one line, not uvicorn's log
-    if threads:
-        torch.set_num_threads(threads)
-    app = create_app(runs, collect_dir, max_batch=pick(max_batch, s["max_batch"]),
-                     max_samples=pick(max_samples, s["max_samples"]))
+    from homus_render.errors import PathError
+
+    flags = {"host": host, "port": port, "collect_dir": collect_dir, "max_samples": max_samples,
+             "threads": threads, "max_batch": max_batch, "log_level": log_level}
+    s = {k: pick(flags.get(k), v) for k, v in cfg["serve"].items()}
+    try:  # the flags pass the file's checks too: an empty --host would listen on every address
+        check_serve(s, "flags")
+    except ConfigError as e:
+        raise SettingsFileError(str(e)) from None
+    host, collect_dir = s["host"], Path(s["collect_dir"])
+    if collect_dir.exists() and not collect_dir.is_dir():  # else every save would fail with a 500
+        raise PathError(f"{collect_dir}: the collect folder is a file; name a folder with --collect-dir")
+    port = _check_address(host, s["port"])  # before the models load: a taken port is one line, not uvicorn's log
+    if s["threads"]:
+        torch.set_num_threads(s["threads"])
+    app = create_app(runs, collect_dir, max_batch=s["max_batch"], max_samples=s["max_samples"])
+    log_level = s["log_level"]
     click.echo(f"homus: {len(runs)} model(s) at http://{host}:{port}/  (API: /docs; samples -> {collect_dir})")
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level in ("info", "debug"))

@@ -385,6 +385,35 @@ def test_serve_takes_its_defaults_from_the_config_and_flags_over_them(run, tmp_p
     r = CliRunner().invoke(main, ["serve", str(run), "--config", str(cfg), "--max-samples", "5"])
     assert r.exit_code == 0, r.output
     app = seen["app"]
-    assert (seen["host"], seen["port"], seen["log_level"], seen["threads"]) == ("127.0.0.1", 0, "warning", 2)
+    assert (seen["host"], seen["log_level"], seen["threads"]) == ("127.0.0.1", "warning", 2)
+    assert seen["port"] > 0 and f"http://127.0.0.1:{seen['port']}/" in r.output  # port 0: the one taken, shown
     assert app.state.collect_dir == tmp_path / "drawn" and app.state.max_samples == 5  # the flag over the file
     assert app.state.predictor._forward.max_batch == 3
+
+
+@pytest.mark.parametrize("args, config, code, words", [
+    (["--host", ""], "", 2, "flags: 'serve.host (--host)' must not be empty"),
+    (["--collect-dir", " "], "", 2, "'serve.collect_dir (--collect-dir)' must not be empty"),
+    (["--host", "a" * 70 + ".com", "--port", "0"], "", 1, "not a valid host name"),
+    (["--threads", "5000"], "", 2, "5000 is not in the range 0<=x<=1024"),
+    (["--max-samples", str(10**10)], "", 2, "--max-samples"),
+    ([], "serve:\n  host: \"127.0.0.1\\0\"\n", 2, "'serve.host (--host)' holds a control character"),
+    ([], "serve:\n  collect_dir: {afile}\n", 1, "the collect folder is a file"),
+])
+def test_bad_serve_settings_are_one_line_before_any_model_loads(run, tmp_path, monkeypatch, args, config, code, words):
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: pytest.fail("the server started"))
+    (tmp_path / "afile").write_text("not a folder")
+    path = tmp_path / "serve.yaml"
+    path.write_text(config.format(afile=tmp_path / "afile") or "serve: {}\n")
+    r = CliRunner().invoke(main, ["serve", str(run), "--config", str(path), *args])
+    assert r.exit_code == code and words in r.output and "Traceback" not in r.output, r.output
+    assert len([ln for ln in r.output.splitlines() if ln.strip()]) <= 3  # one line (click's usage block for a flag)
+
+
+def test_head_requests_are_answered_where_get_is(client):
+    """Uptime monitors and link checkers ask HEAD: 200 and no body, not 405."""
+    for path in ("/", "/api/health", "/api/labels", "/api/samples", "/static/app.js"):
+        r = client.head(path)
+        assert r.status_code == 200 and r.content == b"", path

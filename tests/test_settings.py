@@ -370,3 +370,10 @@ def test_a_number_setting_is_recorded_one_way_however_it_was_typed():
     c = train_config(load(), {"mixup_alpha": 0, "lr": 1, "momentum": 0})
     assert [type(v) for v in (c.mixup_alpha, c.lr, c.momentum)] == [float, float, float]
     assert (c.mixup_alpha, c.lr) == (0.0, 1.0) and type(c.epochs) is int
+
+
+def test_a_folder_given_as_the_config_is_a_settings_error(tmp_path):
+    with pytest.raises(ConfigError, match="a folder, not a settings file"):
+        load(tmp_path)
+    r = CliRunner().invoke(main, ["train", "--config", str(tmp_path)])
+    assert r.exit_code == 2 and r.output == f"error: {tmp_path}: a folder, not a settings file; give a YAML file\n"
