@@ -235,7 +235,8 @@ def check_serve(serve: dict, path: Path | str) -> None:
             raise ConfigError(f"{path}: {name(key)} holds a control character: {serve[key]!r}")
     for key, (low, high) in SERVE_RANGES.items():
         if not low <= serve[key] <= high:
-            raise ConfigError(f"{path}: {name(key)} must be {low} to {high:,}, got {serve[key]}")
+            raise ConfigError(f"{path}: {name(key)} must be {low} to {high if key == 'port' else f'{high:,}'}, "
+                              f"got {serve[key]}")
     if serve["log_level"] not in LOG_LEVELS:
         raise ConfigError(f"{path}: {name('log_level')} must be one of {', '.join(LOG_LEVELS)}, "
                           f"got {serve['log_level']!r}")

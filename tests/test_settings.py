@@ -220,10 +220,10 @@ LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
     (b"train:\n  channels: [ink, [time]]\n", "'train.channels (--channels)' must be a text or a list"),
     (b"train:\n  lr: [0.1]\n", "'train.lr (--lr)' must be a number, got [0.1]"),
     (b"train:\n  strokes: 3\n", "'train.strokes' must be a mapping, got 3"),
-    (b"serve:\n  port: 70000\n", "'serve.port' must be 0 to 65535, got 70000"),
+    (b"serve:\n  port: 70000\n", "'serve.port (--port)' must be 0 to 65535, got 70000"),
     (b"serve:\n  port: '80'\n", "'serve.port' must be a whole number, got '80'"),
-    (b"serve:\n  max_samples: 0\n", "'serve.max_samples' must be 1 to 1,000,000,000, got 0"),
-    (b"serve:\n  log_level: loud\n", "'serve.log_level' must be one of critical, error, warning, info, debug"),
+    (b"serve:\n  max_samples: 0\n", "'serve.max_samples (--max-samples)' must be 1 to 1,000,000,000, got 0"),
+    (b"serve:\n  log_level: loud\n", "'serve.log_level (--log-level)' must be one of critical, error, warning, info"),
     (b"serve:\n  colour: red\n", "unknown key 'serve.colour'"),
 ])
 def test_bad_config_files_give_one_line_naming_the_file(tmp_path, content, words):
