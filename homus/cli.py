@@ -331,14 +331,16 @@ def train(cfg, resume_dir, **flags) -> None:
               help="Several runs: where the ensemble's metrics go (default: "
                    "<first run's folder>/../ensemble-<run>+<run>.json, shortened with a hash for many runs; "
                    "a confusion matrix beside it).")
-@click.option("--device", type=click.Choice(DEVICES), default="auto")
-def evaluate(runs, variant, out, device) -> None:
+@click.option("--device", type=click.Choice(DEVICES), help="Where the models run.")
+@with_config
+def evaluate(cfg, runs, variant, out, device) -> None:
     """A run's best model on the test split of any variant; prints and saves the metrics.
 
     Several runs (trained on the same split) are scored as one ensemble: their class probabilities
     are averaged, each model reading the input it was trained on."""
     from classifier.evaluate import ensemble_name, evaluate_ensemble, evaluate_run
 
+    device = pick(device, cfg["evaluate"]["device"])
     if len(runs) == 1 and out:
         raise click.UsageError(f"--out names an ensemble's file; one run's metrics go to {runs[0]}/eval-<variant>.json")
     if len(runs) > 1:
@@ -364,15 +366,18 @@ def evaluate(runs, variant, out, device) -> None:
 @main.command()
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--top-k", type=click.IntRange(1, 32), default=3, show_default=True)
+@click.option("--top-k", type=click.IntRange(1, 32), help="Classes listed per input.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document for machines.")
-@click.option("--read", type=click.Choice(READS), default=READS[0], show_default=True,
+@click.option("--read", type=click.Choice(READS),
               help="Images: fit the ink box to the canvas as it is; thicken (fit it and draw its centre line over it "
                    "at the model's pen); redraw (the centre line alone); auto fits ink as wide as the model's pen "
                    "that fitting does not enlarge, and thickens the rest.")
-def predict(run, inputs, top_k, as_json, read) -> None:
+@with_config
+def predict(cfg, run, inputs, top_k, as_json, read) -> None:
     """Classify images (any size) or raw HOMUS .txt stroke files with a run's model."""
     from classifier.predict import predict as do_predict
+
+    top_k, read = pick(top_k, cfg["predict"]["top_k"]), pick(read, cfg["predict"]["read"])
 
     results = do_predict(run, list(inputs), top_k, read)
     if as_json:
@@ -431,12 +436,14 @@ def run_cmd(cfg, cfg_path, dry_run, parallel, ray_address) -> None:
 
 @main.command()
 @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--out", type=click.Path(file_okay=False), default="reports/compare", show_default=True,
-              help="Where report.md, results.csv and comparison.png go.")
-@click.option("--title", default="comparison", show_default=True)
-def compare(runs, out, title) -> None:
+@click.option("--out", type=click.Path(file_okay=False), help="Where report.md, results.csv and comparison.png go.")
+@click.option("--title", help="The report's title.")
+@with_config
+def compare(cfg, runs, out, title) -> None:
     """Table and chart of finished runs, the settings that differ as columns, best first."""
     from .report import write_report
+
+    out, title = pick(out, cfg["compare"]["out"]), pick(title, cfg["compare"]["title"])
 
     result = write_report([Path(r) for r in runs], Path(out), title, command="homus compare " + " ".join(runs))
     keys = result["group_by"]
@@ -450,12 +457,15 @@ def compare(runs, out, title) -> None:
 @main.command()
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--out", type=click.Path(file_okay=False), default="explain", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), help="Where the pictures go.")
 @click.option("--filters", is_flag=True, help="Also the first convolution's filters and each stage's activations.")
-@click.option("--top-k", type=click.IntRange(1, 32), default=3, show_default=True)
-def explain(run, inputs, out, filters, top_k) -> None:
+@click.option("--top-k", type=click.IntRange(1, 32), help="Classes explained per input.")
+@with_config
+def explain(cfg, run, inputs, out, filters, top_k) -> None:
     """Grad-CAM pictures of why a run's model names each input (image or HOMUS .txt stroke file)."""
     from classifier.explain import explain_inputs
+
+    out, top_k = pick(out, cfg["explain"]["out"]), pick(top_k, cfg["explain"]["top_k"])
 
     if not explain_inputs(run, list(inputs), Path(out), filters, top_k, log=click.echo,
                           warn=lambda m: click.secho(m, fg="red", err=True)):
@@ -464,12 +474,15 @@ def explain(run, inputs, out, filters, top_k) -> None:
 
 @main.command()
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
-@click.option("--out", type=click.Path(dir_okay=False), default="model.onnx", show_default=True)
-@click.option("--check", type=click.IntRange(min=0), default=200, show_default=True,
-              help="Test images onnxruntime must score as torch does (0: no check).")
-def export(run, out, check) -> None:
+@click.option("--out", type=click.Path(dir_okay=False), help="The ONNX file to write.")
+@click.option("--check", type=click.IntRange(min=0), help="Test images onnxruntime must score as torch does "
+                                                          "(0: no check).")
+@with_config
+def export(cfg, run, out, check) -> None:
     """The run's best model as ONNX (probabilities out, classes and settings in its metadata)."""
     from classifier.export import export_run
+
+    out, check = pick(out, cfg["export"]["out"]), pick(check, cfg["export"]["check"])
 
     r = export_run(run, out, check, log=lambda m: click.secho(m, fg="yellow", err=True))
     checked = (f"onnxruntime vs torch on {r['n']} test images: max |diff| {r['max_abs_diff']:.2e}, top-1 agrees "

@@ -242,6 +242,26 @@ def check_serve(serve: dict, path: Path | str) -> None:
                           f"got {serve['log_level']!r}")
 
 
+def check_readers(cfg: dict, path: Path | str) -> None:
+    """The sections of the commands that read finished runs (their types are checked by the merge)."""
+    from classifier.settings import DEVICES
+    from homus_render.normalize import READS
+
+    choices = {("evaluate", "device"): DEVICES, ("predict", "read"): READS}
+    for (section, key), allowed in choices.items():
+        if cfg[section][key] not in allowed:
+            raise ConfigError(f"{path}: '{section}.{key} (--{key})' must be one of {', '.join(allowed)}, "
+                              f"got {cfg[section][key]!r}")
+    for section, key, low, high in (("predict", "top_k", 1, 32), ("explain", "top_k", 1, 32),
+                                    ("export", "check", 0, 10**9)):
+        if not low <= cfg[section][key] <= high:
+            raise ConfigError(f"{path}: '{section}.{key} (--{key.replace('_', '-')})' must be {low} to {high:,}, "
+                              f"got {cfg[section][key]}")
+    for section, key in (("explain", "out"), ("export", "out"), ("compare", "out")):
+        if not cfg[section][key].strip() or not cfg[section][key].isprintable():
+            raise ConfigError(f"{path}: '{section}.{key} (--out)' must be a path, got {cfg[section][key]!r}")
+
+
 def load(path: str | Path | None = None) -> dict:
     """The defaults, overridden by ``path`` when given (a missing ``./pipeline.yaml`` is fine)."""
     defaults = _read(DEFAULTS_FILE)
@@ -252,6 +272,7 @@ def load(path: str | Path | None = None) -> dict:
             _merge(cfg, _read(path), path)
     _check_free_form(cfg, defaults, path or DEFAULTS_FILE)
     check_serve(cfg["serve"], path or DEFAULTS_FILE)
+    check_readers(cfg, path or DEFAULTS_FILE)
     train_config(cfg, source=path or DEFAULTS_FILE)  # the file's own train settings, blamed on the file
     return cfg
 

@@ -5,6 +5,7 @@ CI rule that a skip must be expected."""
 from __future__ import annotations
 
 import math
+import re
 import time
 import tracemalloc
 from dataclasses import fields
@@ -377,3 +378,31 @@ def test_a_folder_given_as_the_config_is_a_settings_error(tmp_path):
         load(tmp_path)
     r = CliRunner().invoke(main, ["train", "--config", str(tmp_path)])
     assert r.exit_code == 2 and r.output == f"error: {tmp_path}: a folder, not a settings file; give a YAML file\n"
+
+
+def test_every_default_lives_in_pipeline_yaml():
+    """No command option carries a default of its own (a flag is off unless given): what a flag
+    leaves out comes from the settings, so a user's config file changes every default."""
+    own = []
+    for name, cmd in main.commands.items():
+        ctx = click.Context(cmd)
+        for p in cmd.params:
+            if isinstance(p, click.Option) and p.name != "config_path" and not (p.is_flag and not p.secondary_opts):
+                if p.get_default(ctx, call=False) not in (None, getattr(click.core, "UNSET", None)):  # click 8.3: UNSET
+                    own.append(f"{name} --{p.name}")
+    assert own == []
+    assert {"serve", "evaluate", "predict", "explain", "export", "compare"} <= set(load(None))  # their sections
+
+
+@pytest.mark.parametrize("text, words", [
+    ("predict: {top_k: 0}", "'predict.top_k (--top-k)' must be 1 to 32, got 0"),
+    ("predict: {read: squint}", "'predict.read (--read)' must be one of auto, thicken, redraw, fit"),
+    ("evaluate: {device: tpu}", "'evaluate.device (--device)' must be one of auto, cpu, cuda, mps"),
+    ("export: {check: -1}", "'export.check (--check)' must be 0 to 1,000,000,000, got -1"),
+    ("compare: {out: ''}", "'compare.out (--out)' must be a path"),
+])
+def test_the_reading_commands_settings_are_checked(tmp_path, text, words):
+    path = tmp_path / "c.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        load(path)
