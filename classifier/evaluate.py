@@ -30,6 +30,13 @@ def predict_test_split(run: str | Path, variant: str | Path | None = None, devic
     test_ids = set(split["test"])
     variants = folder.test_variants(variant, strokes, tuple(ckpt.get("channels", ["ink"])))
     ds = ImageSet(variants, test_ids, tuple(ckpt["classes"]))
+    missing = sorted(test_ids - set(ds.samples))
+    drawn = variant if variant else "the run's own data"
+    if not ds.samples:
+        raise RunError(f"{run}: none of its {len(test_ids):,} test samples is in {drawn}; nothing to score")
+    if missing and variant is None:  # the run's own data lacks what it was tested on: not the run's figure
+        raise RunError(f"{run}: {len(missing):,} of its {len(test_ids):,} test samples (e.g. {missing[0]}) are not in "
+                       "the data it was trained on; its split.json or its data changed. Restore them, or train again")
     res = evaluate(model, loader(ds, batch_size, shuffle=False), nn.CrossEntropyLoss(), dev, desc="test")
     return {**res, "ids": list(ds.samples), "test_ids": test_ids, "split": split["kind"],
             "classes": list(ckpt["classes"]), "variant": "+".join(v.name for v in variants),

@@ -232,12 +232,16 @@ def activations_figure(model: nn.Module, image: np.ndarray, channels: Sequence[s
 def output_names(inputs: Sequence[str | Path]) -> list[str]:
     """One file stem per input, named after it (``a/5-1.txt`` -> ``5-1``); a stem that repeats
     gets ``-2``, ``-3``... so no picture overwrites another."""
-    seen: dict[str, int] = {}
-    names = []
-    for p in inputs:
-        stem = Path(p).stem or "input"
-        seen[stem] = seen.get(stem, 0) + 1
-        names.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+    stems = [Path(p).stem or "input" for p in inputs]
+    taken, names = set(stems), []  # every input's own stem is reserved: ok.png twice and ok-2.png
+    used: set[str] = set()
+    for stem in stems:
+        name, n = stem, 1
+        while name in used or (n > 1 and name in taken):
+            n += 1
+            name = f"{stem}-{n}"
+        used.add(name)
+        names.append(name)
     return names
 
 

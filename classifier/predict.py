@@ -167,6 +167,7 @@ def prepare(path: str | Path, s: RenderSettings, channels: tuple[str, ...] = ("i
     path = Path(path)
     if not path.is_file():
         what = ("a folder, not an image or stroke file" if path.is_dir() else
+                "not a regular file (a device, pipe or socket); give an image or stroke file" if path.exists() else
                 "a link that leads nowhere" if path.is_symlink() else "no such file")
         raise InputError(f"{path}: {what}")
     if path.suffix.lower() == ".txt":

@@ -29,6 +29,18 @@ from .strokeset import render_samples
 
 CONFIG, SPLIT, DATA, METRICS, HISTORY = "config.yaml", "split.json", "data.json", "metrics.json", "history.csv"
 BEST, LAST = "best.pt", "last.pt"
+#: Files a run writes and reads back: no other command's output may take their place.
+RUN_FILES = frozenset({CONFIG, SPLIT, DATA, METRICS, HISTORY, BEST, LAST, "summary.json"})
+
+
+def check_not_a_run_file(out: str | Path, runs) -> None:
+    """Refuse an output path that is one of the run files of ``runs`` (``evaluate --out
+    runs/a/best.pt`` wrote JSON over the model)."""
+    out = Path(out).resolve()
+    for run in runs:
+        if out.parent == Path(run).resolve() and out.name in RUN_FILES:
+            raise RunError(f"{out}: that is run {run}'s own {out.name}, which this would overwrite; "
+                           "give --out another file")
 #: What ``last.pt`` holds beyond the model, for continuing a run; ``best.pt`` leaves it out.
 RESUME_STATE = ("optimizer", "scheduler", "scaler", "ema")
 
@@ -111,13 +123,29 @@ class RunFolder:
     def split(self) -> dict:
         """``split.json``: ``kind``, ``seed`` and the sample ids of ``train``, ``val`` and ``test``."""
         split = _read_json(self.file(SPLIT), f"not a homus run folder (no {SPLIT}); train it first")
+        where = self.file(SPLIT)
         for key in ("kind", "train", "val", "test"):
             if key not in split:
-                raise RunError(f"{self.file(SPLIT)}: lacks '{key}'; the run folder is damaged")
+                raise RunError(f"{where}: lacks '{key}'; the run folder is damaged")
+        for key in ("train", "val", "test"):
+            ids = split[key]
+            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+                raise RunError(f"{where}: '{key}' must be a list of sample names; the run folder is damaged")
+            if len(set(ids)) != len(ids):
+                raise RunError(f"{where}: '{key}' names a sample twice; the run folder is damaged")
+        if not split["test"]:
+            raise RunError(f"{where}: the test split is empty; the run folder is damaged")
+        shared = set(split["test"]) & (set(split["train"]) | set(split["val"]))
+        if shared:
+            raise RunError(f"{where}: test sample {sorted(shared)[0]} is also a training or validation sample; "
+                           "the run folder is damaged")
         return split
 
     def metrics(self) -> dict:
         """``metrics.json`` of a finished run."""
+        if not self.file(CONFIG).is_file():  # not a run at all: resuming it is no way out
+            raise RunError(f"{self.path}: not a homus run folder (no {CONFIG}); give the folder of a run that "
+                           "homus train made")
         return _read_json(self.file(METRICS), f"not a finished homus run (no {METRICS}); finish it with "
                                               f"`homus train --resume {self.path}`")
 

@@ -20,9 +20,18 @@ from homus_render.normalize import READS
 from homus_render.render import FITS
 
 from . import config as cfgmod
-from .options import pick, with_config
+from .options import a_path, a_text, pick, with_config
 
 STROKE_KEYS = tuple(StrokeAugment.__dataclass_fields__)
+
+def once(runs) -> None:
+    """Refuse a run given twice (by any path to it) where runs are counted or voted."""
+    seen: dict[Path, str] = {}
+    for r in runs:
+        if Path(r).resolve() in seen:
+            raise click.BadParameter(f"{r} is {seen[Path(r).resolve()]} again; give each run once", param_hint="RUNS")
+        seen[Path(r).resolve()] = r
+
 
 def fail(message: str) -> None:
     click.secho(f"error: {message}", fg="red", err=True)
@@ -327,7 +336,7 @@ def train(cfg, resume_dir, **flags) -> None:
 @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--variant", type=click.Path(exists=True, file_okay=False),
               help="Test on this variant's test split (default: the run's own variants).")
-@click.option("--out", type=click.Path(dir_okay=False),
+@click.option("--out", type=click.Path(dir_okay=False), callback=a_path,
               help="Several runs: where the ensemble's metrics go (default: "
                    "<first run's folder>/../ensemble-<run>+<run>.json, shortened with a hash for many runs; "
                    "a confusion matrix beside it).")
@@ -339,12 +348,16 @@ def evaluate(cfg, runs, variant, out, device) -> None:
     Several runs (trained on the same split) are scored as one ensemble: their class probabilities
     are averaged, each model reading the input it was trained on."""
     from classifier.evaluate import ensemble_name, evaluate_ensemble, evaluate_run
+    from classifier.runfolder import check_not_a_run_file
 
     device = pick(device, cfg["evaluate"]["device"])
+    once(runs)  # one model twice is no ensemble: it would be reported as one of two
     if len(runs) == 1 and out:
         raise click.UsageError(f"--out names an ensemble's file; one run's metrics go to {runs[0]}/eval-<variant>.json")
     if len(runs) > 1:
-        out = Path(out) if out else Path(runs[0]).parent / f"{ensemble_name(runs)}.json"
+        on = f"-on-{Path(variant).name}" if variant else ""  # another variant's score never replaces the own
+        out = Path(out) if out else Path(runs[0]).parent / f"{ensemble_name(runs)}{on}.json"
+        check_not_a_run_file(out, runs)
         m = evaluate_ensemble(list(runs), out, variant, device)
     else:
         m = evaluate_run(runs[0], variant, device)
@@ -354,6 +367,10 @@ def evaluate(cfg, runs, variant, out, device) -> None:
         click.echo(f"ensemble of {len(runs)}: test accuracy {m['test_accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}, "
                    f"{m['n_test']:,} images ({m['split']} split) -> {out}")
         return
+    if m["missing_test_samples"]:  # a variant rendered from part of the data: say what the figure covers
+        click.secho(f"note: {m['missing_test_samples']:,} of the run's {m['n_test'] + m['missing_test_samples']:,} "
+                    f"test samples are not in {variant}; the figure covers the {m['n_test']:,} it holds",
+                    fg="yellow", err=True)
     if m["trained_size"] != m["tested_size"]:
         click.secho(f"note: the model was trained on {'x'.join(map(str, m['trained_size']))} images and is tested on "
                     f"{'x'.join(map(str, m['tested_size']))}; ResNets do not carry over well across scales",
@@ -436,14 +453,16 @@ def run_cmd(cfg, cfg_path, dry_run, parallel, ray_address) -> None:
 
 @main.command()
 @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--out", type=click.Path(file_okay=False), help="Where report.md, results.csv and comparison.png go.")
-@click.option("--title", help="The report's title.")
+@click.option("--out", type=click.Path(file_okay=False), callback=a_path,
+              help="Where report.md, results.csv and comparison.png go.")
+@click.option("--title", callback=a_text, help="The report's title.")
 @with_config
 def compare(cfg, runs, out, title) -> None:
     """Table and chart of finished runs, the settings that differ as columns, best first."""
     from .report import write_report
 
     out, title = pick(out, cfg["compare"]["out"]), pick(title, cfg["compare"]["title"])
+    once(runs)  # a run given twice would count twice in its group's mean and spread
 
     result = write_report([Path(r) for r in runs], Path(out), title, command="homus compare " + " ".join(runs))
     keys = result["group_by"]
@@ -457,7 +476,7 @@ def compare(cfg, runs, out, title) -> None:
 @main.command()
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--out", type=click.Path(file_okay=False), help="Where the pictures go.")
+@click.option("--out", type=click.Path(file_okay=False), callback=a_path, help="Where the pictures go.")
 @click.option("--filters", is_flag=True, help="Also the first convolution's filters and each stage's activations.")
 @click.option("--top-k", type=click.IntRange(1, 32), help="Classes explained per input.")
 @with_config
@@ -474,15 +493,17 @@ def explain(cfg, run, inputs, out, filters, top_k) -> None:
 
 @main.command()
 @click.argument("run", type=click.Path(exists=True, file_okay=False))
-@click.option("--out", type=click.Path(dir_okay=False), help="The ONNX file to write.")
+@click.option("--out", type=click.Path(dir_okay=False), callback=a_path, help="The ONNX file to write.")
 @click.option("--check", type=click.IntRange(min=0), help="Test images onnxruntime must score as torch does "
                                                           "(0: no check).")
 @with_config
 def export(cfg, run, out, check) -> None:
     """The run's best model as ONNX (probabilities out, classes and settings in its metadata)."""
     from classifier.export import export_run
+    from classifier.runfolder import check_not_a_run_file
 
     out, check = pick(out, cfg["export"]["out"]), pick(check, cfg["export"]["check"])
+    check_not_a_run_file(out, [run])
 
     r = export_run(run, out, check, log=lambda m: click.secho(m, fg="yellow", err=True))
     checked = (f"onnxruntime vs torch on {r['n']} test images: max |diff| {r['max_abs_diff']:.2e}, top-1 agrees "

@@ -257,9 +257,10 @@ def check_readers(cfg: dict, path: Path | str) -> None:
         if not low <= cfg[section][key] <= high:
             raise ConfigError(f"{path}: '{section}.{key} (--{key.replace('_', '-')})' must be {low} to {high:,}, "
                               f"got {cfg[section][key]}")
-    for section, key in (("explain", "out"), ("export", "out"), ("compare", "out")):
+    for section, key in (("explain", "out"), ("export", "out"), ("compare", "out"), ("compare", "title")):
         if not cfg[section][key].strip() or not cfg[section][key].isprintable():
-            raise ConfigError(f"{path}: '{section}.{key} (--out)' must be a path, got {cfg[section][key]!r}")
+            raise ConfigError(f"{path}: '{section}.{key} (--{key})' must be a printable, non-empty text, "
+                              f"got {cfg[section][key]!r}")
 
 
 def load(path: str | Path | None = None) -> dict:

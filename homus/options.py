@@ -49,3 +49,19 @@ def with_config(f):
 def pick(flag, default):
     """The flag when given, else the config's value."""
     return default if flag is None else flag
+
+
+def a_text(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A click callback: a text flag, when given, is not empty and holds no control characters
+    (the checks its settings-file key gets)."""
+    if value is not None and (not value.strip() or not value.isprintable()):
+        raise click.BadParameter(f"must be a printable, non-empty text, got {value!r}")
+    return value
+
+
+def a_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A click callback for an output path: ``--out ""`` would write into the current folder (or
+    fail deep inside), so an empty or unprintable one is refused here."""
+    if value is not None and (not value.strip() or not value.isprintable()):
+        raise click.BadParameter(f"must be a path, got {value!r}")
+    return value

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from test_classifier import assert_complete
 
 from classifier import checkpoint, strokeset
-from classifier.evaluate import ensemble_name, evaluate_run, predict_test_split
+from classifier.evaluate import ensemble_name, evaluate_ensemble, evaluate_run, predict_test_split
 from classifier.strokeset import StrokeSet
 from homus.cli import main
 from homus_render.channels import (
@@ -218,16 +218,17 @@ def test_an_ensemble_of_an_ink_and_an_order_model(tiny, tmp_path):
     assert a["ids"] == b["ids"] and m["n_test"] == len(a["ids"])
     vote = (a["probs"] + b["probs"]).argmax(1)
     assert m["test_accuracy"] == pytest.approx(float((vote == a["targets"]).mean()))
-    # one model twice votes exactly as it does alone
-    r = CliRunner().invoke(main, ["evaluate", str(ink), str(ink), "--out", str(tmp_path / "twice.json")])
-    assert r.exit_code == 0, r.output
-    twice = json.loads((tmp_path / "twice.json").read_text())
+    # one model twice votes exactly as it does alone; the command refuses it (it is no ensemble)
+    twice = evaluate_ensemble([ink, ink], tmp_path / "twice.json", device="cpu")
     assert twice["test_accuracy"] == pytest.approx(m["members"][0]["test_accuracy"])
+    r = CliRunner().invoke(main, ["evaluate", str(ink), str(ink), "--out", str(tmp_path / "twice.json")])
+    assert r.exit_code == 2 and "again; give each run once" in r.output
     # a member tested on another split would be scored partly on what another member trained on
     other = tmp_path / "other"
     shutil.copytree(order, other)
     split = json.loads((other / "split.json").read_text())
-    split["test"], split["train"] = split["train"][: len(split["test"])], split["test"] + split["train"]
+    n = len(split["test"])
+    split["test"], split["train"] = split["train"][:n], split["test"] + split["train"][n:]
     (other / "split.json").write_text(json.dumps(split))
     r = CliRunner().invoke(main, ["evaluate", str(ink), str(other), "--out", str(tmp_path / "bad.json")])
     assert r.exit_code == 1 and "another split" in r.output and not (tmp_path / "bad.json").exists()

@@ -252,3 +252,72 @@ def test_a_run_whose_last_batch_would_hold_one_image_trains(synthetic_raw, tmp_p
     assert r.exit_code == 0 and "Traceback" not in r.output, r.output
     assert len(json.loads((tmp_path / "b/split.json").read_text())["train"]) == n_train
     assert f"{n_train:,} train" in r.output
+
+
+def one_line(r, code: int = 1) -> str:
+    """The single error line of a failed command (no traceback)."""
+    assert r.exit_code == code and "Traceback" not in r.output, r.output
+    errors = [ln for ln in r.output.splitlines() if ln.startswith(("error:", "Error:"))]
+    assert len(errors) == 1, r.output
+    return errors[0]
+
+
+def test_reading_commands_never_overwrite_a_run_or_count_it_twice(tiny, cli_run, tmp_path):
+    """From a hostile probe: `evaluate --out RUN/best.pt` wrote JSON over the model, `export` could
+    too; `compare RUN RUN` counted one run twice; an empty --out wrote into the current folder."""
+    run = cli_run[0]
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    model = (run / "best.pt").read_bytes()
+    line = one_line(CliRunner().invoke(main, ["evaluate", str(run), str(other), "--out", str(run / "best.pt")]))
+    assert "own best.pt, which this would overwrite" in line and (run / "best.pt").read_bytes() == model
+    line = one_line(CliRunner().invoke(main, ["export", str(other), "--out", str(other / "split.json")]))
+    assert "own split.json" in line
+    line = one_line(CliRunner().invoke(main, ["compare", str(run), str(other / ".." / "other"), str(run)]), 2)
+    assert "again; give each run once" in line
+    line = one_line(CliRunner().invoke(main, ["evaluate", str(run), str(run) + "/"]), 2)
+    assert "again; give each run once" in line
+    line = one_line(CliRunner().invoke(main, ["compare", str(run), str(tmp_path)]))
+    assert "not a homus run folder (no config.yaml)" in line and "--resume" not in line
+    for args in (["explain", str(run), str(tiny / "raw/1/1-1.txt")], ["export", str(run)], ["compare", str(run)]):
+        line = one_line(CliRunner().invoke(main, [*args, "--out", ""]), 2)
+        assert "must be a path, got ''" in line
+    r = CliRunner().invoke(main, ["predict", str(run), "/dev/null"])
+    assert r.exit_code == 1 and "/dev/null: not a regular file" in r.output
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda s: {**s, "test": []}, "the test split is empty"),
+    (lambda s: {**s, "test": [1, 2]}, "'test' must be a list of sample names"),
+    (lambda s: {**s, "test": s["test"][:1] * 2}, "'test' names a sample twice"),
+    (lambda s: {**s, "test": s["test"] + s["train"][:1]}, "is also a training or validation sample"),
+    (lambda s: {**s, "test": s["test"] + ["9-999"]}, "1 of its"),
+])
+def test_evaluate_refuses_a_damaged_split_rather_than_score_part_of_it(cli_run, tmp_path, edit, words):
+    run = tmp_path / "run"
+    shutil.copytree(cli_run[0], run)
+    split = json.loads((run / "split.json").read_text())
+    (run / "split.json").write_text(json.dumps(edit(split)))
+    line = one_line(CliRunner().invoke(main, ["evaluate", str(run)]))
+    assert words in line
+
+
+def test_evaluate_on_a_variant_with_part_of_the_test_split_says_so(tiny, cli_run, tmp_path):
+    """A variant rendered from writers 1 and 2 holds half of a test split of writers 2 and 3: the
+    figure is printed with a note saying what it covers."""
+    run = tmp_path / "run"
+    shutil.copytree(cli_run[0], run)
+    split = json.loads((run / "split.json").read_text())
+    ids = split["train"] + split["val"] + split["test"]
+    test = [i for i in ids if i.split("-")[0] in ("2", "3")]
+    rest = [i for i in ids if i not in test]
+    (run / "split.json").write_text(json.dumps({**split, "train": rest[1:], "val": rest[:1], "test": test}))
+    part = tmp_path / "part"
+    r = CliRunner().invoke(main, ["render", "--raw-dir", str(tiny / "raw"), "--rendered-dir", str(part), "--writers",
+                                  "1-2", "--thickness", "3", "--size", "32", "--margin", "2", "--jobs", "1"])
+    assert r.exit_code == 0, r.output
+    variant = next(part.iterdir())
+    r = CliRunner().invoke(main, ["evaluate", str(run), "--variant", str(variant)])
+    half = len(test) // 2
+    assert r.exit_code == 0 and f"{half:,} of the run's {len(test):,} test samples are not in {variant}" in r.output
+    assert json.loads((run / f"eval-{variant.name}.json").read_text())["n_test"] == half

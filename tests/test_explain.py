@@ -158,6 +158,8 @@ def test_figures_are_pngs(model_and_inputs, ink_run):
 
 def test_output_names_never_collide():
     assert output_names(["a/5-1.txt", "b/5-1.txt", "c/x.png", "5-1.png"]) == ["5-1", "5-1-2", "x", "5-1-3"]
+    # an input whose own stem is another's numbered name keeps it, and the repeat numbers past it
+    assert output_names(["in/ok.png", "in/ok.png", "in/ok-2.png"]) == ["ok", "ok-3", "ok-2"]
 
 
 def test_cli_explains_stroke_files_and_images_and_reports_bad_ones(ink_run, tmp_path):

@@ -399,7 +399,8 @@ def test_every_default_lives_in_pipeline_yaml():
     ("predict: {read: squint}", "'predict.read (--read)' must be one of auto, thicken, redraw, fit"),
     ("evaluate: {device: tpu}", "'evaluate.device (--device)' must be one of auto, cpu, cuda, mps"),
     ("export: {check: -1}", "'export.check (--check)' must be 0 to 1,000,000,000, got -1"),
-    ("compare: {out: ''}", "'compare.out (--out)' must be a path"),
+    ("compare: {out: ''}", "'compare.out (--out)' must be a printable, non-empty text"),
+    ("compare: {title: \"a\\0b\"}", "'compare.title (--title)' must be a printable, non-empty text"),
 ])
 def test_the_reading_commands_settings_are_checked(tmp_path, text, words):
     path = tmp_path / "c.yaml"

@@ -85,7 +85,7 @@ def test_compare_sorts_and_names_differing_settings(study, tmp_path):
     assert accs == sorted(accs, reverse=True)
     assert (tmp_path / "cmp/comparison.png").is_file() and (tmp_path / "cmp/report.md").is_file()
     bad = CliRunner().invoke(main, ["compare", str(tmp_path)])
-    assert bad.exit_code == 1 and "not a finished homus run" in bad.output
+    assert bad.exit_code == 1 and "not a homus run folder (no config.yaml)" in bad.output
 
 
 def test_compare_groups_seeds_trained_on_one_split(study, tmp_path):
