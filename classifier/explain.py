@@ -264,6 +264,7 @@ def explain_inputs(run: str | Path, inputs: Sequence[str | Path], out: Path, fil
 
     model, ckpt = RunFolder(run).load_model()
     settings, channels, classes = RenderSettings.from_dict(ckpt["render"]), checkpoint.channels(ckpt), ckpt["classes"]
+    made = not Path(out).exists()
     check_writable_dir(out)
 
     def write(path: Path, data: bytes) -> None:
@@ -276,15 +277,14 @@ def explain_inputs(run: str | Path, inputs: Sequence[str | Path], out: Path, fil
         write(out / "filters.png", filters_figure(model, channels, title=f"run {Path(run).name}"))
         log(f"first-layer filters -> {out / 'filters.png'}")
     read = image_read(READS[0], ckpt)  # predict's default read, for this model
-    ok = True
-    for p, name in zip(inputs, output_names(inputs), strict=True):
+
+    def explain_one(p, name: str) -> bool:
         try:
             image = prepare(p, settings, channels, read)
         except (InputError, StrokeFileError, OSError) as e:
             msg = str(e) if str(e).startswith(str(p)) else f"{p}: {e}"
             warn(f"error: {msg}")
-            ok = False
-            continue
+            return False
         probs = predict_one(model, to_input(image[None]))
         title = f"{Path(p).name}, run {Path(run).name}"
         write(out / f"{name}-explain.png", explain_figure(model, image, classes, channels, top_k, title))
@@ -292,4 +292,13 @@ def explain_inputs(run: str | Path, inputs: Sequence[str | Path], out: Path, fil
         log(f"{p}: {guesses} -> {out / f'{name}-explain.png'}")
         if filters:
             write(out / f"{name}-activations.png", activations_figure(model, image, channels, title=title))
+        return True
+
+    ok = True
+    try:
+        for p, name in zip(inputs, output_names(inputs), strict=True):
+            ok &= explain_one(p, name)
+    finally:
+        if made and not any(Path(out).iterdir()):  # nothing explained: no empty folder left behind
+            Path(out).rmdir()
     return ok

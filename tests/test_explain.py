@@ -185,6 +185,9 @@ def test_cli_explains_stroke_files_and_images_and_reports_bad_ones(ink_run, tmp_
     r = CliRunner().invoke(main, ["explain", str(ink_run), str(stroke), "--out", str(tmp_path / "two")])
     assert r.exit_code == 0, r.output
     assert [p.name for p in (tmp_path / "two").iterdir()] == ["5-1-explain.png"]
+    # nothing to explain: an error, and no empty folder left where the pictures would have gone
+    r = CliRunner().invoke(main, ["explain", str(ink_run), str(junk), "--out", str(tmp_path / "none")])
+    assert r.exit_code == 1 and not (tmp_path / "none").exists(), r.output
 
 
 def test_cli_explains_a_model_of_several_channels(size_run, tmp_path):
