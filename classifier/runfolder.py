@@ -31,6 +31,12 @@ CONFIG, SPLIT, DATA, METRICS, HISTORY = "config.yaml", "split.json", "data.json"
 BEST, LAST = "best.pt", "last.pt"
 #: Files a run writes and reads back: no other command's output may take their place.
 RUN_FILES = frozenset({CONFIG, SPLIT, DATA, METRICS, HISTORY, BEST, LAST, "summary.json"})
+#: What ``last.pt`` holds beyond the model, for continuing a run; ``best.pt`` leaves it out.
+RESUME_STATE = ("optimizer", "scheduler", "scaler", "ema")
+
+
+class RunError(HomusError, RuntimeError):
+    """A run that cannot start, continue or be read as asked."""
 
 
 def check_not_a_run_file(out: str | Path, runs) -> None:
@@ -41,12 +47,6 @@ def check_not_a_run_file(out: str | Path, runs) -> None:
         if out.parent == Path(run).resolve() and out.name in RUN_FILES:
             raise RunError(f"{out}: that is run {run}'s own {out.name}, which this would overwrite; "
                            "give --out another file")
-#: What ``last.pt`` holds beyond the model, for continuing a run; ``best.pt`` leaves it out.
-RESUME_STATE = ("optimizer", "scheduler", "scaler", "ema")
-
-
-class RunError(HomusError, RuntimeError):
-    """A run that cannot start, continue or be read as asked."""
 
 
 def _read_json(path: Path, missing: str) -> dict:

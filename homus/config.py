@@ -215,6 +215,11 @@ def _check_free_form(cfg: dict, defaults: dict, path: Path) -> None:
                               f"(known here: {', '.join(VARIANT_KEYS)})")
 
 
+def usable_text(value: str) -> bool:
+    """A text setting that says something: not blank, no control characters."""
+    return bool(value.strip()) and value.isprintable()
+
+
 #: ``homus serve``'s log levels (uvicorn's names).
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 #: The serve section's whole numbers and their ranges (the flags take the same).
@@ -258,7 +263,7 @@ def check_readers(cfg: dict, path: Path | str) -> None:
             raise ConfigError(f"{path}: '{section}.{key} (--{key.replace('_', '-')})' must be {low} to {high:,}, "
                               f"got {cfg[section][key]}")
     for section, key in (("explain", "out"), ("export", "out"), ("compare", "out"), ("compare", "title")):
-        if not cfg[section][key].strip() or not cfg[section][key].isprintable():
+        if not usable_text(cfg[section][key]):
             raise ConfigError(f"{path}: '{section}.{key} (--{key})' must be a printable, non-empty text, "
                               f"got {cfg[section][key]!r}")
 

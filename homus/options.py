@@ -51,17 +51,16 @@ def pick(flag, default):
     return default if flag is None else flag
 
 
-def a_text(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """A click callback: a text flag, when given, is not empty and holds no control characters
-    (the checks its settings-file key gets)."""
-    if value is not None and (not value.strip() or not value.isprintable()):
-        raise click.BadParameter(f"must be a printable, non-empty text, got {value!r}")
-    return value
+def _text_flag(want: str):
+    """A click callback: a text flag, when given, passes the check its settings-file key gets
+    (:func:`homus.config.usable_text`); ``--out ""`` would write into the current folder."""
+    def check(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        if value is not None and not cfgmod.usable_text(value):
+            raise click.BadParameter(f"must be {want}, got {value!r}")
+        return value
+
+    return check
 
 
-def a_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """A click callback for an output path: ``--out ""`` would write into the current folder (or
-    fail deep inside), so an empty or unprintable one is refused here."""
-    if value is not None and (not value.strip() or not value.isprintable()):
-        raise click.BadParameter(f"must be a path, got {value!r}")
-    return value
+a_text = _text_flag("a printable, non-empty text")
+a_path = _text_flag("a path")

@@ -12,7 +12,7 @@ import os
 import re
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -95,15 +95,22 @@ def writer_folder(collect_dir: Path, writer: str) -> Path:
     return folder
 
 
+def sample_files(collect_dir: str | Path) -> Iterator[tuple[str, os.DirEntry]]:
+    """``(writer, file)`` for each ``<writer>/<writer>-*.txt`` file of a collect folder, writers in
+    natural order (folders and files that are not collected samples are left out)."""
+    root = Path(collect_dir)
+    if not root.is_dir():
+        return
+    for entry in sorted(os.scandir(root), key=lambda e: natural_key(e.name)):
+        if entry.is_dir() and WRITER.fullmatch(entry.name):
+            for f in os.scandir(entry.path):
+                if f.name.endswith(".txt") and f.name.startswith(f"{entry.name}-") and f.is_file():
+                    yield entry.name, f
+
+
 def count_samples(collect_dir: str | Path) -> int:
-    """How many ``<writer>/<writer>-<n>.txt`` files a collect folder holds (by name, unread)."""
-    root, n = Path(collect_dir), 0
-    if root.is_dir():
-        for entry in os.scandir(root):
-            if entry.is_dir() and WRITER.fullmatch(entry.name):
-                pattern = re.compile(rf"^{re.escape(entry.name)}-\d+\.txt$")
-                n += sum(1 for f in os.listdir(entry.path) if pattern.match(f))
-    return n
+    """How many sample files a collect folder holds (by name, unread)."""
+    return sum(1 for _ in sample_files(collect_dir))
 
 
 def check_label(label: str) -> str:
@@ -171,23 +178,16 @@ def next_number(folder: Path, writer: str) -> int:
 def collected_counts(collect_dir: str | Path) -> dict:
     """What a collect folder holds: ``{"total", "labels": {label: n}, "writers": {writer: {label: n}}}``,
     read from line one of each stroke file (files that are not collected samples are left out)."""
-    root = Path(collect_dir)
     labels: Counter = Counter()
     writers: dict[str, Counter] = {}
-    if root.is_dir():
-        for entry in sorted(os.scandir(root), key=lambda e: natural_key(e.name)):
-            if not (entry.is_dir() and WRITER.fullmatch(entry.name)):
-                continue
-            for f in os.scandir(entry.path):
-                if not (f.name.endswith(".txt") and f.name.startswith(f"{entry.name}-") and f.is_file()):
-                    continue
-                try:
-                    with open(f.path, encoding="utf-8") as fh:
-                        label = fh.readline().strip()
-                except (OSError, UnicodeDecodeError):
-                    continue
-                if label in LABEL_SET:
-                    labels[label] += 1
-                    writers.setdefault(entry.name, Counter())[label] += 1
+    for writer, f in sample_files(collect_dir):
+        try:
+            with open(f.path, encoding="utf-8") as fh:
+                label = fh.readline().strip()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if label in LABEL_SET:
+            labels[label] += 1
+            writers.setdefault(writer, Counter())[label] += 1
     return {"total": sum(labels.values()), "labels": dict(sorted(labels.items())),
             "writers": {w: dict(sorted(c.items())) for w, c in writers.items()}}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 POLL_SECONDS = 0.5
@@ -22,32 +23,44 @@ _watching: int | None = None
 _lock = threading.Lock()
 
 
-def _watch(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(POLL_SECONDS)
-    os._exit(1)  # the parent is gone: nobody will read what this worker makes
+def _exit_when(gone: Callable[[], bool], key: int, name: str) -> None:
+    """End this worker process once ``gone()`` says so: at once, or from a daemon thread that asks
+    every :data:`POLL_SECONDS` (started once per process and ``key``; a no-op when ``key`` is
+    this very process, where the sequential path calls the same task function)."""
+    global _watching
+    if key == os.getpid():
+        return
+    with _lock:
+        if _watching == key:
+            return
+        _watching = key
+    if gone():
+        os._exit(1)
+
+    def watch() -> None:
+        while not gone():
+            time.sleep(POLL_SECONDS)
+        os._exit(1)  # nobody will read what this worker makes
+
+    threading.Thread(target=watch, name=name, daemon=True).start()
 
 
 def exit_with_parent(parent: int) -> None:
-    """In a worker process: end it soon after process ``parent`` ends (started once per process;
-    a no-op in the parent itself, where the sequential path calls the same task function)."""
-    global _watching
-    if parent == os.getpid():
-        return
-    with _lock:
-        if _watching == parent:
-            return
-        _watching = parent
-    if os.getppid() != parent:  # the parent died before the task arrived
-        os._exit(1)
-    threading.Thread(target=_watch, args=(parent,), name="exit-with-parent", daemon=True).start()
+    """In a worker process: end it soon after process ``parent`` ends (at once if the parent died
+    before the task arrived)."""
+    _exit_when(lambda: os.getppid() != parent, parent, "exit-with-parent")
+
+
+def _stat_fields(pid: int | str) -> list[str]:
+    """``/proc/<pid>/stat`` after the command name: field 3 (the state) first (OSError without it)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
 def process_start(pid: int) -> int | None:
     """When process ``pid`` started (clock ticks after boot, field 22 of ``/proc/<pid>/stat``):
     with the pid, an identity that no later process reusing the pid shares. None without ``/proc``."""
     try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        return int(_stat_fields(pid)[19])
     except (OSError, IndexError, ValueError):
         return None
 
@@ -56,7 +69,7 @@ def running(pid: int, start: int | None = None) -> bool:
     """Whether process ``pid`` (started at ``start``, when known) still runs: not gone, not a
     zombie, not another process under a reused pid."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = _stat_fields(pid)
     except FileNotFoundError:
         return False
     except OSError:  # no /proc (macOS): whether the pid exists at all
@@ -75,22 +88,7 @@ def exit_with(pid: int, start: int | None = None) -> None:
     or an ancestor further up (a loader worker started by a forkserver), and at once if it has
     already ended (a worker that starts up after its owner was killed would otherwise never learn
     of it: its parent is then the reaper, whose pid does not change)."""
-    global _watching
-    if pid == os.getpid():
-        return
-    with _lock:
-        if _watching == pid:
-            return
-        _watching = pid
-    if not running(pid, start):
-        os._exit(1)
-
-    def watch() -> None:
-        while running(pid, start):
-            time.sleep(POLL_SECONDS)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-owner", daemon=True).start()
+    _exit_when(lambda: not running(pid, start), pid, "exit-with-owner")
 
 
 def pool(jobs: int, **kwargs):
@@ -109,7 +107,7 @@ def process_table() -> dict[int, int]:
     for d in os.listdir("/proc"):
         if d.isdigit():
             try:
-                fields = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
+                fields = _stat_fields(d)
             except OSError:
                 continue
             if fields[0] != "Z":
