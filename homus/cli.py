@@ -48,11 +48,35 @@ def _on_sigterm(signum, frame) -> None:
     raise Terminated()
 
 
+class UsageLine(click.UsageError):
+    """A usage error (a bad flag or argument) shown as one line: the command, what is wrong and where
+    to read more, in place of click's usage block. The exit code stays click's 2."""
+
+    def __init__(self, message: str, ctx: click.Context | None, where: str) -> None:
+        super().__init__(message, ctx)
+        self.where = ctx.command_path if ctx else where
+
+    def show(self, file=None) -> None:
+        what = self.format_message().rstrip(".")
+        click.secho(f"error: {self.where}: {what}; see '{self.where} --help'", fg="red", err=True)
+
+
+def one_line(e: click.UsageError, where: str) -> UsageLine:
+    """``e`` as a :class:`UsageLine`; ``where`` names the command when click's parser gave no context."""
+    return e if isinstance(e, UsageLine) else UsageLine(e.format_message(), e.ctx, where)
+
+
 class HomusGroup(click.Group):
     """The one place that reports expected failures: a :class:`HomusError` (or an OS error a user
     causes: full disk, read-only folder, missing path) becomes one line on stderr and exit code 1.
     Anything else is a bug in homus and keeps its traceback. SIGTERM stops a command as Ctrl-C
     does, cleaning up on the way (exit code 143)."""
+
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as e:
+            raise one_line(e, info_name or "homus") from None
 
     def invoke(self, ctx: click.Context):
         from homus_render.errors import describe
@@ -61,6 +85,8 @@ class HomusGroup(click.Group):
         previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
         try:
             return super().invoke(ctx)
+        except click.UsageError as e:
+            raise one_line(e, " ".join(filter(None, (ctx.command_path, ctx.invoked_subcommand)))) from None
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
         except Terminated:
@@ -79,7 +105,7 @@ class HomusGroup(click.Group):
                 signal.signal(signal.SIGTERM, previous)
 
 
-@click.group(cls=HomusGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group("homus", cls=HomusGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="homus")
 def main() -> None:
     """homus: HOMUS handwritten music symbols, from raw pen strokes to trained classifiers."""
@@ -123,12 +149,12 @@ def render_settings(cfg: dict, thickness, size, fit, margin, antialias, staff_li
     sizes = cfgmod.as_list(pick(size, r["size"]))
     for key, values in (("thickness", thicknesses), ("size", sizes)):
         if not values or any(v is None or v == "" for v in values):
-            raise click.UsageError(f"render {key}: give at least one value, e.g. --{key} "
+            raise click.UsageError(f"{key}: give at least one value, e.g. --{key} "
                                    f"{'3 or 1,2,3' if key == 'thickness' else '96 or 64,96'}")
     out = []
     for t in thicknesses:
         if isinstance(t, bool) or not (isinstance(t, int) or re.fullmatch(r"\s*[0-9]+\s*", str(t))):
-            raise click.UsageError(f"render thickness {t!r}: expected whole pixels like 3 or 1,2,3")
+            raise click.UsageError(f"thickness {t!r}: expected whole pixels like 3 or 1,2,3")
         for size_value in sizes:
             w, h = cfgmod.parse_size(size_value)
             try:

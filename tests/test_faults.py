@@ -611,10 +611,10 @@ def test_a_non_finite_loss_stops_training_naming_epoch_and_batch():
 # --- found by probing the commands as a hostile user would ------------------------------------------
 @pytest.mark.parametrize("flags, words", [
     (["--jobs", "0"], "jobs 0"),
-    (["--thickness", ""], "render thickness: give at least one value"),
-    (["--thickness", ","], "render thickness: give at least one value"),
-    (["--thickness", "1_0"], "render thickness '1_0'"),
-    (["--size", ""], "render size: give at least one value"),
+    (["--thickness", ""], "homus render: thickness: give at least one value"),
+    (["--thickness", ","], "homus render: thickness: give at least one value"),
+    (["--thickness", "1_0"], "homus render: thickness '1_0'"),
+    (["--size", ""], "homus render: size: give at least one value"),
     (["--size", "64x"], "size '64x'"),
     (["--writers", ""], "writers ''"),
     (["--writers", "5-1"], "runs backwards"),
@@ -778,3 +778,20 @@ def test_a_worker_that_starts_after_its_owner_died_ends_at_once(tmp_path):
     assert not running(owner.pid, start)
     late = worker()  # the owner is already gone when this one starts
     assert late.wait(timeout=10) == 1 and late.stdout.read() == ""
+
+
+@pytest.mark.parametrize("args, where, words", [
+    (["train", "--bogus"], "homus train", "No such option '--bogus'"),
+    (["train", "--epochs", "abc"], "homus train", "'abc' is not a valid integer"),
+    (["render", "--size"], "homus render", "'--size' requires an argument"),
+    (["evaluate"], "homus evaluate", "Missing argument 'RUNS...'"),
+    (["nosuch"], "homus", "No such command 'nosuch'"),
+    (["--bogus"], "homus", "No such option '--bogus'"),
+])
+def test_a_bad_flag_is_one_line_naming_the_command_and_its_help(args, where, words):
+    """click printed a usage block, a hint and the error on three lines; a mistyped flag is one
+    ``error:`` line like every other fault, with click's exit code 2."""
+    r = invoke(*args)
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert r.output.count("\n") == 1 and r.output.startswith(f"error: {where}: "), r.output
+    assert words in r.output and f"see '{where} --help'" in r.output, r.output
