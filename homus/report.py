@@ -3,6 +3,10 @@
 Runs are grouped by the settings that differ between them (seeds aside), so several seeds of
 one setting give a mean and a spread. Writes ``report.md``, ``results.csv``, ``comparison.png``
 and, when runs were evaluated on several variants, ``matrix.png``.
+
+A report is composed in a hidden staging folder inside ``--out`` and then moved into place, file by
+file, ``report.md`` last: a report killed half-way leaves no ``report.md`` over pictures of other
+runs, and a picture an earlier report drew that this one does not (``matrix.png``) is removed.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import shutil
 import statistics
 import textwrap
 import time
@@ -21,10 +27,14 @@ import yaml
 from classifier.plots import plot_confusion_matrix, plt, save_figure, tile_grid
 from classifier.runfolder import RunError, RunFolder
 from classifier.splits import split_seed_of
-from homus_render.atomic import write_bytes, write_text
+from homus_render.atomic import is_stale, write_bytes, write_text
+from homus_render.errors import not_a_folder, user_os_error
 from homus_render.strokes import parse_file
 from homus_render.variants import read_variant_info
 
+#: Every file a report may hold, in the order they are moved into place: what describes the rest last.
+REPORT_FILES = ("results.csv", "comparison.png", "matrix.png", "confusion.png", "errors.png", "recall.png",
+                "summary.json", "report.md")
 IGNORED = {"name", "runs_dir", "seed", "split_seed", "fold", "device", "workers", "threads", "amp", "compile"}
 #: Settings of training from strokes: shown only for runs that did.
 STROKE_ONLY = {"from_strokes", "raw_dir", "writers", "render", "strokes"}
@@ -253,10 +263,47 @@ def _recall_chart(order: list[str], recalls: dict[str, list[float]], path: Path)
     save_figure(fig, path)
 
 
-def write_report(run_dirs: list[Path], out: Path, title: str, variants: list[str] | None = None,
-                 settings: dict | None = None, command: str = "", group_by: list[str] | None = None,
-                 extra: dict[str, dict] | None = None, ensembles: list[dict] | None = None,
-                 raw_dirs: list[Path] | None = None) -> dict:
+def write_report(run_dirs: list[Path], out: Path, title: str, **options) -> dict:
+    """Compose the report of ``run_dirs`` (:func:`compose_report`, which takes ``options``) in a
+    hidden staging folder inside ``out``, then move its files into place, ``report.md`` last."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise not_a_folder(out)
+    made = not out.exists()  # removed again if the report fails before any file is in it
+    for old in out.glob(".report.partial-*"):  # what a killed report left
+        if is_stale(old.name):
+            shutil.rmtree(old, ignore_errors=True)
+    staging = out / f".report.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir(parents=True)
+        try:
+            result = compose_report(run_dirs, staging, title, **options)
+        except OSError as e:  # name the file the user will look for, not its staging copy
+            err = user_os_error(e)
+            if err is None or err.filename is None or Path(err.filename).parent != staging:
+                raise
+            raise user_os_error(OSError(e.errno, e.strerror, str(out / Path(err.filename).name))) from None
+        unknown = sorted(set(os.listdir(staging)) - set(REPORT_FILES))
+        assert not unknown, f"report files missing from REPORT_FILES: {unknown}"
+        for name in ("report.md", "summary.json"):  # nothing describes a folder while it changes
+            (out / name).unlink(missing_ok=True)
+        for name in REPORT_FILES:
+            if (staging / name).exists():
+                os.replace(staging / name, out / name)
+            else:
+                (out / name).unlink(missing_ok=True)  # an earlier report's, of other runs
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if made and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+    return result
+
+
+def compose_report(run_dirs: list[Path], out: Path, title: str, variants: list[str] | None = None,
+                   settings: dict | None = None, command: str = "", group_by: list[str] | None = None,
+                   extra: dict[str, dict] | None = None, ensembles: list[dict] | None = None,
+                   raw_dirs: list[Path] | None = None) -> dict:
     """Write ``report.md``, ``results.csv``, ``comparison.png`` (and ``matrix.png``) into ``out``.
     Runs are grouped by ``group_by`` (default: every setting that differs, seeds aside); ``extra``
     adds settings by run name (a study's arm); ``ensembles``: scored ensembles (name, variant, fold,
@@ -275,7 +322,6 @@ def write_report(run_dirs: list[Path], out: Path, title: str, variants: list[str
     group_by = group_by or [k for k in differing(runs) if k not in IGNORED]
     rows = summarize(runs, group_by)
     tests = variants or sorted({v for r in runs for v in r["evals"]})
-    out.mkdir(parents=True, exist_ok=True)
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

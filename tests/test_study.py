@@ -15,6 +15,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from classifier.runfolder import RunError
 from classifier.settings import setting_differences
 from homus.cli import main
 from homus.config import ConfigError, load
@@ -103,6 +104,46 @@ def test_compare_groups_seeds_trained_on_one_split(study, tmp_path):
     assert "split_seed" not in report and "Warning" not in report
     rows = list(csv.DictReader(io.StringIO(Path(tmp_path / "cmp/results.csv").read_text())))
     assert {row["run"] for row in rows} == {first.name, other.name} and "split_seed" not in rows[0]
+
+
+def test_a_report_replaces_the_last_one_whole_or_not_at_all(study, tmp_path, monkeypatch):
+    """A report is composed aside and moved in, report.md last: a picture of the earlier report that
+    this one does not draw (matrix.png) goes, and a report that fails half-way leaves the earlier one
+    as it was, with no staging folder behind."""
+    from homus import report
+
+    root, _, _ = study
+    runs = sorted(str(p) for p in (root / "runs/tiny").iterdir())
+    out = tmp_path / "cmp"
+    assert CliRunner().invoke(main, ["compare", *runs, "--out", str(out)]).exit_code == 0
+    assert (out / "matrix.png").is_file()  # every run read every variant
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def half_way(rows, path, title):
+        Path(path).write_bytes(b"half")
+        raise KeyboardInterrupt  # Ctrl-C after the table, before the chart
+    monkeypatch.setattr(report, "_bar_chart", half_way)
+    with pytest.raises(KeyboardInterrupt):
+        report.write_report([Path(runs[0])], out, "one run")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing moved in, nothing left
+    monkeypatch.undo()
+
+    (out / "notes.txt").write_text("mine")
+    alone = tmp_path / Path(runs[1]).name  # a run read on its own variant only: no matrix to draw
+    shutil.copytree(runs[1], alone, ignore=shutil.ignore_patterns("*.pt", "eval-*.json"))
+    r = CliRunner().invoke(main, ["compare", str(alone), "--out", str(out), "--title", "one run"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir()) == ["comparison.png", "notes.txt", "report.md", "results.csv",
+                                                     "summary.json"]
+    assert "one run" in (out / "report.md").read_text() and (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_report_that_fails_before_any_file_leaves_no_folder(tmp_path):
+    from homus import report
+
+    with pytest.raises(RunError, match="no runs"):
+        report.write_report([], tmp_path / "new" / "cmp", "nothing")
+    assert not (tmp_path / "new" / "cmp").exists()
 
 
 @pytest.mark.parametrize("text, key", [
