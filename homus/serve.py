@@ -1,7 +1,8 @@
 """``homus serve``: draw a symbol in a browser and see what the model reads; collect new samples.
 
 A FastAPI app (``pip install 'homus[serve]'``) around :class:`classifier.inference.Predictor`:
-the page at ``/``, the JSON API under ``/api``, the OpenAPI page at ``/docs``. Every bad request
+the page at ``/``, the JSON API under ``/api``, the OpenAPI page at ``/docs`` (Swagger UI served
+from the ``swagger-ui-bundle`` package, so it works offline). Every bad request
 is answered with a 4xx and one readable message naming the field; the server keeps serving.
 
 fastapi is imported inside :func:`create_app` so the rest of the command line starts without it
@@ -117,6 +118,7 @@ def create_app(runs, collect_dir="collected", max_batch: int = 32, max_samples: 
     from fastapi import FastAPI, Request
     from fastapi.exception_handlers import http_exception_handler
     from fastapi.exceptions import RequestValidationError
+    from fastapi.openapi.docs import get_swagger_ui_html
     from fastapi.responses import FileResponse, JSONResponse
     from fastapi.staticfiles import StaticFiles
     from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool, StrictInt, field_validator
@@ -208,8 +210,11 @@ def create_app(runs, collect_dir="collected", max_batch: int = 32, max_samples: 
         path: str
         sample: str
 
+    from swagger_ui_bundle import swagger_ui_path
+
     app = FastAPI(title="homus", version="1", summary="Draw a HOMUS music symbol, see what the model reads.",
-                  description="Points are in HOMUS tablet units. Errors are `{\"detail\": message}` with a 4xx.")
+                  description="Points are in HOMUS tablet units. Errors are `{\"detail\": message}` with a 4xx.",
+                  docs_url=None, redoc_url=None)  # FastAPI's own pages load their scripts from a CDN
     app.state.predictor, app.state.collect_dir, app.state.max_samples = predictor, collect_dir, max_samples
 
     @app.exception_handler(RequestValidationError)
@@ -257,6 +262,23 @@ def create_app(runs, collect_dir="collected", max_batch: int = 32, max_samples: 
         return FileResponse(STATIC / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+
+    @app.api_route("/docs", include_in_schema=False, methods=["GET", "HEAD"])
+    def docs():
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title="homus API", oauth2_redirect_url=None,
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
+
+    @app.middleware("http")
+    async def revalidate(request: Request, call_next):
+        """The page and its scripts are checked with the server on each load (a cheap 304), so a
+        page cached from an older homus never runs against a newer API."""
+        response = await call_next(request)
+        if not request.url.path.startswith("/api/"):
+            response.headers.setdefault("Cache-Control", "no-cache")
+        return response
 
     @app.api_route("/api/labels", methods=["GET", "HEAD"], summary="The classes the models predict, in order.")
     def labels() -> dict:

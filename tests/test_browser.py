@@ -119,6 +119,7 @@ def draw(driver, pad, strokes) -> None:
     from selenium.webdriver.common.actions.action_builder import ActionBuilder
     from selenium.webdriver.common.actions.pointer_input import PointerInput
 
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", pad)  # all of it in the viewport
     pts = np.concatenate(strokes)
     shift = np.array([100, 135]) - (pts.min(0) + pts.max(0)) / 2  # the symbol's centre on the pad's
     w, h = pad.rect["width"], pad.rect["height"]
@@ -175,3 +176,70 @@ def test_draw_read_and_collect_in_chromium(server, browser, run, tmp_path):
     assert got.label == sample.label and [s.tolist() for s in got.strokes] == sent
     wait_for(lambda: "browser_test" in browser.find_element(By.ID, "collect-status").text, 10, "the status line")
     assert browser.find_element(By.ID, "stroke-count").text == "0 strokes"  # the pad is clear for the next
+
+
+def test_the_page_shows_no_answer_or_save_that_is_not_so(server, browser):
+    """What a careless user does: Save double-clicked, Enter on a focused button, a long writer name,
+    a stroke drawn while the server cannot be reached. The page saves once under the label it names,
+    lets buttons do what they say, refuses rather than cuts a name, and never leaves an answer on
+    screen for a drawing it does not belong to."""
+    import numpy as np
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    line = [np.array([[100, 40], [100, 140], [101, 230]], float)]
+    browser.get(server["url"] + "/")
+    wait_for(lambda: browser.execute_script("return document.body.dataset.ready === '1'"), 30, "the page")
+    pad, status = browser.find_element(By.ID, "pad"), browser.find_element(By.ID, "collect-status")
+    count = browser.find_element(By.ID, "stroke-count")
+    answered = "return window.homusPending === 0 && window.homusLastPrediction !== null"
+
+    draw(browser, pad, line)  # a stroke while the server is out of reach: no answer shown for it
+    wait_for(lambda: browser.execute_script(answered), 30, "the first answer")
+    browser.execute_cdp_cmd("Network.enable", {})
+    browser.execute_cdp_cmd("Network.emulateNetworkConditions", {"offline": True, "latency": 0,
+                                                                 "downloadThroughput": -1, "uploadThroughput": -1})
+    draw(browser, pad, line)
+    error = browser.find_element(By.ID, "error")
+    wait_for(lambda: error.is_displayed() and "did not answer" in error.text, 30, "the error")
+    assert browser.find_element(By.ID, "top-label").text == "-"
+    assert not browser.find_elements(By.CSS_SELECTOR, "#predictions li")
+    assert browser.execute_script("return window.homusLastPrediction") is None
+    browser.execute_cdp_cmd("Network.emulateNetworkConditions", {"offline": False, "latency": 0,
+                                                                 "downloadThroughput": -1, "uploadThroughput": -1})
+    browser.find_element(By.ID, "clear").click()
+    wait_for(lambda: not error.is_displayed(), 10, "Clear to clear the error")
+
+    browser.find_element(By.ID, "mode-collect").click()
+    label = Select(browser.find_element(By.ID, "label"))
+    label.select_by_index(3)
+    chosen = label.first_selected_option.get_attribute("value")
+    writer = browser.find_element(By.ID, "writer")
+    writer.clear()
+    writer.send_keys("a" * 40)  # longer than a writer may be: refused, never cut to 32 (names would merge)
+    draw(browser, pad, line)
+    browser.find_element(By.ID, "save").click()
+    wait_for(lambda: "at most 32 characters (this one has 40)" in status.text, 10, "the writer's problem")
+    assert writer.get_attribute("value") == "a" * 40 and not any(server["collect"].glob("a*"))
+
+    writer.clear()
+    writer.send_keys("twice")
+    ActionChains(browser).double_click(browser.find_element(By.ID, "save")).perform()
+    wait_for(lambda: browser.execute_script("return window.homusLastSaved || null"), 30, "the save")
+    wait_for(lambda: count.text == "0 strokes" and browser.execute_script("return window.homusPending === 0"),
+             10, "the pad to clear")
+    time.sleep(1)  # a second save, were there one, has landed by now
+    files = sorted((server["collect"] / "twice").glob("*.txt"))
+    assert [f.name for f in files] == ["twice-1.txt"] and parse_file(files[0]).label == chosen
+    assert status.text.startswith(f"Saved twice-1 ({chosen})")
+
+    draw(browser, pad, line)
+    draw(browser, pad, line)
+    wait_for(lambda: count.text == "2 strokes", 10, "two strokes")
+    browser.execute_script("document.getElementById('undo').focus()")
+    browser.switch_to.active_element.send_keys(Keys.ENTER)  # Undo's Enter undoes; it does not save
+    wait_for(lambda: count.text == "1 stroke", 10, "the undo")
+    time.sleep(0.5)
+    assert len(list((server["collect"] / "twice").glob("*.txt"))) == 1

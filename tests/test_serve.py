@@ -289,7 +289,13 @@ def test_health_labels_page_and_docs(client):
     assert page.status_code == 200 and 'id="pad"' in page.text
     assert "pointerdown" in client.get("/static/app.js").text
     assert "/api/predict" in client.get("/openapi.json").json()["paths"]
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "/docs-assets/swagger-ui-bundle.js" in docs.text
+    assert "http://" not in docs.text and "https://" not in docs.text  # the page works offline: no CDN
+    for asset in ("/docs-assets/swagger-ui-bundle.js", "/docs-assets/swagger-ui.css"):
+        assert client.get(asset).status_code == 200, asset
+    assert client.get("/redoc").status_code == 404  # FastAPI's ReDoc page would load its script from a CDN
+    assert page.headers["cache-control"] == "no-cache"  # an old app.js is never run against a new API
     assert client.get("/api/nothing").status_code == 404
 
 

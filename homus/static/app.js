@@ -10,9 +10,13 @@ let strokes = [];          // [[[x, y], ...], ...] in tablet units, in the order
 let current = null;        // the stroke being drawn
 let activePointer = null;  // one pen, finger or mouse at a time
 let seq = 0;               // predictions asked; answers to older ones are dropped
+let saving = false;        // one save at a time: a double click must not save the drawing twice
 let mode = "predict";
 let labels = [];
 let counts = { total: 0, labels: {}, writers: {} };
+
+// How long the page waits for an answer before saying so (a save may take longer: it reads the folder).
+const PREDICT_TIMEOUT_MS = 20000, SAVE_TIMEOUT_MS = 60000;
 
 // What the page last sent and got, for tests and curious users.
 window.homusLastStrokes = null;
@@ -26,11 +30,19 @@ function toTablet(ev) {
   return [Math.min(Math.max(x, 0), TABLET_W), Math.min(Math.max(y, 0), TABLET_H)];
 }
 
+// The writer's name is remembered where the browser allows site data; where it does not, it is not.
+function storageGet(key) { try { return localStorage.getItem(key); } catch { return null; } }
+function storageSet(key, value) { try { localStorage.setItem(key, value); } catch { /* site data blocked */ } }
+
+let density = null;        // the media query of the current pixel density: the bitmap follows a change
 function resize() {
   const r = pad.getBoundingClientRect(), dpr = window.devicePixelRatio || 1;
   pad.width = Math.max(1, Math.round(r.width * dpr));
   pad.height = Math.max(1, Math.round(r.height * dpr));
   $("units-per-px").textContent = r.width ? (TABLET_W / r.width).toFixed(2) : "?";
+  if (density) density.removeEventListener("change", resize);
+  density = window.matchMedia(`(resolution: ${dpr}dppx)`);  // another screen, or zoom, without a resize
+  density.addEventListener("change", resize);
   redraw();
 }
 
@@ -86,12 +98,28 @@ pad.addEventListener("pointerup", endStroke);
 pad.addEventListener("pointercancel", endStroke);
 pad.addEventListener("contextmenu", (ev) => ev.preventDefault());
 
-async function api(path, body) {
-  const opts = body === undefined ? {} : { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
-  const res = await fetch(path, opts);
-  const data = await res.json().catch(() => ({ detail: `${res.status} ${res.statusText}` }));
-  if (!res.ok) throw new Error(data.detail || `${res.status}`);
-  return data;
+// An Error whose message says what happened and what to do; `status` is the HTTP status, if any.
+function apiError(message, status) { const e = new Error(message); e.status = status; return e; }
+
+async function api(path, body, timeoutMs = PREDICT_TIMEOUT_MS) {
+  const ctl = new AbortController(), timer = setTimeout(() => ctl.abort(), timeoutMs);
+  const opts = { signal: ctl.signal, ...(body === undefined ? {} :
+    { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) }) };
+  try {
+    let res;
+    try {
+      res = await fetch(path, opts);
+    } catch {
+      throw apiError(ctl.signal.aborted
+        ? `The server gave no answer within ${timeoutMs / 1000} s; is homus serve busy or stopped? Your drawing is kept.`
+        : `The server at ${location.host} did not answer; is homus serve still running? Your drawing is kept.`);
+    }
+    const data = await res.json().catch(() => ({ detail: `${res.status} ${res.statusText}` }));
+    if (!res.ok) throw apiError(data.detail || `${res.status} ${res.statusText}`, res.status);
+    return data;
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 function showError(message) {
@@ -99,20 +127,27 @@ function showError(message) {
   $("error").textContent = message || "";
 }
 
-function showEmpty() {
+// The answer shown is always the answer to the strokes on the pad: none while there is none.
+function showEmpty(note = "Draw a symbol.") {
+  $("answer").classList.remove("pending");
+  $("answer").removeAttribute("aria-busy");
   $("top-label").textContent = "-";
   $("top-probability").textContent = "";
   $("predictions").replaceChildren();
-  $("inputs").innerHTML = '<span class="muted small">Draw a symbol.</span>';
+  const hint = document.createElement("span"); hint.className = "muted small"; hint.textContent = note;
+  $("inputs").replaceChildren(hint);
   $("saliency").replaceChildren();
   $("saliency").hidden = true;
   $("ms").textContent = "";
+  window.homusLastPrediction = null;
 }
 
 async function predict() {
   const mine = ++seq;
-  if (!strokes.length) { showEmpty(); window.homusLastStrokes = []; return; }
+  if (!strokes.length) { showEmpty(); showError(""); window.homusLastStrokes = []; return; }
   const sent = JSON.parse(JSON.stringify(strokes));
+  $("answer").classList.add("pending");  // what is shown belongs to the drawing before this stroke
+  $("answer").setAttribute("aria-busy", "true");
   window.homusPending++;
   try {
     const data = await api("/api/predict", { strokes: sent, top_k: 5, inputs: true, explain: true });
@@ -122,7 +157,10 @@ async function predict() {
     showError("");
     showPrediction(data);
   } catch (e) {
-    if (mine === seq) showError(e.message);
+    if (mine !== seq) return;
+    window.homusLastStrokes = null;
+    showEmpty("No answer for this drawing.");
+    showError(e.status === 422 ? `${e.message}. Undo a stroke or clear the pad.` : e.message);
   } finally {
     window.homusPending--;
   }
@@ -130,6 +168,8 @@ async function predict() {
 
 function showPrediction(data) {
   const [best] = data.predictions;
+  $("answer").classList.remove("pending");
+  $("answer").removeAttribute("aria-busy");
   $("top-label").textContent = best.label;
   $("top-probability").textContent = `${(100 * best.probability).toFixed(1)} %`;
   $("predictions").replaceChildren(...data.predictions.map((p) => {
@@ -167,8 +207,9 @@ function showPrediction(data) {
   $("ms").textContent = `${data.ms.toFixed(1)} ms on the server.`;
 }
 
-function undo() { if (strokes.length) { strokes.pop(); redraw(); predict(); } }
-function clearPad() { strokes = []; current = null; activePointer = null; redraw(); predict(); }
+// While a save is on its way, the strokes it sends stay as they are (a new stroke may be drawn).
+function undo() { if (strokes.length && !saving) { strokes.pop(); redraw(); predict(); } }
+function clearPad() { if (saving) return; strokes = []; current = null; activePointer = null; redraw(); predict(); }
 
 // --- collect mode ---------------------------------------------------------------------------
 function setMode(m) {
@@ -178,7 +219,20 @@ function setMode(m) {
     $(id).classList.toggle("active", m === name);
     $(id).setAttribute("aria-selected", String(m === name));
   }
-  if (m === "collect") refreshCounts();
+  if (m === "collect") {
+    if (!labels.length) loadLabels().catch((e) => { $("collect-status").textContent = labelsProblem(e); });
+    refreshCounts();
+  }
+}
+
+async function loadLabels() {
+  labels = (await api("/api/labels")).labels;
+  $("label").replaceChildren(...labels.map((l) => new Option(l, l)));
+  renderCounts();
+}
+
+function labelsProblem(e) {
+  return `The list of labels did not load (${e.message}); collect mode needs it: reload the page.`;
 }
 
 function renderCounts() {
@@ -194,7 +248,12 @@ function renderCounts() {
 }
 
 async function refreshCounts() {
-  try { counts = await api("/api/samples"); } catch (e) { $("collect-status").textContent = e.message; }
+  try {
+    counts = await api("/api/samples", undefined, SAVE_TIMEOUT_MS);
+  } catch (e) {  // said beside what the status line says (a save that worked stays "Saved")
+    const status = $("collect-status");
+    status.textContent = `${status.textContent ? status.textContent + " " : ""}(The counts did not refresh: ${e.message})`;
+  }
   renderCounts();
 }
 
@@ -204,24 +263,48 @@ function nextLabel() {
   renderCounts();
 }
 
+// What is wrong with a writer's name, as the server checks it (never cut short: two long names would merge).
+function writerProblem(writer) {
+  if (!writer) return "Writer: give your name, e.g. alice.";
+  if (writer.length > 32) return `Writer: at most 32 characters (this one has ${writer.length}).`;
+  if (!/^[A-Za-z][A-Za-z0-9_]*$/.test(writer)) {
+    return "Writer: a plain letter (a-z, A-Z) first, then plain letters, digits or _ (no spaces or accents).";
+  }
+  return null;
+}
+
 async function save() {
-  const writer = $("writer").value.trim();
-  if (!strokes.length) { $("collect-status").textContent = "Draw the symbol first."; return; }
-  if (!/^[A-Za-z][A-Za-z0-9_]{0,31}$/.test(writer)) {
-    $("collect-status").textContent = "Writer: a name of letters, digits or _, starting with a letter.";
-    $("writer").focus();
+  if (saving) return;
+  const writer = $("writer").value.trim(), label = $("label").value, status = $("collect-status");
+  if (!strokes.length) { status.textContent = "Draw the symbol first."; return; }
+  const problem = writerProblem(writer);
+  if (problem) { status.textContent = problem; $("writer").focus(); return; }
+  if (!labels.length || !label) {
+    try { await loadLabels(); status.textContent = "The labels have loaded: pick the symbol's label, then save."; }
+    catch (e) { status.textContent = labelsProblem(e); }
     return;
   }
-  localStorage.setItem("homus-writer", writer);
+  const sent = strokes.slice();  // these strokes, under this label: what is saved and then cleared
+  saving = true;
+  $("save").disabled = true;
+  status.textContent = `Saving as ${label}...`;
   try {
-    const data = await api("/api/samples", { label: $("label").value, strokes, writer });
-    $("collect-status").textContent = `Saved ${data.sample} (${$("label").value}) as ${data.path}`;
+    const data = await api("/api/samples", { label, strokes: sent, writer }, SAVE_TIMEOUT_MS);
+    storageSet("homus-writer", writer);
     window.homusLastSaved = data;
-    if ($("advance").checked) nextLabel();
-    clearPad();
+    status.textContent = `Saved ${data.sample} (${label}) as ${data.path}`;
+    strokes = strokes.filter((s) => !sent.includes(s));  // a stroke drawn meanwhile stays for the next
+    redraw();
+    predict();
+    if ($("advance").checked && $("label").value === label) nextLabel();  // unless the user already chose
     await refreshCounts();
   } catch (e) {
-    $("collect-status").textContent = `Not saved: ${e.message}`;
+    status.textContent = e.status === undefined && e.message.includes("no answer within")
+      ? `Not known whether it was saved: ${e.message} Check the counts before saving it again.`
+      : `Not saved: ${e.message}`;
+  } finally {
+    saving = false;
+    $("save").disabled = false;
   }
 }
 
@@ -233,6 +316,8 @@ document.addEventListener("keydown", (ev) => {
     if (ev.key === "Enter" && mode === "collect" && t.id === "writer") { ev.preventDefault(); save(); }
     return;
   }
+  // Enter and Space on a focused button, link or summary do what that control does.
+  if ((ev.key === "Enter" || ev.key === " ") && t instanceof Element && t.closest("button, a, summary")) return;
   const k = ev.key.toLowerCase();
   if (k === "backspace" || k === "z") { ev.preventDefault(); undo(); }
   else if (k === "escape" || k === "c") { ev.preventDefault(); clearPad(); }
@@ -251,15 +336,14 @@ $("writer").addEventListener("input", renderCounts);
 window.addEventListener("resize", resize);
 
 (async function init() {
-  $("writer").value = localStorage.getItem("homus-writer") || "";
   resize();
+  $("writer").value = storageGet("homus-writer") || "";
   try {
-    labels = (await api("/api/labels")).labels;
-    $("label").replaceChildren(...labels.map((l) => new Option(l, l)));
+    await loadLabels();
     const health = await api("/api/health");
     $("models").textContent = health.models.length > 1 ? `${health.models.length} models voting.` : `Model: ${health.models[0].run}.`;
   } catch (e) {
-    showError(`The server did not answer: ${e.message}`);
+    showError(`The page could not start: ${e.message}`);
   }
   document.body.dataset.ready = "1";
 })();
