@@ -106,8 +106,9 @@ def _to_gray(img: np.ndarray) -> np.ndarray:
     """uint8 grayscale of any decoded image. Transparency counts: ink carried only by the alpha
     channel (opaque strokes of one colour on a transparent sheet) is laid on paper of the opposite
     brightness, so it shows."""
-    if img.dtype == np.uint16:
-        img = (img // 257).astype(np.uint8)
+    if img.dtype == np.uint16:  # to 0-255 by its own top: a 12-bit scan in a 16-bit file tops out at 4095
+        top = int(img.max())
+        img = img.astype(np.uint8) if top <= 255 else (img.astype(np.float32) * (255 / top)).round().astype(np.uint8)
     elif img.dtype != np.uint8:
         if not np.isfinite(img).all():
             raise InputError("the image holds pixels that are not numbers (NaN or infinity)")

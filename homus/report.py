@@ -28,7 +28,7 @@ from classifier.plots import plot_confusion_matrix, plt, save_figure, tile_grid
 from classifier.runfolder import RunError, RunFolder
 from classifier.splits import split_seed_of
 from homus_render.atomic import is_stale, write_bytes, write_text
-from homus_render.errors import not_a_folder, user_os_error
+from homus_render.errors import PathError, not_a_folder, user_os_error
 from homus_render.strokes import parse_file
 from homus_render.variants import read_variant_info
 
@@ -283,7 +283,10 @@ def write_report(run_dirs: list[Path], out: Path, title: str, **options) -> dict
             err = user_os_error(e)
             if err is None or err.filename is None or Path(err.filename).parent != staging:
                 raise
-            raise user_os_error(OSError(e.errno, e.strerror, str(out / Path(err.filename).name))) from None
+            target = str(out / Path(err.filename).name)
+            named = PathError(err.errno, err.args[1].replace(str(err.filename), target, 1))
+            named.filename = target
+            raise named from None
         unknown = sorted(set(os.listdir(staging)) - set(REPORT_FILES))
         assert not unknown, f"report files missing from REPORT_FILES: {unknown}"
         for name in ("report.md", "summary.json"):  # nothing describes a folder while it changes

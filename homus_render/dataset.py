@@ -29,13 +29,18 @@ def natural_key(text: str) -> tuple:
     return tuple(int(t) if t.isdigit() else t for t in _NUM.split(text))
 
 
+#: A sample's file name, ``<writer>-<n>.txt``: a stray copy (``1-5 copy.txt``) or a note beside the
+#: samples is not one, as ``homus fetch`` takes none of them either.
+SAMPLE_NAME = re.compile(r"^[^\s/.][^\s/]*-[0-9]+\.txt$")
+
+
 def _scan(root: Path, writers: set[str] | None = None) -> list[str]:
-    """``<writer>/<file>.txt`` under ``root`` (of ``writers`` when given), unsorted."""
+    """``<writer>/<writer>-<n>.txt`` under ``root`` (of ``writers`` when given), unsorted."""
     found = []
     for entry in os.scandir(root):
         if entry.is_dir() and not entry.name.startswith(".") and (writers is None or entry.name in writers):
             found.extend(f"{entry.name}/{f.name}" for f in os.scandir(entry.path)
-                         if f.name.endswith(".txt") and f.is_file() and not f.name.startswith("."))
+                         if SAMPLE_NAME.match(f.name) and f.is_file())
     return found
 
 
@@ -58,7 +63,9 @@ def list_stroke_files(raw_dir: str | Path, writers: set[str] | None = None,
             raise SettingsError(f"{root}: writer folder(s) {', '.join(numeric[:5])} are numbers, as HOMUS's writers "
                                 "are; extra writers need names (letters first, as homus serve saves them) so "
                                 "that two people never count as one writer")
-        found.extend(os.path.relpath(root / rel, raw_dir).replace(os.sep, "/") for rel in _scan(root))
+        # relative to where raw_dir really is: the OS follows a linked raw_dir before "..", so must this
+        real_root, real_raw = root.resolve(), raw_dir.resolve()
+        found.extend(os.path.relpath(real_root / rel, real_raw).replace(os.sep, "/") for rel in _scan(root))
     found.sort(key=natural_key)
     check_unique_ids(raw_dir, found)
     return found
@@ -81,6 +88,10 @@ def check_unique_ids(raw_dir: str | Path, files: list[str]) -> None:
         seen[key] = rel
 
 
+#: The most writers one ``--writers`` range may name (a typo like 1-99999999999 would build a set for minutes).
+MAX_WRITERS = 100_000
+
+
 def parse_writers(spec: str | int | list | None) -> set[str] | None:
     """``None`` (all), ``"1-5,9"``, ``7`` or ``[1, 2, "3-4"]`` -> a set of writer ids."""
     if spec is None or spec == []:
@@ -89,13 +100,16 @@ def parse_writers(spec: str | int | list | None) -> set[str] | None:
     out: set[str] = set()
     for item in items:
         text = str(item).strip()
-        m = re.fullmatch(r"(\d+)\s*-\s*(\d+)", text)
+        m = re.fullmatch(r"([0-9]+)\s*-\s*([0-9]+)", text)  # ASCII digits: "²".isdigit() is true
         if m and int(m.group(1)) > int(m.group(2)):
             raise SettingsError(f"writers {spec!r}: the range {text} runs backwards; write it as "
                                 f"{int(m.group(2))}-{int(m.group(1))}")
+        if m and int(m.group(2)) - int(m.group(1)) >= MAX_WRITERS:
+            raise SettingsError(f"writers {spec!r}: the range {text} names more than {MAX_WRITERS:,} writers; "
+                                "HOMUS has 100, numbered 1-100")
         if m:
             out |= {str(w) for w in range(int(m.group(1)), int(m.group(2)) + 1)}
-        elif text.isdigit():
+        elif re.fullmatch(r"[0-9]+", text):
             out.add(str(int(text)))
         else:
             raise SettingsError(f"writers {spec!r}: expected numbers and ranges like 1-5,9")
@@ -161,5 +175,16 @@ def load_samples(raw_dir: str | Path, writers: set[str] | None = None, extra: Se
 
     files = list_stroke_files(raw_dir, writers, extra)
     if not files:
-        raise MissingDataError(f"{raw_dir}: no stroke files (run `homus fetch` first)")
+        raise MissingDataError(no_files(raw_dir, writers))
     return [parse_file(Path(raw_dir, rel)) for rel in files]
+
+
+def no_files(raw_dir: str | Path, writers: set[str] | None) -> str:
+    """Why ``raw_dir`` gave no stroke files, and what to do: fetch, or ask for writers it holds."""
+    if writers:
+        held = {rel.split("/")[0] for rel in list_stroke_files(raw_dir)}
+        if held:
+            some = ", ".join(sorted(held, key=natural_key)[:3])
+            return (f"{raw_dir}: no stroke files of writers {','.join(sorted(writers, key=natural_key))}; it holds "
+                    f"{len(held)} other writer(s) ({some}{', ...' if len(held) > 3 else ''}): choose those (--writers)")
+    return f"{raw_dir}: no stroke files <writer>/<writer>-<n>.txt (run `homus fetch` first)"

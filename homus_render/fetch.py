@@ -30,6 +30,12 @@ OFFICIAL = {
     "v1": "http://grfia.dlsi.ua.es/homus/HOMUS.zip",
 }
 EXPECTED = {"samples": 15_200, "writers": 100, "labels": len(LABELS)}
+#: The content hash (:func:`~homus_render.index.content_hash`) of each official release: a source that
+#: holds one release is never installed as the other.
+RELEASES = {
+    "v2": "e2bfcc910a1aad629cb62f3dc0f67d649cf9de5160b8b703eece33fe4dc6d462",
+    "v1": "bbe2e714ec04c29b898bc23e2d73c834095631ebed40341a669d63cbb2525ccd",
+}
 ENV_SOURCE = "HOMUS_SOURCE"
 # Limits that no genuine HOMUS archive comes near (it holds 15,200 files of about 1 KB).
 MAX_MEMBERS = 100_000
@@ -85,6 +91,8 @@ def fetch(raw_dir: str | Path, version: str = "v2", source: str | None = None,
     ``progress(done_bytes, total_bytes)`` follows a download.
     """
     raw_dir = Path(raw_dir)
+    if raw_dir.resolve().name == "":
+        raise FetchError(f"--raw-dir {raw_dir}: the file system's root; choose a folder of its own, e.g. raw")
     src = resolve_source(source, version)
     done = _already_there(raw_dir, version)
     if done is not None:
@@ -125,6 +133,10 @@ def _fetch_into(raw_dir: Path, version: str, src: str, progress) -> FetchReport:
         else:
             raise FetchError(f"source {src}: no such file, folder or http(s) URL")
         report, index = _check(staging, version, src)
+        other = next((v for v, sha in RELEASES.items() if sha == report.sha256 and v != version), None)
+        if other is not None:
+            raise FetchError(f"{src} holds HOMUS {other} (content sha256 {report.sha256[:12]}...), not {version}: "
+                             f"pass --version {other}, or a source of {version}")
         _move_into_place(staging, raw_dir, report)
         try:  # a cache for renders: a fetch is complete without it
             write_index(raw_dir, index)
@@ -223,15 +235,23 @@ def _extract_zip(archive: Path, dest: Path) -> None:
                     raise FetchError(f"{archive}: member {name!r} would escape the destination; refusing")
                 if stat.S_ISLNK(m.external_attr >> 16):
                     raise FetchError(f"{archive}: member {name!r} is a symbolic link; refusing")
+                if m.flag_bits & 0x1:
+                    raise FetchError(f"{archive}: member {name!r} is encrypted; HOMUS archives are not: "
+                                     "use the official zip or a folder")
                 total += m.file_size
                 if m.file_size > MAX_MEMBER_BYTES or total > MAX_TOTAL_BYTES or (
                         m.compress_size and m.file_size / m.compress_size > MAX_RATIO and m.file_size > 2**20):
                     raise FetchError(f"{archive}: member {name!r} is absurdly large ({m.file_size:,} "
                                      "bytes uncompressed); refusing")
+            seen: dict[str, str] = {}
             for m in members:
                 rel = None if m.is_dir() else _member_target(m.filename)
                 if rel is None:
                     continue
+                if rel in seen:  # two copies of one sample (two releases in one zip?): which is meant?
+                    raise FetchError(f"{archive}: members {seen[rel]!r} and {m.filename!r} are both sample {rel}; "
+                                     "an archive must hold one copy of HOMUS")
+                seen[rel] = m.filename
                 target = dest / rel
                 target.parent.mkdir(exist_ok=True)
                 with z.open(m) as src, open(target, "wb") as out:
@@ -247,15 +267,20 @@ def _extract_zip(archive: Path, dest: Path) -> None:
 
 def _copy_folder(src: Path, dest: Path) -> None:
     """Copy sample files from a folder laid out as ``[HOMUS/]<writer>/<writer>-<n>.txt``."""
-    found = 0
+    seen: dict[str, Path] = {}
     for path in sorted(src.rglob("*.txt")):
         rel = _member_target(path.relative_to(src).as_posix())
         if rel is None or path.is_symlink():
             continue
+        if not path.is_file():
+            raise FetchError(f"{path}: not a regular file (a pipe, a device, a folder?); HOMUS samples are text files")
+        if rel in seen:
+            raise FetchError(f"{seen[rel]} and {path} are both sample {rel}; a source folder must hold one "
+                             "copy of HOMUS")
+        seen[rel] = path
         (dest / rel).parent.mkdir(exist_ok=True)
         shutil.copyfile(path, dest / rel)
-        found += 1
-    if not found:
+    if not seen:
         raise FetchError(f"{src}: no HOMUS files <writer>/<writer>-<n>.txt in this folder")
 
 

@@ -23,6 +23,8 @@ class BusyError(HomusError, RuntimeError):
 
 def lock_path(target: str | Path) -> Path:
     target = Path(target)
+    if target.name in ("", ".", ".."):  # "." or "x/..": the folder they name, which has a name
+        target = target.resolve()
     return target.with_name(f".{target.name}.lock")
 
 

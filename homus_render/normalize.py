@@ -33,6 +33,10 @@ from .render import RenderSettings, draw, render
 #: (:func:`thicken`), ``redraw`` (:func:`redraw`), or ``fit`` (the ink's box resized to the canvas).
 READS = ("auto", "thicken", "redraw", "fit")
 
+#: The longest centre line read, in pixels. A symbol drawn on paper has a few thousand even in a large
+#: scan; noise or a photo of a scene has millions, whose strokes would take gigabytes to draw.
+MAX_CENTRE_LINE = 200_000
+
 #: Offsets to the neighbours each skeleton pixel is joined to (each pair once: right, down, both diagonals).
 _NEXT = ((0, 1), (1, 0), (1, 1), (1, -1))
 
@@ -67,8 +71,12 @@ def reads_as_drawn(fitted: np.ndarray, s: RenderSettings) -> bool:
 
 def skeleton_strokes(skel: np.ndarray) -> list[np.ndarray]:
     """The skeleton as pen strokes in pixel coordinates ``(x, y)``: a two-point stroke for each
-    pair of neighbouring pixels, a dot for a pixel with no neighbour."""
+    pair of neighbouring pixels, a dot for a pixel with no neighbour. Raises ValueError for a line
+    longer than :data:`MAX_CENTRE_LINE`."""
     ys, xs = np.nonzero(skel)
+    if len(ys) > MAX_CENTRE_LINE:
+        raise ValueError(f"the ink's centre line is {len(ys):,} pixels long, more than a drawn symbol's "
+                         f"({MAX_CENTRE_LINE:,} at most): is it a photo or noise? Crop it to the symbol on plain paper")
     h, w = skel.shape
     strokes = []
     joined = np.zeros(len(ys), bool)

@@ -213,9 +213,22 @@ def render(strokes: Sequence[np.ndarray], s: RenderSettings) -> np.ndarray:
     """Render a symbol's strokes to a ``(height, width)`` ``uint8`` image, black on white."""
     if not strokes:
         raise ValueError("a symbol needs at least one stroke")
-    pts = np.concatenate(strokes) if len(strokes) > 1 else strokes[0]
+    lengths = [len(st) for st in strokes]
+    pts = np.concatenate(strokes) if len(strokes) > 1 else np.asarray(strokes[0])
+    check_points(pts, lengths)
     scale, ox, oy = fit_path(pts.min(axis=0), pts.max(axis=0), s)
-    return draw_mapped(pts, [len(st) for st in strokes], scale, ox, oy, s)
+    return draw_mapped(pts, lengths, scale, ox, oy, s)
+
+
+def check_points(pts: np.ndarray, lengths) -> None:
+    """Refuse what would draw a blank page that passes for a drawing: points that are not ``(x, y)``
+    pairs, an empty stroke, a coordinate that is nan or infinite."""
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise ValueError(f"strokes must be (k, 2) arrays of x, y points, got points of shape {pts.shape}")
+    if len(lengths) and min(lengths) == 0:
+        raise ValueError(f"stroke {list(lengths).index(0) + 1} has no points")
+    if not np.isfinite(pts).all():
+        raise ValueError("a coordinate is not a finite number (nan or inf)")
 
 
 def render_packed(packed: Packed, s: RenderSettings) -> np.ndarray:
@@ -235,6 +248,9 @@ def render_packed(packed: Packed, s: RenderSettings) -> np.ndarray:
     if n == 0:
         return np.zeros((0, h, w), np.uint8)
     pts, lengths = packed.points, packed.stroke_lengths
+    check_points(pts, lengths)
+    if packed.n_strokes.min() == 0:
+        raise ValueError(f"sample {int(np.argmin(packed.n_strokes))} has no strokes")
     stroke_start, first_stroke = packed.first_points(), packed.first_strokes()
     sample_start = stroke_start[first_stroke]
     owner = np.repeat(np.arange(n), np.diff(np.append(sample_start, len(pts))))  # sample of each point

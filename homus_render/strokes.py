@@ -23,8 +23,10 @@ MAX_COORD = 100_000.0
 
 _NAME = re.compile(r"^(\d+)-(\d+)$")
 _COORDS_ONLY = re.compile(r"^[-+\d\s,;.]+$")
-#: A stroke line as it can stand in for line 1 of an unlabelled file: points of exactly two numbers.
-_POINTS_LINE = re.compile(r"^\s*[-+\d.]+\s*,\s*[-+\d.]+(\s*;\s*[-+\d.]+\s*,\s*[-+\d.]+)*\s*;?\s*$")
+#: Line 1 of an unlabelled file that is made of what points are made of (numbers, exponents, commas
+#: and semicolons): it is the first stroke, parsed like the others (a typo in it is an error, never
+#: a "label" silently dropped).
+_POINTS_LINE = re.compile(r"^(?=.*\d)(?=.*,)[-+\d\s,;.eE]+$")
 _NUMBER_CHARS = str.maketrans("", "", "0123456789+-")  # what is left of well-formed strokes: ",;," per line
 
 

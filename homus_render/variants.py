@@ -23,7 +23,17 @@ import cv2
 
 from . import __version__
 from .atomic import is_stale, write_bytes, write_json
-from .dataset import Stat, content_hash, file_digest, file_stats, fingerprint, list_stroke_files, natural_key, read_info
+from .dataset import (
+    Stat,
+    content_hash,
+    file_digest,
+    file_stats,
+    fingerprint,
+    list_stroke_files,
+    natural_key,
+    no_files,
+    read_info,
+)
 from .errors import HomusError, SettingsError, check_writable_dir, not_a_folder, user_os_error
 from .index import StrokeIndex, read_index, write_index
 from .labels import LABELS
@@ -236,8 +246,7 @@ def render_variants(raw_dir: str | Path, rendered_dir: str | Path, variants: Seq
     raw_dir, rendered_dir = Path(raw_dir), Path(rendered_dir)
     files = list_stroke_files(raw_dir, writers, extra)
     if not files:
-        which = f" of writers {sorted(writers, key=natural_key)}" if writers else ""
-        raise RenderError(f"{raw_dir}: no stroke files <writer>/<writer>-<n>.txt{which} (run `homus fetch` first)")
+        raise RenderError(no_files(raw_dir, writers))
     try:
         stats = file_stats(raw_dir, files)
     except OSError as e:

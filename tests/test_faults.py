@@ -795,3 +795,156 @@ def test_a_bad_flag_is_one_line_naming_the_command_and_its_help(args, where, wor
     assert r.exit_code == 2 and "Traceback" not in r.output, r.output
     assert r.output.count("\n") == 1 and r.output.startswith(f"error: {where}: "), r.output
     assert words in r.output and f"see '{where} --help'" in r.output, r.output
+
+
+# --- found by a third probe: fetch, render and predict as a careless user meets them ----------------
+def test_an_unlabelled_stroke_file_never_drops_a_first_stroke_it_cannot_read():
+    """predict's parser took a first line with a typo (three numbers in a point, an exponent) for a
+    label and dropped it: the symbol lost its first stroke and was classified all the same."""
+    from homus_render.strokes import StrokeFileError, parse_text
+
+    with pytest.raises(StrokeFileError, match=r"x\.txt:1: odd coordinates"):
+        parse_text("10,0;10,40,5;11,80;\n50,50;60,60;\n", "x.txt", labelled=False)
+    for text in ("1e1,0;10,40;11,80;\n50,50;60,60;\n", "10,0;10,40;11,80;;\n50,50;60,60;\n"):
+        sample = parse_text(text, "x.txt", labelled=False)
+        assert sample.label == "" and len(sample.strokes) == 2 and sample.strokes[0][0].tolist() == [10, 0]
+    assert parse_text("3-4\n1,2;3,4\n", "x.txt", labelled=False).label == "3-4"  # a label, not a stroke
+
+
+def _zip(path: Path, members: dict[str, str], encrypted: bool = False) -> Path:
+    """A zip of ``members``; ``encrypted``: each marked as encrypted (bit 0 of the flags, in the local
+    and the central header), as `zip -P` marks them; Python's zipfile cannot write such a member."""
+    with zipfile.ZipFile(path, "w") as z:
+        for name, text in members.items():
+            z.writestr(name, text)
+    if encrypted:
+        data = bytearray(path.read_bytes())
+        for signature, flags_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+            at = data.find(signature)
+            while at >= 0:
+                data[at + flags_at] |= 0x1
+                at = data.find(signature, at + 4)
+        path.write_bytes(bytes(data))
+        assert all(m.flag_bits & 0x1 for m in zipfile.ZipFile(path).infolist())
+    return path
+
+
+def test_fetch_refuses_archives_and_folders_it_cannot_take_as_one_copy_of_homus(tmp_path):
+    sample, other = sample_text("Barline", [[[10, 0], [10, 40]]]), sample_text("Dot", [[[5, 5], [6, 5]]])
+    cases = [
+        (_zip(tmp_path / "enc.zip", {"HOMUS/1/1-1.txt": sample}, encrypted=True), "is encrypted"),
+        (_zip(tmp_path / "two.zip", {"HOMUS/1/1-1.txt": sample, "OTHER/1/1-1.txt": other}), "are both sample 1/1-1.txt"),
+    ]
+    folder = tmp_path / "src"
+    for top in ("HOMUS-v1", "HOMUS-v2"):  # two releases side by side
+        (folder / top / "1").mkdir(parents=True)
+        (folder / top / "1" / "1-1.txt").write_text(sample)
+    cases.append((folder, "are both sample 1/1-1.txt"))
+    pipe = tmp_path / "pipe"
+    (pipe / "1").mkdir(parents=True)
+    (pipe / "1" / "1-1.txt").write_text(sample)
+    os.mkfifo(pipe / "1" / "1-2.txt")
+    cases.append((pipe, "not a regular file"))
+    for i, (source, words) in enumerate(cases):
+        raw = tmp_path / f"raw{i}"
+        r = invoke("fetch", "--source", source, "--raw-dir", raw)
+        assert r.exit_code == 1 and words in r.output and "Traceback" not in r.output, r.output
+        assert not raw.exists()
+
+
+def test_fetch_into_the_current_folder_and_never_one_release_as_the_other(tmp_path, monkeypatch):
+    """`--raw-dir .` was a traceback (a lock beside a path with no name); a source holding one
+    release was installed under the other's name (v2's content recorded as v1)."""
+    from homus_render import fetch
+
+    write_handmade(tmp_path / "src")
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    r = invoke("fetch", "--source", tmp_path / "src", "--raw-dir", ".")
+    assert r.exit_code == 0 and (here / "homus.json").is_file(), r.output
+    sha = json.loads((here / "homus.json").read_text())["sha256"]
+    monkeypatch.setitem(fetch.RELEASES, "v1", sha)  # as if the hand-made set were HOMUS v1
+    r = invoke("fetch", "--source", tmp_path / "src", "--raw-dir", tmp_path / "raw")
+    assert r.exit_code == 1 and "holds HOMUS v1" in r.output and "pass --version v1" in r.output, r.output
+    assert not (tmp_path / "raw").exists()
+    assert invoke("fetch", "--source", tmp_path / "src", "--raw-dir", tmp_path / "raw", "--version", "v1").exit_code == 0
+
+
+def test_render_takes_samples_only_and_finds_extra_writers_through_a_linked_raw_folder(tmp_path, monkeypatch):
+    """A stray copy (`1-5 copy.txt`) or a note in a writer's folder was rendered as one more sample
+    (and could land on both sides of a random split); collected samples were not found when the raw
+    folder was a symbolic link (`raw/../collected` is not where the link's parent is)."""
+    real = tmp_path / "data" / "raw"
+    files = write_handmade(real)
+    first = real / files[0]
+    shutil.copyfile(first, first.with_name(first.stem + " copy.txt"))
+    (first.parent / "notes.txt").write_text("Barline\n1,1;2,2\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "raw").symlink_to(real)
+    (work / "collected" / "alice").mkdir(parents=True)
+    (work / "collected" / "alice" / "alice-1.txt").write_text(sample_text("Barline", [[[1, 1], [2, 50]]]))
+    monkeypatch.chdir(work)
+    listed = list_stroke_files("raw", extra=["collected"])
+    assert sorted(listed) == sorted([*files, os.path.relpath(work / "collected/alice/alice-1.txt", real)])
+    assert all(Path("raw", rel).is_file() for rel in listed)
+
+
+@pytest.mark.parametrize("writers, words", [
+    ("²", "expected numbers and ranges"),
+    ("١", "expected numbers and ranges"),
+    ("1-99999999999", "names more than 100,000 writers"),
+    ("7", "no stroke files of writers 7; it holds 2 other writer(s) (1, 2)"),
+])
+def test_writers_that_are_not_plain_numbers_or_not_there_are_named(tmp_path, writers, words):
+    """A superscript two was a traceback (`"²".isdigit()` is true), an Arabic-Indic one read as writer 1,
+    a huge range built its set for minutes, and writers the folder lacks said to run `homus fetch`."""
+    write_handmade(tmp_path / "raw")
+    for command in ("render", "train"):
+        r = invoke(command, "--raw-dir", tmp_path / "raw", "--writers", writers, "--size", "32",
+                   *(["--rendered-dir", tmp_path / "out"] if command == "render" else
+                     ["--epochs", "1", "--from-strokes", "--runs-dir", tmp_path / "runs"]))
+        assert r.exit_code in (1, 2) and words in r.output and "Traceback" not in r.output, (command, r.output)
+
+
+def test_the_renderer_refuses_points_that_would_draw_a_blank_page():
+    from homus_render.render import render, render_packed
+    from homus_render.strokes import Packed
+
+    s = RenderSettings(width=32, height=32)
+    for strokes, words in (([np.array([[0, 0], [np.nan, 5]])], "not a finite number"),
+                           ([np.array([[0, 0], [np.inf, 5]])], "not a finite number"),
+                           ([np.zeros((0, 2)), np.array([[1.0, 2], [3, 4]])], "stroke 1 has no points")):
+        with pytest.raises(ValueError, match=words):
+            render(strokes, s)
+        with pytest.raises(ValueError):
+            render_packed(Packed.of([strokes]), s)
+
+
+def test_an_image_of_noise_is_refused_in_bounded_memory_and_a_12_bit_scan_is_read(tmp_path):
+    """Noise or a photo gave a centre line of millions of pixels, drawn as as many strokes (20 GB for
+    an 81-megapixel image) and then classified; a 12-bit scan in a 16-bit file read as blank."""
+    from classifier.predict import InputError
+
+    noise = (np.random.default_rng(0).random((1000, 1000)) < 0.5).astype(np.uint8) * 255
+    for read in ("redraw", "thicken"):
+        with pytest.raises(InputError, match="centre line is .* pixels long.*Crop it to the symbol"):
+            normalize_image(noise, RenderSettings(width=32, height=32), read)
+    scan = np.where(_symbol() < 128, 0, 4095).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "scan.png"), scan)
+    img = normalize_image(decode_image((tmp_path / "scan.png").read_bytes()), RenderSettings(width=32, height=32))
+    assert img.min() < 64 and img.max() == 255
+
+
+def test_a_report_on_a_full_disk_names_the_report_file_once(tmp_path, monkeypatch, tiny_run):
+    import errno
+
+    from homus import report
+
+    def full(rows, path, title):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    monkeypatch.setattr(report, "_bar_chart", full)
+    r = invoke("compare", tiny_run, "--out", tmp_path / "cmp")
+    line = assert_one_error(r, tmp_path / "cmp" / "comparison.png")
+    assert ".report.partial" not in line and line.count("the disk is full") == 1, line
