@@ -31,7 +31,7 @@ def natural_key(text: str) -> tuple:
 
 #: A sample's file name, ``<writer>-<n>.txt``: a stray copy (``1-5 copy.txt``) or a note beside the
 #: samples is not one, as ``homus fetch`` takes none of them either.
-SAMPLE_NAME = re.compile(r"^[^\s/.][^\s/]*-[0-9]+\.txt$")
+SAMPLE_NAME = re.compile(r"^[^\s/.][^\s/]*-\d+\.txt$")  # \d: any digits, so 1-١ and 1-1 clash as one id
 
 
 def _scan(root: Path, writers: set[str] | None = None) -> list[str]:

@@ -833,7 +833,8 @@ def test_fetch_refuses_archives_and_folders_it_cannot_take_as_one_copy_of_homus(
     sample, other = sample_text("Barline", [[[10, 0], [10, 40]]]), sample_text("Dot", [[[5, 5], [6, 5]]])
     cases = [
         (_zip(tmp_path / "enc.zip", {"HOMUS/1/1-1.txt": sample}, encrypted=True), "is encrypted"),
-        (_zip(tmp_path / "two.zip", {"HOMUS/1/1-1.txt": sample, "OTHER/1/1-1.txt": other}), "are both sample 1/1-1.txt"),
+        (_zip(tmp_path / "two.zip", {"HOMUS/1/1-1.txt": sample, "OTHER/1/1-1.txt": other}),
+         "are both sample 1/1-1.txt"),
     ]
     folder = tmp_path / "src"
     for top in ("HOMUS-v1", "HOMUS-v2"):  # two releases side by side
@@ -868,7 +869,8 @@ def test_fetch_into_the_current_folder_and_never_one_release_as_the_other(tmp_pa
     r = invoke("fetch", "--source", tmp_path / "src", "--raw-dir", tmp_path / "raw")
     assert r.exit_code == 1 and "holds HOMUS v1" in r.output and "pass --version v1" in r.output, r.output
     assert not (tmp_path / "raw").exists()
-    assert invoke("fetch", "--source", tmp_path / "src", "--raw-dir", tmp_path / "raw", "--version", "v1").exit_code == 0
+    r = invoke("fetch", "--source", tmp_path / "src", "--raw-dir", tmp_path / "raw", "--version", "v1")
+    assert r.exit_code == 0, r.output
 
 
 def test_render_takes_samples_only_and_finds_extra_writers_through_a_linked_raw_folder(tmp_path, monkeypatch):
