@@ -29,6 +29,9 @@ from .strokeset import render_samples
 
 CONFIG, SPLIT, DATA, METRICS, HISTORY = "config.yaml", "split.json", "data.json", "metrics.json", "history.csv"
 BEST, LAST = "best.pt", "last.pt"
+#: What a finished run's metrics.json holds for the reports, and its types.
+METRIC_KEYS = {"test_accuracy": (int, float), "macro_f1": (int, float), "val_accuracy": (int, float),
+               "n_test": int, "train_seconds": (int, float), "variants": list, "split": str}
 #: Files a run writes and reads back: no other command's output may take their place.
 RUN_FILES = frozenset({CONFIG, SPLIT, DATA, METRICS, HISTORY, BEST, LAST, "summary.json"})
 #: What ``last.pt`` holds beyond the model, for continuing a run; ``best.pt`` leaves it out.
@@ -122,6 +125,7 @@ class RunFolder:
 
     def split(self) -> dict:
         """``split.json``: ``kind``, ``seed`` and the sample ids of ``train``, ``val`` and ``test``."""
+        self._a_run()
         split = _read_json(self.file(SPLIT), f"not a homus run folder (no {SPLIT}); train it first")
         where = self.file(SPLIT)
         for key in ("kind", "train", "val", "test"):
@@ -143,11 +147,16 @@ class RunFolder:
 
     def metrics(self) -> dict:
         """``metrics.json`` of a finished run."""
-        if not self.file(CONFIG).is_file():  # not a run at all: resuming it is no way out
-            raise RunError(f"{self.path}: not a homus run folder (no {CONFIG}); give the folder of a run that "
-                           "homus train made")
-        return _read_json(self.file(METRICS), f"not a finished homus run (no {METRICS}); finish it with "
-                                              f"`homus train --resume {self.path}`")
+        self._a_run()  # not a run at all: resuming it is no way out
+        m = _read_json(self.file(METRICS), f"not a finished homus run (no {METRICS}); finish it with "
+                                           f"`homus train --resume {self.path}`")
+        for key, kinds in METRIC_KEYS.items():  # what reports read: a hand-edited file is named, not a KeyError
+            value = m.get(key) if isinstance(m, dict) else None
+            if not isinstance(value, kinds) or isinstance(value, bool):
+                what = "missing" if not isinstance(m, dict) or key not in m else f"{value!r}"
+                raise RunError(f"{self.file(METRICS)}: '{key}' is {what}; the file was edited or damaged: "
+                               f"train the run again (homus train) or restore the file")
+        return m
 
     @property
     def complete(self) -> bool:
@@ -168,11 +177,19 @@ class RunFolder:
         homus recorded it)."""
         return _read_json(self.file(DATA), "") if self.file(DATA).is_file() else {}
 
+    def _a_run(self) -> None:
+        """Refuse a folder that is no run at all, before looking for its files one by one."""
+        if not self.file(CONFIG).is_file():
+            raise RunError(f"{self.path}: not a homus run folder (no {CONFIG}); give the folder of a run that "
+                           "homus train made")
+
     def checkpoint(self, which: str = BEST) -> dict:
+        self._a_run()
         return checkpoint.load(self.file(which))
 
     def load_model(self, which: str = BEST) -> tuple[nn.Module, dict]:
         """The run's model (eval mode, on the CPU) and its checkpoint dict."""
+        self._a_run()
         return checkpoint.load_model(self.file(which))
 
     @property

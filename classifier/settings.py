@@ -60,7 +60,7 @@ WHERE_KEYS = ("device", "amp", "compile", "workers", "raster", "threads", "runs_
               "name")
 
 #: Whole-number settings and their bounds (inclusive).
-INT_BOUNDS = {"folds": (0, 100), "seed": (0, 2**32 - 1), "epochs": (1, 100_000), "batch_size": (1, 65_536),
+INT_BOUNDS = {"folds": (0, 100), "seed": (0, 2**32 - 1), "epochs": (1, 100_000), "batch_size": (2, 65_536),
               "workers": (0, 256), "threads": (0, 4096)}
 
 
@@ -314,8 +314,8 @@ def check_train(c: TrainConfig) -> None:
     if c.weights == "imagenet" and c.stem != "imagenet":
         raise SettingsError(f"--weights imagenet needs --stem imagenet: the ImageNet weights' first layer is "
                             f"torchvision's 7x7 convolution, not the {c.stem} stem's 3x3 one")
-    if c.name is not None and (not isinstance(c.name, str) or not c.name.strip() or "/" in c.name):
-        raise bad("name", "a folder name (no '/') or null")
+    if c.name is not None and folder_name_problem(c.name):
+        raise bad("name", f"{folder_name_problem(c.name)}, or null")
     if not c.variants and not c.from_strokes:
         raise SettingsError("at least one --variant is needed (or --from-strokes)")
     object.__setattr__(c, "channels", list(check_channels(c.channels)))
@@ -396,6 +396,18 @@ def upgrade_run_config(d: dict) -> dict:
 MAX_YAML_VALUES = 100_000
 
 
+def folder_name_problem(name) -> str | None:
+    """What keeps ``name`` from naming one folder inside another (a run's, a study's), or None:
+    ``..`` or an absolute path would write outside it, ``.`` or an empty name into it."""
+    if not isinstance(name, str) or not name.strip():
+        return "a folder's name (not empty)"
+    if name in (".", "..") or "/" in name or "\\" in name:
+        return "one folder's name (no '/' or '\\', not '.' or '..')"
+    if not name.isprintable():
+        return "a folder's name of printable characters"
+    return None
+
+
 def _loader():
     import yaml
 
@@ -406,6 +418,27 @@ def _loader():
         def construct_document(self, node):
             _measure(node, {}, set())
             return super().construct_document(node)
+
+        def construct_mapping(self, node, deep=False):
+            """Refuse a key given twice in one mapping (PyYAML keeps the last without a word);
+            keys merged in with ``<<`` may be overridden, as YAML means."""
+            if isinstance(node, yaml.MappingNode):
+                seen: dict = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    line = key_node.start_mark.line + 1
+                    try:
+                        first = seen.get(key)
+                    except TypeError:  # an unhashable key: the base class says what is wrong
+                        continue
+                    if first is not None:
+                        where = f"line {line}" if first == line else f"lines {first} and {line}"
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"the key {key!r} is given twice ({where}); keep one", key_node.start_mark)
+                    seen[key] = line
+            return super().construct_mapping(node, deep)
 
     # YAML 1.2 reads 1e-3 as a number; PyYAML (YAML 1.1) wants 1.0e-3 and would hand "1e-3" on as text
     exponent = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")

@@ -43,8 +43,14 @@ class Terminated(KeyboardInterrupt):
     folders and temporaries are removed and worker pools are shut down before the process ends."""
 
 
+#: Set when SIGTERM arrived: a library that catches the Terminated it raised and raises a plain
+#: KeyboardInterrupt in its place (Ray's wait does) still ends the command as SIGTERM does.
+_sigterm = threading.Event()
+
+
 def _on_sigterm(signum, frame) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough: let the clean-up finish
+    _sigterm.set()
     raise Terminated()
 
 
@@ -68,7 +74,9 @@ def one_line(e: click.UsageError, where: str) -> UsageLine:
 
 class HomusGroup(click.Group):
     """The one place that reports expected failures: a :class:`HomusError` (or an OS error a user
-    causes: full disk, read-only folder, missing path) becomes one line on stderr and exit code 1.
+    causes: full disk, read-only folder, missing path) becomes one line on stderr and exit code 1;
+    a setting that cannot be (:class:`SettingsError`, from a flag or a settings file) exits with 2,
+    as click's own usage errors do.
     Anything else is a bug in homus and keeps its traceback. SIGTERM stops a command as Ctrl-C
     does, cleaning up on the way (exit code 143)."""
 
@@ -79,17 +87,20 @@ class HomusGroup(click.Group):
             raise one_line(e, info_name or "homus") from None
 
     def invoke(self, ctx: click.Context):
-        from homus_render.errors import describe
+        from homus_render.errors import SettingsError, describe
 
         main_thread = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
+        _sigterm.clear()
         try:
             return super().invoke(ctx)
         except click.UsageError as e:
             raise one_line(e, " ".join(filter(None, (ctx.command_path, ctx.invoked_subcommand)))) from None
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
-        except Terminated:
+        except KeyboardInterrupt as e:
+            if not (isinstance(e, Terminated) or _sigterm.is_set()):
+                raise  # Ctrl-C: click's "Aborted!"
             again = ("`homus train --resume RUN` continues a run from its last finished epoch"
                      if ctx.invoked_subcommand == "train" else "run the command again")
             click.secho(f"error: stopped by SIGTERM; what was half-made is removed; {again}", fg="red", err=True)
@@ -99,7 +110,7 @@ class HomusGroup(click.Group):
             if line is None:
                 raise
             click.secho(f"error: {line}", fg="red", err=True)
-            ctx.exit(1)
+            ctx.exit(2 if isinstance(e, SettingsError) else 1)  # a setting that cannot be: a usage error
         finally:
             if main_thread:
                 signal.signal(signal.SIGTERM, previous)

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from classifier.settings import TrainConfig, flag_of, nest_flat, read_yaml
+from classifier.settings import TrainConfig, flag_of, folder_name_problem, nest_flat, read_yaml
 from homus_render.errors import SettingsError
 from homus_render.render import RenderSettings
 
@@ -157,6 +157,37 @@ STUDY_FIXES = {
 def _check_free_form(cfg: dict, defaults: dict, path: Path) -> None:
     """The study's free-form mappings hold train settings and render settings: check those too."""
     study = cfg["study"]
+    if problem := folder_name_problem(study["name"]):  # its runs' and its report's folder
+        raise ConfigError(f"{path}: 'study.name' must be {problem}, got {study['name']!r}")
+    if not usable_text(study["reports_dir"]):
+        raise ConfigError(f"{path}: 'study.reports_dir' must be a folder, got {study['reports_dir']!r}")
+    seeds = as_list(study["seeds"])
+    if not seeds:
+        raise ConfigError(f"{path}: 'study.seeds' is empty: give at least one seed, e.g. [0]")
+    for x in seeds:
+        whole = not isinstance(x, bool) and (isinstance(x, int) or re.fullmatch(r"[0-9]+", str(x)))
+        if not whole or not 0 <= int(x) < 2**32:
+            raise ConfigError(f"{path}: 'study.seeds' must be whole numbers from 0 to 4,294,967,295, got {x!r}")
+    twice = next((int(x) for i, x in enumerate(seeds) if int(x) in map(int, seeds[:i])), None)
+    if twice is not None:  # one run, counted twice as two draws of its setting
+        raise ConfigError(f"{path}: 'study.seeds': seed {twice} is given twice; give each seed once")
+    if study["split_seed"] is not None and (isinstance(study["split_seed"], bool) or not isinstance(
+            study["split_seed"], int) or not 0 <= study["split_seed"] < 2**32):
+        raise ConfigError(f"{path}: 'study.split_seed' must be a whole number from 0 to 4,294,967,295, or null, "
+                          f"got {study['split_seed']!r}")
+    if not isinstance(study["variants"], list):
+        raise ConfigError(f"{path}: 'study.variants' must be a list of mappings of render settings, e.g. "
+                          f"[{{thickness: 2, size: 32}}], got {_short(study['variants'])}")
+    if not study["variants"]:
+        for key in ("thickness", "size", "fit", "staff_lines"):
+            if not as_list(study[key]):
+                raise ConfigError(f"{path}: 'study.{key}' is empty, so the study has no variant; give at least "
+                                  "one value (or study.variants)")
+    for kind in ("arms", "overrides", "ensembles"):
+        for name in study[kind] or {}:
+            if not isinstance(name, str):  # YAML reads 1, yes, null as numbers, booleans, nothing
+                raise ConfigError(f"{path}: 'study.{kind}': the name {name!r} is read as "
+                                  f"{type(name).__name__}, not text; quote it ('{name}')")
     for prefix, mapping in [("study.train", study["train"])] + [
             (f"study.{kind}.{name}", m) for kind in ("overrides", "arms") for name, m in (study[kind] or {}).items()]:
         if not isinstance(mapping, dict):
@@ -279,7 +310,12 @@ def load(path: str | Path | None = None) -> dict:
     _check_free_form(cfg, defaults, path or DEFAULTS_FILE)
     check_serve(cfg["serve"], path or DEFAULTS_FILE)
     check_readers(cfg, path or DEFAULTS_FILE)
-    train_config(cfg, source=path or DEFAULTS_FILE)  # the file's own train settings, blamed on the file
+    try:
+        train_config(cfg, source=path or DEFAULTS_FILE)  # the file's own train settings, blamed on the file
+    except ConfigError:
+        raise
+    except SettingsError as e:
+        raise ConfigError(str(e)) from None
     return cfg
 
 

@@ -8,6 +8,7 @@ import inspect
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from . import config as cfgmod
 
@@ -33,8 +34,9 @@ def with_config(f):
     @functools.wraps(f)
     def wrapper(config_path, **kwargs):
         path = Path(config_path)
-        if config_path == DEFAULT_CONFIG and not path.exists():
-            path = None  # outside a project folder: the shipped defaults
+        given = click.get_current_context().get_parameter_source("config_path") != ParameterSource.DEFAULT
+        if not given and not path.exists():
+            path = None  # outside a project folder: the shipped defaults (a --config typed must be there)
         try:
             cfg = cfgmod.load(path)
         except cfgmod.ConfigError as e:

@@ -27,6 +27,7 @@ from classifier.runfolder import CONFIG, RunFolder, raw_identity, same_data
 from classifier.settings import TrainConfig, run_folder_name, setting_differences
 from classifier.train import init_checkpoint
 from homus_render.dataset import list_stroke_files, parse_writers
+from homus_render.errors import SettingsError
 from homus_render.fetch import fetch
 from homus_render.render import RenderSettings
 from homus_render.variants import render_variants
@@ -95,7 +96,16 @@ def study_variants(cfg: dict) -> list[RenderSettings]:
 
 def plan(cfg: dict, source: str | Path = "the study") -> StudyPlan:
     """Every run of the study with its settings, and every ensemble: built (and so checked) before
-    anything is fetched, rendered or trained."""
+    anything is fetched, rendered or trained. A setting the study asks for that cannot be is a
+    :class:`~homus.config.ConfigError` naming the file."""
+    try:
+        return _plan(cfg, source)
+    except SettingsError as e:  # a run's or a variant's settings: the study file asked for them
+        text = str(e)
+        raise cfgmod.ConfigError(text if text.startswith(f"{source}:") else f"{source}: {text}") from None
+
+
+def _plan(cfg: dict, source: str | Path) -> StudyPlan:
     s = cfg["study"]
     variants = study_variants(cfg)
     rendered = Path(cfg["render"]["rendered_dir"])
@@ -111,6 +121,11 @@ def plan(cfg: dict, source: str | Path = "the study") -> StudyPlan:
             if s["union"] and len(variants) > 1 and len({v.size for v in variants}) == 1:
                 runs.append(StudyRun(run_folder_name(["union"], fold, seed), "union", int(seed),
                                      [rendered / v.name for v in variants], fold=fold))
+    names = {r.variant for r in runs}  # the variants' names, and "union" where the study has one
+    unknown = sorted(set(s["overrides"] or {}) - names)
+    if unknown:  # a name mistyped (or one that leaves out -m2) would train with the settings it meant to change
+        raise cfgmod.ConfigError(f"{source}: 'study.overrides.{unknown[0]}': the study has no variant of that name; "
+                                 f"its variants: {', '.join(sorted(names))}")
     runs_dir = Path(cfg["train"]["runs_dir"]) / s["name"]
     configs = {r.name: run_config(cfg, r, runs_dir, source) for r in runs}
     checked = set()
@@ -128,6 +143,12 @@ def plan(cfg: dict, source: str | Path = "the study") -> StudyPlan:
                 if len(members) < 2:
                     raise cfgmod.ConfigError(f"{source}: 'study.ensembles.{name}' has {len(members)} run(s) on "
                                              f"{v.name}; an ensemble needs at least 2")
+                splits = {(configs[m].split, configs[m].split_rng_seed, configs[m].folds) for m in members}
+                if len(splits) > 1:  # found after hours of training otherwise
+                    kinds = ", ".join(f"{k} split seed {seed}" for k, seed, _ in sorted(splits))
+                    raise cfgmod.ConfigError(f"{source}: 'study.ensembles.{name}' votes runs tested on different "
+                                             f"splits ({kinds}); an ensemble needs one shared test split: give "
+                                             "its arms the same split")
                 ensembles.append(StudyEnsemble(name, v.name, fold, members))
     return StudyPlan(variants, runs, configs, ensembles, runs_dir)
 

@@ -130,6 +130,9 @@ def _fetch_into(raw_dir: Path, version: str, src: str, progress) -> FetchReport:
             _copy_folder(Path(src), staging)
         elif Path(src).is_file():
             _extract_zip(Path(src), staging)
+        elif Path(src).exists():
+            raise FetchError(f"source {src}: not a regular file or folder (a device or a pipe?); give the HOMUS "
+                             "zip, a folder of it, or an http(s) URL")
         else:
             raise FetchError(f"source {src}: no such file, folder or http(s) URL")
         report, index = _check(staging, version, src)

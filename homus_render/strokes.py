@@ -153,16 +153,19 @@ def parse_text(text: str, path: str | Path = "<text>", labelled: bool = True) ->
     lines = text.splitlines()
     if not text.strip():
         raise StrokeFileError(path, None, "empty file")
-    label = lines[0].strip().lstrip("\ufeff").strip()
-    first = 2
-    if not labelled and _POINTS_LINE.match(label):  # no label line: line 1 is the first stroke
-        label, first = "", 1
+    top = next((i for i, line in enumerate(lines) if line.strip().lstrip("\ufeff").strip()), None)  # blank above
+    if top is None:  # a byte-order mark alone
+        raise StrokeFileError(path, None, "empty file")
+    label = lines[top].strip().lstrip("\ufeff").strip()
+    first = top + 2
+    if not labelled and _POINTS_LINE.match(label):  # no label line: the first line is the first stroke
+        label, first = "", top + 1
     elif not labelled:  # any label, or none, names nothing predict needs
         pass
     elif not label or _COORDS_ONLY.match(label):
-        raise StrokeFileError(path, 1, "missing label: line 1 must name the symbol class")
+        raise StrokeFileError(path, top + 1, f"missing label: line {top + 1} must name the symbol class")
     elif label not in LABEL_SET:
-        raise StrokeFileError(path, 1, f"unknown label {label!r}")
+        raise StrokeFileError(path, top + 1, f"unknown label {label!r}")
     body = [(n, line.strip().lstrip("\ufeff").rstrip(";")) for n, line in enumerate(lines[first - 1:], first)
             if line.strip()]
     if not body:

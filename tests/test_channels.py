@@ -255,9 +255,9 @@ def test_an_ensemble_of_many_runs_gets_a_file_name_the_disk_takes():
 def test_channel_settings_that_cannot_work_are_refused(tiny, tmp_path):
     base = ["train", "--raw-dir", str(tiny / "raw"), "--runs-dir", str(tmp_path), "--epochs", "1"]
     r = CliRunner().invoke(main, [*base, "--channels", "ink,pressure"])
-    assert r.exit_code == 1 and "unknown channel(s) 'pressure'" in r.output
+    assert r.exit_code == 2 and "unknown channel(s) 'pressure'" in r.output
     r = CliRunner().invoke(main, [*base, "--variant", str(tiny / "rendered/t3-s32-m2"), "--channels", "ink,time"])
-    assert r.exit_code == 1 and "exist only in the strokes" in r.output
+    assert r.exit_code == 2 and "exist only in the strokes" in r.output
 
 
 def test_a_checkpoint_whose_channels_disagree_is_refused(tmp_path):

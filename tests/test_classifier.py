@@ -193,7 +193,7 @@ def test_train_errors_are_clear(tiny, tmp_path):
     r = CliRunner().invoke(main, ["train", "--resume", str(tmp_path)])
     assert r.exit_code == 1 and "not a homus run folder" in r.output
     r = CliRunner().invoke(main, ["train", "--variant", str(v), "--split-seed", "-1", "--runs-dir", str(tmp_path)])
-    assert r.exit_code == 1 and "split_seed must be a whole number >= 0" in r.output
+    assert r.exit_code == 2 and "split_seed must be a whole number >= 0" in r.output
     config = tmp_path / "bool.yaml"
     config.write_text("train:\n  split_seed: true\n")
     r = CliRunner().invoke(main, ["train", "--config", str(config), "--variant", str(v), "--runs-dir", str(tmp_path)])

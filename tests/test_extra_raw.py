@@ -75,4 +75,4 @@ def test_a_numeric_writer_among_the_extras_is_refused(data: Path, tmp_path: Path
     shutil.copytree(data / "collected" / "alice", bad / "5")
     r = CliRunner().invoke(main, ["render", "--raw-dir", str(data / "raw"), "--extra-raw", str(bad),
                                   "--rendered-dir", str(tmp_path / "r"), "--size", "32", "--jobs", "1"])
-    assert r.exit_code == 1 and "are numbers" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 2 and "are numbers" in r.output and "Traceback" not in r.output

@@ -950,3 +950,21 @@ def test_a_report_on_a_full_disk_names_the_report_file_once(tmp_path, monkeypatc
     r = invoke("compare", tiny_run, "--out", tmp_path / "cmp")
     line = assert_one_error(r, tmp_path / "cmp" / "comparison.png")
     assert ".report.partial" not in line and line.count("the disk is full") == 1, line
+
+
+def test_smaller_untruths_of_fetch_predict_and_export_are_put_right(tmp_path):
+    """Each said something untrue: a device as --source was "no such file"; blank lines above a
+    label made the label a point ("odd coordinates ... 'Barline'"); a folder that is no run was
+    "best.pt: no such checkpoint" in predict and export but "no split.json" in evaluate."""
+    from homus_render.strokes import parse_text
+
+    r = invoke("fetch", "--source", "/dev/null", "--raw-dir", tmp_path / "raw")
+    assert r.exit_code == 1 and "not a regular file or folder" in r.output, r.output
+    for labelled in (True, False):
+        sample = parse_text("\n\nBarline\n1,2;3,4\n", "x.txt", labelled=labelled)
+        assert sample.label == "Barline" and len(sample.strokes) == 1
+    (tmp_path / "notrun").mkdir()
+    (tmp_path / "x.txt").write_text("Barline\n1,2;3,4\n")
+    for args in (["predict", tmp_path / "notrun", tmp_path / "x.txt"], ["evaluate", tmp_path / "notrun"],
+                 ["export", tmp_path / "notrun", "--out", tmp_path / "m.onnx"]):
+        assert "not a homus run folder (no config.yaml)" in assert_one_error(invoke(*args), tmp_path / "notrun")

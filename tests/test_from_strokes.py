@@ -114,9 +114,9 @@ def test_a_tiny_run_from_strokes(tiny, tmp_path):
 def test_bad_stroke_settings_exit_with_a_clear_message(tiny, tmp_path):
     base = ["train", "--from-strokes", "--raw-dir", str(tiny / "raw"), "--runs-dir", str(tmp_path), "--epochs", "1"]
     r = CliRunner().invoke(main, [*base, "--stroke-scale", "1.5"])
-    assert r.exit_code == 1 and "stroke scale must be < 1" in r.output
+    assert r.exit_code == 2 and "stroke scale must be < 1" in r.output
     r = CliRunner().invoke(main, [*base, "--size", "4"])
-    assert r.exit_code == 1 and "width must be an integer from 8" in r.output
+    assert r.exit_code == 2 and "width must be an integer from 8" in r.output
     r = CliRunner().invoke(main, ["train", "--from-strokes", "--raw-dir", str(tmp_path / "none"),
                                   "--runs-dir", str(tmp_path), "--epochs", "1"])
     assert r.exit_code == 1 and "no such folder" in r.output

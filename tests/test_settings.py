@@ -137,7 +137,7 @@ def test_unknown_keys_in_a_run_config_are_named_with_the_file(bad, words):
     (["--label-smoothing", "1"], "train.label_smoothing (--label-smoothing) must be from 0 to below 1"),
     (["--momentum", "1.0"], "train.momentum (--momentum) must be from 0 to below 1"),
     (["--epochs", "0"], "train.epochs (--epochs) must be a whole number from 1"),
-    (["--batch-size", "0"], "train.batch_size (--batch-size) must be a whole number from 1"),
+    (["--batch-size", "0"], "train.batch_size (--batch-size) must be a whole number from 2"),
     (["--workers", "-1"], "train.workers (--workers) must be a whole number from 0"),
     (["--seed", "-3"], "train.seed (--seed) must be a whole number from 0"),
     (["--stroke-rotate", "nan"], "train.strokes.rotate (--stroke-rotate) must be a finite number"),
@@ -148,7 +148,7 @@ def test_unknown_keys_in_a_run_config_are_named_with_the_file(bad, words):
 def test_numbers_out_of_range_are_refused_naming_the_flag(tmp_path, flags, words):
     r = CliRunner().invoke(main, ["train", "--raw-dir", str(tmp_path / "none"), "--runs-dir", str(tmp_path), *flags])
     key, _, rest = words.partition(" must ")
-    assert r.exit_code == 1 and key in r.output and f"must {rest}" in r.output, r.output
+    assert r.exit_code == 2 and key in r.output and f"must {rest}" in r.output, r.output
     assert "Traceback" not in r.output and not any(tmp_path.iterdir())  # refused before anything is made
 
 
@@ -158,7 +158,7 @@ def test_stroke_redraw_that_would_do_nothing_is_refused(tmp_path, flags):
     folders, --stroke-redraw would be recorded in the run and do nothing."""
     r = CliRunner().invoke(main, ["train", "--raw-dir", str(tmp_path / "none"), "--runs-dir", str(tmp_path),
                                   "--stroke-redraw", "0.5", *flags])
-    assert r.exit_code == 1 and "--stroke-redraw 0.5" in r.output and "--channels ink" in r.output, r.output
+    assert r.exit_code == 2 and "--stroke-redraw 0.5" in r.output and "--channels ink" in r.output, r.output
     assert "Traceback" not in r.output and not any(tmp_path.iterdir())
 
 

@@ -153,6 +153,18 @@ def test_a_report_that_fails_before_any_file_leaves_no_folder(tmp_path):
     ("study:\n  overrides: {t1-s32: {lr: fast}}\n", "study.overrides.t1-s32.lr"),
     ("study:\n  variants: [{thickness: 2, colour: red}]\n", "study.variants[0].colour"),
     ("bogus: 1\n", "bogus"),
+    # found by probing studies as a careless user writes them
+    ("study:\n  name: '..'\n", "study.name"),  # runs and report written into the working folder
+    ("study:\n  name: /tmp/x\n", "study.name"),
+    ("study:\n  reports_dir: ''\n", "study.reports_dir"),
+    ("study:\n  seeds: [0, 0]\n", "study.seeds"),  # one model reported as two seeds, +- 0.00%
+    ("study:\n  seeds: []\n", "study.seeds"),  # rendered everything, then a traceback
+    ("study:\n  seeds: [a]\n", "study.seeds"),  # a traceback
+    ("study:\n  split_seed: -3\n", "study.split_seed"),
+    ("study:\n  thickness: []\n", "study.thickness"),  # no variant at all
+    ("study:\n  variants: t2-s32\n", "study.variants"),  # read letter by letter
+    ("study:\n  arms: {1: {}, 2: {}}\n", "study.arms"),  # a traceback
+    ("study:\n  arms: {null: {}, a: {}}\n", "study.arms"),  # silently an arm-less run
 ])
 def test_config_errors_name_the_key_and_file(tmp_path, text, key, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -205,7 +217,7 @@ def test_bad_values_in_a_study_are_named(tmp_path, monkeypatch):
     path = tmp_path / "bad.yaml"
     path.write_text("study:\n  thickness: [0]\n")
     r = CliRunner().invoke(main, ["run", "--config", str(path)])
-    assert r.exit_code == 1 and "thickness must be an integer >= 1" in r.output
+    assert r.exit_code == 2 and "thickness must be an integer >= 1" in r.output
 
 
 def test_shipped_configs_load_and_plan(tmp_path, monkeypatch):
@@ -275,7 +287,9 @@ def test_a_size_jitter_is_a_difference_only_for_runs_that_read_the_size(tmp_path
     def run(name: str, **cfg) -> dict:
         folder = tmp_path / name
         folder.mkdir()
-        (folder / "metrics.json").write_text(json.dumps({"variants": ["strokes-t3-s32"], "test_accuracy": 0.5}))
+        (folder / "metrics.json").write_text(json.dumps({"variants": ["strokes-t3-s32"], "test_accuracy": 0.5,
+                                                         "macro_f1": 0.5, "val_accuracy": 0.5, "n_test": 10,
+                                                         "train_seconds": 1.0, "split": "writer"}))
         (folder / "config.yaml").write_text(yaml.safe_dump({"from_strokes": True, "seed": 0, "render": {}, **cfg}))
         return load_run(folder)
 
@@ -492,3 +506,51 @@ def test_a_missing_or_unfit_checkpoint_to_fine_tune_from_stops_a_study_before_an
     r = CliRunner().invoke(main, ["run", "--config", str(path)])
     assert r.exit_code == 1 and "cannot start a resnet34" in r.output and "--arch resnet18" in r.output, r.output
     assert not rendered.exists() and not runs.exists()
+
+
+@pytest.mark.parametrize("text, words", [
+    ("study:\n  name: a\n  name: b\n", "the key 'name' is given twice (lines 2 and 3)"),
+    ("study:\n  arms: {a: {lr: 0.1}, a: {lr: 0.2}}\n", "the key 'a' is given twice (line 2)"),
+    ("study:\n  overrides: {t9-s32: {epochs: 7}}\n", "'study.overrides.t9-s32': the study has no variant"),
+    ("study:\n  union: false\n  split_seed: 0\n  arms: {a: {split: random}, b: {split: writer}}\n"
+     "  ensembles: {e: {}}\n", "votes runs tested on different splits"),
+    ("study:\n  variants: [{thickness: 0}]\n", "study variant 1"),
+    ("train:\n  batch_size: 1\n", "train.batch_size (--batch-size) must be a whole number from 2"),
+])
+def test_a_study_that_cannot_be_as_written_is_refused_before_any_work(tmp_path, text, words, monkeypatch):
+    """A key written twice kept the last, a mistyped override was ignored, arms on different splits
+    voted only after every run had trained, and a batch of one image failed in its first step. Each
+    is one line naming the file, with exit code 2, before anything is fetched or trained."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    r = CliRunner().invoke(main, ["run", "--config", str(path), "--dry-run"])
+    assert r.exit_code == 2 and r.output.startswith(f"error: {path}: ") and words in r.output, r.output
+    assert r.output.count("\n") == 1 and not (tmp_path / "raw").exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_config_file_typed_on_the_command_line_must_exist(tmp_path, monkeypatch):
+    """`--config pipeline.yaml` in a folder without one planned the shipped default study (and a real
+    run would have fetched and trained it); only the unspoken default may be absent."""
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, ["run", "--config", "pipeline.yaml", "--dry-run"])
+    assert r.exit_code == 2 and r.output == "error: pipeline.yaml: no such file\n", r.output
+    assert CliRunner().invoke(main, ["run", "--dry-run"]).exit_code == 0
+
+
+@pytest.mark.parametrize("name", [".", "..", "", "a/b", "/tmp/x"])
+def test_a_run_name_is_one_folder_inside_the_runs_folder(tmp_path, name):
+    r = CliRunner().invoke(main, ["train", "--name", name, "--runs-dir", str(tmp_path / "runs"), "--from-strokes",
+                                  "--raw-dir", str(tmp_path / "raw"), "--epochs", "1"])
+    assert r.exit_code in (1, 2) and "train.name (--name) must be" in r.output, r.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_hand_edited_metrics_file_is_named_not_a_traceback(study, tmp_path):
+    root, _, _ = study
+    run = tmp_path / "run"
+    shutil.copytree(sorted((root / "runs/tiny").iterdir())[0], run, ignore=shutil.ignore_patterns("*.pt"))
+    (run / "metrics.json").write_text(json.dumps({"test_accuracy": 0.99}))
+    r = CliRunner().invoke(main, ["compare", str(run), "--out", str(tmp_path / "cmp")])
+    assert r.exit_code == 1 and f"{run / 'metrics.json'}: 'macro_f1' is missing" in r.output, r.output
+    assert "Traceback" not in r.output
