@@ -968,3 +968,26 @@ def test_smaller_untruths_of_fetch_predict_and_export_are_put_right(tmp_path):
     for args in (["predict", tmp_path / "notrun", tmp_path / "x.txt"], ["evaluate", tmp_path / "notrun"],
                  ["export", tmp_path / "notrun", "--out", tmp_path / "m.onnx"]):
         assert "not a homus run folder (no config.yaml)" in assert_one_error(invoke(*args), tmp_path / "notrun")
+
+
+def test_sigterm_that_a_library_turns_into_a_plain_interrupt_still_ends_as_sigterm():
+    """Ray's wait catches the interrupt homus' SIGTERM handler raises and raises a plain
+    KeyboardInterrupt: `homus run --ray` printed click's "Aborted!" with exit code 1."""
+    import click
+
+    from homus.cli import HomusGroup
+
+    @click.group(cls=HomusGroup)
+    def group() -> None:
+        pass
+
+    @group.command()
+    def waits() -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt() from None  # what Ray's wait does with it
+
+    r = CliRunner().invoke(group, ["waits"])
+    assert r.exit_code == 143 and "stopped by SIGTERM" in r.output and "Aborted" not in r.output, r.output
