@@ -466,6 +466,10 @@ def run_cmd(cfg, cfg_path, dry_run, parallel, ray_address) -> None:
         if not ray_address.strip():
             raise click.BadParameter("give auto, local or a cluster address", param_hint="--ray")
         cfg["study"]["ray"] = ray_address.strip()
+    if cfg["study"]["ray"]:
+        from .launch import check_ray_address
+
+        check_ray_address(cfg["study"]["ray"])  # its form, before any fetch or render (reachability: when used)
     if cfg["study"]["ray"] and cfg["study"]["parallel"] > 1:
         raise click.UsageError("--parallel and --ray (or study.parallel and study.ray): choose one; on Ray, "
                                "study.run_cpus and study.run_gpus decide how many runs share a machine")

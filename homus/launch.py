@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import signal
 import socket
 import tempfile
@@ -219,16 +220,24 @@ def _on_ray(jobs: list[Job], address: str, run_cpus: float, run_gpus: float, log
             ray.shutdown()
 
 
+def check_ray_address(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a cluster address, None for auto and local; a LaunchError for anything
+    else, said before a study fetches, renders or plans anything."""
+    if address in ("auto", "local"):
+        return None
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not re.fullmatch(r"[0-9]{1,5}", port) or int(port) > 65535:
+        raise LaunchError(f"--ray {address!r}: give auto, local, HOST:PORT (the head's GCS port, 6379 by default) "
+                          "or ray://HOST:PORT (a Ray client server, 10001 by default)")
+    return host.strip("[]"), int(port)
+
+
 def _check_reachable(address: str) -> None:
     """Fail in one line where nothing answers at ``host:port`` (or ``ray://host:port``): Ray itself
     would wait for that cluster for ever."""
-    hostport = address.removeprefix("ray://")
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise LaunchError(f"--ray {address!r}: give auto, local, HOST:PORT (the head's GCS port, 6379 by default) "
-                          "or ray://HOST:PORT (a Ray client server, 10001 by default)")
+    host, port = check_ray_address(address)
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+        socket.create_connection((host, port), timeout=5).close()
     except OSError as e:
         raise _no_cluster(address, e.strerror or str(e)) from None
 

@@ -26,7 +26,7 @@ from classifier.evaluate import evaluate_ensemble, evaluate_run
 from classifier.runfolder import CONFIG, RunFolder, raw_identity, same_data
 from classifier.settings import TrainConfig, run_folder_name, setting_differences
 from classifier.train import init_checkpoint
-from homus_render.dataset import list_stroke_files, parse_writers
+from homus_render.dataset import FETCH_IN_PROGRESS, list_stroke_files, parse_writers
 from homus_render.errors import SettingsError
 from homus_render.fetch import fetch
 from homus_render.render import RenderSettings
@@ -257,8 +257,8 @@ def run_study(cfg: dict, log=print, source: str | Path = "the study") -> Path:
     runs_dir = p.runs_dir
     check_made_as_planned(p, source)
     raw = Path(d["raw_dir"])
-    if not raw.is_dir() or not list_stroke_files(raw):
-        log(f"{raw} is empty: fetching HOMUS {d['version']}")
+    if not raw.is_dir() or (raw / FETCH_IN_PROGRESS).exists() or not list_stroke_files(raw):
+        log(f"{raw} is empty or half-fetched: fetching HOMUS {d['version']}")
         log(fetch(raw, d["version"], d["source"]).summary())
     for res in render_variants(raw, cfg["render"]["rendered_dir"], p.variants, jobs=cfg["render"]["jobs"],
                                writers=parse_writers(d["writers"]), log=log):

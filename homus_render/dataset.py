@@ -29,6 +29,9 @@ def natural_key(text: str) -> tuple:
     return tuple(int(t) if t.isdigit() else t for t in _NUM.split(text))
 
 
+#: The marker ``homus fetch`` keeps in a raw folder while it moves writers in.
+FETCH_IN_PROGRESS = ".fetch-in-progress"
+
 #: A sample's file name, ``<writer>-<n>.txt``: a stray copy (``1-5 copy.txt``) or a note beside the
 #: samples is not one, as ``homus fetch`` takes none of them either.
 SAMPLE_NAME = re.compile(r"^[^\s/.][^\s/]*-\d+\.txt$")  # \d: any digits, so 1-١ and 1-1 clash as one id
@@ -54,6 +57,9 @@ def list_stroke_files(raw_dir: str | Path, writers: set[str] | None = None,
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
         raise MissingDataError(f"{raw_dir}: no such folder (run `homus fetch` first)")
+    if (raw_dir / FETCH_IN_PROGRESS).exists():  # a fetch is moving writers in, or was killed doing so
+        raise MissingDataError(f"{raw_dir}: a fetch into it has not finished; wait for it, or run `homus fetch` "
+                               "again if it was stopped")
     found = _scan(raw_dir, writers)
     for root in map(Path, extra):
         if not root.is_dir():

@@ -18,7 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from .atomic import write_json
-from .dataset import DATASET_INFO, content_hash, file_digest, file_stats, hash_folder, list_stroke_files, read_info
+from .dataset import (
+    DATASET_INFO,
+    FETCH_IN_PROGRESS,
+    content_hash,
+    file_digest,
+    file_stats,
+    hash_folder,
+    list_stroke_files,
+    read_info,
+)
 from .errors import HomusError, PathError, check_writable_dir, user_os_error
 from .index import StrokeIndex, write_index
 from .labels import LABELS
@@ -43,7 +52,7 @@ MAX_MEMBER_BYTES = 10 * 2**20
 MAX_TOTAL_BYTES = 1 * 2**30
 MAX_RATIO = 200
 _SAMPLE_PATH = re.compile(r"^(\d+)/\1-\d+\.txt$")
-_IN_PROGRESS = ".fetch-in-progress"
+_IN_PROGRESS = FETCH_IN_PROGRESS
 
 
 class FetchError(HomusError, RuntimeError):
@@ -309,6 +318,9 @@ def _check(staging: Path, version: str, source: str) -> tuple[FetchReport, Strok
         good.append(i)
         good_labels.append(sample.label)
         symbols.append(sample.strokes)
+    if not good:
+        raise FetchError(f"{source}: none of its {len(files):,} stroke files can be read, e.g. {invalid[0]}; "
+                         "not a HOMUS dataset")
     index = StrokeIndex.of([files[i] for i in good], [stats[i] for i in good], [digests[files[i]] for i in good],
                            good_labels, Packed.of(symbols))
     return FetchReport(staging, version, source, len(files), len(writers), len(labels), invalid,

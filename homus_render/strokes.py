@@ -150,7 +150,7 @@ def parse_text(text: str, path: str | Path = "<text>", labelled: bool = True) ->
     """Parse the decoded content of a stroke file; ``path`` names it in errors and gives the id.
     ``labelled=False`` (a symbol to classify, whose class is not needed): line 1 may hold any label,
     or be the first stroke; the sample's label is then what line 1 said, or empty."""
-    lines = text.splitlines()
+    lines = re.split(r"\r\n|\r|\n", text)  # not splitlines: \x1c, \x85 or \u2028 inside a line break nothing
     if not text.strip():
         raise StrokeFileError(path, None, "empty file")
     top = next((i for i, line in enumerate(lines) if line.strip().lstrip("\ufeff").strip()), None)  # blank above

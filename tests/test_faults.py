@@ -991,3 +991,33 @@ def test_sigterm_that_a_library_turns_into_a_plain_interrupt_still_ends_as_sigte
 
     r = CliRunner().invoke(group, ["waits"])
     assert r.exit_code == 143 and "stopped by SIGTERM" in r.output and "Aborted" not in r.output, r.output
+
+
+def test_half_fetched_unreadable_or_oddly_broken_data_is_never_taken_for_a_dataset(tmp_path):
+    """render read a raw folder a killed fetch had left half-moved (its marker still there); fetch
+    installed a source of which no file parses, with warnings and exit code 0; a stroke line holding
+    a character str.splitlines breaks at (\\x1c, \\x85) became two strokes."""
+    from homus_render.strokes import parse_text
+
+    files = write_handmade(tmp_path / "raw")
+    (tmp_path / "raw" / ".fetch-in-progress").touch()
+    r = invoke("render", "--raw-dir", tmp_path / "raw", "--rendered-dir", tmp_path / "out", "--size", "32")
+    assert r.exit_code == 1 and "a fetch into it has not finished" in r.output and not (tmp_path / "out").exists()
+    bad = tmp_path / "bad" / "1"
+    bad.mkdir(parents=True)
+    (bad / "1-1.txt").write_text("Not-A-Class\n1,2;3,4\n")
+    r = invoke("fetch", "--source", tmp_path / "bad", "--raw-dir", tmp_path / "raw2")
+    assert r.exit_code == 1 and "none of its 1 stroke files can be read" in r.output and not (tmp_path / "raw2").exists()
+    for odd in ("\x1c", "\x85", "\u2028"):
+        with pytest.raises(ValueError):  # one stroke line with a stray character: an error, never two strokes
+            parse_text(f"Barline\n1,2;3,4{odd}5,6\n", "x.txt")
+    assert len(parse_text("Barline\r1,2;3,4\r5,6\r", "x.txt").strokes) == 2 and files
+
+
+@pytest.mark.parametrize("address", ["nonsense", "host:", "host:99999", ":6379"])
+def test_a_ray_address_of_the_wrong_form_is_refused_before_any_work(tmp_path, monkeypatch, address):
+    monkeypatch.chdir(tmp_path)  # no raw/ here: a study that got as far as fetching would try the network
+    monkeypatch.delenv("HOMUS_SOURCE", raising=False)
+    r = invoke("run", "--ray", address, "--dry-run")
+    assert r.exit_code == 1 and f"--ray {address!r}: give auto, local, HOST:PORT" in r.output, r.output
+    assert not any(tmp_path.iterdir())
