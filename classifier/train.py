@@ -158,7 +158,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
     outright leaves a folder without ``last.pt``, which the next ``train`` of that name replaces."""
     run = Path(cfg.runs_dir) / cfg.run_name()
     check_writable_dir(run.parent)
-    with writing(run, "choose another --name"):
+    with writing(run, "give the run another name (--name; a study's runs: study.name)"):
         if (run / "metrics.json").exists():
             raise RunError(f"{run} is already complete: nothing to resume, its figures are in metrics.json"
                            if resume else f"{run} is already complete; choose another --name (or delete it)")

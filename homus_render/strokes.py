@@ -153,9 +153,12 @@ def parse_text(text: str, path: str | Path = "<text>", labelled: bool = True) ->
     lines = re.split(r"\r\n|\r|\n", text)  # not splitlines: \x1c, \x85 or \u2028 inside a line break nothing
     if not text.strip():
         raise StrokeFileError(path, None, "empty file")
-    top = next((i for i, line in enumerate(lines) if line.strip().lstrip("\ufeff").strip()), None)  # blank above
+    # training data names its class on line 1; a symbol to classify may have blank lines above it
+    top = next((i for i, line in enumerate(lines) if line.strip().lstrip("\ufeff").strip()), None)
     if top is None:  # a byte-order mark alone
         raise StrokeFileError(path, None, "empty file")
+    if labelled:
+        top = 0
     label = lines[top].strip().lstrip("\ufeff").strip()
     first = top + 2
     if not labelled and _POINTS_LINE.match(label):  # no label line: the first line is the first stroke

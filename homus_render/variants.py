@@ -351,8 +351,13 @@ def _render_todo(raw_dir: Path, rendered_dir: Path, files: list[str], stats: lis
                 "raw_dir": str(raw_dir), "extra_raw": [str(e) for e in extra], "raw_fingerprint": fp,
                 "homus_version": __version__,
                 "renderer_version": RENDERER_VERSION, "images": len(rows), "skipped": len(errors)})
+            try:  # a variant of other writers or data is replaced: said, so no one trains on it unawares
+                before = _count_images(rendered_dir / s.name)
+            except (OSError, ValueError):
+                before = None
             _swap_into_place(st, rendered_dir / s.name)
-            results.append(VariantResult(rendered_dir / s.name, s, "rendered", len(rows), errors))
+            status = "rendered" if before in (None, len(rows)) else f"rendered; it held {before:,} images before"
+            results.append(VariantResult(rendered_dir / s.name, s, status, len(rows), errors))
     except OSError as e:
         raise user_os_error(e) or e from None
     finally:

@@ -82,4 +82,4 @@ def test_a_failed_check_is_an_error_and_writes_nothing(ink_run, tmp_path, monkey
 
 def test_export_of_a_folder_that_is_no_run(tmp_path):
     r = CliRunner().invoke(main, ["export", str(tmp_path), "--out", str(tmp_path / "m.onnx")])
-    assert r.exit_code == 1 and "error:" in r.output and "best.pt" in r.output
+    assert r.exit_code == 1 and "error:" in r.output and "not a homus run folder (no config.yaml)" in r.output

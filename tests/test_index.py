@@ -283,11 +283,18 @@ def test_fetch_writes_the_index_of_what_it_checked(synthetic_raw: Path, tmp_path
 
 
 def test_an_empty_index_is_harmless(tmp_path: Path):
-    """A fetch where no file parses writes an index of nothing; the render then says what is wrong."""
+    """An index of nothing (a raw folder none of whose files parses: fetch refuses such a source) is
+    harmless; the render then says what is wrong."""
+    from homus_render.fetch import FetchError
+    from homus_render.index import StrokeIndex, write_index
+
     src = tmp_path / "src/1"
     src.mkdir(parents=True)
     (src / "1-1.txt").write_text("Dot\n1,2;3\n")
-    fetch(tmp_path / "raw", "v2", str(tmp_path / "src"))
+    with pytest.raises(FetchError, match="none of its 1 stroke files can be read"):
+        fetch(tmp_path / "raw", "v2", str(tmp_path / "src"))
+    shutil.copytree(tmp_path / "src", tmp_path / "raw")
+    write_index(tmp_path / "raw", StrokeIndex.of([], [], [], [], Packed.of([])))
     index = read_index(tmp_path / "raw")
     assert index is not None and index.files == []
     assert index.lookup(["1/1-1.txt", "1/1-2.txt"], [(1, 2, 3, 4)] * 2) == [None, None]
