@@ -129,11 +129,11 @@ def create_app(runs, collect_dir="collected", max_batch: int = 32, max_samples: 
     from homus_render.channels import ink_index
     from homus_render.collect import (
         CollectFullError,
+        CountsCache,
         SampleError,
         check_label,
         check_strokes,
         check_writer,
-        collected_counts,
         save_sample,
     )
     from homus_render.errors import HomusError, PathError, describe
@@ -216,6 +216,7 @@ def create_app(runs, collect_dir="collected", max_batch: int = 32, max_samples: 
                   description="Points are in HOMUS tablet units. Errors are `{\"detail\": message}` with a 4xx.",
                   docs_url=None, redoc_url=None)  # FastAPI's own pages load their scripts from a CDN
     app.state.predictor, app.state.collect_dir, app.state.max_samples = predictor, collect_dir, max_samples
+    counts = CountsCache(collect_dir)  # each save re-reads its writer, not the whole folder
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -319,7 +320,7 @@ def create_app(runs, collect_dir="collected", max_batch: int = 32, max_samples: 
     @app.api_route("/api/samples", methods=["GET", "HEAD"],
                    summary="How many samples the collect folder holds, per label and per writer.")
     def samples() -> dict:
-        return collected_counts(collect_dir)
+        return counts()
 
     app.add_middleware(BodyLimit, limit=MAX_BODY)
     return app

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import os
 import re
+import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -95,17 +97,28 @@ def writer_folder(collect_dir: Path, writer: str) -> Path:
     return folder
 
 
+def writer_folders(collect_dir: str | Path) -> list[os.DirEntry]:
+    """The writers' folders of a collect folder, in natural order (others are left out)."""
+    root = Path(collect_dir)
+    if not root.is_dir():
+        return []
+    return sorted((e for e in os.scandir(root) if e.is_dir() and WRITER.fullmatch(e.name)),
+                  key=lambda e: natural_key(e.name))
+
+
+def writer_files(folder: os.DirEntry) -> Iterator[os.DirEntry]:
+    """The ``<writer>-*.txt`` files of one writer's folder."""
+    for f in os.scandir(folder.path):
+        if f.name.endswith(".txt") and f.name.startswith(f"{folder.name}-") and f.is_file():
+            yield f
+
+
 def sample_files(collect_dir: str | Path) -> Iterator[tuple[str, os.DirEntry]]:
     """``(writer, file)`` for each ``<writer>/<writer>-*.txt`` file of a collect folder, writers in
     natural order (folders and files that are not collected samples are left out)."""
-    root = Path(collect_dir)
-    if not root.is_dir():
-        return
-    for entry in sorted(os.scandir(root), key=lambda e: natural_key(e.name)):
-        if entry.is_dir() and WRITER.fullmatch(entry.name):
-            for f in os.scandir(entry.path):
-                if f.name.endswith(".txt") and f.name.startswith(f"{entry.name}-") and f.is_file():
-                    yield entry.name, f
+    for folder in writer_folders(collect_dir):
+        for f in writer_files(folder):
+            yield folder.name, f
 
 
 def count_samples(collect_dir: str | Path) -> int:
@@ -175,19 +188,57 @@ def next_number(folder: Path, writer: str) -> int:
     return max(taken, default=0) + 1
 
 
-def collected_counts(collect_dir: str | Path) -> dict:
-    """What a collect folder holds: ``{"total", "labels": {label: n}, "writers": {writer: {label: n}}}``,
-    read from line one of each stroke file (files that are not collected samples are left out)."""
-    labels: Counter = Counter()
-    writers: dict[str, Counter] = {}
-    for writer, f in sample_files(collect_dir):
+def writer_counts(folder: os.DirEntry) -> Counter:
+    """Samples per label of one writer's folder, read from line one of each stroke file."""
+    counts: Counter = Counter()
+    for f in writer_files(folder):
         try:
             with open(f.path, encoding="utf-8") as fh:
                 label = fh.readline().strip()
         except (OSError, UnicodeDecodeError):
             continue
         if label in LABEL_SET:
-            labels[label] += 1
-            writers.setdefault(writer, Counter())[label] += 1
+            counts[label] += 1
+    return counts
+
+
+def _summary(writers: dict[str, Counter]) -> dict:
+    labels: Counter = sum(writers.values(), Counter())
     return {"total": sum(labels.values()), "labels": dict(sorted(labels.items())),
-            "writers": {w: dict(sorted(c.items())) for w, c in writers.items()}}
+            "writers": {w: dict(sorted(c.items())) for w, c in writers.items() if c}}
+
+
+def collected_counts(collect_dir: str | Path) -> dict:
+    """What a collect folder holds: ``{"total", "labels": {label: n}, "writers": {writer: {label: n}}}``,
+    read from line one of each stroke file (files that are not collected samples are left out)."""
+    return _summary({folder.name: writer_counts(folder) for folder in writer_folders(collect_dir)})
+
+
+class CountsCache:
+    """:func:`collected_counts`, reading again only the writers whose folder changed since (a sample
+    saved, renamed or removed changes its folder's modification time): after a save, one writer is
+    read, not the whole folder. A folder changed in the last two seconds is always read, so a change
+    within the file system's clock tick is never missed."""
+
+    RECENT_NS = 2_000_000_000
+
+    def __init__(self, collect_dir: str | Path) -> None:
+        self.collect_dir = collect_dir
+        self._seen: dict[str, tuple[int, Counter]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self) -> dict:
+        with self._lock:
+            now, seen, writers = time.time_ns(), {}, {}
+            for folder in writer_folders(self.collect_dir):
+                try:
+                    mtime = folder.stat().st_mtime_ns
+                except OSError:
+                    continue
+                cached = self._seen.get(folder.name)
+                counts = cached[1] if cached and cached[0] == mtime and now - mtime > self.RECENT_NS \
+                    else writer_counts(folder)
+                seen[folder.name] = (mtime, counts)
+                writers[folder.name] = counts
+            self._seen = seen
+            return _summary(writers)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import threading
+import time
 
 import cv2
 import numpy as np
@@ -424,3 +426,29 @@ def test_head_requests_are_answered_where_get_is(client):
     for path in ("/", "/api/health", "/api/labels", "/api/samples", "/static/app.js"):
         r = client.head(path)
         assert r.status_code == 200 and r.content == b"", path
+
+
+def test_the_counts_after_a_save_read_only_the_writer_that_changed(tmp_path, monkeypatch):
+    """The page asks for the counts after every save; reading every file of a folder of 100,000
+    samples took seconds. The cache reads a writer again only when its folder changed."""
+    from homus_render import collect
+
+    for writer, labels in (("alice", ["Barline", "Flat"]), ("bob", ["Flat"])):
+        for label in labels:
+            collect.save_sample(tmp_path, writer, label, [np.array([[0, 0], [5, 40.0]])])
+    old = time.time() - 60
+    for writer in ("alice", "bob"):
+        os.utime(tmp_path / writer, (old, old))
+    reads = []
+    real = collect.writer_counts
+    monkeypatch.setattr(collect, "writer_counts", lambda folder: reads.append(folder.name) or real(folder))
+    cache = collect.CountsCache(tmp_path)
+    first = cache()
+    assert sorted(reads) == ["alice", "bob"] and first == collect.collected_counts(tmp_path)
+    reads.clear()
+    assert cache() == first and reads == []  # nothing changed: nothing read
+    collect.save_sample(tmp_path, "bob", "Sharp", [np.array([[0, 0], [5, 40.0]])])
+    after = cache()
+    assert reads == ["bob"] and after == collect.collected_counts(tmp_path) and after["total"] == 4
+    (tmp_path / "bob" / "bob-1.txt").unlink()
+    assert cache()["writers"]["bob"] == {"Sharp": 1}
