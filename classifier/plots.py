@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -22,6 +23,14 @@ def figure_png(fig) -> bytes:
     fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
     plt.close(fig)
     return buf.getvalue()
+
+
+def tidy(fig) -> None:
+    """``fig.tight_layout()``, quietly: where long labels leave it no room it does what it can, and
+    matplotlib's warning would be noise among homus' own lines."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        tidy(fig)
 
 
 def save_figure(fig, path: Path) -> None:
@@ -67,7 +76,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
+    tidy(fig)
     save_figure(fig, path)
 
 

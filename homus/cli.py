@@ -101,7 +101,8 @@ class HomusGroup(click.Group):
         except KeyboardInterrupt as e:
             if not (isinstance(e, Terminated) or _sigterm.is_set()):
                 raise  # Ctrl-C: click's "Aborted!"
-            again = ("`homus train --resume RUN` continues a run from its last finished epoch"
+            again = ("`homus train --resume RUN` continues a run from its last finished epoch (one stopped "
+                     "before its first has no folder left: run the command again)"
                      if ctx.invoked_subcommand == "train" else "run the command again")
             click.secho(f"error: stopped by SIGTERM; what was half-made is removed; {again}", fg="red", err=True)
             ctx.exit(143)

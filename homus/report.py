@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from classifier.plots import plot_confusion_matrix, plt, save_figure, tile_grid
+from classifier.plots import plot_confusion_matrix, plt, save_figure, tidy, tile_grid
 from classifier.runfolder import RunError, RunFolder
 from classifier.splits import split_seed_of
 from homus_render.atomic import is_stale, write_bytes, write_text
@@ -153,7 +153,7 @@ def _bar_chart(rows: list[dict], path: Path, title: str) -> None:
     ax.set_title(title)
     if lines == 1:
         plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
-    fig.tight_layout()
+    tidy(fig)
     save_figure(fig, path)
 
 
@@ -171,7 +171,7 @@ def _matrix_chart(rows: list[dict], tests: list[str], path: Path) -> None:
             ax.text(j, i, f"{m[i, j]:.1f}", ha="center", va="center", color="w" if m[i, j] < np.nanmax(m) - 5 else "k")
     fig.colorbar(im, label="test accuracy (%)")
     ax.set_title("train variant x test variant")
-    fig.tight_layout()
+    tidy(fig)
     save_figure(fig, path)
 
 
@@ -246,7 +246,7 @@ def _error_sheet(errors: list[dict], raw_dirs: list[Path], path: Path, total: in
     if not errors:
         axes[0, 0].set_title("no test image was misread", fontsize=9)
     fig.suptitle(f"the {len(errors)} most confident of {total} errors", fontsize=10)
-    fig.tight_layout()
+    tidy(fig)
     save_figure(fig, path)
 
 
@@ -259,7 +259,7 @@ def _recall_chart(order: list[str], recalls: dict[str, list[float]], path: Path)
     ax.set_xlim(max(0, min(m - s for m, s in zip(means, stds, strict=True)) - 5), 100.5)
     ax.set_xlabel("recall (%)" + (", mean ± std over folds" if any(stds) else ""))
     ax.set_title("recall per class, worst first")
-    fig.tight_layout()
+    tidy(fig)
     save_figure(fig, path)
 
 
