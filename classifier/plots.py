@@ -30,7 +30,7 @@ def tidy(fig) -> None:
     matplotlib's warning would be noise among homus' own lines."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        tidy(fig)
+        fig.tight_layout()
 
 
 def save_figure(fig, path: Path) -> None:
