@@ -281,12 +281,20 @@ def create_app(runs, collect_dir="collected", max_batch: int = 32, max_samples: 
             response.headers.setdefault("Cache-Control", "no-cache")
         return response
 
-    @app.api_route("/api/labels", methods=["GET", "HEAD"], summary="The classes the models predict, in order.")
+    def get_and_head(path: str, **kw):
+        """A GET route, answered to HEAD as well; HEAD stays out of the OpenAPI schema, where it would
+        repeat the GET operation's id."""
+        def add(fn):
+            app.head(path, include_in_schema=False)(fn)
+            return app.get(path, **kw)(fn)
+        return add
+
+    @get_and_head("/api/labels", summary="The classes the models predict, in order.")
     def labels() -> dict:
         return {"labels": list(predictor.classes), "homus": list(LABELS)}
 
-    @app.api_route("/api/health", methods=["GET", "HEAD"],
-                   summary="The models loaded: their runs, input channels and render settings.")
+    @get_and_head("/api/health",
+                  summary="The models loaded: their runs, input channels and render settings.")
     def health() -> dict:
         return {"status": "ok", "models": predictor.describe(), "classes": n_classes,
                 "collect_dir": str(collect_dir)}
@@ -317,8 +325,8 @@ def create_app(runs, collect_dir="collected", max_batch: int = 32, max_samples: 
         path = save_sample(collect_dir, req.writer, req.label, req.strokes, max_samples=max_samples)
         return {"path": str(path), "sample": path.stem}
 
-    @app.api_route("/api/samples", methods=["GET", "HEAD"],
-                   summary="How many samples the collect folder holds, per label and per writer.")
+    @get_and_head("/api/samples",
+                  summary="How many samples the collect folder holds, per label and per writer.")
     def samples() -> dict:
         return counts()
 
