@@ -478,12 +478,15 @@ def run_cmd(cfg, cfg_path, dry_run, parallel, ray_address) -> None:
     if dry_run:
         p = plan(cfg, cfg_path)
         check_made_as_planned(p, cfg_path)
+        click.echo(f"study {cfg['study']['name']} (runs in {p.runs_dir}); study.train: "
+                   f"{_settings_text(cfg['study']['train']) or 'the train section as it is'}")
         for r in p.runs:
             tc = p.configs[r.name]
             what = f"from strokes at {tc.render.name}" if tc.from_strokes else f"on {', '.join(tc.variants)}"
             fold = f", fold {tc.fold} of {tc.folds}" if tc.folds else ""
             arm = f"; arm {r.arm}: {_settings_text(cfg['study']['arms'][r.arm])}" if r.arm else ""
-            click.echo(f"{r.name}: {tc.arch} {what}, channels {'+'.join(tc.channels)}, {tc.epochs} epochs, "
+            click.echo(f"{r.name}: {tc.arch} ({tc.stem} stem, amp {tc.amp}) {what}, channels {'+'.join(tc.channels)}, "
+                       f"{tc.epochs} epochs, "
                        f"{tc.split} split{fold}, seed {tc.seed}, split seed {tc.split_rng_seed}{arm}")
         for e in p.ensembles:
             click.echo(f"ensemble {e.file[:-5]}: {' + '.join(e.runs)}")

@@ -279,6 +279,9 @@ def test_shipped_configs_load_and_plan(tmp_path, monkeypatch):
         ("mixup_alpha", 0.0, 0.2)]
     r = CliRunner().invoke(main, ["run", "--config", str(repo / "configs/writer-ideas.yaml"), "--dry-run"])
     assert "t3-s64-ink+size-ema-seed0: " in r.output and "arm ink+size-ema: channels ink,size; ema 0.998" in r.output
+    r = CliRunner().invoke(main, ["run", "--config", str(repo / "configs/writer-5fold-small.yaml"), "--dry-run"])
+    assert r.output.startswith("study writer-5fold-small (runs in runs/writer-5fold-small); study.train: ")
+    assert "stem small" in r.output.splitlines()[0] and "resnet18 (small stem, amp auto)" in r.output  # which study
 
 
 def test_a_size_jitter_is_a_difference_only_for_runs_that_read_the_size(tmp_path):
