@@ -109,9 +109,8 @@ class RunFolder:
     def config(self) -> dict:
         """``config.yaml``: every setting the run was made with (checked to be a mapping), in
         today's nested layout whatever layout the run recorded (:func:`upgrade_run_config`)."""
+        self._a_run()
         path = self.file(CONFIG)
-        if not path.exists():
-            raise RunError(f"{self.path}: not a homus run folder (no {CONFIG})")
         cfg = read_yaml(path, RunError)
         if not isinstance(cfg, dict) or not cfg:
             raise RunError(f"{path}: a run's config is a mapping of settings, got "

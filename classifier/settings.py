@@ -314,8 +314,8 @@ def check_train(c: TrainConfig) -> None:
     if c.weights == "imagenet" and c.stem != "imagenet":
         raise SettingsError(f"--weights imagenet needs --stem imagenet: the ImageNet weights' first layer is "
                             f"torchvision's 7x7 convolution, not the {c.stem} stem's 3x3 one")
-    if c.name is not None and folder_name_problem(c.name):
-        raise bad("name", f"{folder_name_problem(c.name)}, or null")
+    if c.name is not None and (problem := folder_name_problem(c.name)):
+        raise bad("name", f"{problem}, or null")
     if not c.variants and not c.from_strokes:
         raise SettingsError("at least one --variant is needed (or --from-strokes)")
     object.__setattr__(c, "channels", list(check_channels(c.channels)))

@@ -28,9 +28,9 @@ def once(runs) -> None:
     """Refuse a run given twice (by any path to it) where runs are counted or voted."""
     seen: dict[Path, str] = {}
     for r in runs:
-        if Path(r).resolve() in seen:
-            raise click.BadParameter(f"{r} is {seen[Path(r).resolve()]} again; give each run once", param_hint="RUNS")
-        seen[Path(r).resolve()] = r
+        if (key := Path(r).resolve()) in seen:
+            raise click.BadParameter(f"{r} is {seen[key]} again; give each run once", param_hint="RUNS")
+        seen[key] = r
 
 
 def fail(message: str) -> None:

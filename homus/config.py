@@ -312,11 +312,15 @@ def load(path: str | Path | None = None) -> dict:
     check_readers(cfg, path or DEFAULTS_FILE)
     try:
         train_config(cfg, source=path or DEFAULTS_FILE)  # the file's own train settings, blamed on the file
-    except ConfigError:
-        raise
     except SettingsError as e:
-        raise ConfigError(str(e)) from None
+        raise blame(e, path or DEFAULTS_FILE) from None
     return cfg
+
+
+def blame(e: SettingsError, source: str | Path) -> ConfigError:
+    """``e``, a setting ``source`` asks for that cannot be, as a :class:`ConfigError` naming the file."""
+    text = str(e)
+    return ConfigError(text if text.startswith(f"{source}:") else f"{source}: {text}")
 
 
 #: Render settings a run takes from the render section (thickness and size are the train section's own).

@@ -101,8 +101,7 @@ def plan(cfg: dict, source: str | Path = "the study") -> StudyPlan:
     try:
         return _plan(cfg, source)
     except SettingsError as e:  # a run's or a variant's settings: the study file asked for them
-        text = str(e)
-        raise cfgmod.ConfigError(text if text.startswith(f"{source}:") else f"{source}: {text}") from None
+        raise cfgmod.blame(e, source) from None
 
 
 def _plan(cfg: dict, source: str | Path) -> StudyPlan:

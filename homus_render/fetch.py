@@ -52,7 +52,6 @@ MAX_MEMBER_BYTES = 10 * 2**20
 MAX_TOTAL_BYTES = 1 * 2**30
 MAX_RATIO = 200
 _SAMPLE_PATH = re.compile(r"^(\d+)/\1-\d+\.txt$")
-_IN_PROGRESS = FETCH_IN_PROGRESS
 
 
 class FetchError(HomusError, RuntimeError):
@@ -161,7 +160,7 @@ def _already_there(raw_dir: Path, version: str) -> FetchReport | None:
     """The report of a complete earlier fetch into ``raw_dir``, checked file by file against the
     content hash it recorded; None when there is none. A folder changed since is an error."""
     info = read_info(raw_dir)
-    if not info or (raw_dir / _IN_PROGRESS).exists():
+    if not info or (raw_dir / FETCH_IN_PROGRESS).exists():
         return None
     if info.get("version") != version:
         raise FetchError(f"{raw_dir} already holds HOMUS {info.get('version')}; remove it or "
@@ -188,12 +187,12 @@ def _refuse_foreign_content(raw_dir: Path) -> None:
         return
     for p in raw_dir.glob(".fetch-*"):
         shutil.rmtree(p, ignore_errors=True)
-    if (raw_dir / _IN_PROGRESS).exists():
+    if (raw_dir / FETCH_IN_PROGRESS).exists():
         for p in raw_dir.iterdir():
             if p.is_dir() and (p.name.isdigit() or p.name.startswith(".fetch-")):
                 shutil.rmtree(p)
         (raw_dir / DATASET_INFO).unlink(missing_ok=True)
-        (raw_dir / _IN_PROGRESS).unlink()
+        (raw_dir / FETCH_IN_PROGRESS).unlink()
         return
     foreign = [p.name for p in raw_dir.iterdir() if p.name != "README.md" and not p.name.startswith(".")]
     if foreign:
@@ -330,7 +329,7 @@ def _check(staging: Path, version: str, source: str) -> tuple[FetchReport, Strok
 def _move_into_place(staging: Path, raw_dir: Path, report: FetchReport) -> None:
     """Move the checked writers into ``raw_dir``; ``homus.json`` last. Should that fail (a full
     disk), the writers moved so far are taken out again."""
-    marker = raw_dir / _IN_PROGRESS
+    marker = raw_dir / FETCH_IN_PROGRESS
     marker.touch()
     try:
         for writer in sorted(p for p in staging.iterdir()):

@@ -247,10 +247,7 @@ def render_packed(packed: Packed, s: RenderSettings) -> np.ndarray:
     n, k, h, w = len(packed), SUPERSAMPLE, s.height, s.width
     if n == 0:
         return np.zeros((0, h, w), np.uint8)
-    pts, lengths = packed.points, packed.stroke_lengths
-    check_points(pts, lengths)
-    if packed.n_strokes.min() == 0:
-        raise ValueError(f"sample {int(np.argmin(packed.n_strokes))} has no strokes")
+    pts, lengths = packed.points, packed.stroke_lengths  # Packed has checked them (finite, none empty)
     stroke_start, first_stroke = packed.first_points(), packed.first_strokes()
     sample_start = stroke_start[first_stroke]
     owner = np.repeat(np.arange(n), np.diff(np.append(sample_start, len(pts))))  # sample of each point

@@ -70,6 +70,8 @@ class Packed:
                 or (self.n_strokes < 1).any()):
             raise ValueError("packed strokes: every sample needs strokes, every stroke points, "
                              "and the counts must add up")
+        if not np.isfinite(self.points).all():  # drawn, they would make a blank page
+            raise ValueError("packed strokes: a coordinate is not a finite number (nan or inf)")
 
     @classmethod
     def of(cls, symbols: Sequence[Sequence[np.ndarray]]) -> Packed:
@@ -146,20 +148,23 @@ def _is_number(token: str) -> bool:
     return True
 
 
+def _bare(line: str) -> str:
+    """A line without surrounding space or a byte-order mark."""
+    return line.strip().lstrip("\ufeff").strip()
+
+
 def parse_text(text: str, path: str | Path = "<text>", labelled: bool = True) -> Sample:
     """Parse the decoded content of a stroke file; ``path`` names it in errors and gives the id.
     ``labelled=False`` (a symbol to classify, whose class is not needed): line 1 may hold any label,
     or be the first stroke; the sample's label is then what line 1 said, or empty."""
     lines = re.split(r"\r\n|\r|\n", text)  # not splitlines: \x1c, \x85 or \u2028 inside a line break nothing
-    if not text.strip():
-        raise StrokeFileError(path, None, "empty file")
     # training data names its class on line 1; a symbol to classify may have blank lines above it
-    top = next((i for i, line in enumerate(lines) if line.strip().lstrip("\ufeff").strip()), None)
-    if top is None:  # a byte-order mark alone
+    top = next((i for i, line in enumerate(lines) if _bare(line)), None)
+    if top is None:  # blank, or a byte-order mark alone
         raise StrokeFileError(path, None, "empty file")
     if labelled:
         top = 0
-    label = lines[top].strip().lstrip("\ufeff").strip()
+    label = _bare(lines[top])
     first = top + 2
     if not labelled and _POINTS_LINE.match(label):  # no label line: the first line is the first stroke
         label, first = "", top + 1
