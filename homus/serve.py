@@ -258,14 +258,22 @@ def create_app(runs, collect_dir="collected", max_batch: int = 32, max_samples: 
         log.exception("%s %s failed", request.method, request.url.path)
         return JSONResponse({"detail": f"internal error ({type(exc).__name__}); the server keeps serving"}, 500)
 
-    @app.api_route("/", include_in_schema=False, methods=["GET", "HEAD"])
+    def get_and_head(path: str, **kw):
+        """A GET route, answered to HEAD as well; HEAD stays out of the OpenAPI schema, where it would
+        repeat the GET operation's id."""
+        def add(fn):
+            app.head(path, include_in_schema=False)(fn)
+            return app.get(path, **kw)(fn)
+        return add
+
+    @get_and_head("/", include_in_schema=False)
     def index():
         return FileResponse(STATIC / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
 
-    @app.api_route("/docs", include_in_schema=False, methods=["GET", "HEAD"])
+    @get_and_head("/docs", include_in_schema=False)
     def docs():
         return get_swagger_ui_html(openapi_url=app.openapi_url, title="homus API", oauth2_redirect_url=None,
                                    swagger_js_url="/docs-assets/swagger-ui-bundle.js",
@@ -280,14 +288,6 @@ def create_app(runs, collect_dir="collected", max_batch: int = 32, max_samples: 
         if not request.url.path.startswith("/api/"):
             response.headers.setdefault("Cache-Control", "no-cache")
         return response
-
-    def get_and_head(path: str, **kw):
-        """A GET route, answered to HEAD as well; HEAD stays out of the OpenAPI schema, where it would
-        repeat the GET operation's id."""
-        def add(fn):
-            app.head(path, include_in_schema=False)(fn)
-            return app.get(path, **kw)(fn)
-        return add
 
     @get_and_head("/api/labels", summary="The classes the models predict, in order.")
     def labels() -> dict:

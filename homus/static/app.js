@@ -98,8 +98,11 @@ pad.addEventListener("pointerup", endStroke);
 pad.addEventListener("pointercancel", endStroke);
 pad.addEventListener("contextmenu", (ev) => ev.preventDefault());
 
-// An Error whose message says what happened and what to do; `status` is the HTTP status, if any.
-function apiError(message, status) { const e = new Error(message); e.status = status; return e; }
+// An Error whose message says what happened and what to do; `status` is the HTTP status, if any,
+// and `timedOut` says that no answer came in time (a save may then have landed all the same).
+function apiError(message, status, timedOut = false) {
+  const e = new Error(message); e.status = status; e.timedOut = timedOut; return e;
+}
 
 async function api(path, body, timeoutMs = PREDICT_TIMEOUT_MS) {
   const ctl = new AbortController(), timer = setTimeout(() => ctl.abort(), timeoutMs);
@@ -112,7 +115,8 @@ async function api(path, body, timeoutMs = PREDICT_TIMEOUT_MS) {
     } catch {
       throw apiError(ctl.signal.aborted
         ? `The server gave no answer within ${timeoutMs / 1000} s; is homus serve busy or stopped? Your drawing is kept.`
-        : `The server at ${location.host} did not answer; is homus serve still running? Your drawing is kept.`);
+        : `The server at ${location.host} did not answer; is homus serve still running? Your drawing is kept.`,
+        undefined, ctl.signal.aborted);
     }
     const data = await res.json().catch(() => ({ detail: `${res.status} ${res.statusText}` }));
     if (!res.ok) throw apiError(data.detail || `${res.status} ${res.statusText}`, res.status);
@@ -299,7 +303,7 @@ async function save() {
     if ($("advance").checked && $("label").value === label) nextLabel();  // unless the user already chose
     await refreshCounts();
   } catch (e) {
-    status.textContent = e.status === undefined && e.message.includes("no answer within")
+    status.textContent = e.timedOut
       ? `Not known whether it was saved: ${e.message} Check the counts before saving it again.`
       : `Not saved: ${e.message}`;
   } finally {
