@@ -29,11 +29,14 @@ from .strokeset import render_samples
 
 CONFIG, SPLIT, DATA, METRICS, HISTORY = "config.yaml", "split.json", "data.json", "metrics.json", "history.csv"
 BEST, LAST = "best.pt", "last.pt"
+#: A new best model waits here until ``last.pt`` of its epoch is saved, then takes ``best.pt``'s
+#: place: a kill between the two never leaves a best model from an epoch the run will redo.
+BEST_PENDING = ".best-pending.pt"
 #: What a finished run's metrics.json holds for the reports, and its types.
 METRIC_KEYS = {"test_accuracy": (int, float), "macro_f1": (int, float), "val_accuracy": (int, float),
                "n_test": int, "train_seconds": (int, float), "variants": list, "split": str}
 #: Files a run writes and reads back: no other command's output may take their place.
-RUN_FILES = frozenset({CONFIG, SPLIT, DATA, METRICS, HISTORY, BEST, LAST, "summary.json"})
+RUN_FILES = frozenset({CONFIG, SPLIT, DATA, METRICS, HISTORY, BEST, LAST, BEST_PENDING, "summary.json"})
 #: What ``last.pt`` holds beyond the model, for continuing a run; ``best.pt`` leaves it out.
 RESUME_STATE = ("optimizer", "scheduler", "scaler", "ema")
 

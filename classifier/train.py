@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,6 +48,7 @@ from .metrics import summarize
 from .models import build_model
 from .runfolder import (
     BEST,
+    BEST_PENDING,
     CONFIG,
     DATA,
     HISTORY,
@@ -181,7 +183,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Path:
 
 
 #: What a run folder holds before its first checkpoint: such a folder is replaced, not continued.
-_BEFORE_FIRST_EPOCH = {CONFIG, SPLIT, DATA, HISTORY, "train-samples.png"}
+_BEFORE_FIRST_EPOCH = {CONFIG, SPLIT, DATA, HISTORY, BEST_PENDING, "train-samples.png"}
 
 
 def _unstarted(run: Path) -> bool:
@@ -272,7 +274,10 @@ def _train(run: Path, cfg: TrainConfig, resume: bool, log) -> Path:
             why = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
             raise RunError(f"{run / LAST}: cannot continue from it ({why}); remove {run} and train again") from None
         best_acc = max((h["val_acc"] for h in history), default=-1.0)
+        settle_best(run, ckpt["epoch"])
         log(f"resuming {run} after epoch {ckpt['epoch']}")
+    else:
+        settle_best(run, None)
 
     # the training loader's workers start once and serve every epoch; each batch carries its epoch, so
     # a worker draws that epoch's distortions, and the order is fixed by seed and epoch. Validation
@@ -319,8 +324,10 @@ def _train(run: Path, cfg: TrainConfig, resume: bool, log) -> Path:
             best = {k: v for k, v in ckpt.items() if k not in RESUME_STATE}
             if ema is not None:  # the model that was validated: the average
                 best["model"] = ema.module.state_dict()
-            checkpoint.save(run / BEST, best)
+            checkpoint.save(run / BEST_PENDING, best)  # best.pt only once last.pt has this epoch too
         checkpoint.save(run / LAST, ckpt)
+        if (run / BEST_PENDING).exists():
+            os.replace(run / BEST_PENDING, run / BEST)
         write_bytes(run / "history.csv", _history_csv(history))
 
     del train_loader  # its workers end here
@@ -417,6 +424,23 @@ def _resume_checkpoint(path: Path, cfg: TrainConfig, classes: list[str]) -> dict
             raise RunError(f"{path} was trained with other settings than the run's config.yaml now holds "
                            f"({said}); restore config.yaml, or remove {path.parent} and train again")
     return ckpt
+
+
+def settle_best(run: Path, last_epoch: int | None) -> None:
+    """Finish or undo a best-model save a kill interrupted: the pending ``best.pt`` takes its place
+    when ``last.pt`` holds its epoch (the kill came between the two saves), and is dropped when the
+    run continues from an earlier epoch, which it will train again."""
+    pending = run / BEST_PENDING
+    if not pending.exists():
+        return
+    try:
+        epoch = checkpoint.load(pending)["epoch"]
+    except (checkpoint.CheckpointError, KeyError):  # torn by the kill: the epoch is trained again
+        epoch = None
+    if epoch is not None and epoch == last_epoch:
+        os.replace(pending, run / BEST)
+    else:
+        pending.unlink()
 
 
 def start_fresh(resume: bool, run: Path) -> bool:

@@ -164,6 +164,40 @@ def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tiny, monkeypatch, e
     assert [(r["train_loss"], r["val_acc"]) for r in ha] == [(r["train_loss"], r["val_acc"]) for r in hb]
 
 
+@pytest.mark.parametrize("after", ["best", "last"])
+def test_a_kill_between_the_two_checkpoints_leaves_a_best_model_the_run_believes(tiny, monkeypatch, after):
+    """Killed after epoch 2's new best model was saved but before its last.pt (``best``), best.pt
+    still holds epoch 1, which last.pt continues from; killed after last.pt (``last``), the resume
+    puts epoch 2's best model in place. Either way metrics.json names the epoch best.pt holds."""
+    import classifier.train as training
+    from classifier.runfolder import BEST_PENDING
+
+    real_evaluate, real_save = training.evaluate, checkpoint.save
+
+    def rising(*args, desc="eval", **kw):  # each epoch validates better than the one before
+        res = real_evaluate(*args, desc=desc, **kw)
+        return {**res, "acc": int(desc.split()[1]) / 10} if desc.endswith(" val") else res
+
+    def die(path, ckpt):
+        real_save(path, ckpt)
+        if ckpt["epoch"] == 2 and (Path(path).name == "last.pt") == (after == "last"):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "evaluate", rising)
+    monkeypatch.setattr(checkpoint, "save", die)
+    name = f"torn-{after}"
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg_for(tiny, epochs=2, name=name), log=lambda m: None)
+    run = tiny / "runs" / name
+    last, best = checkpoint.load(run / "last.pt"), checkpoint.load(run / "best.pt")
+    assert best["epoch"] <= last["epoch"] == (2 if after == "last" else 1)
+    monkeypatch.setattr(checkpoint, "save", real_save)
+    train(cfg_for(tiny, epochs=2, name=name), resume=True, log=lambda m: None)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["best_epoch"] == checkpoint.load(run / "best.pt")["epoch"] == 2
+    assert not (run / BEST_PENDING).exists()
+
+
 def test_fine_tune_from_a_checkpoint(tiny, cli_run):
     base = cli_run[0] / "best.pt"
     run = train(cfg_for(tiny, variants=[str(tiny / "rendered/t1-s32-m2")], weights=str(base), name="ft"),
