@@ -425,8 +425,9 @@ def evaluate(cfg, runs, variant, out, device) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON document for machines.")
 @click.option("--read", type=click.Choice(READS),
               help="Images: fit the ink box to the canvas as it is; thicken (fit it and draw its centre line over it "
-                   "at the model's pen); redraw (the centre line alone); auto fits ink as wide as the model's pen "
-                   "that fitting does not enlarge, and thickens the rest.")
+                   "at the model's pen); redraw (the centre line alone); auto redraws every image for a model "
+                   "trained without --stroke-redraw, and for one trained with it fits ink as wide as the model's "
+                   "pen that fitting does not enlarge and thickens the rest.")
 @with_config
 def predict(cfg, run, inputs, top_k, as_json, read) -> None:
     """Classify images (any size) or raw HOMUS .txt stroke files with a run's model."""
