@@ -8,7 +8,7 @@
 # STEPS ("raster accuracy") chooses the parts: ``raster`` times the torch rasterizer's data source
 # against the CUDA step (target >= 3x), times the step under each mixed precision, and trains
 # ResNet-18 for 20 epochs at 64 px from strokes drawn on the device (target <= 15 s of training; test accuracy against the CPU renderer's source, two
-# seeds each); ``accuracy`` runs the random-split 2 x 2 as a study (homus run). STEPS=raster alone takes about 7-8 minutes.
+# seeds each); ``accuracy`` runs the random-split 2 x 2 as a study (homus run).
 # ``folds`` runs the 5-fold cross-validation studies of configs/ (FOLD_STUDIES, the writer folds first)
 # unchanged but for where they train: on this GPU, PARALLEL runs at once, strokes drawn on the device,
 # until FOLD_LIMIT seconds are spent. Each study's report (mean +- std over folds, pooled accuracy,
