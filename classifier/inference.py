@@ -33,13 +33,16 @@ class EnsembleError(HomusError, ValueError):
     """Runs that cannot be served together."""
 
 
-def class_probabilities(model: nn.Module, images: np.ndarray) -> np.ndarray:
+def class_probabilities(model: nn.Module, images: np.ndarray, batch: int = 256) -> np.ndarray:
     """Softmax over classes of ``model`` for uint8 black-on-white ``images`` (``(n, h, w)`` or
-    ``(n, c, h, w)``): float32 ``(n, classes)``. The one forward pass ``homus predict`` and the
-    web service share."""
+    ``(n, c, h, w)``): float32 ``(n, classes)``, ``batch`` images per forward pass, so thousands of
+    inputs take no more memory than a batch. The forward pass ``homus predict`` and the web service share."""
+    out = []
     with torch.inference_mode():
-        x = to_input(images).contiguous(memory_format=torch.channels_last)
-        return model(x).float().softmax(1).numpy()
+        for i in range(0, len(images), batch):
+            x = to_input(images[i:i + batch]).contiguous(memory_format=torch.channels_last)
+            out.append(model(x).float().softmax(1).numpy())
+    return np.concatenate(out)
 
 
 @dataclass(frozen=True)

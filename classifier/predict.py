@@ -6,6 +6,10 @@ the run's canvas and margin, centred. Stroke files are rendered with the run's o
 
 from __future__ import annotations
 
+import io
+import struct
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -14,26 +18,44 @@ import torch
 
 from homus_render.channels import render_plain
 from homus_render.errors import HomusError, describe, user_os_error
-from homus_render.normalize import READS, check_read, model_view
+from homus_render.normalize import MIN_INK_CONTRAST, READS, check_read, model_view
 from homus_render.render import RenderSettings
-from homus_render.strokes import StrokeFileError, parse_file
+from homus_render.strokes import MAX_POINTS, MAX_STROKES, StrokeFileError, parse_bytes
 
 from . import checkpoint
 from .inference import class_probabilities
 from .runfolder import RunFolder
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 #: The most pixels an input image may have: a phone's photo of a symbol fits, while a small file
 #: that claims a huge canvas (a decompression bomb) is refused before it is decoded.
 MAX_PIXELS = 100_000_000
+#: The most bytes its pixels may take once decoded (channels and depth counted): 100 megapixels of
+#: 8-bit RGBA. Decoding, turning upright and greying make a few copies of them.
+MAX_DECODED_BYTES = 400_000_000
+#: The largest stroke file read: a symbol of :data:`~homus_render.strokes.MAX_POINTS` points, each
+#: written out in full, is under half of it.
+MAX_STROKE_FILE_BYTES = 1_000_000
 #: How image files begin, to tell a damaged image from a file that is no image at all.
 _SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"),
                (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"RIFF", "WebP"))
 _HUGE = (-1, -1)  # the size of an image Pillow itself refuses to open as a decompression bomb
+#: Widths and heights libpng refuses (its default user limit): such PNGs go to Pillow alone.
+_LIBPNG_LIMIT = 1_000_000
 
 
 class InputError(HomusError, ValueError):
     """An input that is neither a readable image nor a stroke file."""
+
+
+@dataclass(frozen=True)
+class _Header:
+    """What an image file's header says: its format, (width, height) (None: no readable header;
+    :data:`_HUGE`: beyond Pillow's own bomb limit), bytes per decoded pixel, and frames or pages."""
+
+    format: str
+    size: tuple[int, int] | None
+    pixel_bytes: int = 1
+    frames: int = 1
 
 
 def _dihedral(img: np.ndarray) -> list[np.ndarray]:
@@ -44,21 +66,39 @@ def _dihedral(img: np.ndarray) -> list[np.ndarray]:
 def decode_image(data: bytes, path: str | Path = "image") -> np.ndarray:
     """An image file's pixels as stored, alpha channel and depth kept, turned upright as its EXIF
     orientation says (OpenCV applies the orientation only when it drops the alpha channel, so the
-    turn is found by comparing the two decodings). InputError for an empty, unknown, damaged or
-    too large file; the size is read from the header before any pixel is decoded."""
+    turn is found by comparing the two decodings). Formats OpenCV does not read (TGA, ICO, ...)
+    are decoded by Pillow. InputError for an empty, unknown, damaged, animated or too large file;
+    the size is read from the header before any pixel is decoded."""
     if not data:
         raise InputError(f"{path}: an empty file (0 bytes), not an image")
-    kind = next((name for magic, name in _SIGNATURES if data.startswith(magic)), None)
-    if kind == "WebP" and data[8:12] != b"WEBP":  # RIFF also begins WAV and AVI files
-        kind = None
-    size = _claimed_size(data, kind)
-    if size is None:  # only what a header vouches for is decoded
-        raise InputError(f"{path}: a damaged or truncated {kind} file" if kind else
-                         f"{path}: neither an image (PNG, JPEG, BMP, TIFF, WebP, GIF) nor a HOMUS .txt stroke file")
-    if size == _HUGE or size[0] * size[1] > MAX_PIXELS:
-        claim = "more pixels than Pillow opens" if size == _HUGE else f"{size[0]:,} x {size[1]:,} pixels"
-        raise InputError(f"{path}: the image claims {claim}, more than homus reads ({MAX_PIXELS:,}); crop the "
-                         "symbol or scale the image down")
+    head = _header(data)
+    if head is None:
+        raise InputError(f"{path}: neither an image (PNG, JPEG, BMP, TIFF, WebP, GIF, ...) nor a HOMUS stroke file")
+    unread = (f"{path}: a damaged or truncated {head.format} file, or a kind of {head.format} that neither OpenCV "
+              "nor Pillow reads; convert it to an 8-bit PNG")
+    if head.size is None:  # only what a header vouches for is decoded
+        raise InputError(unread)
+    w, h = head.size
+    decoded = w * h * head.pixel_bytes
+    claim = ("more pixels than Pillow opens" if head.size == _HUGE else
+             f"{w:,} x {h:,} pixels, more than homus reads ({MAX_PIXELS:,})" if w * h > MAX_PIXELS else
+             f"{w:,} x {h:,} pixels of {head.pixel_bytes} bytes each, {decoded / 1e6:,.0f} MB decoded, more than homus "
+             f"reads ({MAX_DECODED_BYTES / 1e6:,.0f} MB)" if decoded > MAX_DECODED_BYTES else None)
+    if claim:
+        raise InputError(f"{path}: the image claims {claim}; crop the symbol or scale the image down")
+    if head.frames > 1:
+        raise InputError(f"{path}: {head.frames} frames or pages in one {head.format} file; homus reads one symbol "
+                         "per image: save the one you mean as an image of its own")
+    img = None if head.format == "PNG" and max(w, h) > _LIBPNG_LIMIT else _cv2_decode(data)
+    if img is None:
+        img = _pillow_decode(data)
+    if img is None:
+        raise InputError(unread)
+    return img
+
+
+def _cv2_decode(data: bytes) -> np.ndarray | None:
+    """The pixels as OpenCV decodes them, turned upright by their EXIF orientation; None when it cannot."""
     buf = np.frombuffer(data, np.uint8)
     level = cv2.utils.logging.getLogLevel()
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # a bad file is our one line, not OpenCV's
@@ -71,7 +111,7 @@ def decode_image(data: bytes, path: str | Path = "image") -> np.ndarray:
     finally:
         cv2.utils.logging.setLogLevel(level)
     if img is None:
-        raise InputError(f"{path}: a damaged or truncated {kind or 'image'} file")
+        return None
     if upright is not None and stored is not None and not np.array_equal(upright, stored):
         for turn, candidate in zip(_dihedral(img), _dihedral(stored), strict=True):
             if candidate.shape == upright.shape and np.array_equal(candidate, upright):
@@ -79,27 +119,55 @@ def decode_image(data: bytes, path: str | Path = "image") -> np.ndarray:
     return img
 
 
-def _claimed_size(data: bytes, kind: str | None) -> tuple[int, int] | None:
-    """(width, height) that an image file's header claims, read without decoding the pixels: a
-    PNG's from its IHDR chunk (which must come first, whatever the checksums of later chunks say),
-    any other format's by Pillow. None when no header vouches for a size."""
-    import io
-    import struct
-    import warnings
+def _pillow_decode(data: bytes) -> np.ndarray | None:
+    """The pixels as Pillow decodes them, upright, in OpenCV's layout (grey, BGR or BGRA; 16-bit,
+    32-bit integer and float greys kept as they are); None when it cannot."""
+    from PIL import Image, ImageOps
 
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the size was checked against homus' own limits
+            with Image.open(io.BytesIO(data)) as opened:
+                im = ImageOps.exif_transpose(opened)
+                im.load()
+                if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+                    return np.array(im)
+                if "A" in im.getbands() or "transparency" in im.info:
+                    return np.ascontiguousarray(np.asarray(im.convert("RGBA"))[..., [2, 1, 0, 3]])
+                if im.mode in ("1", "L"):
+                    return np.asarray(im.convert("L"))
+                return np.ascontiguousarray(np.asarray(im.convert("RGB"))[..., ::-1])
+    except Exception:  # damaged, truncated, or a variant of the format Pillow does not decode
+        return None
+
+
+def _header(data: bytes) -> _Header | None:
+    """What ``data``'s header says (:class:`_Header`), read without decoding the pixels: a PNG's
+    size from its IHDR chunk (which must come first, whatever the checksums of later chunks say),
+    the rest from Pillow. None for data that no image header begins."""
     from PIL import Image
 
-    if kind == "PNG" and len(data) >= 24 and data[12:16] == b"IHDR":
-        return struct.unpack(">II", data[16:24])
+    kind = next((name for magic, name in _SIGNATURES if data.startswith(magic)), None)
+    if kind == "WebP" and data[8:12] != b"WEBP":  # RIFF also begins WAV and AVI files
+        kind = None
+    png = None
+    if kind == "PNG" and len(data) >= 26 and data[12:16] == b"IHDR":
+        w, h = struct.unpack(">II", data[16:24])
+        depth, colour = data[24], data[25]
+        png = _Header("PNG", (w, h), {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour, 4) * max(1, depth // 8))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's own bomb warning: the size is checked by the caller
             with Image.open(io.BytesIO(data)) as im:
-                return im.size
+                depth = {"I": 4, "F": 4}.get(im.mode, 2 if im.mode.startswith("I;16") else 1)
+                frames = getattr(im, "n_frames", 1)
+                if png is not None:
+                    return _Header("PNG", png.size, png.pixel_bytes, frames)
+                return _Header(im.format or kind or "image", im.size, len(im.getbands()) * depth, frames)
     except Image.DecompressionBombError:  # beyond Pillow's own limit, which is above ours
-        return _HUGE
+        return png or _Header(kind or "image", _HUGE)
     except Exception:  # truncated, damaged, or not an image Pillow knows
-        return None
+        return png or (_Header(kind, None) if kind else None)
 
 
 def _to_gray(img: np.ndarray) -> np.ndarray:
@@ -110,9 +178,7 @@ def _to_gray(img: np.ndarray) -> np.ndarray:
         top = int(img.max())
         img = img.astype(np.uint8) if top <= 255 else (img.astype(np.float32) * (255 / top)).round().astype(np.uint8)
     elif img.dtype != np.uint8:
-        if not np.isfinite(img).all():
-            raise InputError("the image holds pixels that are not numbers (NaN or infinity)")
-        img = cv2.normalize(img.astype(np.float32), None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+        img = _levels_to_uint8(img)
     if img.ndim == 2:
         return img
     if img.shape[2] == 1:
@@ -128,9 +194,30 @@ def _to_gray(img: np.ndarray) -> np.ndarray:
     if alpha.min() == alpha.max():
         return gray
     a = alpha.astype(np.float32) / 255
-    ink = float((gray * a).sum() / max(a.sum(), 1e-6))  # the brightness of what is opaque
-    paper = 255.0 if ink < 128 else 0.0
+    opaque = gray[alpha >= 128]
+    lo, hi = np.percentile(opaque, (1, 99)) if opaque.size else (0, 0)
+    if hi - lo >= MIN_INK_CONTRAST:  # the opaque part holds paper and ink: what is transparent is more paper
+        paper = float(np.median(opaque))
+    else:  # strokes of one colour on a transparent sheet: the sheet is the opposite brightness
+        ink = float((gray * a).sum() / max(a.sum(), 1e-6))
+        paper = 255.0 if ink < 128 else 0.0
     return np.clip(gray * a + paper * (1 - a), 0, 255).round().astype(np.uint8)
+
+
+def _levels_to_uint8(img: np.ndarray) -> np.ndarray:
+    """0-255 grey levels of an image stored as floats or wide integers: by the range such files use
+    (0-1, or 0-255), else stretched between the 0.1st and 99.9th percentiles, so that one stray hot
+    pixel does not flatten the rest into one grey."""
+    if not np.isfinite(img).all():
+        raise InputError("the image holds pixels that are not numbers (NaN or infinity)")
+    f = img.astype(np.float32)
+    lo, hi = float(f.min()), float(f.max())
+    if lo >= 0 and hi <= 1 and img.dtype.kind == "f":
+        f = f * 255
+    elif not (lo >= 0 and hi <= 255):
+        lo, hi = (float(v) for v in np.percentile(f, (0.1, 99.9)))
+        f = (np.clip(f, lo, hi) - lo) * (255 / (hi - lo)) if hi > lo else np.full_like(f, 255)
+    return f.round().astype(np.uint8)
 
 
 def normalize_image(img: np.ndarray, s: RenderSettings, read: str = READS[0]) -> np.ndarray:
@@ -146,8 +233,6 @@ def normalize_image(img: np.ndarray, s: RenderSettings, read: str = READS[0]) ->
     border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
     if np.median(border) < 128 and np.median(img) < 128:
         img = 255 - img
-    if img.max() - img.min() < 16:
-        raise InputError("no ink found: the image is blank")
     try:
         return model_view(img, s, read)
     except ValueError as e:
@@ -171,20 +256,49 @@ def prepare(path: str | Path, s: RenderSettings, channels: tuple[str, ...] = ("i
                 "not a regular file (a device, pipe or socket); give an image or stroke file" if path.exists() else
                 "a link that leads nowhere" if path.is_symlink() else "no such file")
         raise InputError(f"{path}: {what}")
-    if path.suffix.lower() == ".txt":
-        return render_plain(parse_file(path, labelled=False).strokes, s, channels)  # its class is what we seek
-    if channels != ("ink",):
-        raise InputError(f"{path}: this model reads {','.join(channels)}: the pen's order or the symbol's size on "
-                         "the tablet, which an image does not hold; give it HOMUS .txt stroke files")
     try:
+        size = path.stat().st_size
+        if size > MAX_DECODED_BYTES:
+            raise InputError(f"{path}: a file of {size / 1e6:,.0f} MB, more than homus reads as one symbol "
+                             f"({MAX_DECODED_BYTES // 1_000_000:,} MB); crop the symbol or scale the image down")
         data = path.read_bytes()
     except OSError as e:
         raise user_os_error(e) or e from None
+    if _header(data) is None and (path.suffix.lower() == ".txt" or _looks_like_strokes(data)):
+        return render_plain(_strokes_of(data, path), s, channels)  # read by content: the name may be wrong
+    if channels != ("ink",):
+        raise InputError(f"{path}: this model reads {','.join(channels)}: the pen's order or the symbol's size on "
+                         "the tablet, which an image does not hold; give it HOMUS .txt stroke files")
     img = decode_image(data, path)
     try:
         return normalize_image(img, s, read)
     except InputError as e:
         raise InputError(f"{path}: {e}") from None
+
+
+def _looks_like_strokes(data: bytes) -> bool:
+    """Whether ``data`` (no image) parses as a HOMUS stroke file, whatever the file's name."""
+    if not data or len(data) > MAX_STROKE_FILE_BYTES:
+        return False
+    try:
+        parse_bytes(data, labelled=False)
+    except StrokeFileError:
+        return False
+    return True
+
+
+def _strokes_of(data: bytes, path: Path) -> tuple[np.ndarray, ...]:
+    """The strokes of a stroke file, bounded as the web service bounds a drawing: a file with more
+    than one symbol's worth is refused before or after parsing, not drawn for minutes."""
+    if len(data) > MAX_STROKE_FILE_BYTES:
+        raise InputError(f"{path}: a stroke file of {len(data):,} bytes, more than one drawn symbol takes "
+                         f"({MAX_STROKE_FILE_BYTES:,} at most)")
+    strokes = parse_bytes(data, path, labelled=False).strokes  # its class is what we seek
+    points = sum(len(st) for st in strokes)
+    if len(strokes) > MAX_STROKES or points > MAX_POINTS:
+        raise InputError(f"{path}: {len(strokes):,} strokes of {points:,} points, more than one drawn symbol has "
+                         f"({MAX_STROKES} strokes and {MAX_POINTS:,} points at most)")
+    return strokes
 
 
 def image_read(read: str, ckpt: dict) -> str:

@@ -22,13 +22,10 @@ import numpy as np
 from .dataset import natural_key
 from .errors import HomusError, user_os_error
 from .labels import LABEL_SET
-from .strokes import MAX_COORD, parse_text
+from .strokes import MAX_COORD, MAX_POINTS, MAX_STROKES, parse_text
 
 #: A collected writer: a letter, then letters, digits or ``_`` (32 characters at most).
 WRITER = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,31}$")
-#: More strokes or points than any HOMUS symbol has by far (the largest has 19 strokes and 1,500 points).
-MAX_STROKES = 64
-MAX_POINTS = 20_000
 #: Names Windows keeps for devices: a folder so named cannot be made there, whatever its case.
 RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
 

@@ -37,6 +37,13 @@ READS = ("auto", "thicken", "redraw", "fit")
 #: scan; noise or a photo of a scene has millions, whose strokes would take gigabytes to draw.
 MAX_CENTRE_LINE = 200_000
 
+#: Ink differs from the paper by at least this many grey levels (of 255), between the means of the
+#: two sides of Otsu's threshold: fainter marks are a blank page's dust, or need a better scan.
+MIN_INK_CONTRAST = 48
+#: ... and by at least this many times the paper's own spread (its standard deviation): a page whose
+#: shading, grain or noise varies as much as the marks differ from it shows no ink to fit.
+MIN_INK_OVER_PAPER = 4
+
 #: Offsets to the neighbours each skeleton pixel is joined to (each pair once: right, down, both diagonals).
 _NEXT = ((0, 1), (1, 0), (1, 1), (1, -1))
 
@@ -118,12 +125,33 @@ def _fit_frame(mask: np.ndarray, s: RenderSettings) -> _Frame:
     return (x0, y0, w, h), size, ((s.width - size[0]) // 2, (s.height - size[1]) // 2)
 
 
-def _ink_of(gray: np.ndarray) -> np.ndarray:
-    """The ink mask of ``gray``; ValueError when the image holds no ink."""
+def no_ink(gray: np.ndarray) -> str | None:
+    """Why the black-on-white ``uint8`` image ``gray`` holds no ink to read, or None when it does:
+    Otsu's threshold splits any image that is not flat in two, so the split must also stand out,
+    by :data:`MIN_INK_CONTRAST` grey levels and by :data:`MIN_INK_OVER_PAPER` times the paper's
+    spread. A blank photo's vignette, a gradient, sensor noise or faint dust fails one of them."""
     mask = ink_mask(gray)
     if not mask.any() or mask.all():
-        raise ValueError("no ink found: the image is blank")
-    return mask
+        return "no ink found: the image is blank"
+    ink, paper = gray[mask], gray[~mask]
+    gap, spread = float(paper.mean()) - float(ink.mean()), float(paper.std())
+    if gap < MIN_INK_CONTRAST:
+        return (f"no clear ink: the darkest marks differ from the paper by {gap:.0f} grey levels of 255 (at least "
+                f"{MIN_INK_CONTRAST} are needed); the image is blank or its ink too faint: scan or photograph it "
+                "with more contrast")
+    if gap < MIN_INK_OVER_PAPER * spread:
+        return (f"no clear ink: the paper itself varies by {spread:.0f} grey levels (standard deviation) where "
+                f"the marks differ from it by {gap:.0f}; shading, noise or a blank photo? Crop it to the symbol "
+                "on evenly lit plain paper")
+    return None
+
+
+def _ink_of(gray: np.ndarray) -> np.ndarray:
+    """The ink mask of ``gray``; ValueError when the image holds no ink (:func:`no_ink`)."""
+    why = no_ink(gray)
+    if why:
+        raise ValueError(why)
+    return ink_mask(gray)
 
 
 def _enlarges(frame: _Frame) -> bool:

@@ -20,8 +20,14 @@ from .labels import LABEL_SET
 
 #: No tablet reports coordinates this large; beyond it a file is corrupt, not a symbol.
 MAX_COORD = 100_000.0
+#: Far more strokes and points than any HOMUS symbol has: what the web service and ``homus predict``
+#: take as one drawn symbol at most.
+MAX_STROKES = 64
+MAX_POINTS = 20_000
 
 _NAME = re.compile(r"^(\d+)-(\d+)$")
+#: A coordinate as a tablet writes one: ASCII digits, a sign, a point, an exponent.
+_PLAIN_NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$", re.ASCII)
 _COORDS_ONLY = re.compile(r"^[-+\d\s,;.]+$")
 #: Line 1 of an unlabelled file that is made of what points are made of (numbers, exponents, commas
 #: and semicolons): it is the first stroke, parsed like the others (a typo in it is an error, never
@@ -124,6 +130,9 @@ def _parse_stroke(text: str, path: str | Path, lineno: int) -> np.ndarray:
         if n != 2:
             what = "an empty point" if not p.strip() else f"{n} values in point {p.strip()!r}"
             raise StrokeFileError(path, lineno, f"odd coordinates: {what} (point {i}), expected x,y")
+    if not text.isascii() or "_" in text:  # float() also takes "1_0" and other scripts' digits: not a tablet's
+        bad = next(t for t in flat if not _PLAIN_NUMBER.match(t))
+        raise StrokeFileError(path, lineno, f"non-numeric coordinate {bad.strip()!r} (plain ASCII digits only)")
     try:
         values = np.array(flat, dtype=np.float64)
     except ValueError:

@@ -1035,3 +1035,89 @@ def test_a_variant_replaced_by_one_of_other_writers_says_so(tmp_path):
     n = int(everyone.output.split("images")[0].split()[-1])
     one = invoke(*args, "--writers", "1")
     assert one.exit_code == 0 and f"(rendered; it held {n:,} images before)" in one.output, one.output
+
+
+def test_images_without_clear_ink_are_refused_and_odd_encodings_read_as_the_symbol(tmp_path):
+    """A fourth probe: a blank photo's vignette, a gradient, sensor noise and a float image of
+    near-equal values were each named as a symbol (Otsu splits any image in two); a transparent
+    margin round opaque white paper became a black frame; one hot pixel in a float image erased
+    the symbol; TGA and PCX were "damaged"; an animation was read by its first frame alone."""
+    from PIL import Image
+
+    from classifier.predict import InputError
+
+    yy, xx = np.mgrid[0:120, 0:160]
+    blank = {"vignette": np.clip(230 - 60 * (((yy - 60) / 60) ** 2 + ((xx - 80) / 80) ** 2), 0, 255),
+             "gradient": np.tile(np.linspace(0, 255, 160), (120, 1)),
+             "noise": np.clip(128 + np.random.default_rng(0).normal(0, 6, (120, 160)), 0, 255)}
+    for name, img in blank.items():
+        with pytest.raises(InputError, match="no clear ink"):
+            normalize_image(img.astype(np.uint8), S)
+            pytest.fail(f"{name} was read as a symbol")
+    with pytest.raises(InputError, match="no clear ink"):  # floats of near-equal value: no stretch makes ink
+        normalize_image(1 - np.random.default_rng(1).random((60, 40)).astype(np.float32) * 0.002, S)
+    with pytest.raises(InputError, match="too faint"):
+        normalize_image((255 - (255 - _symbol()) // 18).astype(np.uint8), S)
+
+    reference = normalize_image(_symbol(), S)
+    sheet = np.zeros((100, 80, 4), np.uint8)  # opaque white paper with the symbol, transparent around it
+    sheet[20:80, 20:60, :3] = _symbol()[..., None]
+    sheet[20:80, 20:60, 3] = 255
+    assert np.abs(normalize_image(sheet, S).astype(int) - reference).mean() < 2
+    hot = _symbol().astype(np.float32)
+    hot[0, 0] = 1e38
+    assert np.abs(normalize_image(hot, S).astype(int) - reference).mean() < 2
+
+    for fmt in ("TGA", "PCX", "SGI"):
+        path = tmp_path / f"sym.{fmt.lower()}"
+        Image.fromarray(_symbol()).save(path, fmt)
+        assert np.abs(prepare(path, S).astype(int) - reference).mean() < 2, fmt
+    frames = [Image.fromarray(np.full((60, 40), 255, np.uint8)), Image.fromarray(_symbol())]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    with pytest.raises(InputError, match="2 frames or pages in one GIF file"):
+        prepare(tmp_path / "anim.gif", S)
+
+
+def test_predict_reads_a_file_by_its_content_and_bounds_a_stroke_file(tmp_path):
+    """A stroke file named .png was "neither an image nor a stroke file", a PNG named .txt was
+    "undecodable bytes"; a 56 MB stroke file was drawn for 35 s in 4 GB; "1_0" and other scripts'
+    digits were read as 10."""
+    from classifier.predict import InputError
+
+    label, strokes = HANDMADE[0]
+    named_png = tmp_path / "strokes.png"
+    named_png.write_text(sample_text(label, strokes))
+    as_txt = tmp_path / "strokes.txt"
+    as_txt.write_text(sample_text(label, strokes))
+    assert np.array_equal(prepare(named_png, S), prepare(as_txt, S))
+    png_as_txt = tmp_path / "image.txt"
+    cv2.imwrite(str(tmp_path / "image.png"), _symbol())
+    png_as_txt.write_bytes((tmp_path / "image.png").read_bytes())
+    assert np.array_equal(prepare(png_as_txt, S), prepare(tmp_path / "image.png", S))
+
+    many = tmp_path / "many.txt"
+    many.write_text("\n".join(f"{i},{i};{i + 1},{i}" for i in range(65)))
+    with pytest.raises(InputError, match="65 strokes of 130 points, more than one drawn symbol has"):
+        prepare(many, S)
+    huge = tmp_path / "huge.txt"
+    huge.write_text("1,1;" * 300_000)
+    with pytest.raises(InputError, match="1,200,000 bytes, more than one drawn symbol takes"):
+        prepare(huge, S)
+    for digits in ("1_0", "\u0661\u0660", "\uff11\uff10"):
+        odd = tmp_path / "odd.txt"
+        odd.write_text(f"10,10;20,20;\n10,10;{digits},20;\n")
+        with pytest.raises(Exception, match="plain ASCII digits only"):
+            prepare(odd, S)
+
+
+def test_class_probabilities_in_batches_equal_one_pass():
+    """predict ran every input through the model at once: memory grew with the number of inputs."""
+    import torch
+
+    from classifier.inference import class_probabilities
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(32 * 32, 4)).eval()
+    images = np.random.default_rng(0).integers(0, 256, (7, 32, 32), dtype=np.uint8)
+    np.testing.assert_allclose(class_probabilities(model, images, batch=2), class_probabilities(model, images),
+                               rtol=1e-6, atol=1e-7)
