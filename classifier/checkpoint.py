@@ -48,8 +48,13 @@ def load(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # empty or truncated file, pickle refused by weights_only, random bytes...
-        first = (str(e).strip().splitlines() or ["-"])[0][:200]
-        why = "the file is empty" if path.stat().st_size == 0 else f"{type(e).__name__}: {first}"
+        first = (str(e).strip().splitlines() or ["-"])[0]
+        first = first if len(first) <= 200 else first[:197] + "..."
+        with open(path, "rb") as f:
+            head = f.read(4)
+        why = ("the file is empty" if not head else
+               "it does not begin as a torch checkpoint does: zeroed, overwritten or another kind of file"
+               if head != b"PK\x03\x04" else f"{type(e).__name__}: {first}")
         raise CheckpointError(f"{path}: not a readable homus checkpoint ({why})", RETRAIN) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a homus checkpoint (no '{FORMAT}' marker)")

@@ -90,14 +90,22 @@ def ensemble_members(runs: list[str | Path], variant: str | Path | None = None, 
     if len(runs) < 2:
         raise RunError("an ensemble needs at least two runs")
     kind, test = None, None
+    copies: dict[str, str | Path] = {}
     for run in runs:
+        fp = _fingerprint(run)
+        if fp is not None and (twin := copies.setdefault(fp, run)) != run:
+            raise RunError(f"{run} and {twin} are copies of one training (the same metrics.json): one model, "
+                           "which would vote twice; give each model once")
         split = RunFolder(run).split()
         if test is None:
             kind, test = split["kind"], set(split["test"])
         elif split["kind"] != kind or set(split["test"]) != test:
-            raise RunError(f"{run} was tested on another split than {runs[0]} ({split['kind']} split, "
-                           f"{len(set(split['test']))} test samples against {kind}, {len(test)}); "
-                           "an ensemble needs one shared test split (same split kind and seed)")
+            ours = set(split["test"])
+            how = (f"{split['kind']} split, {len(ours)} test samples against {kind}, {len(test)}"
+                   if split["kind"] != kind or len(ours) != len(test) else
+                   f"{len(ours - test)} of its {len(ours)} test samples differ: another split seed or fold")
+            raise RunError(f"{run} was tested on another split than {runs[0]} ({how}); an ensemble needs one "
+                           "shared test split (same split kind, seed and fold)")
     members, strokes = [], {}
     for run in runs:
         p = predict_test_split(run, variant, device, batch_size, strokes)

@@ -12,6 +12,7 @@ all go through it.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from homus_render.strokes import Sample
 
 from . import checkpoint
 from .data import DataError, Variant, dataset_sha256, load_variant, variant_info
-from .settings import check_run_config, read_yaml, upgrade_run_config
+from .settings import check_run_config, read_yaml, setting_differences, upgrade_run_config
 from .strokeset import render_samples
 
 CONFIG, SPLIT, DATA, METRICS, HISTORY = "config.yaml", "split.json", "data.json", "metrics.json", "history.csv"
@@ -74,6 +75,7 @@ def raw_identity(raw_dir: str | Path, writers: str | int | list | None = None,
     """The absolute identity of a raw folder's stroke files (of ``writers``): its path, the number of
     files and their content hash (the same hash ``homus fetch`` and ``homus render`` record)."""
     raw = Path(raw_dir).resolve()
+    extra = [str(Path(e).resolve()) for e in extra]
     files = list_stroke_files(raw, parse_writers(writers), extra)
     digests = {}
     for rel in files:
@@ -81,7 +83,7 @@ def raw_identity(raw_dir: str | Path, writers: str | int | list | None = None,
             digests[rel] = file_digest((raw / rel).read_bytes())
         except OSError as e:
             raise user_os_error(e) or e from None
-    return {"raw_dir": str(raw), "files": len(files), "sha256": content_hash(digests)}
+    return {"raw_dir": str(raw), "extra_raw": extra, "files": len(files), "sha256": content_hash(digests)}
 
 
 def same_data(recorded: dict, now: dict) -> bool:
@@ -154,7 +156,8 @@ class RunFolder:
                                            f"`homus train --resume {self.path}`")
         for key, kinds in METRIC_KEYS.items():  # what reports read: a hand-edited file is named, not a KeyError
             value = m.get(key) if isinstance(m, dict) else None
-            if not isinstance(value, kinds) or isinstance(value, bool):
+            if (not isinstance(value, kinds) or isinstance(value, bool)
+                    or (isinstance(value, float) and not math.isfinite(value))):
                 what = "missing" if not isinstance(m, dict) or key not in m else f"{value!r}"
                 raise RunError(f"{self.file(METRICS)}: '{key}' is {what}; the file was edited or damaged: "
                                f"train the run again (homus train) or restore the file")
@@ -174,6 +177,23 @@ class RunFolder:
         except OSError as e:
             raise user_os_error(e) or e from None
 
+    def evaluations(self) -> dict[str, float]:
+        """Test accuracy by variant from the run's ``eval-<variant>.json`` files that score its finished
+        training (:meth:`fingerprint`): one saved before the run was trained on, or a damaged file,
+        is left out rather than reported beside the training it did not score."""
+        own = self.fingerprint()
+        evals = {}
+        for f in sorted(self.path.glob("eval-*.json")):
+            try:
+                e = json.loads(f.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            acc = e.get("test_accuracy") if isinstance(e, dict) else None
+            if (isinstance(e, dict) and e.get("fingerprint") == own and isinstance(e.get("variant"), str)
+                    and isinstance(acc, (int, float)) and not isinstance(acc, bool) and math.isfinite(acc)):
+                evals[e["variant"]] = acc
+        return evals
+
     def data(self) -> dict:
         """``data.json``: where the run's data was and its content hash (``{}`` for runs made before
         homus recorded it)."""
@@ -186,13 +206,30 @@ class RunFolder:
                            "homus train made")
 
     def checkpoint(self, which: str = BEST) -> dict:
+        """The checkpoint ``which``, checked to be this run's (:meth:`_check_own`)."""
         self._a_run()
-        return checkpoint.load(self.file(which))
+        return self._check_own(checkpoint.load(self.file(which)), which)
 
     def load_model(self, which: str = BEST) -> tuple[nn.Module, dict]:
-        """The run's model (eval mode, on the CPU) and its checkpoint dict."""
+        """The run's model (eval mode, on the CPU) and its checkpoint dict, checked to be this run's."""
         self._a_run()
-        return checkpoint.load_model(self.file(which))
+        model, ckpt = checkpoint.load_model(self.file(which))
+        return model, self._check_own(ckpt, which)
+
+    def _check_own(self, ckpt: dict, which: str) -> dict:
+        """Refuse a checkpoint trained under other settings than ``config.yaml`` holds: another run's
+        model copied in, or a config edited since. Its test split and images are rebuilt from
+        ``config.yaml``, so either would score a model on data it was not meant for (a model of
+        another seed on a split holding its own training writers)."""
+        if not isinstance(ckpt.get("config"), dict):  # checkpoints before homus saved the settings
+            return ckpt
+        changed = setting_differences(upgrade_run_config(dict(ckpt["config"])), self.config())
+        if changed:
+            said = ", ".join(f"{k} {old!r} in the model, {new!r} in {CONFIG}" for k, old, new in changed[:3])
+            raise RunError(f"{self.file(which)} was trained with other settings than {self.file(CONFIG)} holds "
+                           f"({said}): another run's model, or an edited {CONFIG}. Restore the run's own files, "
+                           "or train it again")
+        return ckpt
 
     @property
     def from_strokes(self) -> bool:
@@ -218,6 +255,12 @@ class RunFolder:
         the current folder, as older runs were)."""
         return Path(self.data().get("raw_dir") or self.config().get("raw_dir", "raw"))
 
+    def extra_raw(self) -> list[str]:
+        """The folders of collected samples the run added: the absolute ones it recorded, else its
+        setting (relative to the current folder, as older runs were)."""
+        recorded = self.data().get("extra_raw")
+        return list(recorded) if isinstance(recorded, list) else list(self.config().get("extra_raw") or ())
+
     def check_data(self, raw_dir: str | Path | None = None) -> None:
         """Refuse when the run's raw strokes are not the ones it was trained on (another folder's
         data, or files changed since). Runs that recorded no identity are not checked."""
@@ -225,7 +268,7 @@ class RunFolder:
         if not recorded.get("sha256"):
             return
         raw = Path(raw_dir) if raw_dir is not None else Path(recorded["raw_dir"])
-        now = raw_identity(raw, self.config().get("writers"), self.config().get("extra_raw") or ())
+        now = raw_identity(raw, self.config().get("writers"), self.extra_raw())
         if now["sha256"] != recorded["sha256"]:
             raise RunError(f"{raw}: these stroke files ({now['files']:,}) are not the ones run {self.path} was "
                            f"trained and tested on ({recorded['files']:,} files in {recorded['raw_dir']}); "
@@ -266,7 +309,7 @@ class RunFolder:
             return cache[key]
         self.check_data(raw)
         try:
-            loaded = load_samples(raw, parse_writers(cfg.get("writers")), cfg.get("extra_raw") or ())
+            loaded = load_samples(raw, parse_writers(cfg.get("writers")), self.extra_raw())
         except FileNotFoundError as e:
             raise DataError(f"run {self.path} draws its test images from the raw strokes: {e}") from None
         if cache is not None:

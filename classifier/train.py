@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -212,11 +211,10 @@ def _train(run: Path, cfg: TrainConfig, resume: bool, log) -> Path:
     identity = data_identity(cfg, variants)
     if resume:  # whether from last.pt or from epoch 1: on the data the run recorded, or not at all
         _check_same_data(run, identity)
-    if resume and (run / "split.json").exists():
-        saved = json.loads((run / "split.json").read_text())
-        if saved != split:
-            raise RunError(f"{run}/split.json differs from the split of the current data; the variants "
-                           "changed since the run started")
+    if resume and (run / SPLIT).exists():
+        if RunFolder(run).split() != split:  # read through its checks: a damaged file is named
+            raise RunError(f"{run / SPLIT} differs from the split that the run's data and settings give: it was "
+                           "edited, or the data changed since the run started. Restore it, or train a new run")
     write_text(run / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
     write_json(run / "split.json", split)
     write_json(run / DATA, identity)

@@ -20,18 +20,9 @@ from homus_render.normalize import READS
 from homus_render.render import FITS
 
 from . import config as cfgmod
-from .options import a_path, a_text, pick, with_config
+from .options import a_path, a_text, note_unfinished, once, pick, with_config
 
 STROKE_KEYS = tuple(StrokeAugment.__dataclass_fields__)
-
-def once(runs) -> None:
-    """Refuse a run given twice (by any path to it) where runs are counted or voted."""
-    seen: dict[Path, str] = {}
-    for r in runs:
-        if (key := Path(r).resolve()) in seen:
-            raise click.BadParameter(f"{r} is {seen[key]} again; give each run once", param_hint="RUNS")
-        seen[key] = r
-
 
 def fail(message: str) -> None:
     click.secho(f"error: {message}", fg="red", err=True)
@@ -93,12 +84,21 @@ class HomusGroup(click.Group):
         previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
         _sigterm.clear()
         try:
-            return super().invoke(ctx)
-        except click.UsageError as e:
-            raise one_line(e, " ".join(filter(None, (ctx.command_path, ctx.invoked_subcommand)))) from None
-        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
-            raise
-        except KeyboardInterrupt as e:
+            try:
+                return super().invoke(ctx)
+            except click.UsageError as e:
+                raise one_line(e, " ".join(filter(None, (ctx.command_path, ctx.invoked_subcommand)))) from None
+            except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+                raise
+            except Exception as e:
+                if _sigterm.is_set():  # a consequence of the stop: loader workers the same SIGTERM killed
+                    raise Terminated() from None
+                line = describe(e)
+                if line is None:
+                    raise
+                click.secho(f"error: {line}", fg="red", err=True)
+                ctx.exit(2 if isinstance(e, SettingsError) else 1)  # a setting that cannot be: a usage error
+        except KeyboardInterrupt as e:  # also SIGTERM arriving while an error above was being reported
             if not (isinstance(e, Terminated) or _sigterm.is_set()):
                 raise  # Ctrl-C: click's "Aborted!"
             again = ("`homus train --resume RUN` continues a run from its last finished epoch (one stopped "
@@ -106,12 +106,6 @@ class HomusGroup(click.Group):
                      if ctx.invoked_subcommand == "train" else "run the command again")
             click.secho(f"error: stopped by SIGTERM; what was half-made is removed; {again}", fg="red", err=True)
             ctx.exit(143)
-        except Exception as e:
-            line = describe(e)
-            if line is None:
-                raise
-            click.secho(f"error: {line}", fg="red", err=True)
-            ctx.exit(2 if isinstance(e, SettingsError) else 1)  # a setting that cannot be: a usage error
         finally:
             if main_thread:
                 signal.signal(signal.SIGTERM, previous)
@@ -390,6 +384,7 @@ def evaluate(cfg, runs, variant, out, device) -> None:
 
     device = pick(device, cfg["evaluate"]["device"])
     once(runs)  # one model twice is no ensemble: it would be reported as one of two
+    note_unfinished(runs)
     if len(runs) == 1 and out:
         raise click.UsageError(f"--out names an ensemble's file; one run's metrics go to {runs[0]}/eval-<variant>.json")
     if len(runs) > 1:
@@ -431,6 +426,7 @@ def evaluate(cfg, runs, variant, out, device) -> None:
 @with_config
 def predict(cfg, run, inputs, top_k, as_json, read) -> None:
     """Classify images (any size) or raw HOMUS .txt stroke files with a run's model."""
+    note_unfinished([run])
     from classifier.predict import predict as do_predict
 
     top_k, read = pick(top_k, cfg["predict"]["top_k"]), pick(read, cfg["predict"]["read"])
@@ -528,6 +524,7 @@ def compare(cfg, runs, out, title) -> None:
 @with_config
 def explain(cfg, run, inputs, out, filters, top_k) -> None:
     """Grad-CAM pictures of why a run's model names each input (image or HOMUS .txt stroke file)."""
+    note_unfinished([run])
     from classifier.explain import explain_inputs
 
     out, top_k = pick(out, cfg["explain"]["out"]), pick(top_k, cfg["explain"]["top_k"])
@@ -545,6 +542,7 @@ def explain(cfg, run, inputs, out, filters, top_k) -> None:
 @with_config
 def export(cfg, run, out, check) -> None:
     """The run's best model as ONNX (probabilities out, classes and settings in its metadata)."""
+    note_unfinished([run])
     from classifier.export import export_run
     from classifier.runfolder import check_not_a_run_file
 

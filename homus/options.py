@@ -48,6 +48,24 @@ def with_config(f):
     return wrapper
 
 
+def note_unfinished(runs) -> None:
+    """Say, on stderr, which of ``runs`` have not finished training: their best model so far is what
+    is used, and a figure from it is not the run's (a run still training may replace it meanwhile)."""
+    for r in runs:
+        if (Path(r) / "config.yaml").is_file() and not (Path(r) / "metrics.json").is_file():
+            click.secho(f"note: {r} has not finished training (no metrics.json): its best model so far is used",
+                        fg="yellow", err=True)
+
+
+def once(runs) -> None:
+    """Refuse a run given twice (by any path to it) where runs are counted, voted or served."""
+    seen: dict[Path, str] = {}
+    for r in runs:
+        if (key := Path(r).resolve()) in seen:
+            raise click.BadParameter(f"{r} is {seen[key]} again; give each run once", param_hint="RUNS")
+        seen[key] = r
+
+
 def pick(flag, default):
     """The flag when given, else the config's value."""
     return default if flag is None else flag

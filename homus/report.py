@@ -70,10 +70,7 @@ def load_run(run: Path) -> dict:
     for key in sorted({k for r in renders for k in r}):
         values = list(dict.fromkeys(str(r.get(key)) for r in renders))  # one value, or each variant's
         settings[f"render.{key}"] = "/".join(values)
-    evals = {}
-    for f in sorted(run.glob("eval-*.json")):
-        e = json.loads(f.read_text())
-        evals[e["variant"]] = e["test_accuracy"]
+    evals = folder.evaluations()
     return {"run": run, "name": run.name, "seed": cfg.get("seed"), "fold": cfg["fold"] if cfg["folds"] else None,
             "split_seed": split_seed_of(cfg.get("seed"), cfg.get("split_seed")), "metrics": metrics,
             "settings": settings, "evals": evals}
@@ -96,6 +93,11 @@ def summarize(runs: list[dict], group_by: list[str]) -> list[dict]:
         groups.setdefault(tuple(str(r["settings"].get(k)) for k in group_by), []).append(r)
     rows = []
     for key, members in groups.items():
+        seen: dict[tuple, str] = {}
+        for m in members:  # one recipe trained twice is no second seed: it would read as a spread of 0
+            if (twin := seen.setdefault((m["seed"], m["fold"]), m["name"])) != m["name"]:
+                raise RunError(f"runs {twin} and {m['name']} have the same settings and seed {m['seed']}: one "
+                               "model trained twice, which the report would count as two seeds; report one of them")
         acc = [m["metrics"]["test_accuracy"] for m in members]
         folds = fold_figures([(m["fold"], m["metrics"]["test_accuracy"], m["metrics"]["n_test"]) for m in members])
         rows.append({"group": " · ".join(key) or members[0]["name"], "settings": dict(zip(group_by, key, strict=True)),

@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from .config import LOG_LEVELS, SERVE_RANGES, ConfigError, check_serve
-from .options import SettingsFileError, pick, with_config
+from .options import SettingsFileError, note_unfinished, once, pick, with_config
 
 #: Bodies above this are refused before any parsing (a symbol's strokes take a few kB).
 MAX_BODY = 1_000_000
@@ -393,6 +393,8 @@ def serve(cfg, runs, host, port, collect_dir, max_samples, threads, max_batch, l
 
     from homus_render.errors import PathError
 
+    once(runs)  # one model twice would vote twice
+    note_unfinished(runs)
     flags = {"host": host, "port": port, "collect_dir": collect_dir, "max_samples": max_samples,
              "threads": threads, "max_batch": max_batch, "log_level": log_level}
     s = {k: pick(flags.get(k), v) for k, v in cfg["serve"].items()}

@@ -22,9 +22,9 @@ class BusyError(HomusError, RuntimeError):
 
 
 def lock_path(target: str | Path) -> Path:
-    target = Path(target)
-    if target.name in ("", ".", ".."):  # "." or "x/..": the folder they name, which has a name
-        target = target.resolve()
+    """The lock file of ``target``, beside the folder or file it is, whatever path leads to it: a
+    link to a run folder locks the run itself, so two commands cannot write it through two names."""
+    target = Path(target).resolve()
     return target.with_name(f".{target.name}.lock")
 
 

@@ -199,6 +199,6 @@ def test_train_creates_the_scaler_when_fp16_is_chosen(monkeypatch, synthetic_raw
     (scaler,) = made
     assert scaler is not None and scaler.steps > 0 and scaler.updates == scaler.steps
     assert asked and set(asked) == {torch.float16}  # every step and validation under fp16
-    assert "scaler" in saved["last.pt"] and "scaler" not in saved["best.pt"]  # resume state, not the model's
+    assert "scaler" in saved["last.pt"] and "scaler" not in saved[".best-pending.pt"]  # resume state, not the model's
     assert not (run / "last.pt").exists()  # the run is complete
 

@@ -96,9 +96,13 @@ def run_homus(*args, timeout: float = 300) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
-def stop_and_check_workers(proc: subprocess.Popen, sig: int, workers: set[int]) -> None:
-    """Send ``sig`` to ``proc``, wait for it, and check that ``workers`` are gone within 10 s."""
-    proc.send_signal(sig)
+def stop_and_check_workers(proc: subprocess.Popen, sig: int, workers: set[int], group: bool = False) -> None:
+    """Send ``sig`` to ``proc`` (``group``: to its whole process group, workers too, as ``timeout``,
+    ``docker stop`` and systemd do), wait for it, and check that ``workers`` are gone within 10 s."""
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     proc.wait(timeout=30)
     end = time.monotonic() + 10
     while alive(workers) and time.monotonic() < end:
@@ -373,17 +377,21 @@ def test_killing_a_render_kills_its_workers(raw_full, tmp_path, sig):
     assert (out / "t3-s32/variant.json").is_file()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
-def test_killing_a_train_kills_its_loader_workers(tiny, tmp_path, sig):
+@pytest.mark.parametrize("sig,group", [(signal.SIGKILL, False), (signal.SIGTERM, False), (signal.SIGTERM, True)],
+                         ids=["kill", "term", "term-group"])
+def test_killing_a_train_kills_its_loader_workers(tiny, tmp_path, sig, group):
+    """``term-group``: SIGTERM to the whole process group also kills the loader workers, and the
+    DataLoader reported that as a RuntimeError traceback with exit code 1."""
     runs = tmp_path / "runs"
     args = ["train", "--raw-dir", tiny / "raw", "--runs-dir", runs, "--name", "k", *TINY_TRAIN]
     proc = start(*args, "--workers", "2", log=tmp_path / "log")
     workers = wait_for(lambda: descendants(proc.pid) if len(descendants(proc.pid)) >= 2 else None, 120,
                        "the loader workers", proc, tmp_path / "log")
-    stop_and_check_workers(proc, sig, workers)
+    stop_and_check_workers(proc, sig, workers, group)
     if sig == signal.SIGTERM:
-        assert proc.returncode == 143 and leftovers(runs) == []
-        assert "`homus train --resume RUN` continues" in (tmp_path / "log").read_text()  # not a bare "run it again"
+        log = (tmp_path / "log").read_text()
+        assert proc.returncode == 143 and leftovers(runs) == [] and "Traceback" not in log, log
+        assert "`homus train --resume RUN` continues" in log  # not a bare "run it again"
     resumable = (runs / "k/last.pt").is_file()
     done = run_homus(*(["train", "--resume", runs / "k"] if resumable else args))
     assert done.returncode == 0, done.stdout + done.stderr
@@ -990,8 +998,17 @@ def test_sigterm_that_a_library_turns_into_a_plain_interrupt_still_ends_as_sigte
         except KeyboardInterrupt:
             raise KeyboardInterrupt() from None  # what Ray's wait does with it
 
-    r = CliRunner().invoke(group, ["waits"])
-    assert r.exit_code == 143 and "stopped by SIGTERM" in r.output and "Aborted" not in r.output, r.output
+    @group.command()
+    def loads() -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        except KeyboardInterrupt:  # what a DataLoader whose workers the same signal killed raises
+            raise RuntimeError("DataLoader worker (pid 1) is killed by signal: Terminated.") from None
+
+    for name in ("waits", "loads"):
+        r = CliRunner().invoke(group, [name])
+        assert r.exit_code == 143 and "stopped by SIGTERM" in r.output and "Aborted" not in r.output, r.output
 
 
 def test_half_fetched_unreadable_or_oddly_broken_data_is_never_taken_for_a_dataset(tmp_path):
@@ -1121,3 +1138,76 @@ def test_class_probabilities_in_batches_equal_one_pass():
     images = np.random.default_rng(0).integers(0, 256, (7, 32, 32), dtype=np.uint8)
     np.testing.assert_allclose(class_probabilities(model, images, batch=2), class_probabilities(model, images),
                                rtol=1e-6, atol=1e-7)
+
+
+def test_run_folders_as_a_careless_user_leaves_them(tiny, tiny_run, tmp_path):
+    """A probe of run folders: another run's best.pt copied in, or config.yaml edited, was scored
+    without a word; compare reported eval files of an earlier training and counted one recipe
+    trained twice as two seeds; a copy of a run voted twice; a link locked apart from its run; a
+    zeroed checkpoint got torch's advice cut mid-word; NaN in metrics.json ranked first."""
+    from homus_render.lock import lock_path
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run, copy)
+    # one recipe twice: as two seeds in compare, as two voters in an ensemble or a server
+    assert "same settings and seed 0" in assert_one_error(invoke("compare", tiny_run, copy, "--out", tmp_path / "c"))
+    line = assert_one_error(invoke("evaluate", tiny_run, copy, "--device", "cpu"))
+    assert "copies of one training" in line
+    link = tmp_path / "link"
+    link.symlink_to(tiny_run)
+    r = invoke("serve", tiny_run, link, "--port", "0")
+    assert r.exit_code == 2 and "again; give each run once" in r.output, r.output
+    assert lock_path(link) == lock_path(tiny_run)
+
+    # config.yaml edited since the model was trained: its test images would be drawn otherwise
+    cfg = copy / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("thickness: 3", "thickness: 1"))
+    line = assert_one_error(invoke("evaluate", copy, "--device", "cpu"), copy / "best.pt")
+    assert "render.thickness 3 in the model, 1 in config.yaml" in line
+    shutil.rmtree(copy)
+    shutil.copytree(tiny_run, copy)
+
+    # an eval file of another training, and a damaged one, are not reported
+    (copy / "eval-t1-s32.json").write_text(json.dumps({"variant": "t1-s32", "test_accuracy": 0.0123,
+                                                       "fingerprint": None}))
+    (copy / "eval-broken.json").write_text("{")
+    r = invoke("compare", copy, "--out", tmp_path / "report")
+    assert r.exit_code == 0, r.output
+    assert "1.23" not in (tmp_path / "report/report.md").read_text()
+
+    m = json.loads((copy / "metrics.json").read_text())
+    (copy / "metrics.json").write_text(json.dumps({**m, "test_accuracy": float("nan")}))
+    assert "'test_accuracy' is nan" in assert_one_error(invoke("compare", copy, "--out", tmp_path / "r2"))
+    (copy / "metrics.json").unlink()  # a run that has not finished: used, and said
+    r = invoke("predict", copy, tiny / "raw/1/1-1.txt")
+    assert r.exit_code == 0 and "has not finished training" in r.output, r.output
+    (copy / "best.pt").write_bytes(b"\0" * 4096)
+    line = assert_one_error(invoke("predict", copy, tiny / "raw/1/1-1.txt"))
+    assert "does not begin as a torch checkpoint does" in line
+
+
+def test_a_damaged_split_on_resume_and_extra_strokes_from_another_folder(tiny, tmp_path, monkeypatch):
+    """--resume with a garbage split.json was a JSONDecodeError traceback; a run with a relative
+    --extra-raw could be evaluated only from the folder it was trained in."""
+    extra = tmp_path / "work/collected/alice"
+    extra.mkdir(parents=True)
+    for n, (label, strokes) in enumerate(HANDMADE, 1):
+        (extra / f"alice-{n}.txt").write_text(sample_text(label, strokes))
+    monkeypatch.chdir(tmp_path / "work")
+    args = ["train", "--raw-dir", tiny / "raw", "--runs-dir", tmp_path / "runs", "--name", "ex",
+            "--extra-raw", "collected", *TINY_TRAIN]
+    assert invoke(*args).exit_code == 0
+    run = tmp_path / "runs/ex"
+    assert json.loads((run / "data.json").read_text())["extra_raw"] == [str(tmp_path / "work/collected")]
+    monkeypatch.chdir(tmp_path)
+    r = invoke("evaluate", run, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+
+    killed = tmp_path / "runs/ex2"
+    shutil.copytree(run, killed)
+    (killed / "metrics.json").unlink()
+    shutil.copy(run / "best.pt", killed / "last.pt")  # a run stopped after its first epoch, as far as resume reads
+    (killed / "split.json").write_text("garbage")
+    monkeypatch.chdir(tmp_path / "work")  # where its relative --extra-raw lies, as resume reads its config
+    r = invoke("train", "--resume", killed)
+    assert r.exit_code == 1 and "Traceback" not in r.output and "split.json" in r.output, r.output
