@@ -39,6 +39,9 @@ MAX_STROKE_FILE_BYTES = 1_000_000
 _SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF8", "GIF"),
                (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"RIFF", "WebP"))
 _HUGE = (-1, -1)  # the size of an image Pillow itself refuses to open as a decompression bomb
+#: Formats whose further frames are more pictures (an animation, pages); an MPO's are previews or
+#: gain maps of its first, which is the photo.
+_ANIMATED = {"GIF", "PNG", "WEBP", "TIFF"}
 #: Widths and heights libpng refuses (its default user limit): such PNGs go to Pillow alone.
 _LIBPNG_LIMIT = 1_000_000
 
@@ -86,7 +89,7 @@ def decode_image(data: bytes, path: str | Path = "image") -> np.ndarray:
              f"reads ({MAX_DECODED_BYTES / 1e6:,.0f} MB)" if decoded > MAX_DECODED_BYTES else None)
     if claim:
         raise InputError(f"{path}: the image claims {claim}; crop the symbol or scale the image down")
-    if head.frames > 1:
+    if head.frames > 1 and head.format in _ANIMATED:
         raise InputError(f"{path}: {head.frames} frames or pages in one {head.format} file; homus reads one symbol "
                          "per image: save the one you mean as an image of its own")
     img = None if head.format == "PNG" and max(w, h) > _LIBPNG_LIMIT else _cv2_decode(data)

@@ -223,7 +223,8 @@ class RunFolder:
         another seed on a split holding its own training writers)."""
         if not isinstance(ckpt.get("config"), dict):  # checkpoints before homus saved the settings
             return ckpt
-        changed = setting_differences(upgrade_run_config(dict(ckpt["config"])), self.config())
+        changed = [c for c in setting_differences(upgrade_run_config(dict(ckpt["config"])), self.config())
+                   if c[0] != "weights"]  # where training started, a path that may be written two ways
         if changed:
             said = ", ".join(f"{k} {old!r} in the model, {new!r} in {CONFIG}" for k, old, new in changed[:3])
             raise RunError(f"{self.file(which)} was trained with other settings than {self.file(CONFIG)} holds "

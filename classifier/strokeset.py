@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -104,7 +105,16 @@ class StrokeSet(Dataset):
         return to_input(np.stack(images)), torch.cat([targets, targets[torch.as_tensor(extra, dtype=torch.long)]])
 
 
+def _quit(signum, frame) -> None:
+    os._exit(0)
+
+
 def _init_worker(owner: int, owner_start: int | None, _: int) -> None:
+    # SIGTERM to the whole process group reaches the workers too. A forked worker inherits the
+    # command's handler, which would report the stop half-way through its threads, and one killed by
+    # the signal makes the loader raise in its owner, even after the owner reported the stop: it
+    # ends quietly instead, and its owner reports the stop once
+    signal.signal(signal.SIGTERM, _quit)
     exit_with(owner, owner_start)
     cv2.setNumThreads(1)
 

@@ -26,6 +26,7 @@ import yaml
 
 from classifier.plots import plot_confusion_matrix, plt, save_figure, tidy, tile_grid
 from classifier.runfolder import RunError, RunFolder
+from classifier.settings import learned_settings
 from classifier.splits import split_seed_of
 from homus_render.atomic import is_stale, write_bytes, write_text
 from homus_render.errors import PathError, not_a_folder, user_os_error
@@ -71,7 +72,10 @@ def load_run(run: Path) -> dict:
         values = list(dict.fromkeys(str(r.get(key)) for r in renders))  # one value, or each variant's
         settings[f"render.{key}"] = "/".join(values)
     evals = folder.evaluations()
-    return {"run": run, "name": run.name, "seed": cfg.get("seed"), "fold": cfg["fold"] if cfg["folds"] else None,
+    # what makes the run's model what it is, data included: two runs alike in all of it are one model twice
+    recipe = (json.dumps(learned_settings(cfg), sort_keys=True, default=str), folder.data().get("sha256"))
+    return {"run": run, "name": run.name, "seed": cfg.get("seed"), "recipe": recipe,
+            "fold": cfg["fold"] if cfg["folds"] else None,
             "split_seed": split_seed_of(cfg.get("seed"), cfg.get("split_seed")), "metrics": metrics,
             "settings": settings, "evals": evals}
 
@@ -95,7 +99,7 @@ def summarize(runs: list[dict], group_by: list[str]) -> list[dict]:
     for key, members in groups.items():
         seen: dict[tuple, str] = {}
         for m in members:  # one recipe trained twice is no second seed: it would read as a spread of 0
-            if (twin := seen.setdefault((m["seed"], m["fold"]), m["name"])) != m["name"]:
+            if (twin := seen.setdefault(m["recipe"], m["name"])) != m["name"]:
                 raise RunError(f"runs {twin} and {m['name']} have the same settings and seed {m['seed']}: one "
                                "model trained twice, which the report would count as two seeds; report one of them")
         acc = [m["metrics"]["test_accuracy"] for m in members]

@@ -135,15 +135,24 @@ def no_ink(gray: np.ndarray) -> str | None:
         return "no ink found: the image is blank"
     ink, paper = gray[mask], gray[~mask]
     gap, spread = float(paper.mean()) - float(ink.mean()), float(paper.std())
+    if gap >= MIN_INK_CONTRAST and gap >= MIN_INK_OVER_PAPER * spread:
+        return None
+    # Otsu split the paper's shading: are there marks that stand out from it all the same (the
+    # darkest pixels against the median, by the paper's robust spread)? Then the symbol is a small
+    # part of a large, unevenly lit page, which a crop makes readable
+    median = float(np.median(gray))
+    marks = median - float(np.percentile(gray, 0.1))
+    sigma = 1.4826 * float(np.median(np.abs(gray.astype(np.float32) - median)))
+    if marks >= MIN_INK_CONTRAST and marks >= MIN_INK_OVER_PAPER * sigma:
+        return ("the ink is a small part of an unevenly lit page, whose shading cannot be told from it; crop "
+                "the image to the symbol")
     if gap < MIN_INK_CONTRAST:
         return (f"no clear ink: the darkest marks differ from the paper by {gap:.0f} grey levels of 255 (at least "
                 f"{MIN_INK_CONTRAST} are needed); the image is blank or its ink too faint: scan or photograph it "
-                "with more contrast")
-    if gap < MIN_INK_OVER_PAPER * spread:
-        return (f"no clear ink: the paper itself varies by {spread:.0f} grey levels (standard deviation) where "
-                f"the marks differ from it by {gap:.0f}; shading, noise or a blank photo? Crop it to the symbol "
-                "on evenly lit plain paper")
-    return None
+                "with more contrast, cropped to the symbol")
+    return (f"no clear ink: the paper itself varies by {spread:.0f} grey levels (standard deviation) where "
+            f"the marks differ from it by {gap:.0f}; shading, noise or a blank photo? Crop it to the symbol "
+            "on evenly lit plain paper")
 
 
 def _ink_of(gray: np.ndarray) -> np.ndarray:

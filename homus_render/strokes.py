@@ -132,7 +132,7 @@ def _parse_stroke(text: str, path: str | Path, lineno: int) -> np.ndarray:
             raise StrokeFileError(path, lineno, f"odd coordinates: {what} (point {i}), expected x,y")
     if not text.isascii() or "_" in text:  # float() also takes "1_0" and other scripts' digits: not a tablet's
         bad = next(t for t in flat if not _PLAIN_NUMBER.match(t))
-        raise StrokeFileError(path, lineno, f"non-numeric coordinate {bad.strip()!r} (plain ASCII digits only)")
+        raise StrokeFileError(path, lineno, f"non-numeric coordinate {bad!r} (plain ASCII digits only)")
     try:
         values = np.array(flat, dtype=np.float64)
     except ValueError:

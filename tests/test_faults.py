@@ -1089,6 +1089,15 @@ def test_images_without_clear_ink_are_refused_and_odd_encodings_read_as_the_symb
         path = tmp_path / f"sym.{fmt.lower()}"
         Image.fromarray(_symbol()).save(path, fmt)
         assert np.abs(prepare(path, S).astype(int) - reference).mean() < 2, fmt
+    mpo = tmp_path / "phone.jpg"  # a phone's JPEG with a preview picture after the photo: the photo is read
+    Image.fromarray(_symbol()).convert("RGB").save(mpo, "MPO", save_all=True,
+                                                   append_images=[Image.fromarray(_symbol()).convert("RGB")])
+    assert np.abs(prepare(mpo, S).astype(int) - reference).mean() < 4
+    yy, xx = np.mgrid[0:600, 0:800]  # a small pencil mark on a large, unevenly lit page: crop it
+    page = 205 + 25 * (1 - 2 * (((yy - 300) / 300) ** 2 + ((xx - 400) / 400) ** 2) / 2)
+    page[200:400, 397:403] = 120
+    with pytest.raises(InputError, match="small part of an unevenly lit page.*crop the image to the symbol"):
+        normalize_image(page.astype(np.uint8), S)
     frames = [Image.fromarray(np.full((60, 40), 255, np.uint8)), Image.fromarray(_symbol())]
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
     with pytest.raises(InputError, match="2 frames or pages in one GIF file"):
