@@ -20,6 +20,7 @@ from torch import nn
 
 from homus_render.dataset import content_hash, file_digest, list_stroke_files, load_samples, parse_writers
 from homus_render.errors import HomusError, SettingsError, user_os_error
+from homus_render.lock import busy
 from homus_render.render import RenderSettings
 from homus_render.strokes import Sample
 
@@ -152,8 +153,10 @@ class RunFolder:
     def metrics(self) -> dict:
         """``metrics.json`` of a finished run."""
         self._a_run()  # not a run at all: resuming it is no way out
-        m = _read_json(self.file(METRICS), f"not a finished homus run (no {METRICS}); finish it with "
-                                           f"`homus train --resume {self.path}`")
+        training = busy(self.path)
+        m = _read_json(self.file(METRICS), f"not a finished homus run (no {METRICS}); "
+                       + (f"{training} is training it: wait for it to finish" if training else
+                          f"finish it with `homus train --resume {self.path}`"))
         for key, kinds in METRIC_KEYS.items():  # what reports read: a hand-edited file is named, not a KeyError
             value = m.get(key) if isinstance(m, dict) else None
             if (not isinstance(value, kinds) or isinstance(value, bool)

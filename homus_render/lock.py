@@ -36,6 +36,26 @@ def _holder(path: Path) -> str:
     return f"process {pid}" if pid.isdigit() else "another process"
 
 
+def busy(target: str | Path) -> str | None:
+    """Who is writing ``target`` now ("process N"), or None when no process holds its lock: asked
+    without taking the lock for more than a moment, so a reader can say so rather than advise a
+    write that would be refused."""
+    path = lock_path(target)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _holder(path)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # closing lets go of a lock taken above
+    return None
+
+
 @contextlib.contextmanager
 def writing(target: str | Path, alternative: str = "choose another name") -> Iterator[Path]:
     """Hold the lock of ``target`` (whose parent folder must exist) while the body writes it.

@@ -1190,6 +1190,14 @@ def test_run_folders_as_a_careless_user_leaves_them(tiny, tiny_run, tmp_path):
     (copy / "metrics.json").unlink()  # a run that has not finished: used, and said
     r = invoke("predict", copy, tiny / "raw/1/1-1.txt")
     assert r.exit_code == 0 and "has not finished training" in r.output, r.output
+    assert "finish it with `homus train --resume" in assert_one_error(invoke("compare", copy, "--out", tmp_path / "r3"))
+    holder = hold_lock(copy)  # still training in another process: --resume would be refused as busy
+    try:
+        line = assert_one_error(invoke("compare", copy, "--out", tmp_path / "r3"))
+        assert f"process {holder.pid} is training it: wait for it to finish" in line
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
     (copy / "best.pt").write_bytes(b"\0" * 4096)
     line = assert_one_error(invoke("predict", copy, tiny / "raw/1/1-1.txt"))
     assert "does not begin as a torch checkpoint does" in line
