@@ -66,15 +66,16 @@ def _dihedral(img: np.ndarray) -> list[np.ndarray]:
     return [np.rot90(m, k, axes=(0, 1)) for m in (img, img[:, ::-1]) for k in range(4)]
 
 
-def decode_image(data: bytes, path: str | Path = "image") -> np.ndarray:
+def decode_image(data: bytes, path: str | Path = "image", head: _Header | None = None) -> np.ndarray:
     """An image file's pixels as stored, alpha channel and depth kept, turned upright as its EXIF
     orientation says (OpenCV applies the orientation only when it drops the alpha channel, so the
     turn is found by comparing the two decodings). Formats OpenCV does not read (TGA, ICO, ...)
     are decoded by Pillow. InputError for an empty, unknown, damaged, animated or too large file;
-    the size is read from the header before any pixel is decoded."""
+    the size is read from the header (``head``, when the caller has read it) before any pixel is
+    decoded."""
     if not data:
         raise InputError(f"{path}: an empty file (0 bytes), not an image")
-    head = _header(data)
+    head = head or _header(data)
     if head is None:
         raise InputError(f"{path}: neither an image (PNG, JPEG, BMP, TIFF, WebP, GIF, ...) nor a HOMUS stroke file")
     unread = (f"{path}: a damaged or truncated {head.format} file, or a kind of {head.format} that neither OpenCV "
@@ -267,36 +268,36 @@ def prepare(path: str | Path, s: RenderSettings, channels: tuple[str, ...] = ("i
         data = path.read_bytes()
     except OSError as e:
         raise user_os_error(e) or e from None
-    if _header(data) is None and (path.suffix.lower() == ".txt" or _looks_like_strokes(data)):
-        return render_plain(_strokes_of(data, path), s, channels)  # read by content: the name may be wrong
+    head = _header(data)
+    if head is None:  # read by content: the name may be wrong
+        strokes = _strokes_of(data, path, named=path.suffix.lower() == ".txt")
+        if strokes is not None:
+            return render_plain(strokes, s, channels)
     if channels != ("ink",):
         raise InputError(f"{path}: this model reads {','.join(channels)}: the pen's order or the symbol's size on "
                          "the tablet, which an image does not hold; give it HOMUS .txt stroke files")
-    img = decode_image(data, path)
+    img = decode_image(data, path, head)
     try:
         return normalize_image(img, s, read)
     except InputError as e:
         raise InputError(f"{path}: {e}") from None
 
 
-def _looks_like_strokes(data: bytes) -> bool:
-    """Whether ``data`` (no image) parses as a HOMUS stroke file, whatever the file's name."""
-    if not data or len(data) > MAX_STROKE_FILE_BYTES:
-        return False
-    try:
-        parse_bytes(data, labelled=False)
-    except StrokeFileError:
-        return False
-    return True
-
-
-def _strokes_of(data: bytes, path: Path) -> tuple[np.ndarray, ...]:
+def _strokes_of(data: bytes, path: Path, named: bool) -> tuple[np.ndarray, ...] | None:
     """The strokes of a stroke file, bounded as the web service bounds a drawing: a file with more
-    than one symbol's worth is refused before or after parsing, not drawn for minutes."""
+    than one symbol's worth is refused before or after parsing, not drawn for minutes. A file not
+    ``named`` ``.txt`` is a stroke file only if it parses as one within the bounds: None otherwise."""
     if len(data) > MAX_STROKE_FILE_BYTES:
+        if not named:
+            return None
         raise InputError(f"{path}: a stroke file of {len(data):,} bytes, more than one drawn symbol takes "
                          f"({MAX_STROKE_FILE_BYTES:,} at most)")
-    strokes = parse_bytes(data, path, labelled=False).strokes  # its class is what we seek
+    try:
+        strokes = parse_bytes(data, path, labelled=False).strokes  # its class is what we seek
+    except StrokeFileError:
+        if not named:
+            return None
+        raise
     points = sum(len(st) for st in strokes)
     if len(strokes) > MAX_STROKES or points > MAX_POINTS:
         raise InputError(f"{path}: {len(strokes):,} strokes of {points:,} points, more than one drawn symbol has "

@@ -51,8 +51,10 @@ def with_config(f):
 def note_unfinished(runs) -> None:
     """Say, on stderr, which of ``runs`` have not finished training: their best model so far is what
     is used, and a figure from it is not the run's (a run still training may replace it meanwhile)."""
+    from classifier.runfolder import CONFIG, RunFolder  # torch comes with it: only when a command reads runs
+
     for r in runs:
-        if (Path(r) / "config.yaml").is_file() and not (Path(r) / "metrics.json").is_file():
+        if RunFolder(r).file(CONFIG).is_file() and not RunFolder(r).complete:
             click.secho(f"note: {r} has not finished training (no metrics.json): its best model so far is used",
                         fg="yellow", err=True)
 

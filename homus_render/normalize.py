@@ -130,7 +130,11 @@ def no_ink(gray: np.ndarray) -> str | None:
     Otsu's threshold splits any image that is not flat in two, so the split must also stand out,
     by :data:`MIN_INK_CONTRAST` grey levels and by :data:`MIN_INK_OVER_PAPER` times the paper's
     spread. A blank photo's vignette, a gradient, sensor noise or faint dust fails one of them."""
-    mask = ink_mask(gray)
+    return _why_no_ink(gray, ink_mask(gray))
+
+
+def _why_no_ink(gray: np.ndarray, mask: np.ndarray) -> str | None:
+    """:func:`no_ink`, given the image's ink mask (:func:`ink_mask`)."""
     if not mask.any() or mask.all():
         return "no ink found: the image is blank"
     ink, paper = gray[mask], gray[~mask]
@@ -157,10 +161,11 @@ def no_ink(gray: np.ndarray) -> str | None:
 
 def _ink_of(gray: np.ndarray) -> np.ndarray:
     """The ink mask of ``gray``; ValueError when the image holds no ink (:func:`no_ink`)."""
-    why = no_ink(gray)
+    mask = ink_mask(gray)
+    why = _why_no_ink(gray, mask)
     if why:
         raise ValueError(why)
-    return ink_mask(gray)
+    return mask
 
 
 def _enlarges(frame: _Frame) -> bool:
